@@ -1,0 +1,30 @@
+# petiq — Hopson et al. 2022 (IEEE TRPMS) as one workflow: digital cohort → list-mode → dose
+# thinning → e7-style OSEM → clinical scores → patches → CNN training → every figure and table.
+#
+#   snakemake --cores 2 --configfile config/demo.yaml      # the demo on a laptop
+#   snakemake --profile profiles/slurm                      # the paper's scale on a cluster
+#   snakemake --cores 2 results/figures/cohort.png          # one figure and only what it needs
+import sys
+from pathlib import Path
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the petiq library, installed or not
+
+
+configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/cohort.smk"
+
+
+rule all:
+    input:
+        rules.cohort.input,
+    default_target: True

@@ -1,0 +1,17 @@
+"""Rule cohort_figure: mid-brain slices of every synthetic patient (petiq.plots.plot_cohort)."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
+from petiq.cohort import read_participants  # noqa: E402
+from petiq.logs import log_to  # noqa: E402
+from petiq.plots import plot_cohort  # noqa: E402
+
+log = log_to(snakemake.log[0])
+inputs = snakemake.input
+images = {
+    subject: {"truth": t, "mumap": m, "t1w": r, "brainmask": b}
+    for subject, t, m, r, b in zip(snakemake.params.subjects, inputs.truth, inputs.mumap, inputs.t1w, inputs.brainmask)
+}
+plot_cohort(read_participants(inputs.participants), images, snakemake.output.png)
+log.info("wrote %s", snakemake.output.png)

@@ -1,0 +1,21 @@
+"""Rule phantom: one synthetic patient's images and sidecar (petiq.cohort.synthesize_patient)."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
+from petiq.cohort import read_participants, synthesize_patient  # noqa: E402
+from petiq.logs import log_to  # noqa: E402
+
+log = log_to(snakemake.log[0])
+participants = read_participants(snakemake.input.participants).set_index("participant_id", drop=False)
+row = participants.loc[snakemake.wildcards.subject].to_dict()
+log.info("making %s: %s", snakemake.wildcards.subject, row)
+sidecar = synthesize_patient(
+    row,
+    seed=snakemake.params.seed,
+    anatomy_dir=snakemake.params.anatomy_dir,
+    shape=snakemake.params.shape,
+    voxel_size_mm=snakemake.params.voxel_size_mm,
+    outputs=dict(snakemake.output.items()),
+)
+log.info("anatomy: %s", sidecar["Phantom"]["anatomy"])

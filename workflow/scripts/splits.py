@@ -1,0 +1,20 @@
+"""Rule splits: roles by integer programme (petiq.splits.assign_roles) or the user's checked file."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
+from petiq.cohort import read_participants  # noqa: E402
+from petiq.fileio import write_tsv  # noqa: E402
+from petiq.logs import log_to  # noqa: E402
+from petiq.splits import assign_roles, check_splits  # noqa: E402
+
+log = log_to(snakemake.log[0])
+participants = read_participants(snakemake.input.participants)
+counts = snakemake.params.counts
+if snakemake.input.user_file:
+    log.info("using the user's splits %s", snakemake.input.user_file)
+    splits = check_splits(snakemake.input.user_file, participants, counts)
+else:
+    splits = assign_roles(participants, counts, snakemake.params.seed)
+write_tsv(snakemake.output.tsv, splits)
+log.info("roles: %s", splits["role"].value_counts().to_dict())
