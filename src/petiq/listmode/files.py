@@ -1,0 +1,510 @@
+"""Opening, checking, reading and writing PETLINK list-mode files (data + header)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import numbers
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Mapping, NamedTuple
+
+import numpy as np
+
+from petiq.errors import PetiqInputError
+from petiq.fileio import atomic_path
+from petiq.listmode.header import (
+    _DURATION_KEY,
+    _WORD_COUNT_KEY,
+    _check_listmode_header,
+    _check_scanner_matches,
+    _fmt_seconds,
+    _header_bin_count,
+    _header_int,
+    _merge_header,
+    _read_header_text,
+    _render_header,
+    _scanner_defaults,
+    _set_items,
+    header_path,
+    header_value,
+)
+from petiq.listmode.words import (
+    BIN_MASK,
+    DEFAULT_CHUNK_WORDS,
+    MAX_TIME_MS,
+    _count_kernel,
+    _decode_kernel,
+    _encode_kernel,
+    _time_tags_kernel,
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Opening and checking a file
+# --------------------------------------------------------------------------------------------
+@dataclass
+class _LmFile:
+    path: Path
+    hdr: Path
+    lines: list[str]
+    header: dict[str, str]
+    n_words: int
+    n_bins: int  # span-1 bins (2**30 when neither header nor scanner tells)
+
+
+def _open_checked(path: str | Path, scanner=None) -> _LmFile:
+    path = Path(path)
+    if not path.is_file():
+        raise PetiqInputError(
+            path, "list-mode data file not found", "check the path (the header is <data>.hdr)"
+        )
+    hdr, lines, header = _read_header_text(path)
+    _check_listmode_header(header, hdr)
+    size = path.stat().st_size
+    if size % 4:
+        raise PetiqInputError(
+            path,
+            f"size {size} bytes is not a multiple of 4, so it is not a stream of 32-bit PETLINK words "
+            f"(truncated or corrupt copy)",
+            "copy the list-mode file again from the scanner export",
+        )
+    n_words = size // 4
+    declared = _header_int(header, _WORD_COUNT_KEY, hdr)
+    if declared is None:
+        raise PetiqInputError(
+            hdr, f"'{_WORD_COUNT_KEY}' is empty", "write the number of 32-bit words of the .l file"
+        )
+    if declared != n_words:
+        what = "truncated" if n_words < declared else "longer than its header says"
+        raise PetiqInputError(
+            path,
+            f"holds {n_words} words but its header {hdr.name} says {_WORD_COUNT_KEY} = {declared}: "
+            f"the file is {what}",
+            "copy the list-mode file and its header again, as one pair from the same export",
+        )
+    if scanner is not None:
+        n_bins = _check_scanner_matches(header, scanner, hdr)
+    else:
+        n_bins = _header_bin_count(header, hdr) or (BIN_MASK + 1)
+    return _LmFile(path, hdr, lines, header, n_words, n_bins)
+
+
+def _bad_bin_error(path: Path, word_index: int, word: int, n_bins: int) -> PetiqInputError:
+    return PetiqInputError(
+        path,
+        f"word {word_index} is an event with bin offset {int(word) & BIN_MASK}, beyond the scanner's "
+        f"{n_bins} span-1 bins",
+        "use the scanner (and header) the file was acquired with; otherwise the file is corrupt",
+    )
+
+
+_BIG_ENDIAN = sys.byteorder == "big"
+
+
+def _read_words_into(fh, buf: np.ndarray, sha=None) -> int:
+    mv = memoryview(buf).cast("B")
+    total = 0
+    while total < len(mv):
+        got = fh.readinto(mv[total:])
+        if not got:
+            break
+        total += got
+    if sha is not None and total:
+        sha.update(mv[:total])
+    n = total // 4
+    if _BIG_ENDIAN:
+        buf[:n].byteswap(inplace=True)
+    return n
+
+
+def _iter_word_chunks(path: Path, chunk_words: int, sha=None) -> Iterator[np.ndarray]:
+    """Yield successive chunks of words (a reused buffer: use each before asking for the next).
+
+    The next chunk is read (and hashed) on a helper thread while the caller works on the current
+    one; numba kernels and file reads release the GIL, so the two overlap on two cores."""
+    bufs = [np.empty(chunk_words, dtype=np.uint32), np.empty(chunk_words, dtype=np.uint32)]
+    with open(path, "rb", buffering=0) as fh, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        fut = pool.submit(_read_words_into, fh, bufs[0], sha)
+        k = 0
+        try:
+            while True:
+                n = fut.result()
+                if n == 0:
+                    return
+                current = bufs[k]
+                k = 1 - k
+                fut = pool.submit(_read_words_into, fh, bufs[k], sha)
+                yield current[:n]
+        finally:
+            fut.cancel()
+            with contextlib.suppress(BaseException):
+                fut.result()
+
+
+def _check_chunk_words(chunk_words) -> int:
+    if isinstance(chunk_words, bool) or not isinstance(chunk_words, numbers.Integral) or chunk_words < 1:
+        raise PetiqInputError(
+            None, f"chunk_words={chunk_words!r} is not a positive integer", "pass e.g. chunk_words=1<<22"
+        )
+    return int(chunk_words)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+class ListmodeChunk(NamedTuple):
+    """Events of one chunk of words (tags removed)."""
+
+    bins: np.ndarray  # int64 span-1 bin offsets
+    prompt: np.ndarray  # bool
+    time_ms: np.ndarray  # int64 elapsed ms (value of the preceding time tag, 0 before any)
+
+
+@dataclass
+class Listmode:
+    """A whole list-mode file in memory (events only; tags other than time are skipped)."""
+
+    bins: np.ndarray
+    prompt: np.ndarray
+    time_ms: np.ndarray
+    header: dict[str, str] = field(repr=False)
+    path: Path
+    n_words: int
+    n_time_tags: int
+    duration_ms: int  # value of the last time tag (0 if there is none)
+
+    @property
+    def n_prompts(self) -> int:
+        return int(np.count_nonzero(self.prompt))
+
+    @property
+    def n_delayeds(self) -> int:
+        return int(self.prompt.size - np.count_nonzero(self.prompt))
+
+
+def read_listmode(path: str | Path, *, scanner=None) -> Listmode:
+    """Read a whole PETLINK file into memory: ``.bins`` (int64), ``.prompt`` (bool),
+    ``.time_ms`` (int64), ``.header`` (ordered dict of strings). Use
+    :func:`iter_listmode_chunks` for files larger than memory.
+
+    Bin offsets are checked against ``scanner``'s span-1 bin count, or the header's geometry
+    when no scanner is given."""
+    lm = _open_checked(path, scanner)
+    words = np.fromfile(lm.path, dtype="<u4").astype(np.uint32, copy=False)
+    if words.size != lm.n_words:  # changed under our feet
+        raise PetiqInputError(lm.path, "file changed while being read", "do not write it while reading")
+    bins = np.empty(words.size, dtype=np.int64)
+    prompt = np.empty(words.size, dtype=np.bool_)
+    time_ms = np.empty(words.size, dtype=np.int64)
+    n, cur, n_time, bad = _decode_kernel(words, 0, lm.n_bins, bins, prompt, time_ms)
+    if bad >= 0:
+        raise _bad_bin_error(lm.path, bad, words[bad], lm.n_bins)
+    return Listmode(
+        bins=bins[:n],
+        prompt=prompt[:n],
+        time_ms=time_ms[:n],
+        header=lm.header,
+        path=lm.path,
+        n_words=lm.n_words,
+        n_time_tags=int(n_time),
+        duration_ms=int(cur),
+    )
+
+
+def iter_listmode_chunks(
+    path: str | Path, chunk_words: int = DEFAULT_CHUNK_WORDS, *, scanner=None
+) -> Iterator[ListmodeChunk]:
+    """Stream the events of a list-mode file, ``chunk_words`` words at a time, in bounded memory.
+
+    The file and header are checked when this is called (before any chunk is produced); each
+    chunk's bin offsets are checked before it is yielded. The elapsed time carries across chunk
+    boundaries, so the concatenated chunks equal :func:`read_listmode`."""
+    chunk_words = _check_chunk_words(chunk_words)
+    lm = _open_checked(path, scanner)
+    return _iter_events(lm, chunk_words)
+
+
+def _iter_events(lm: _LmFile, chunk_words: int) -> Iterator[ListmodeChunk]:
+    cur = 0
+    offset = 0
+    for words in _iter_word_chunks(lm.path, chunk_words):
+        bins = np.empty(words.size, dtype=np.int64)  # fresh arrays: the caller may keep them
+        prompt = np.empty(words.size, dtype=np.bool_)
+        time_ms = np.empty(words.size, dtype=np.int64)
+        n, cur, _, bad = _decode_kernel(words, cur, lm.n_bins, bins, prompt, time_ms)
+        if bad >= 0:
+            raise _bad_bin_error(lm.path, offset + bad, words[bad], lm.n_bins)
+        offset += words.size
+        yield ListmodeChunk(bins[:n], prompt[:n], time_ms[:n])
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+class _AtomicPair:
+    """A data file and its header written atomically: data renamed into place first, header
+    last; on error neither is renamed and both temporaries are removed."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.hdr = header_path(self.path)
+        self._stack = contextlib.ExitStack()
+        self._tmp_hdr = self._stack.enter_context(atomic_path(self.hdr, suffix=""))
+        self._tmp_data = self._stack.enter_context(atomic_path(self.path, suffix=""))
+        self._fh = open(self._tmp_data, "wb")
+        self._stack.callback(self._fh.close)  # closed before the renames
+        self.n_words = 0
+
+    def write(self, words: np.ndarray) -> None:
+        if words.size:
+            if _BIG_ENDIAN:
+                words = words.byteswap()
+            self._fh.write(memoryview(np.ascontiguousarray(words, dtype=np.uint32)).cast("B"))
+            self.n_words += int(words.size)
+
+    def commit(self, header_text: str) -> None:
+        self._fh.flush()
+        self._tmp_hdr.write_text(header_text, encoding="utf-8", newline="")
+        self._stack.close()
+
+    def abort(self, exc_info=(None, None, None)) -> None:
+        exc = exc_info[1] if exc_info[1] is not None else RuntimeError("list-mode write aborted")
+        with contextlib.suppress(BaseException):
+            self._stack.__exit__(type(exc), exc, exc.__traceback__)
+
+
+class ListmodeWriter:
+    """Write a PETLINK list-mode file (and its header) incrementally, in bounded memory.
+
+    >>> import tempfile, os
+    >>> d = tempfile.mkdtemp()
+    >>> with ListmodeWriter(os.path.join(d, "x.l")) as w:
+    ...     w.write_events([1, 2], [True, False], [0, 1500])
+    >>> read_listmode(os.path.join(d, "x.l")).header["image duration (sec)"]
+    '2'
+
+    ``header``: Interfile keys to use (partial or empty; missing keys get mMR-like defaults,
+    geometry keys from ``scanner`` when given). ``write_events`` encodes events (time tags
+    added, one per ms); ``write_words`` appends raw PETLINK words as they are (tags included).
+    On ``close`` (end of the ``with`` block) time tags are added up to the acquisition end when
+    ``pad_time_tags`` (the header's ``image duration (sec)``, or the last event's time rounded up
+    to a whole second), then the header is written with the exact ``%total listmode word
+    counts``. An error inside the ``with`` block leaves no file behind.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        header: Mapping[str, object] | None = None,
+        *,
+        scanner=None,
+        pad_time_tags: bool = True,
+    ):
+        self.path = Path(path)
+        self.hdr = header_path(self.path)
+        if header is not None and not isinstance(header, Mapping):
+            raise PetiqInputError(
+                self.hdr,
+                f"header is a {type(header).__name__}, not a mapping",
+                "pass a dict of Interfile keys",
+            )
+        self._items = _merge_header(header, _scanner_defaults(scanner))
+        merged = {k: v for k, v in self._items}
+        _check_listmode_header(merged, self.hdr)
+        if scanner is not None:
+            self.n_bins = _check_scanner_matches(merged, scanner, self.hdr)
+        else:
+            self.n_bins = _header_bin_count(merged, self.hdr) or (BIN_MASK + 1)
+        dur = header_value(header or {}, _DURATION_KEY)
+        self._duration_ms = None
+        if dur is not None and str(dur).strip():
+            try:
+                self._duration_ms = int(round(float(str(dur)) * 1000))
+            except ValueError:
+                raise PetiqInputError(
+                    self.hdr, f"'{_DURATION_KEY}' is {dur!r}", "give the duration in seconds"
+                ) from None
+            if not 0 <= self._duration_ms <= MAX_TIME_MS:
+                raise PetiqInputError(
+                    self.hdr, f"'{_DURATION_KEY}' is {dur!r}", f"give 0 to {MAX_TIME_MS // 1000} s"
+                )
+        self._preset_given = bool(str(header_value(header or {}, "preset value") or "").strip())
+        self._pad = pad_time_tags
+        self.cur_ms = 0
+        self.n_prompts = 0
+        self.n_delayeds = 0
+        self._pair: _AtomicPair | None = _AtomicPair(self.path)
+
+    # -- context manager
+    def __enter__(self) -> "ListmodeWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort((exc_type, exc, tb))
+
+    def abort(self, exc_info=(None, None, None)) -> None:
+        """Discard everything written so far."""
+        if self._pair is not None:
+            self._pair.abort(exc_info)
+            self._pair = None
+
+    def _live(self) -> _AtomicPair:
+        if self._pair is None:
+            raise RuntimeError(f"{self.path}: writer already closed")
+        return self._pair
+
+    # -- data
+    def write_events(self, bins, prompt, time_ms) -> None:
+        """Append events (1-D, equal lengths, ``time_ms`` non-decreasing and not before the
+        events already written)."""
+        pair = self._live()
+        bins_a = np.asarray(bins)
+        prompt_a = np.asarray(prompt)
+        time_a = np.asarray(time_ms)
+        if not (bins_a.ndim == prompt_a.ndim == time_a.ndim == 1) or not (
+            bins_a.size == prompt_a.size == time_a.size
+        ):
+            raise PetiqInputError(
+                self.path,
+                f"bins, prompt and time_ms have shapes {bins_a.shape}, {prompt_a.shape}, {time_a.shape}",
+                "give three 1-D arrays of the same length, one entry per event",
+            )
+        if bins_a.size == 0:
+            return
+        for name, a in (("bins", bins_a), ("time_ms", time_a)):
+            if not (
+                np.issubdtype(a.dtype, np.integer)
+                or (np.issubdtype(a.dtype, np.floating) and np.all(a == np.floor(a)))
+            ):
+                raise PetiqInputError(self.path, f"{name} has dtype {a.dtype}", f"give {name} as integers")
+        bins_a = bins_a.astype(np.int64, copy=False)
+        time_a = time_a.astype(np.int64, copy=False)
+        bmin, bmax = int(bins_a.min()), int(bins_a.max())
+        if bmin < 0 or bmax >= self.n_bins:
+            raise PetiqInputError(
+                self.path,
+                f"event bin offsets span {bmin}..{bmax}, outside the {self.n_bins} span-1 bins of the scanner",
+                "give span-1 bin offsets (z*n_views + view)*n_radial + tangential for this scanner",
+            )
+        if time_a[0] < self.cur_ms or np.any(np.diff(time_a) < 0):
+            raise PetiqInputError(
+                self.path,
+                "events are not in time order (time_ms decreases"
+                + (f"; earlier events reached {self.cur_ms} ms)" if time_a[0] < self.cur_ms else ")"),
+                "sort the events by time_ms (np.argsort(time_ms, kind='stable')) before writing",
+            )
+        if time_a[-1] > MAX_TIME_MS:
+            raise PetiqInputError(
+                self.path, f"time_ms reaches {int(time_a[-1])}", f"times must be below {MAX_TIME_MS + 1} ms"
+            )
+        if self._duration_ms is not None and time_a[-1] >= max(self._duration_ms, 1):
+            raise PetiqInputError(
+                self.path,
+                f"an event at {int(time_a[-1])} ms is not inside the header's "
+                f"{_DURATION_KEY} = {self._duration_ms / 1000} s",
+                f"give events with time_ms < duration, or a longer '{_DURATION_KEY}'",
+            )
+        prompt_b = prompt_a.astype(np.bool_, copy=False)
+        out = np.empty(bins_a.size + int(time_a[-1]) - self.cur_ms, dtype=np.uint32)
+        n, self.cur_ms = _encode_kernel(bins_a, prompt_b, time_a, self.cur_ms, out)
+        n_p = int(np.count_nonzero(prompt_b))
+        self.n_prompts += n_p
+        self.n_delayeds += bins_a.size - n_p
+        pair.write(out[:n])
+
+    def write_words(self, words) -> None:
+        """Append raw PETLINK words unchanged (events and any tags). Event bins are checked."""
+        pair = self._live()
+        w = np.asarray(words)
+        if w.ndim != 1 or not (np.issubdtype(w.dtype, np.integer)):
+            raise PetiqInputError(
+                self.path,
+                f"words have shape {w.shape} and dtype {w.dtype}",
+                "give a 1-D array of uint32 words",
+            )
+        if w.size and (int(w.min()) < 0 or int(w.max()) > 0xFFFFFFFF):
+            raise PetiqInputError(self.path, "words do not fit in 32 bits", "give uint32 words")
+        w = np.ascontiguousarray(w, dtype=np.uint32)
+        n_p, n_d, n_time, _, last_ms, bad = _count_kernel(w, self.n_bins)
+        if bad >= 0:
+            raise _bad_bin_error(self.path, pair.n_words + bad, w[bad], self.n_bins)
+        if n_time:
+            self.cur_ms = int(last_ms)
+        self.n_prompts += int(n_p)
+        self.n_delayeds += int(n_d)
+        pair.write(w)
+
+    def close(self) -> None:
+        """Add the trailing time tags, write the header, rename both files into place."""
+        pair = self._live()
+        try:
+            if self._duration_ms is not None:
+                end_ms = self._duration_ms
+                if self.cur_ms > end_ms:
+                    raise PetiqInputError(
+                        self.path,
+                        f"time tags reach {self.cur_ms} ms, beyond the header's {_DURATION_KEY}",
+                        f"give a longer '{_DURATION_KEY}'",
+                    )
+            elif self._pad:
+                last = self.cur_ms if (pair.n_words or self.cur_ms) else -1
+                end_ms = 1000 * ((last + 1 + 999) // 1000) if last >= 0 else 0
+            else:
+                end_ms = self.cur_ms
+            if self._pad and end_ms > self.cur_ms:
+                step = 1 << 20
+                tags = np.empty(step, dtype=np.uint32)
+                while self.cur_ms < end_ms:
+                    stop = min(end_ms, self.cur_ms + step)
+                    n = _time_tags_kernel(self.cur_ms, stop, tags)
+                    pair.write(tags[:n])
+                    self.cur_ms = stop
+            items = [list(it) for it in self._items]
+            _set_items(items, _WORD_COUNT_KEY, str(pair.n_words))
+            _set_items(items, "!name of data file", self.path.name)
+            if self._duration_ms is None:
+                _set_items(items, _DURATION_KEY, _fmt_seconds(end_ms))
+            if not self._preset_given:
+                _set_items(items, "%preset value", _fmt_seconds(end_ms))
+            pair.commit(_render_header(items))
+        except BaseException as exc:
+            pair.abort((type(exc), exc, exc.__traceback__))
+            raise
+        finally:
+            self._pair = None
+
+
+def write_listmode(
+    path: str | Path,
+    bins,
+    prompt,
+    time_ms,
+    header: Mapping[str, object] | None = None,
+    *,
+    scanner=None,
+) -> Path:
+    """Write events (time-ordered) as a PETLINK file ``path`` plus header ``path + '.hdr'``.
+
+    One elapsed-time tag per millisecond boundary precedes that millisecond's events; tags run
+    up to the acquisition end (``image duration (sec)`` from ``header``, else the last event's
+    time rounded up to a whole second). Missing header keys get mMR-like defaults
+    (:data:`MMR_HEADER_DEFAULTS`; geometry from ``scanner`` if given); unknown keys are kept in
+    their order. Returns ``path``."""
+    with ListmodeWriter(path, header, scanner=scanner) as w:
+        w.write_events(bins, prompt, time_ms)
+    return Path(path)
+
+
+def write_listmode_words(
+    path: str | Path, words, header: Mapping[str, object] | None = None, *, scanner=None
+) -> Path:
+    """Write raw PETLINK ``words`` exactly as given (any tags), with a defaulted header whose
+    ``image duration (sec)`` is the last time tag unless ``header`` gives one."""
+    with ListmodeWriter(path, header, scanner=scanner, pad_time_tags=False) as w:
+        w.write_words(words)
+    return Path(path)

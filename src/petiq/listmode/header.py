@@ -1,0 +1,422 @@
+"""Interfile headers of PETLINK list-mode files (``foo.l.hdr``): parse, check, default, rewrite.
+
+Values stay strings exactly as in the file. Keys are matched case-insensitively, ignoring blanks
+and a leading ``!`` or ``%`` (:func:`header_value`). A rewritten header keeps every line it does not
+change, in order (:func:`_rewrite_header_lines`).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from petiq.errors import PetiqInputError
+
+# mMR geometry used when no scanner is given.
+_MMR_RINGS = 64
+_MMR_VIEWS = 252
+_MMR_RADIAL = 344
+_MMR_MRD = 60
+_MMR_SEGMENT_TABLE = [_MMR_RINGS] + [_MMR_RINGS - d for d in range(1, _MMR_MRD + 1) for _ in (0, 1)]
+
+
+def _segment_table_text(table: list[int]) -> str:
+    return "{" + ",".join(str(int(v)) for v in table) + "}"
+
+
+#: Interfile keys a writer fills in when the given header lacks them (mMR PETLINK list-mode,
+#: after the Siemens ``.l.hdr`` layout; patient and study specific values are left empty so that
+#: writing stays deterministic). ``%total listmode word counts``, ``image duration (sec)``,
+#: ``%preset value`` and ``!name of data file`` are computed when the file is written.
+MMR_HEADER_DEFAULTS: dict[str, str] = {
+    "!INTERFILE": "",
+    "%comment": "SMS-MI listmode (PETLINK 32-bit), written by petiq",
+    "!originating system": "2008",
+    "%SMS-MI header name space": "PETLINK bin address",
+    "!GENERAL DATA": "",
+    "!name of data file": "",
+    "!GENERAL IMAGE DATA": "",
+    "%study date (yyyy:mm:dd)": "",
+    "%study time (hh:mm:ss GMT+00:00)": "",
+    "isotope name": "F-18",
+    "isotope gamma halflife (sec)": "6586.2",
+    "isotope branching factor": "0.9673",
+    "radiopharmaceutical": "Fluorodeoxyglucose",
+    "%tracer injection date (yyyy:mm:dd)": "",
+    "%tracer injection time (hh:mm:ss GMT+00:00)": "",
+    "relative time of tracer injection (sec)": "",
+    "tracer activity at time of injection (Bq)": "",
+    "injected volume (ml)": "",
+    "image data byte order": "LITTLEENDIAN",
+    "%patient orientation": "HFS",
+    "!PET data type": "emission",
+    "data format": "CoincidenceList",
+    "%LM event and tag words format (bits)": "32",
+    "%preset type": "time",
+    "%preset value": "",
+    "%preset unit": "seconds",
+    "%energy window lower level (keV) [1]": "430",
+    "%energy window upper level (keV) [1]": "610",
+    "%coincidence window width (ns)": "5.85938",
+    "PET scanner type": "cylindrical",
+    "transaxial FOV diameter (cm)": "59.6",
+    "number of rings": str(_MMR_RINGS),
+    "distance between rings (cm)": "0.40625",
+    "gantry crystal radius (cm)": "32.8",
+    "bin size (cm)": "0.20445",
+    "septa state": "none",
+    "gantry tilt angle (degrees)": "0",
+    "%number of projections": str(_MMR_RADIAL),
+    "%number of views": str(_MMR_VIEWS),
+    "%axial compression": "1",
+    "%maximum ring difference": str(_MMR_MRD),
+    "%number of segments": str(len(_MMR_SEGMENT_TABLE)),
+    "%segment table": _segment_table_text(_MMR_SEGMENT_TABLE),
+    "start horizontal bed position (mm)": "0",
+    "end horizontal bed position (mm)": "0",
+    "start vertical bed position (mm)": "0",
+    "%bed zero offset (mm)": "0",
+    "!IMAGE DATA DESCRIPTION": "",
+    "!total number of data sets": "1",
+    "image duration (sec)": "",
+    "image relative start time (sec)": "0",
+    "%total listmode word counts": "",
+    "%timing tagwords interval (msec)": "1",
+    "%singles polling method": "instantaneous",
+    "%singles polling interval (sec)": "2",
+    "%singles scale factor": "8",
+    "%total number of singles blocks": "224",
+    "!END OF INTERFILE": "",
+}
+
+# Keys that only make sense for the real mMR; dropped from the defaults for other scanners.
+_MMR_ONLY_KEYS = {
+    "transaxial fov diameter (cm)",
+    "distance between rings (cm)",
+    "gantry crystal radius (cm)",
+    "bin size (cm)",
+    "total number of singles blocks",
+}
+_SECTION_KEYS = {"general data", "general image data", "image data description", "end of interfile"}
+
+_WORD_COUNT_KEY = "%total listmode word counts"
+_DURATION_KEY = "image duration (sec)"
+
+
+# --------------------------------------------------------------------------------------------
+# Interfile header
+# --------------------------------------------------------------------------------------------
+def _norm_key(key: str) -> str:
+    k = key.strip().lstrip("!%").strip().lower()
+    k = re.sub(r"\s+", " ", k)
+    k = re.sub(r"\s*\[\s*", "[", k)
+    return re.sub(r"\s*\]", "]", k)
+
+
+def header_path(path: str | Path) -> Path:
+    """The Interfile header of a list-mode file: ``foo.l`` -> ``foo.l.hdr``.
+
+    >>> header_path("sub-01/PETLM.l").as_posix()
+    'sub-01/PETLM.l.hdr'
+    """
+    p = Path(path)
+    return p.with_name(p.name + ".hdr")
+
+
+def header_value(header: Mapping[str, str], key: str, default: str | None = None) -> str | None:
+    """Look ``key`` up in a header dict ignoring case, blanks and a leading ``!``/``%``.
+
+    >>> header_value({"%Total listmode word counts": "12"}, "total listmode word counts")
+    '12'
+    """
+    want = _norm_key(key)
+    found = default
+    for k, v in header.items():
+        if _norm_key(k) == want:
+            found = v  # the last occurrence wins, as in the dict itself
+    return found
+
+
+def _parse_header_lines(lines: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in lines:
+        s = line.strip()
+        if not s or s.startswith(";"):
+            continue
+        if ":=" in s:
+            k, v = s.split(":=", 1)
+        else:
+            k, v = s, ""
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _read_header_text(path: Path) -> tuple[Path, list[str], dict[str, str]]:
+    """Read and minimally check ``path.hdr``; return (header path, raw lines, dict)."""
+    hdr = header_path(path)
+    if not hdr.is_file():
+        raise PetiqInputError(
+            hdr,
+            f"the Interfile header of list-mode file {Path(path).name} is missing",
+            f"put the header next to the data as {hdr.name} (the data file name plus '.hdr')",
+        )
+    raw = hdr.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    lines = text.splitlines(keepends=True)
+    first = next((ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith(";")), "")
+    if _norm_key(first.split(":=", 1)[0]) != "interfile":
+        raise PetiqInputError(
+            hdr,
+            "is not an Interfile header (the first line is not '!INTERFILE:=')",
+            f"give the Siemens/PETLINK Interfile header of {Path(path).name}, starting with '!INTERFILE:='",
+        )
+    return hdr, lines, _parse_header_lines(lines)
+
+
+def read_listmode_header(path: str | Path) -> dict[str, str]:
+    """The Interfile header of list-mode file ``path`` (reads ``path + '.hdr'``), checked to
+    describe PETLINK list-mode data. Values are the strings in the file."""
+    hdr, _, header = _read_header_text(Path(path))
+    _check_listmode_header(header, hdr)
+    return header
+
+
+def _check_listmode_header(header: Mapping[str, str], hdr: Path | str | None) -> None:
+    """Raise if the header describes something other than 32-bit PETLINK list-mode data."""
+    fix = "give the list-mode (.l.hdr) header, not a sinogram (.s.hdr) or image header"
+    fmt = header_value(header, "data format")
+    if fmt is not None and fmt.strip() and "list" not in fmt.lower():
+        raise PetiqInputError(hdr, f"'data format' is {fmt!r}, not list-mode ('CoincidenceList')", fix)
+    space = header_value(header, "SMS-MI header name space")
+    if space is not None and "sinogram" in space.lower():
+        raise PetiqInputError(
+            hdr, f"'%SMS-MI header name space' is {space!r}: this is a sinogram header", fix
+        )
+    pdt = header_value(header, "PET data type")
+    if pdt is not None and pdt.strip() and pdt.strip().lower() != "emission":
+        raise PetiqInputError(hdr, f"'PET data type' is {pdt!r}, expected 'emission'", fix)
+    bits = header_value(header, "LM event and tag words format (bits)")
+    if bits is not None and bits.strip() and bits.strip() != "32":
+        raise PetiqInputError(
+            hdr,
+            f"list-mode words are {bits}-bit; only 32-bit PETLINK is supported",
+            "convert to 32-bit PETLINK list-mode",
+        )
+    order = header_value(header, "image data byte order")
+    if order is not None and order.strip() and order.strip().upper() != "LITTLEENDIAN":
+        raise PetiqInputError(
+            hdr, f"'image data byte order' is {order!r}", "PETLINK list-mode is LITTLEENDIAN"
+        )
+    count = header_value(header, _WORD_COUNT_KEY)
+    if count is None:
+        raise PetiqInputError(hdr, f"has no '{_WORD_COUNT_KEY}' key, so it is not a list-mode header", fix)
+
+
+def _header_int(header: Mapping[str, str], key: str, hdr) -> int | None:
+    v = header_value(header, key)
+    if v is None or not v.strip():
+        return None
+    try:
+        return int(v.strip())
+    except ValueError:
+        try:
+            f = float(v.strip())
+        except ValueError:
+            f = math.nan
+        if f.is_integer():
+            return int(f)
+        raise PetiqInputError(
+            hdr, f"'{key}' is {v!r}, not an integer", f"write a whole number for '{key}'"
+        ) from None
+
+
+def _header_geometry(header: Mapping[str, str], hdr) -> tuple[int | None, int | None, int | None]:
+    """(n_span1_sinograms, n_views, n_radial) as far as the header tells them."""
+    n_radial = _header_int(header, "number of projections", hdr)
+    n_views = _header_int(header, "number of views", hdr)
+    n_sino = None
+    table = header_value(header, "segment table")
+    if table is not None and table.strip():
+        try:
+            n_sino = sum(int(x) for x in table.strip().strip("{}").split(",") if x.strip())
+        except ValueError:
+            raise PetiqInputError(
+                hdr, f"'%segment table' is {table!r}", "write it as {n0,n1,...} with integers"
+            ) from None
+    else:
+        rings = _header_int(header, "number of rings", hdr)
+        mrd = _header_int(header, "maximum ring difference", hdr)
+        if rings is not None and mrd is not None:
+            n_sino = rings + 2 * sum(rings - d for d in range(1, mrd + 1))
+    return n_sino, n_views, n_radial
+
+
+def _header_bin_count(header: Mapping[str, str], hdr) -> int | None:
+    n_sino, n_views, n_radial = _header_geometry(header, hdr)
+    if n_sino is None or n_views is None or n_radial is None:
+        return None
+    return n_sino * n_views * n_radial
+
+
+def _scanner_span1_shape(scanner) -> tuple[int, int, int]:
+    n_sino, n_views, n_radial = (int(v) for v in scanner.sinogram_shape(1))
+    return n_sino, n_views, n_radial
+
+
+def _check_scanner_matches(header: Mapping[str, str], scanner, where) -> int:
+    """Span-1 bin count of ``scanner``, after checking the header geometry agrees with it."""
+    shape = _scanner_span1_shape(scanner)
+    got = _header_geometry(header, where)
+    names = ("span-1 sinograms", "views (%number of views)", "radial bins (%number of projections)")
+    for name, h, s in zip(names, got, shape):
+        if h is not None and h != s:
+            raise PetiqInputError(
+                where,
+                f"the header says {h} {name} but the scanner has {s}",
+                "use the scanner the data were acquired (or simulated) with",
+            )
+    return shape[0] * shape[1] * shape[2]
+
+
+def _scanner_defaults(scanner) -> dict[str, str]:
+    """Default header keys for ``scanner`` (mMR values where no scanner is given), in the order
+    of :data:`MMR_HEADER_DEFAULTS`."""
+    if scanner is None:
+        return dict(MMR_HEADER_DEFAULTS)
+    n_sino, n_views, n_radial = _scanner_span1_shape(scanner)
+    rings = int(scanner.n_rings)
+    is_mmr = (n_sino, n_views, n_radial, rings) == (
+        sum(_MMR_SEGMENT_TABLE),
+        _MMR_VIEWS,
+        _MMR_RADIAL,
+        _MMR_RINGS,
+    )
+    drop = set() if is_mmr else set(_MMR_ONLY_KEYS)
+    set_: dict[str, str] = {
+        "number of rings": str(rings),
+        "number of projections": str(n_radial),
+        "number of views": str(n_views),
+    }
+    if not is_mmr:
+        set_["originating system"] = str(getattr(scanner, "name", "") or "petiq simulated scanner")
+    pitch = getattr(scanner, "ring_pitch_mm", None)
+    radius = getattr(scanner, "ring_radius_mm", None)
+    if pitch is not None:
+        set_["distance between rings (cm)"] = _fmt_value(round(float(pitch) / 10.0, 6))
+        drop.discard("distance between rings (cm)")
+    if radius is not None:
+        set_["gantry crystal radius (cm)"] = _fmt_value(round(float(radius) / 10.0, 6))
+        drop.discard("gantry crystal radius (cm)")
+    mrd = next(
+        (m for m in range(rings) if rings + 2 * sum(rings - d for d in range(1, m + 1)) == n_sino), None
+    )
+    if mrd is None:  # not the usual all-ring-pairs-up-to-mrd layout: give the count only
+        drop |= {"maximum ring difference", "number of segments"}
+        set_["segment table"] = "{" + str(n_sino) + "}"
+    else:
+        table = [rings] + [rings - d for d in range(1, mrd + 1) for _ in (0, 1)]
+        set_["maximum ring difference"] = str(mrd)
+        set_["number of segments"] = str(len(table))
+        set_["segment table"] = _segment_table_text(table)
+    return {k: set_.get(_norm_key(k), v) for k, v in MMR_HEADER_DEFAULTS.items() if _norm_key(k) not in drop}
+
+
+def _fmt_value(v) -> str:
+    if isinstance(v, (bool, np.bool_)):
+        return str(int(v))
+    if isinstance(v, numbers.Integral):
+        return str(int(v))
+    if isinstance(v, numbers.Real):
+        f = float(v)
+        return str(int(f)) if f.is_integer() else repr(f)
+    return str(v).strip()
+
+
+def _fmt_seconds(ms: int) -> str:
+    return str(ms // 1000) if ms % 1000 == 0 else f"{ms / 1000:.3f}".rstrip("0")
+
+
+def _merge_header(given: Mapping[str, object] | None, defaults: Mapping[str, str]) -> list[list[str]]:
+    """Given keys in their order (values as strings), with each missing default key inserted
+    after the nearest preceding default key that is present; ``!INTERFILE`` first and
+    ``!END OF INTERFILE`` last."""
+    items: list[list[str]] = [[str(k).strip(), _fmt_value(v)] for k, v in (given or {}).items()]
+    # !INTERFILE first, !END OF INTERFILE last, whatever the caller's order.
+    items = [it for it in items if _norm_key(it[0]) not in ("interfile", "end of interfile")]
+    present = {_norm_key(k): i for i, (k, _) in enumerate(items)}
+    out_keys = [_norm_key(k) for k, _ in items]
+    anchor = -1
+    for dk, dv in defaults.items():
+        nk = _norm_key(dk)
+        if nk in ("interfile", "end of interfile"):
+            continue
+        if nk in present:
+            anchor = out_keys.index(nk)
+            continue
+        items.insert(anchor + 1, [dk, dv])
+        out_keys.insert(anchor + 1, nk)
+        anchor += 1
+    return [["!INTERFILE", ""]] + items + [["!END OF INTERFILE", ""]]
+
+
+def _render_header(items: list[list[str]]) -> str:
+    lines = []
+    for i, (k, v) in enumerate(items):
+        if i > 0 and _norm_key(k) in _SECTION_KEYS:
+            lines.append("")
+        lines.append(f"{k}:={v}")
+    return "\n".join(lines) + "\n"
+
+
+def _set_items(items: list[list[str]], key: str, value: str) -> None:
+    nk = _norm_key(key)
+    hit = False
+    for it in items:
+        if _norm_key(it[0]) == nk:
+            it[1] = value
+            hit = True
+    if not hit:
+        items.insert(len(items) - 1, [key, value])
+
+
+def _rewrite_header_lines(lines: list[str], updates: Mapping[str, str]) -> str:
+    """Set ``updates`` in a header kept as its original lines: a key present is changed in place
+    (its spelling, spacing, line ending and position kept); a new key goes before ``!END OF
+    INTERFILE`` (or at the end). Every other line is copied unchanged."""
+    bodies = [ln.rstrip("\r\n") for ln in lines]
+    ends = [ln[len(b) :] for ln, b in zip(lines, bodies)]
+    eol = next((e for e in ends if e), "\n")
+    if ends and not ends[-1]:
+        ends[-1] = eol
+    pending = {_norm_key(k): (k, v) for k, v in updates.items()}
+    done: set[str] = set()
+    out: list[str] = []
+    end_at = None
+    for body, end in zip(bodies, ends):
+        s = body.strip()
+        if s and not s.startswith(";"):
+            nk = _norm_key(s.split(":=", 1)[0])
+            if nk == "end of interfile" and end_at is None:
+                end_at = len(out)
+            if nk in pending:
+                m = re.match(r".*?:=[ \t]*", body)  # keep the key and the spacing after ':='
+                prefix = m.group(0) if m else body.rstrip() + ":="
+                body = prefix + pending[nk][1]
+                done.add(nk)
+        out.append(body + end)
+    new = [f"{k}:={v}{eol}" for nk, (k, v) in pending.items() if nk not in done]
+    if end_at is None:
+        out.extend(new)
+    else:
+        while end_at > 0 and not out[end_at - 1].strip():  # keep the blank line before the end
+            end_at -= 1
+        out[end_at:end_at] = new
+    return "".join(out)

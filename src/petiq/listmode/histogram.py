@@ -1,0 +1,175 @@
+"""Histogramming list-mode into span-``s`` prompt/delayed sinograms plus delayed fan sums."""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from petiq.listmode.files import _bad_bin_error, _check_chunk_words, _iter_word_chunks, _open_checked
+from petiq.listmode.header import _DURATION_KEY, _scanner_span1_shape, header_value
+from petiq.listmode.words import _HIST_BLOCK, DEFAULT_CHUNK_WORDS, _histogram_chunk
+
+
+@dataclass
+class ListmodeHistogram:
+    """Sinograms of one list-mode file. Also readable as a dict (``h["prompts"]``, ``dict(h)``).
+
+    ``prompts`` and ``delayeds`` are views into one allocation (copy one to free the other)."""
+
+    prompts: np.ndarray  # uint32, scanner.sinogram_shape(span)
+    delayeds: np.ndarray  # uint32, scanner.sinogram_shape(span)
+    delayed_fansums: (
+        np.ndarray
+    )  # int64 (n_crystals,): delayeds per crystal (index ring*crystals_per_ring + det)
+    n_prompts: int
+    n_delayeds: int
+    n_outside_span: int  # events in span-1 sinograms the span-`span` sinograms do not include
+    duration_s: float  # last time tag / 1000 (the header's image duration if there are no tags)
+    span: int
+    header: dict[str, str] = field(repr=False)
+
+    def __getitem__(self, key: str):
+        return getattr(self, key)
+
+    def keys(self):
+        return [f for f in self.__dataclass_fields__]
+
+
+@dataclass(frozen=True)
+class _CrystalTables:
+    """Span-1 bin ``(z, r = view*n_radial + tang)`` -> its two crystals
+    ``ring_a[z] + det_a(r)`` and ``ring_b[z] + det_b(r)``, crystal index ``ring*crystals_per_ring + det``."""
+
+    ring_a: np.ndarray  # (n_sino1,) int64: ring * crystals_per_ring of the crystal paired with det_a
+    ring_b: np.ndarray  # (n_sino1,) int64: same for det_b
+    dets: np.ndarray  # (n_views*n_radial,) uint32: det_a | det_b << 16 (one load per event)
+
+
+_TABLE_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _crystal_tables(scanner) -> _CrystalTables:
+    """Span-1 bin -> crystal lookup tables, built once per scanner from ``scanner.bin_crystals``.
+
+    The layout is separable: the ring pair depends on the span-1 sinogram ``z`` only and the
+    detector pair on (view, tangential) only (a sinogram whose LORs list the pair the other way
+    round gets its ring entries swapped). This is checked on a deterministic sample of bins."""
+    try:
+        cached = _TABLE_CACHE.get(scanner)
+    except TypeError:
+        cached = None
+    if cached is not None:
+        return cached
+    n_sino, n_views, n_radial = _scanner_span1_shape(scanner)
+    plane = n_views * n_radial
+    cpr = int(scanner.crystals_per_ring)
+    if cpr > 0xFFFF:
+        raise NotImplementedError(
+            f"{cpr} crystals per ring: the fan-sum tables pack detector numbers in 16 bits"
+        )
+
+    def crystals(bins):
+        return tuple(np.asarray(a, dtype=np.int64) for a in scanner.bin_crystals(bins))
+
+    ra_z, da_z, rb_z, db_z = crystals(np.arange(n_sino, dtype=np.int64) * plane)
+    _, det_a, _, det_b = crystals(np.arange(plane, dtype=np.int64))
+    same = (da_z == det_a[0]) & (db_z == det_b[0])
+    swapped = ~same & (da_z == det_b[0]) & (db_z == det_a[0])
+    not_separable = not np.all(same | swapped)
+    ring_a = np.where(swapped, rb_z, ra_z) * cpr
+    ring_b = np.where(swapped, ra_z, rb_z) * cpr
+    n_bins = n_sino * plane
+    rng = np.random.default_rng(12345)
+    sample = np.unique(
+        np.concatenate([rng.integers(0, n_bins, 20000), [0, plane - 1, plane, n_bins - plane, n_bins - 1]])
+    )
+    ra, da, rb, db = crystals(sample)
+    zs, rs = sample // plane, sample % plane
+    got = np.sort(np.stack([ra * cpr + da, rb * cpr + db]), axis=0)
+    want = np.sort(np.stack([ring_a[zs] + det_a[rs], ring_b[zs] + det_b[rs]]), axis=0)
+    if not_separable or not np.array_equal(got, want):
+        raise NotImplementedError(
+            "scanner.bin_crystals is not separable into (ring pair per sinogram) x (detector pair per "
+            "view/tangential); delayed fan sums need that layout"
+        )
+    if int(max(ring_a.max(), ring_b.max())) + int(max(det_a.max(), det_b.max())) >= int(scanner.n_crystals):
+        raise NotImplementedError("crystal index ring*crystals_per_ring + det exceeds scanner.n_crystals")
+    tables = _CrystalTables(ring_a, ring_b, (det_a | (det_b << 16)).astype(np.uint32))
+    with contextlib.suppress(TypeError):
+        _TABLE_CACHE[scanner] = tables
+    return tables
+
+
+def histogram_listmode(
+    path: str | Path, scanner, span: int = 11, chunk_words: int = DEFAULT_CHUNK_WORDS
+) -> ListmodeHistogram:
+    """Histogram a PETLINK file into span-``span`` prompt and delayed sinograms (uint32, shape
+    ``scanner.sinogram_shape(span)``) plus span-1 delayed fan sums per crystal (each delayed
+    adds 1 to both its crystals; index ``ring * crystals_per_ring + det``), streaming
+    ``chunk_words`` words at a time. Memory: the two sinograms plus two chunks."""
+    chunk_words = _check_chunk_words(chunk_words)
+    lm = _open_checked(path, scanner)
+    shape = tuple(int(v) for v in scanner.sinogram_shape(span))
+    n_sino1, n_views, n_radial = _scanner_span1_shape(scanner)
+    plane = n_views * n_radial
+    if shape[1:] != (n_views, n_radial):
+        raise ValueError(f"scanner.sinogram_shape({span}) = {shape} changes views/radial bins")
+    sino_map = np.ascontiguousarray(scanner.span1_to_sinogram(span), dtype=np.int64)
+    if sino_map.shape != (n_sino1,) or sino_map.max(initial=-1) >= shape[0]:
+        raise ValueError(
+            f"scanner.span1_to_sinogram({span}) does not map {n_sino1} sinograms into {shape[0]}"
+        )
+    t = _crystal_tables(scanner)
+    n_sino_bins = shape[0] * plane
+    # one allocation: [delayeds | prompts | a dummy slot that tags and out-of-span events hit]
+    hist = np.zeros(2 * n_sino_bins + 1, dtype=np.uint32)
+    delayeds = hist[:n_sino_bins].reshape(shape)
+    prompts = hist[n_sino_bins : 2 * n_sino_bins].reshape(shape)
+    fans = np.zeros(int(scanner.n_crystals), dtype=np.int64)
+    slots = np.empty(_HIST_BLOCK, dtype=np.int64)
+    totals = np.zeros(4, dtype=np.int64)
+    last_ms = -1
+    offset = 0
+    for words in _iter_word_chunks(lm.path, chunk_words):
+        n_p, n_d, n_out, n_time, lm_ms, bad = _histogram_chunk(
+            words,
+            lm.n_bins,
+            plane,
+            1.0 / plane,
+            sino_map,
+            hist,
+            n_sino_bins,
+            t.ring_a,
+            t.ring_b,
+            t.dets,
+            fans,
+            slots,
+        )
+        if bad >= 0:
+            raise _bad_bin_error(lm.path, offset + bad, words[bad], lm.n_bins)
+        offset += words.size
+        totals += (n_p, n_d, n_out, n_time)
+        if lm_ms >= 0:
+            last_ms = int(lm_ms)
+    if last_ms >= 0:
+        duration = last_ms / 1000.0
+    else:
+        try:
+            duration = float(header_value(lm.header, _DURATION_KEY) or 0.0)
+        except ValueError:
+            duration = 0.0
+    return ListmodeHistogram(
+        prompts=prompts,
+        delayeds=delayeds,
+        delayed_fansums=fans,
+        n_prompts=int(totals[0]),
+        n_delayeds=int(totals[1]),
+        n_outside_span=int(totals[2]),
+        duration_s=duration,
+        span=int(span),
+        header=lm.header,
+    )

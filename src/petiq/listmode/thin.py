@@ -1,0 +1,167 @@
+"""Thinning: simulate a lower injected dose by keeping each event with probability p."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import numbers
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from petiq.errors import PetiqInputError
+from petiq.listmode.files import (
+    _AtomicPair,
+    _bad_bin_error,
+    _check_chunk_words,
+    _iter_word_chunks,
+    _open_checked,
+)
+from petiq.listmode.header import _WORD_COUNT_KEY, _rewrite_header_lines, header_path, header_value
+from petiq.listmode.words import DEFAULT_CHUNK_WORDS, _thin_kernel
+
+
+@dataclass(frozen=True)
+class ThinSummary:
+    """Counts in and out of :func:`thin_listmode`."""
+
+    fraction: float
+    seed: int
+    prompts_in: int
+    delayeds_in: int
+    prompts_out: int
+    delayeds_out: int
+    tags: int
+    words_in: int
+    words_out: int
+    source_sha256: str
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _check_fraction(fraction, where) -> float:
+    ok = isinstance(fraction, numbers.Real) and not isinstance(fraction, bool)
+    f = float(fraction) if ok else math.nan
+    if not (ok and math.isfinite(f) and 0.0 < f <= 1.0):
+        raise PetiqInputError(
+            where,
+            f"thinning fraction {fraction!r} is not in (0, 1]",
+            "give the dose fraction p as a number with 0 < p <= 1 (1 keeps every event)",
+        )
+    return f
+
+
+def _check_seed(seed, where) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise PetiqInputError(
+            where, f"seed {seed!r} is not a non-negative integer", "derive one with petiq.seeding.derive_seed"
+        )
+    return int(seed)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    return a.exists() and b.exists() and os.path.samefile(a, b)
+
+
+def thin_listmode(
+    src: str | Path,
+    dst: str | Path,
+    fraction: float,
+    seed: int,
+    chunk_words: int = DEFAULT_CHUNK_WORDS,
+    *,
+    scanner=None,
+) -> ThinSummary:
+    """Simulate a lower injected dose: keep each prompt and each delayed of ``src``
+    independently with probability ``fraction`` and write them, with every tag unchanged and in
+    place, to ``dst`` (+ ``dst.hdr``), streaming ``chunk_words`` words at a time.
+
+    One uniform ``u`` is drawn per word (events and tags) from ``np.random.default_rng(seed)``
+    in file order, and an event is kept iff ``u < fraction``: the output does not depend on
+    ``chunk_words``, the same seed gives byte-identical files, and with one seed the events kept
+    at a lower fraction are a subset of those kept at a higher one.
+
+    The header is copied line by line, with ``%total listmode word counts`` and ``!name of data
+    file`` updated and provenance keys added: ``%petiq source file``, ``%petiq source file
+    sha256``, ``%petiq thinning fraction`` (this step), ``%petiq dose fraction`` (cumulative over
+    repeated thinning), ``%petiq thinning seed``, ``%petiq source prompts``, ``%petiq source
+    delayeds``, ``%petiq prompts``, ``%petiq delayeds``. ``src`` is only read."""
+    src = Path(src)
+    dst = Path(dst)
+    f = _check_fraction(fraction, src)
+    seed = _check_seed(seed, src)
+    chunk_words = _check_chunk_words(chunk_words)
+    lm = _open_checked(src, scanner)
+    for a, b in (
+        (dst, src),
+        (header_path(dst), header_path(src)),
+        (dst, header_path(src)),
+        (header_path(dst), src),
+    ):
+        if _same_file(a, b):
+            raise PetiqInputError(
+                dst, f"the output would overwrite the input {b}", "write the thinned copy to another path"
+            )
+    prev = header_value(lm.header, "petiq dose fraction")
+    try:
+        prev_f = float(prev) if prev is not None and prev.strip() else 1.0
+    except ValueError:
+        prev_f = 1.0
+
+    rng = np.random.default_rng(seed)
+    sha = hashlib.sha256()
+    u = np.empty(chunk_words, dtype=np.float64)
+    out = np.empty(chunk_words, dtype=np.uint32)
+    totals = np.zeros(5, dtype=np.int64)  # p_in, p_out, d_in, d_out, tags
+    offset = 0
+    pair = _AtomicPair(dst)
+    try:
+        for words in _iter_word_chunks(src, chunk_words, sha):
+            uu = u[: words.size]
+            rng.random(out=uu)
+            n, p_in, p_out, d_in, d_out, tags, _, bad = _thin_kernel(words, uu, f, lm.n_bins, out)
+            if bad >= 0:
+                raise _bad_bin_error(src, offset + bad, words[bad], lm.n_bins)
+            offset += words.size
+            totals += (p_in, p_out, d_in, d_out, tags)
+            pair.write(out[:n])
+        if offset != lm.n_words:
+            raise PetiqInputError(
+                src, f"read {offset} words, expected {lm.n_words}", "do not modify the file while thinning"
+            )
+        p_in, p_out, d_in, d_out, tags = (int(v) for v in totals)
+        digest = sha.hexdigest()
+        updates = {
+            _WORD_COUNT_KEY: str(pair.n_words),
+            "!name of data file": dst.name,
+            "%petiq source file": src.name,
+            "%petiq source file sha256": digest,
+            "%petiq thinning fraction": repr(f),
+            "%petiq dose fraction": repr(f * prev_f),
+            "%petiq thinning seed": str(seed),
+            "%petiq source prompts": str(p_in),
+            "%petiq source delayeds": str(d_in),
+            "%petiq prompts": str(p_out),
+            "%petiq delayeds": str(d_out),
+        }
+        pair.commit(_rewrite_header_lines(lm.lines, updates))
+    except BaseException as exc:
+        pair.abort((type(exc), exc, exc.__traceback__))
+        raise
+    return ThinSummary(
+        fraction=f,
+        seed=seed,
+        prompts_in=p_in,
+        delayeds_in=d_in,
+        prompts_out=p_out,
+        delayeds_out=d_out,
+        tags=tags,
+        words_in=lm.n_words,
+        words_out=p_out + d_out + tags,
+        source_sha256=digest,
+    )

@@ -1,0 +1,258 @@
+"""PETLINK 32-bit word layout and the numba kernels that walk word streams.
+
+One pass per chunk of words, no Python per event; every kernel is ``cache=True`` and ``nogil=True``
+(so file reading on a helper thread overlaps with it). See :mod:`petiq.listmode` for the format.
+"""
+
+from __future__ import annotations
+
+import numba
+import numba.core.errors
+import numpy as np
+from llvmlite import ir as llvm_ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+TAG_BIT = 0x80000000
+PROMPT_BIT = 0x40000000
+BIN_MASK = 0x3FFFFFFF
+TIME_TAG = 0x80000000  # word >> 29 == 0b100
+TIME_MASK = 0x1FFFFFFF
+DEADTIME_TAG = 0xA0000000  # word >> 29 == 0b101
+GANTRY_TAG = 0xC0000000  # word >> 29 == 0b110
+GATING_TAG = 0xE0000000  # word >> 28 == 0b1110
+CONTROL_TAG = 0xF0000000  # word >> 28 == 0b1111
+MAX_TIME_MS = TIME_MASK  # 2**29 - 1 ms, about 6.2 days
+
+#: Words per chunk for the streaming functions (16 MiB of data per chunk).
+DEFAULT_CHUNK_WORDS = 1 << 22
+
+
+@numba.njit(cache=True, nogil=True)
+def _decode_kernel(words, cur_ms, n_bins, bins_out, prompt_out, time_out):
+    """Decode events of ``words``; returns (n_events, cur_ms, n_time_tags, first bad word index)."""
+    n = 0
+    n_time = 0
+    bad = -1
+    for i in range(words.size):
+        w = np.int64(words[i])
+        if w < 0x80000000:
+            b = w & 0x3FFFFFFF
+            if b >= n_bins and bad < 0:
+                bad = i
+            bins_out[n] = b
+            prompt_out[n] = (w & 0x40000000) != 0
+            time_out[n] = cur_ms
+            n += 1
+        elif (w >> 29) == 4:
+            cur_ms = w & 0x1FFFFFFF
+            n_time += 1
+    return n, cur_ms, n_time, bad
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_kernel(words, n_bins):
+    """(prompts, delayeds, time tags, other tags, last time ms, first bad word index)."""
+    n_p = 0
+    n_d = 0
+    n_time = 0
+    n_other = 0
+    last_ms = -1
+    bad = -1
+    for i in range(words.size):
+        w = np.int64(words[i])
+        if w < 0x80000000:
+            if (w & 0x3FFFFFFF) >= n_bins and bad < 0:
+                bad = i
+            if w & 0x40000000:
+                n_p += 1
+            else:
+                n_d += 1
+        elif (w >> 29) == 4:
+            n_time += 1
+            last_ms = w & 0x1FFFFFFF
+        else:
+            n_other += 1
+    return n_p, n_d, n_time, n_other, last_ms, bad
+
+
+@numba.njit(cache=True, nogil=True)
+def _encode_kernel(bins, prompt, time_ms, cur_ms, out):
+    """Events -> words with one time tag per ms boundary crossed; returns (n_words, cur_ms)."""
+    n = 0
+    for i in range(bins.size):
+        t = time_ms[i]
+        while cur_ms < t:
+            cur_ms += 1
+            out[n] = np.uint32(0x80000000 | cur_ms)
+            n += 1
+        w = bins[i]
+        if prompt[i]:
+            w = w | 0x40000000
+        out[n] = np.uint32(w)
+        n += 1
+    return n, cur_ms
+
+
+@numba.njit(cache=True, nogil=True)
+def _time_tags_kernel(start_ms, stop_ms, out):
+    n = 0
+    for m in range(start_ms + 1, stop_ms + 1):
+        out[n] = np.uint32(0x80000000 | m)
+        n += 1
+    return n
+
+
+@numba.njit(cache=True, nogil=True)
+def _thin_kernel(words, u, fraction, n_bins, out):
+    """Keep tags; keep each event iff its uniform ``u[i] < fraction`` (branch-free keep).
+
+    Returns (n_out, prompts_in, prompts_out, delayeds_in, delayeds_out, tags, last_ms, bad)."""
+    n = 0
+    p_in = 0
+    p_out = 0
+    n_events = 0
+    n_kept = 0
+    last_ms = -1
+    bad = -1
+    for i in range(words.size):
+        w = words[i]
+        wi = np.int64(w)
+        out[n] = w
+        if wi >= 0x80000000:
+            n += 1
+            if (wi >> 29) == 4:
+                last_ms = wi & 0x1FFFFFFF
+            continue
+        if (wi & 0x3FFFFFFF) >= n_bins and bad < 0:
+            bad = i
+        keep = np.int64(u[i] < fraction)
+        pr = (wi >> 30) & 1
+        n_events += 1
+        n_kept += keep
+        p_in += pr
+        p_out += pr & keep
+        n += keep
+    tags = n - n_kept
+    return n, p_in, p_out, n_events - p_in, n_kept - p_out, tags, last_ms, bad
+
+
+@intrinsic
+def _prefetch(typingctx, arr, idx):
+    """Software prefetch of ``arr[idx]`` for writing (LLVM ``llvm.prefetch``)."""
+    sig = types.void(arr, idx)
+
+    def codegen(context, builder, signature, args):
+        aryty, _ = signature.args
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
+        i8p = llvm_ir.IntType(8).as_pointer()
+        i32 = llvm_ir.IntType(32)
+        fnty = llvm_ir.FunctionType(llvm_ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
+        # rw = 1 (write), locality = 3 (keep in cache), cache type = 1 (data)
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(1), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _make_histogram_kernel(prefetch: bool):
+    def kernel(
+        words, n_bins, plane, inv_plane, sino_map, hist, n_sino_bins, ring_a, ring_b, dets, fans, slots
+    ):
+        """Histogram ``words`` into ``hist`` = [delayeds | prompts | 1 dummy slot] (flat) and the
+        delayed fan sums. Works in blocks of ``slots.size`` words: a first pass decodes, adds fan
+        sums and prefetches each target bin, a second pass increments them, so that many cache
+        misses into the big sinograms are in flight at once (the sinograms are far larger than
+        the caches and events hit them at random).
+
+        Returns (prompts, delayeds, events outside the span, time tags, last ms, bad word index)."""
+        dummy = 2 * n_sino_bins
+        block = slots.size
+        n_words = words.size
+        n_p = 0
+        n_ev = 0
+        n_out = 0
+        n_time = 0
+        last_ms = -1
+        for start in range(0, n_words, block):
+            m = min(block, n_words - start)
+            for j in range(m):
+                w = np.int64(words[start + j])
+                if w >= 0x80000000:
+                    if (w >> 29) == 4:
+                        n_time += 1
+                        last_ms = w & 0x1FFFFFFF
+                    slots[j] = dummy
+                    continue
+                b = w & 0x3FFFFFFF
+                if b >= n_bins:
+                    return n_p, n_ev - n_p, n_out, n_time, last_ms, start + j
+                z = np.int64(b * inv_plane)  # b // plane without the slow integer division
+                r = b - z * plane
+                if r < 0:
+                    z -= 1
+                    r += plane
+                elif r >= plane:
+                    z += 1
+                    r -= plane
+                pr = (w >> 30) & 1
+                n_ev += 1
+                n_p += pr
+                sz = sino_map[z]
+                if sz < 0:
+                    n_out += 1
+                    o = dummy
+                else:
+                    o = pr * n_sino_bins + sz * plane + r
+                slots[j] = o
+                if prefetch:
+                    _prefetch(hist, o)
+                if pr == 0:
+                    d = dets[r]  # det_a | det_b << 16
+                    fans[ring_a[z] + (d & 0xFFFF)] += 1
+                    fans[ring_b[z] + (d >> 16)] += 1
+            for j in range(m):
+                hist[slots[j]] += 1
+        return n_p, n_ev - n_p, n_out, n_time, last_ms, -1
+
+    return numba.njit(cache=True, nogil=True)(kernel)
+
+
+_histogram_kernel_prefetch = _make_histogram_kernel(True)
+_histogram_kernel_plain = _make_histogram_kernel(False)
+_HIST_BLOCK = 256  # words per prefetch block
+
+
+def _histogram_chunk(*args):
+    """Run the prefetching kernel; fall back to the plain one if this LLVM lacks the intrinsic."""
+    global _histogram_chunk_impl
+    try:
+        return _histogram_chunk_impl(*args)
+    except numba.core.errors.NumbaError:
+        if _histogram_chunk_impl is _histogram_kernel_plain:
+            raise
+        _histogram_chunk_impl = _histogram_kernel_plain
+        return _histogram_chunk_impl(*args)
+
+
+_histogram_chunk_impl = _histogram_kernel_prefetch
+
+
+def encode_events(bins, prompt, time_ms) -> np.ndarray:
+    """PETLINK words for time-ordered events: one elapsed-time tag per millisecond boundary
+    (tags ``1 .. time_ms[-1]``) before the events of that millisecond. No trailing tags; no
+    validation beyond what :class:`ListmodeWriter` does.
+
+    >>> [hex(w) for w in encode_events([5, 7], [True, False], [0, 2])]
+    ['0x40000005', '0x80000001', '0x80000002', '0x7']
+    """
+    bins = np.ascontiguousarray(bins, dtype=np.int64)
+    prompt = np.ascontiguousarray(prompt, dtype=np.bool_)
+    time_ms = np.ascontiguousarray(time_ms, dtype=np.int64)
+    n_tags = int(time_ms[-1]) if time_ms.size else 0
+    out = np.empty(bins.size + n_tags, dtype=np.uint32)
+    n, _ = _encode_kernel(bins, prompt, time_ms, 0, out)
+    return out[:n]
