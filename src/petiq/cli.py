@@ -24,6 +24,55 @@ def _check_patients(args) -> None:
     print(f"{args.sheet}: {len(sheet)} patients ({counts}); no problems found")
 
 
+def _simulate(args) -> None:
+    import json
+
+    import pandas as pd
+
+    from .fileio import write_json
+    from .scanner import Scanner
+    from .simulate import simulate_norm_scan, simulate_patient
+
+    scanner = Scanner.from_name(args.scanner)
+    if args.norm:
+        import numpy as np
+
+        from .fileio import atomic_path
+
+        scan = simulate_norm_scan(scanner, args.scanner_seed, args.seed, span=args.span, progress=not args.quiet)
+        with atomic_path(args.out) as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(fh, scanner=np.asarray(scanner.name), **scan)
+        print(f"norm scan of {scanner.name}: {int(scan['sinogram'].sum())} counts -> {args.out}")
+        return
+    participants = pd.read_csv(args.participants, sep="\t", dtype={"participant_id": str})
+    row = participants.set_index("participant_id", drop=False).loc[args.subject].to_dict()
+    summary = simulate_patient(
+        truth_path=args.truth, mumap_path=args.mumap, participant=row, scanner=scanner, scanner_seed=args.scanner_seed,
+        seed=args.seed, out_path=args.out, duration_s=args.duration, span=args.span, progress=not args.quiet,
+    )
+    if args.summary:
+        write_json(args.summary, summary)
+    print(json.dumps(summary, indent=1, default=float))
+
+
+def _thin(args) -> None:
+    from .listmode import thin_listmode
+
+    summary = thin_listmode(args.src, args.dst, args.fraction, args.seed)
+    print(summary.as_dict())
+
+
+def _histogram(args) -> None:
+    from .listmode import histogram_listmode
+    from .scanner import Scanner
+    from .sinograms import write_sinograms
+
+    scanner = Scanner.from_name(args.scanner)
+    hist = histogram_listmode(args.src, scanner, span=args.span)
+    write_sinograms(args.out, hist, scanner.name)
+    print(f"{args.src}: {hist.n_prompts} prompts, {hist.n_delayeds} delayeds, {hist.duration_s:g} s -> {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="petiq", description=__doc__)
     parser.add_argument("--version", action="version", version=f"petiq {__version__}")
@@ -39,6 +88,35 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-patients", help="validate a patient sheet and report the first problem")
     check.add_argument("sheet", help="the patient sheet (TSV)")
     check.set_defaults(func=_check_patients)
+    simulate = commands.add_parser("simulate", help="a cohort patient -> 100 %% list-mode (or the scanner's norm scan)")
+    simulate.add_argument("--scanner", default="mmr", help="scanner preset: mmr, demo or tiny")
+    simulate.add_argument("--span", type=int, default=11, help="axial compression of the simulated expectation")
+    simulate.add_argument("--seed", type=int, required=True, help="seed of this acquisition")
+    simulate.add_argument("--scanner-seed", type=int, required=True, help="seed of the scanner's normalisation truth")
+    simulate.add_argument("--out", required=True, help="output .l file (its .l.hdr is written beside it), or .npz with --norm")
+    simulate.add_argument("--norm", action="store_true", help="simulate the normalisation scan of a uniform cylinder instead")
+    simulate.add_argument("--truth", help="the patient's true activity (NIfTI, kBq/mL)")
+    simulate.add_argument("--mumap", help="the patient's μ-map (NIfTI, cm^-1)")
+    simulate.add_argument("--participants", help="participants.tsv with the patient's metadata")
+    simulate.add_argument("--subject", help="participant_id")
+    simulate.add_argument("--duration", type=float, default=900.0, help="acquisition duration in seconds")
+    simulate.add_argument("--summary", help="write the simulation summary (JSON) here")
+    simulate.add_argument("--quiet", action="store_true", help="no progress bar")
+    simulate.set_defaults(func=_simulate)
+
+    thin = commands.add_parser("thin", help="keep each prompt and delayed with probability F (a lower dose)")
+    thin.add_argument("src", help="list-mode file (.l)")
+    thin.add_argument("dst", help="thinned list-mode file (.l)")
+    thin.add_argument("--fraction", type=float, required=True, help="kept fraction, 0 < F <= 1")
+    thin.add_argument("--seed", type=int, required=True, help="seed (same seed, same file)")
+    thin.set_defaults(func=_thin)
+
+    histogram = commands.add_parser("histogram", help="list-mode -> prompts and delayeds sinograms (.npz)")
+    histogram.add_argument("src", help="list-mode file (.l)")
+    histogram.add_argument("out", help="sinogram file (.npz)")
+    histogram.add_argument("--span", type=int, default=11, help="axial compression (mMR: 11)")
+    histogram.add_argument("--scanner", default="mmr", help="scanner preset: mmr, demo or tiny")
+    histogram.set_defaults(func=_histogram)
     return parser
 
 

@@ -1,0 +1,321 @@
+"""List-mode simulation: a cohort patient → a 100 % PETLINK acquisition, and the scanner's norm scan.
+
+The expected data of a span-1 bin ``i`` (crystals ``a``, ``b``; member of span-``S`` sinogram ``k``)
+over an acquisition of ``D`` seconds::
+
+    trues_i    = c_T · n_i · a_k · (P x)_k / m_k          attenuated line integral, shared by the
+    scatter_i  = c_S · n_i · smooth(a · P x)_k / m_k      m_k members of the compressed bin
+    randoms_i  = 2τ · s_a · s_b · D                       singles-rate model (delayeds: same)
+    prompts_i ~ Poisson(trues_i + scatter_i + randoms_i),   delayeds_i ~ Poisson(randoms_i)
+
+* ``P`` is the Joseph projector at the reconstruction span (mMR: 11) on the phantom's grid; each span-1
+  member of a compressed bin receives its share (the same "mean LOR" approximation the projector
+  uses for span > 1), times its own normalisation.
+* ``n_i = ε_a ε_b g_t``: crystal efficiencies (block profile × random spread, zero in the gaps) and a
+  radial geometric factor with the interleaving pattern of odd/even radial bins: the scanner's
+  normalisation *truth*, drawn once per scanner from the config seed (:func:`scanner_truth`).
+* ``a = exp(−P μ)`` from the μ-map (cm⁻¹; the projector integrates in mm).
+* Count level: ``c_T = η · A · D / Σ_i (P x)_k/m_k``, with ``A`` the activity in the field of view
+  (MBq, from the phantom) and ``η`` the trues sensitivity of the scanner for an unattenuated head-sized
+  source (mMR ≈ 15 kcps/MBq, its NEMA sensitivity). For the reduced presets ``η`` is scaled by their
+  number of bins, so that counts *per bin* — and so the noise texture — match the mMR's.
+* Scatter: a broad smoothing (σ ≈ 60 mm radially, a few views and planes) of the attenuated emission,
+  scaled to a scatter fraction drawn per patient in [0.30, 0.40] of trues + scatter.
+* Randoms: singles per crystal ``s = σ₁ · ε · A`` with σ₁ set so that a typical brain study (≈ 18 MBq
+  in the field of view) has a randoms fraction near 20 %; it grows with activity like a real scanner's.
+* Events are shuffled (a Poisson process's events come in uniformly random order) and given
+  millisecond times from a multinomial over the acquisition's milliseconds, weighted by ¹⁸F decay.
+
+The normalisation acquisition (:func:`simulate_norm_scan`) is a long scan of a uniform water
+cylinder, kept as span-1 crystal fan sums and a span-``S`` sinogram (a 10⁹-count list-mode file would
+serve no purpose), for the reconstruction stage's component-based norm estimate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import ndimage
+from tqdm import tqdm
+
+from .phantom import F18_HALF_LIFE_MIN
+from .recon.projectors import JosephProjector
+from .scanner import Scanner
+
+MMR_TRUES_CPS_PER_MBQ = 15_000.0
+COINCIDENCE_WINDOW_NS = 5.86
+#: Singles per crystal per MBq in the field of view (cps/MBq), for a ~20 % randoms fraction at 18 MBq.
+SINGLES_CPS_PER_MBQ = 4.3
+
+
+@dataclass(frozen=True)
+class ScannerTruth:
+    """The simulated scanner's normalisation truth (what a norm scan measures)."""
+
+    crystal_efficiency: np.ndarray  # (n_rings, crystals_per_ring), 0 in the gaps
+    radial_factor: np.ndarray  # (n_radial,)
+
+    def span1_plane_norm(self, scanner: Scanner, z: int, dets: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        """``n_i`` of one span-1 sinogram plane ``z``: (n_views, n_radial)."""
+        ring_a, ring_b = (r[z] for r in scanner.span1_rings())
+        det_a, det_b = dets
+        eff = self.crystal_efficiency
+        return eff[ring_a][det_a] * eff[ring_b][det_b] * self.radial_factor[None, :]
+
+
+def scanner_truth(scanner: Scanner, rng: np.random.Generator) -> ScannerTruth:
+    """Crystal efficiencies (block-position profile × 10 % random spread) and radial factors."""
+    pos = np.arange(scanner.crystals_per_ring) % scanner.block_positions
+    centre = (scanner.block_positions - 2) / 2.0
+    block_profile = 1.0 - 0.12 * ((pos - centre) / max(centre, 1.0)) ** 2  # edge crystals see less
+    eff = block_profile[None, :] * np.exp(rng.normal(0.0, 0.10, size=(scanner.n_rings, scanner.crystals_per_ring)))
+    eff[:, scanner.is_gap(np.arange(scanner.crystals_per_ring))] = 0.0
+    tp = np.arange(scanner.n_radial) - scanner.n_radial // 2
+    radial = (1.0 - 0.25 * (tp / (scanner.n_radial / 2.0)) ** 2) * np.where(tp % 2 == 0, 1.04, 0.96)
+    return ScannerTruth(eff.astype(np.float32), radial.astype(np.float32))
+
+
+@dataclass(frozen=True)
+class AcquisitionSettings:
+    duration_s: float = 900.0
+    span: int = 11
+    scatter_fraction: float = 0.35
+    trues_cps_per_mbq: float = MMR_TRUES_CPS_PER_MBQ
+    singles_cps_per_mbq: float = SINGLES_CPS_PER_MBQ
+    coincidence_window_ns: float = COINCIDENCE_WINDOW_NS
+
+
+def trues_sensitivity(scanner: Scanner) -> float:
+    """η for this scanner: the mMR's, scaled by bin count so counts per bin match the mMR's."""
+    mmr = Scanner.mmr()
+    return MMR_TRUES_CPS_PER_MBQ * scanner.n_bins(1) / mmr.n_bins(1)
+
+
+@dataclass
+class ExpectedData:
+    """Expected counts at the simulation span, plus what is needed to expand them to span 1."""
+
+    emission: np.ndarray  # c_T · a · P x (span S), before normalisation
+    scatter: np.ndarray  # c_S · smooth(a · P x) (span S), before normalisation
+    singles_cps: np.ndarray  # (n_rings, crystals_per_ring)
+    activity_mbq: float
+    summary: dict
+
+
+def expected_data(
+    activity: np.ndarray,
+    mu: np.ndarray,
+    voxel_size_mm,
+    scanner: Scanner,
+    truth: ScannerTruth,
+    settings: AcquisitionSettings,
+) -> ExpectedData:
+    """Expected trues and scatter sinograms (span S, un-normalised) and singles rates."""
+    proj = JosephProjector(scanner, image_shape=activity.shape, voxel_size_mm=voxel_size_mm, span=settings.span)
+    line_integrals = proj.forward(activity.astype(np.float32))  # Bq/mm² (kBq/mL = Bq/mm³)
+    attenuation = np.exp(-0.1 * proj.forward(mu.astype(np.float32)))  # μ in cm⁻¹, path in mm
+    members = scanner.sinogram_members(settings.span).astype(np.float64)
+    voxel_ml = float(np.prod(voxel_size_mm)) / 1000.0
+    activity_mbq = float(activity.sum(dtype=np.float64) * voxel_ml / 1000.0)  # kBq/mL · mL → MBq
+    eta = settings.trues_cps_per_mbq * scanner.n_bins(1) / Scanner.mmr().n_bins(1)
+    # Σ_i (P x)_k / m_k over span-1 members = Σ_k (P x)_k: each compressed bin's share adds up.
+    total_geometric = float(line_integrals.sum(dtype=np.float64))
+    c_t = eta * activity_mbq * settings.duration_s / max(total_geometric, 1e-30)
+    emission = (c_t * attenuation * line_integrals / members[:, None, None]).astype(np.float32)
+
+    radial_sigma_bins = 60.0 / (2 * np.pi * scanner.ring_radius_mm / scanner.crystals_per_ring / 2)
+    smooth = ndimage.gaussian_filter(
+        emission.astype(np.float64), sigma=(2.0, 3.0, radial_sigma_bins), mode=("nearest", "wrap", "constant")
+    )
+    sf = settings.scatter_fraction
+    scatter = (smooth * (sf / (1.0 - sf)) * emission.sum(dtype=np.float64) / max(smooth.sum(), 1e-30)).astype(np.float32)
+    singles = settings.singles_cps_per_mbq * activity_mbq * truth.crystal_efficiency
+    return ExpectedData(
+        emission=emission,
+        scatter=scatter,
+        singles_cps=singles.astype(np.float64),
+        activity_mbq=activity_mbq,
+        summary={
+            "activity_in_fov_mbq": activity_mbq,
+            "trues_sensitivity_cps_per_mbq": eta,
+            "scatter_fraction": sf,
+            "mean_attenuation_factor": float((attenuation * line_integrals).sum() / max(total_geometric, 1e-30)),
+        },
+    )
+
+
+def iter_span1_counts(expected: ExpectedData, scanner: Scanner, truth: ScannerTruth, settings: AcquisitionSettings,
+                      rng: np.random.Generator, progress: bool = True):
+    """Yield ``(z, prompts, delayeds)`` Poisson counts of every span-1 sinogram plane (uint32 arrays
+    (n_views, n_radial)), in list-mode order."""
+    span_map = scanner.span1_to_sinogram(settings.span)
+    view, t = np.meshgrid(np.arange(scanner.n_views), np.arange(scanner.n_radial), indexing="ij")
+    dets = scanner.view_radial_to_dets(view, t)
+    ring_a_of_z, ring_b_of_z = scanner.span1_rings()
+    randoms_scale = 2.0 * settings.coincidence_window_ns * 1e-9 * settings.duration_s
+    s = expected.singles_cps
+    for z in tqdm(range(span_map.size), desc="span-1 planes", disable=not progress, mininterval=5):
+        norm = truth.span1_plane_norm(scanner, z, dets)
+        k = span_map[z]
+        randoms = randoms_scale * s[ring_a_of_z[z]][dets[0]] * s[ring_b_of_z[z]][dets[1]]
+        lam_prompt = norm * (expected.emission[k] + expected.scatter[k]) + randoms
+        yield z, rng.poisson(lam_prompt).astype(np.uint32), rng.poisson(randoms).astype(np.uint32)
+
+
+def draw_events(expected: ExpectedData, scanner: Scanner, truth: ScannerTruth, settings: AcquisitionSettings,
+                rng: np.random.Generator, progress: bool = True) -> tuple[np.ndarray, dict]:
+    """All events of the acquisition as PETLINK event words (uint32), in random (= time) order."""
+    plane_bins = scanner.n_views * scanner.n_radial
+    chunks, n_prompts, n_delayeds = [], 0, 0
+    for z, prompts, delayeds in iter_span1_counts(expected, scanner, truth, settings, rng, progress):
+        base = np.uint32(z * plane_bins)
+        for counts, flag in ((prompts.ravel(), np.uint32(1 << 30)), (delayeds.ravel(), np.uint32(0))):
+            nz = np.flatnonzero(counts)
+            if nz.size:
+                words = np.repeat(nz.astype(np.uint32) + base, counts[nz]) | flag
+                chunks.append(words)
+        n_prompts += int(prompts.sum())
+        n_delayeds += int(delayeds.sum())
+    words = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.uint32)
+    rng.shuffle(words)
+    return words, {"prompts": n_prompts, "delayeds": n_delayeds}
+
+
+def event_times_ms(n_events: int, duration_s: float, start_after_injection_min: float, rng: np.random.Generator) -> np.ndarray:
+    """Events per millisecond (int64 counts, one per ms): multinomial, weighted by ¹⁸F decay."""
+    n_ms = int(round(duration_s * 1000))
+    t_min = start_after_injection_min + np.arange(n_ms) / 60000.0
+    weights = 0.5 ** (t_min / F18_HALF_LIFE_MIN)
+    return rng.multinomial(n_events, weights / weights.sum())
+
+
+def settings_dict(settings: AcquisitionSettings) -> dict:
+    return asdict(settings)
+
+
+def write_events_with_times(writer, words: np.ndarray, per_ms: np.ndarray, chunk_events: int = 8_000_000) -> None:
+    """Stream shuffled event words into a :class:`petiq.listmode.ListmodeWriter`, ``per_ms[m]``
+    events in millisecond ``m`` (the writer adds one time tag per millisecond)."""
+    ends = np.cumsum(per_ms)
+    start_event, start_ms = 0, 0
+    while start_ms < per_ms.size:
+        stop_ms = int(np.searchsorted(ends, start_event + chunk_events, side="right"))
+        stop_ms = max(stop_ms, start_ms + 1)
+        stop_ms = min(stop_ms, per_ms.size)
+        stop_event = int(ends[stop_ms - 1])
+        chunk = words[start_event:stop_event]
+        times = np.repeat(np.arange(start_ms, stop_ms, dtype=np.int64), per_ms[start_ms:stop_ms])
+        writer.write_events((chunk & np.uint32(0x3FFFFFFF)).astype(np.int64), (chunk >> np.uint32(30)) & np.uint32(1) == 1, times)
+        start_event, start_ms = stop_event, stop_ms
+
+
+def simulate_patient(
+    *,
+    truth_path,
+    mumap_path,
+    participant: dict,
+    scanner: Scanner,
+    scanner_seed: int,
+    seed: int,
+    out_path,
+    duration_s: float = 900.0,
+    span: int = 11,
+    progress: bool = True,
+) -> dict:
+    """Simulate one patient's 100 % list-mode acquisition to ``out_path`` (+ ``.hdr``); return a summary."""
+    import nibabel as nib
+
+    from .listmode import ListmodeWriter
+
+    truth_img, mu_img = nib.load(truth_path), nib.load(mumap_path)
+    if truth_img.shape != mu_img.shape or not np.allclose(truth_img.affine, mu_img.affine, atol=1e-4):
+        from .errors import PetiqInputError
+
+        raise PetiqInputError(mumap_path, f"μ-map grid {mu_img.shape} does not match the activity {truth_img.shape} of {truth_path}",
+                              "give the μ-map and activity of the same patient, on one grid")
+    activity = np.asarray(truth_img.dataobj, dtype=np.float32)
+    mu = np.asarray(mu_img.dataobj, dtype=np.float32)
+    voxel = tuple(float(v) for v in truth_img.header.get_zooms()[:3])
+    rng = np.random.default_rng(seed)
+    settings = AcquisitionSettings(duration_s=duration_s, span=span, scatter_fraction=float(rng.uniform(0.30, 0.40)))
+    truth = scanner_truth(scanner, np.random.default_rng(scanner_seed))
+    expected = expected_data(activity, mu, voxel, scanner, truth, settings)
+    words, counts = draw_events(expected, scanner, truth, settings, rng, progress)
+    per_ms = event_times_ms(words.size, duration_s, float(participant["uptake_min"]), rng)
+    header = {
+        "image duration (sec)": f"{duration_s:g}",
+        "isotope name": "F-18",
+        "patient ID": participant["participant_id"],
+        "petiq injected activity (MBq)": participant["injected_mbq"],
+        "petiq body weight (kg)": participant["weight_kg"],
+        "petiq uptake time (min)": participant["uptake_min"],
+        "petiq simulation seed": seed,
+        "petiq scanner": scanner.name,
+    }
+    with ListmodeWriter(out_path, header, scanner=scanner) as writer:
+        write_events_with_times(writer, words, per_ms)
+    expected_trues = float(expected.emission.sum(dtype=np.float64))
+    return {
+        **expected.summary,
+        "participant_id": participant["participant_id"],
+        "scanner": scanner.name,
+        "span": span,
+        "duration_s": duration_s,
+        "prompts": counts["prompts"],
+        "delayeds": counts["delayeds"],
+        "randoms_fraction_of_prompts": counts["delayeds"] / max(counts["prompts"], 1),
+        "expected_trues_before_norm": expected_trues,
+        "seed": seed,
+        "scanner_seed": scanner_seed,
+    }
+
+
+NORM_PHANTOM = {"radius_mm": 100.0, "mu_cm": 0.096, "activity_bq_per_ml": 5000.0}
+
+
+def simulate_norm_scan(scanner: Scanner, scanner_seed: int, seed: int, span: int = 11, counts_per_bin: float = 200.0,
+                       progress: bool = True) -> dict:
+    """A long scan of a uniform water cylinder (radius 100 mm, the whole axial FOV), as arrays:
+    ``fansums`` (span-1 counts per crystal, (n_rings, crystals_per_ring)), ``sinogram`` (span ``span``)
+    and the phantom's description, from which the norm stage estimates the components.
+
+    ``counts_per_bin`` sets the mean trues per span-1 bin inside the cylinder (a real norm scan
+    collects ~10⁹ counts)."""
+    truth = scanner_truth(scanner, np.random.default_rng(scanner_seed))
+    nx = int(np.ceil(2 * NORM_PHANTOM["radius_mm"] / 4.0)) + 2
+    nz = int(np.ceil(scanner.n_rings * scanner.ring_pitch_mm / 4.0)) + 2
+    voxel = (4.0, 4.0, scanner.n_rings * scanner.ring_pitch_mm / (nz - 2))
+    x = (np.arange(nx) - (nx - 1) / 2) * voxel[0]
+    inside = (x[:, None] ** 2 + x[None, :] ** 2) <= NORM_PHANTOM["radius_mm"] ** 2
+    cylinder = np.repeat(inside[:, :, None], nz, axis=2).astype(np.float32)
+    cylinder[:, :, [0, -1]] = 0.0
+    proj = JosephProjector(scanner, image_shape=cylinder.shape, voxel_size_mm=voxel, span=span)
+    geometric = proj.forward(cylinder)
+    attenuation = np.exp(-0.1 * NORM_PHANTOM["mu_cm"] * geometric)
+    members = scanner.sinogram_members(span).astype(np.float64)
+    expected = attenuation * geometric / members[:, None, None]
+    scale = counts_per_bin / max(float(expected[geometric > 0].mean()), 1e-30)
+    expected = (scale * expected).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    span_map = scanner.span1_to_sinogram(span)
+    view, t = np.meshgrid(np.arange(scanner.n_views), np.arange(scanner.n_radial), indexing="ij")
+    dets = scanner.view_radial_to_dets(view, t)
+    ring_a_of_z, ring_b_of_z = scanner.span1_rings()
+    fansums = np.zeros((scanner.n_rings, scanner.crystals_per_ring), dtype=np.float64)
+    sinogram = np.zeros(scanner.sinogram_shape(span), dtype=np.uint32)
+    for z in tqdm(range(span_map.size), desc="norm scan planes", disable=not progress, mininterval=5):
+        counts = rng.poisson(truth.span1_plane_norm(scanner, z, dets) * expected[span_map[z]])
+        sinogram[span_map[z]] += counts.astype(np.uint32)
+        np.add.at(fansums[ring_a_of_z[z]], dets[0].ravel(), counts.ravel())
+        np.add.at(fansums[ring_b_of_z[z]], dets[1].ravel(), counts.ravel())
+    return {
+        "fansums": fansums,
+        "sinogram": sinogram,
+        "span": span,
+        "phantom_radius_mm": NORM_PHANTOM["radius_mm"],
+        "phantom_mu_cm": NORM_PHANTOM["mu_cm"],
+        "counts_per_bin": counts_per_bin,
+        "true_crystal_efficiency": truth.crystal_efficiency,
+        "true_radial_factor": truth.radial_factor,
+    }
