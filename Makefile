@@ -4,6 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 ANATOMY := resources/anatomy/Hammers.nii.gz
+# rules call `petiq` and `python`: the environment's, as after `. .venv/bin/activate`
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: demo test install resources lint rulegraph clean
 

@@ -22,9 +22,11 @@ report: "workflow/report/workflow.rst"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/cohort.smk"
+include: "workflow/rules/listmode.smk"
 
 
 rule all:
     input:
         rules.cohort.input,
+        rules.listmode.input,
     default_target: True

@@ -20,7 +20,9 @@ PRESETS = {"paper": "config/config.yaml", "demo": "config/demo.yaml", "test": "t
 
 
 def snakemake(*args, cwd=ROOT, timeout=600):
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    # as after `. .venv/bin/activate`: the environment's `petiq` and `python` come first on PATH
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PATH": path}
     return subprocess.run([*SNAKEMAKE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -80,5 +82,19 @@ def test_cohort_figure_target_runs_only_what_it_needs(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     splits = pd.read_csv(tmp_path / "results/cohort/splits.tsv", sep="\t")
     assert splits["role"].value_counts().to_dict() == {"pretext_train": 2, "pretext_val": 1, "transfer_train": 1, "transfer_val": 1, "test": 1}
+    # list-mode stage: every dose histogrammed; thinned counts follow the binomial law
+    from petiq.sinograms import read_sinograms
+
+    for pid in participants["participant_id"]:
+        full = read_sinograms(tmp_path / f"results/sinograms/{pid}/{pid}_dose-100.0_sinograms.npz")
+        assert full["n_prompts"] > 1000 and full["n_delayeds"] > 100
+        for dose in ("001.0", "010.0"):
+            low = read_sinograms(tmp_path / f"results/sinograms/{pid}/{pid}_dose-{dose}_sinograms.npz")
+            p = float(dose) / 100
+            for key in ("n_prompts", "n_delayeds"):
+                sigma = (full[key] * p * (1 - p)) ** 0.5
+                assert abs(low[key] - p * full[key]) < 4 * sigma + 1, (pid, dose, key)
+            header = (tmp_path / f"results/listmode/{pid}/{pid}_dose-{dose}.l.hdr").read_text()
+            assert "petiq thinning seed" in header and "petiq source file sha256" in header
     done = snakemake(*args, "-n")
     assert "Nothing to be done" in done.stdout + done.stderr

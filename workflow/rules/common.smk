@@ -3,6 +3,8 @@
 from snakemake.utils import validate
 
 from petiq.cohort import read_patients
+from petiq.doses import dose_label
+from petiq.seeding import derive_seed
 from petiq.errors import PetiqInputError
 
 
@@ -22,9 +24,30 @@ ANATOMY_FILES = [
     for name in ("Hammers.nii.gz", "Hammers.csv", "csf_TPM.nii.gz")
 ]
 
+DOSES = [dose_label(d) for d in config["doses"]]
+FULL_DOSE = dose_label(100)
+LISTMODE = "results/listmode"
+SINOGRAMS = "results/sinograms"
+SCANNER_SEED = derive_seed(config["seed"], "scanner", config["scanner"])
+
+
+def source_listmode(wildcards):
+    """The 100 % list-mode file: the simulation for synthetic patients, the user's file for real ones."""
+    row = PATIENTS.set_index("participant_id").loc[wildcards.subject]
+    if row["source"] == "real":
+        return row["listmode"]
+    return f"{LISTMODE}/{wildcards.subject}/{wildcards.subject}_acq-full.l"
+
+
+def dose_listmode(wildcards):
+    if wildcards.dose == FULL_DOSE:
+        return source_listmode(wildcards)
+    return f"{LISTMODE}/{wildcards.subject}/{wildcards.subject}_dose-{wildcards.dose}.l"
+
 
 wildcard_constraints:
     subject=r"sub-[A-Za-z0-9]+",
+    dose=r"\d{3}\.\d",
 
 
 def log_path(stage, name):

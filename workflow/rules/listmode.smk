@@ -1,0 +1,113 @@
+# Stage 2 — list-mode (petiq.scanner, petiq.simulate, petiq.listmode): a 100 % PETLINK acquisition
+# per synthetic patient (real patients bring theirs), thinning to every dose fraction, histogramming.
+rule norm_scan:
+    """The scanner's normalisation acquisition: a uniform water cylinder (fan sums + sinogram)."""
+    output:
+        npz=f"{LISTMODE}/norm_scan.npz",
+    log:
+        log_path("listmode", "norm_scan"),
+    benchmark:
+        benchmark_path("listmode", "norm_scan")
+    conda:
+        ENV
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    params:
+        scanner=config["scanner"],
+        span=config["span"],
+        seed=derive_seed(config["seed"], "norm_scan", config["scanner"]),
+        scanner_seed=SCANNER_SEED,
+    shell:
+        "NUMBA_NUM_THREADS={threads} petiq simulate --norm --scanner {params.scanner} --span {params.span}"
+        " --seed {params.seed} --scanner-seed {params.scanner_seed} --out {output.npz} > {log} 2>&1"
+
+
+rule simulate:
+    """A synthetic patient's 100 % acquisition: trues, scatter and randoms as PETLINK list-mode."""
+    input:
+        truth=rules.phantom.output.truth,
+        mumap=rules.phantom.output.mumap,
+        participants=rules.participants.output.tsv,
+    output:
+        listmode=f"{LISTMODE}/{{subject}}/{{subject}}_acq-full.l",
+        header=f"{LISTMODE}/{{subject}}/{{subject}}_acq-full.l.hdr",
+        summary=f"{LISTMODE}/{{subject}}/{{subject}}_acq-full_simulation.json",
+    log:
+        log_path("listmode", "simulate_{subject}"),
+    benchmark:
+        benchmark_path("listmode", "simulate_{subject}")
+    conda:
+        ENV
+    threads: 2
+    resources:
+        mem_mb=lambda wildcards, attempt: 6000 * attempt,
+        runtime=60,
+    params:
+        scanner=config["scanner"],
+        span=config["span"],
+        duration=config["listmode"]["duration_s"],
+        seed=lambda wildcards: derive_seed(config["seed"], wildcards.subject, "simulate"),
+        scanner_seed=SCANNER_SEED,
+    shell:
+        "NUMBA_NUM_THREADS={threads} petiq simulate --scanner {params.scanner} --span {params.span}"
+        " --seed {params.seed} --scanner-seed {params.scanner_seed} --duration {params.duration}"
+        " --truth {input.truth} --mumap {input.mumap} --participants {input.participants}"
+        " --subject {wildcards.subject} --out {output.listmode} --summary {output.summary} > {log} 2>&1"
+
+
+rule thin:
+    """A lower dose: each prompt and delayed kept with probability dose/100 (seeded per patient and dose)."""
+    input:
+        listmode=source_listmode,
+    output:
+        listmode=f"{LISTMODE}/{{subject}}/{{subject}}_dose-{{dose}}.l",
+        header=f"{LISTMODE}/{{subject}}/{{subject}}_dose-{{dose}}.l.hdr",
+    wildcard_constraints:
+        dose=r"(?!100\.0)\d{3}\.\d",
+    log:
+        log_path("listmode", "thin_{subject}_dose-{dose}"),
+    benchmark:
+        benchmark_path("listmode", "thin_{subject}_dose-{dose}")
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=1500,
+        runtime=30,
+    params:
+        fraction=lambda wildcards: float(wildcards.dose) / 100.0,
+        seed=lambda wildcards: derive_seed(config["seed"], wildcards.subject, wildcards.dose, "thin"),
+    shell:
+        "petiq thin {input.listmode} {output.listmode} --fraction {params.fraction} --seed {params.seed} > {log} 2>&1"
+
+
+rule histogram:
+    """Prompts and delayeds sinograms (span from the config) and delayed fan sums of one dose."""
+    input:
+        listmode=dose_listmode,
+    output:
+        npz=f"{SINOGRAMS}/{{subject}}/{{subject}}_dose-{{dose}}_sinograms.npz",
+    log:
+        log_path("listmode", "histogram_{subject}_dose-{dose}"),
+    benchmark:
+        benchmark_path("listmode", "histogram_{subject}_dose-{dose}")
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=30,
+    params:
+        scanner=config["scanner"],
+        span=config["span"],
+    shell:
+        "petiq histogram {input.listmode} {output.npz} --scanner {params.scanner} --span {params.span} > {log} 2>&1"
+
+
+rule listmode:
+    """Every sinogram of every patient and dose, and the norm scan."""
+    input:
+        rules.norm_scan.output,
+        expand(rules.histogram.output.npz, subject=SUBJECTS, dose=DOSES),
