@@ -15,10 +15,14 @@ over an acquisition of ``D`` seconds::
   radial geometric factor with the interleaving pattern of odd/even radial bins: the scanner's
   normalisation *truth*, drawn once per scanner from the config seed (:func:`scanner_truth`).
 * ``a = exp(−P μ)`` from the μ-map (cm⁻¹; the projector integrates in mm).
-* Count level: ``c_T = η · A · D / Σ_i (P x)_k/m_k``, with ``A`` the activity in the field of view
-  (MBq, from the phantom) and ``η`` the trues sensitivity of the scanner for an unattenuated head-sized
-  source (mMR ≈ 15 kcps/MBq, its NEMA sensitivity). For the reduced presets ``η`` is scaled by their
-  number of bins, so that counts *per bin* — and so the noise texture — match the mMR's.
+* Count level: ``c_T = κ · D`` with ``κ`` the scanner's calibration factor (counts per second per
+  Bq/mm² of line integral, :func:`scanner_calibration`), fixed so that an unattenuated reference
+  source — a uniform cylinder of radius 100 mm and length 160 mm — gives ``η`` trues per second per
+  MBq (mMR ≈ 15 kcps/MBq, its NEMA sensitivity). For the reduced presets ``η`` is scaled by their
+  number of bins, so that counts *per bin* — and so the noise texture — match the mMR's. Because
+  ``κ`` is a constant of the scanner, the count rate follows the patient's activity and attenuation,
+  and a reconstruction with the same ``κ`` (stored with the norm scan, like e7's calibration
+  factor) is quantitative in kBq/mL. Decay during the scan only shapes the time stamps.
 * Scatter: a broad smoothing (σ ≈ 60 mm radially, a few views and planes) of the attenuated emission,
   scaled to a scatter fraction drawn per patient in [0.30, 0.40] of trues + scatter.
 * Randoms: singles per crystal ``s = σ₁ · ε · A`` with σ₁ set so that a typical brain study (≈ 18 MBq
@@ -33,6 +37,7 @@ serve no purpose), for the reconstruction stage's component-based norm estimate.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -86,10 +91,37 @@ class AcquisitionSettings:
     coincidence_window_ns: float = COINCIDENCE_WINDOW_NS
 
 
-def trues_sensitivity(scanner: Scanner) -> float:
-    """η for this scanner: the mMR's, scaled by bin count so counts per bin match the mMR's."""
-    mmr = Scanner.mmr()
-    return MMR_TRUES_CPS_PER_MBQ * scanner.n_bins(1) / mmr.n_bins(1)
+def trues_sensitivity(scanner: Scanner, mmr_cps_per_mbq: float = MMR_TRUES_CPS_PER_MBQ) -> float:
+    """η for this scanner: the mMR's, scaled by span-1 bin count so counts per bin match the mMR's."""
+    return mmr_cps_per_mbq * scanner.n_bins(1) / Scanner.mmr().n_bins(1)
+
+
+REFERENCE_CYLINDER = {"radius_mm": 100.0, "length_mm": 160.0}
+
+
+def uniform_cylinder(radius_mm: float, length_mm: float, voxel_mm: float = 4.0):
+    """A unit-valued cylinder on a grid centred on the scanner: (image, voxel_size_mm)."""
+    nx = int(np.ceil(2 * radius_mm / voxel_mm)) + 2
+    nz = int(np.ceil(length_mm / voxel_mm)) + 2
+    voxel = (voxel_mm, voxel_mm, length_mm / (nz - 2))
+    x = (np.arange(nx) - (nx - 1) / 2) * voxel_mm
+    inside = (x[:, None] ** 2 + x[None, :] ** 2) <= radius_mm**2
+    image = np.repeat(inside[:, :, None], nz, axis=2).astype(np.float32)
+    image[:, :, [0, -1]] = 0.0
+    return image, voxel
+
+
+@functools.lru_cache(maxsize=8)
+def scanner_calibration(scanner: Scanner, span: int, mmr_cps_per_mbq: float = MMR_TRUES_CPS_PER_MBQ) -> float:
+    """κ: trues per second per (Bq/mm²) of line integral, summed over a compressed bin's members.
+
+    Fixed so that the unattenuated reference cylinder gives η trues/s per MBq (:func:`trues_sensitivity`).
+    """
+    image, voxel = uniform_cylinder(**REFERENCE_CYLINDER)
+    proj = JosephProjector(scanner, image_shape=image.shape, voxel_size_mm=voxel, span=span)
+    line_integrals = float(proj.forward(image).sum(dtype=np.float64))  # for 1 Bq/mm³
+    activity_mbq = float(image.sum(dtype=np.float64) * np.prod(voxel)) / 1e6
+    return trues_sensitivity(scanner, mmr_cps_per_mbq) * activity_mbq / line_integrals
 
 
 @dataclass
@@ -118,10 +150,9 @@ def expected_data(
     members = scanner.sinogram_members(settings.span).astype(np.float64)
     voxel_ml = float(np.prod(voxel_size_mm)) / 1000.0
     activity_mbq = float(activity.sum(dtype=np.float64) * voxel_ml / 1000.0)  # kBq/mL · mL → MBq
-    eta = settings.trues_cps_per_mbq * scanner.n_bins(1) / Scanner.mmr().n_bins(1)
-    # Σ_i (P x)_k / m_k over span-1 members = Σ_k (P x)_k: each compressed bin's share adds up.
     total_geometric = float(line_integrals.sum(dtype=np.float64))
-    c_t = eta * activity_mbq * settings.duration_s / max(total_geometric, 1e-30)
+    kappa = scanner_calibration(scanner, settings.span, settings.trues_cps_per_mbq)
+    c_t = kappa * settings.duration_s
     emission = (c_t * attenuation * line_integrals / members[:, None, None]).astype(np.float32)
 
     radial_sigma_bins = 60.0 / (2 * np.pi * scanner.ring_radius_mm / scanner.crystals_per_ring / 2)
@@ -138,7 +169,8 @@ def expected_data(
         activity_mbq=activity_mbq,
         summary={
             "activity_in_fov_mbq": activity_mbq,
-            "trues_sensitivity_cps_per_mbq": eta,
+            "trues_sensitivity_cps_per_mbq": trues_sensitivity(scanner, settings.trues_cps_per_mbq),
+            "calibration_factor": kappa,
             "scatter_fraction": sf,
             "mean_attenuation_factor": float((attenuation * line_integrals).sum() / max(total_geometric, 1e-30)),
         },
@@ -276,27 +308,24 @@ NORM_PHANTOM = {"radius_mm": 100.0, "mu_cm": 0.096, "activity_bq_per_ml": 5000.0
 
 def simulate_norm_scan(scanner: Scanner, scanner_seed: int, seed: int, span: int = 11, counts_per_bin: float = 200.0,
                        progress: bool = True) -> dict:
-    """A long scan of a uniform water cylinder (radius 100 mm, the whole axial FOV), as arrays:
-    ``fansums`` (span-1 counts per crystal, (n_rings, crystals_per_ring)), ``sinogram`` (span ``span``)
-    and the phantom's description, from which the norm stage estimates the components.
+    """A long scan of a uniform water cylinder (radius 100 mm, 5 kBq/mL, the whole axial FOV), as
+    arrays: ``fansums`` (span-1 counts per crystal, (n_rings, crystals_per_ring)), ``sinogram`` (span
+    ``span``), the phantom's description, its duration and the scanner's calibration factor κ,
+    from which the norm stage estimates the components and the reconstruction its scale.
 
     ``counts_per_bin`` sets the mean trues per span-1 bin inside the cylinder (a real norm scan
-    collects ~10⁹ counts)."""
+    collects ~10⁹ counts); the duration follows from it."""
     truth = scanner_truth(scanner, np.random.default_rng(scanner_seed))
-    nx = int(np.ceil(2 * NORM_PHANTOM["radius_mm"] / 4.0)) + 2
-    nz = int(np.ceil(scanner.n_rings * scanner.ring_pitch_mm / 4.0)) + 2
-    voxel = (4.0, 4.0, scanner.n_rings * scanner.ring_pitch_mm / (nz - 2))
-    x = (np.arange(nx) - (nx - 1) / 2) * voxel[0]
-    inside = (x[:, None] ** 2 + x[None, :] ** 2) <= NORM_PHANTOM["radius_mm"] ** 2
-    cylinder = np.repeat(inside[:, :, None], nz, axis=2).astype(np.float32)
-    cylinder[:, :, [0, -1]] = 0.0
+    cylinder, voxel = uniform_cylinder(NORM_PHANTOM["radius_mm"], scanner.n_rings * scanner.ring_pitch_mm)
     proj = JosephProjector(scanner, image_shape=cylinder.shape, voxel_size_mm=voxel, span=span)
     geometric = proj.forward(cylinder)
     attenuation = np.exp(-0.1 * NORM_PHANTOM["mu_cm"] * geometric)
     members = scanner.sinogram_members(span).astype(np.float64)
-    expected = attenuation * geometric / members[:, None, None]
-    scale = counts_per_bin / max(float(expected[geometric > 0].mean()), 1e-30)
-    expected = (scale * expected).astype(np.float32)
+    kappa = scanner_calibration(scanner, span)
+    concentration = NORM_PHANTOM["activity_bq_per_ml"] / 1000.0  # Bq/mm³
+    rate = kappa * concentration * attenuation * geometric / members[:, None, None]  # per span-1 member, per s
+    duration_s = counts_per_bin / max(float(rate[geometric > 0].mean()), 1e-30)
+    expected = (rate * duration_s).astype(np.float32)
     rng = np.random.default_rng(seed)
     span_map = scanner.span1_to_sinogram(span)
     view, t = np.meshgrid(np.arange(scanner.n_views), np.arange(scanner.n_radial), indexing="ij")
@@ -315,7 +344,10 @@ def simulate_norm_scan(scanner: Scanner, scanner_seed: int, seed: int, span: int
         "span": span,
         "phantom_radius_mm": NORM_PHANTOM["radius_mm"],
         "phantom_mu_cm": NORM_PHANTOM["mu_cm"],
+        "phantom_activity_bq_per_ml": NORM_PHANTOM["activity_bq_per_ml"],
         "counts_per_bin": counts_per_bin,
+        "duration_s": duration_s,
+        "calibration_factor": kappa,
         "true_crystal_efficiency": truth.crystal_efficiency,
         "true_radial_factor": truth.radial_factor,
     }
