@@ -67,5 +67,47 @@ def plot_cohort(participants: pd.DataFrame, images: dict[str, dict[str, str]], p
         "activity 0 to its 99.7th percentile (kBq/mL) · μ-map 0–0.17 cm⁻¹ · T1w",
         fontsize=10,
     )
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (2.25 * rows)))
+    save_figure(fig, path)
+
+
+def _crop_box(mask: np.ndarray, margin: int = 2) -> tuple[slice, slice]:
+    """Transaxial bounding box of a 2-D mask, with a margin."""
+    rows, cols = np.nonzero(mask)
+    if rows.size == 0:
+        return slice(None), slice(None)
+    r0, r1 = max(rows.min() - margin, 0), min(rows.max() + margin + 1, mask.shape[0])
+    c0, c1 = max(cols.min() - margin, 0), min(cols.max() + margin + 1, mask.shape[1])
+    return slice(r0, r1), slice(c0, c1)
+
+
+def plot_dose_examples(examples: dict[str, dict[str, str]], path: str | Path, cmap: str = "gray_r") -> None:
+    """Fig. 1 of the paper: cropped transverse slices of reconstructions at several doses.
+
+    ``examples`` maps a patient id to ``{dose label: path of the 0–1 normalised image}``; columns
+    follow the dose order given (e.g. low, medium, high). Every row uses the slice through the
+    centre of its patient's brain (the highest-dose image's upper half of intensities) and one crop.
+    """
+    from .doses import dose_category
+
+    subjects = list(examples)
+    doses = list(next(iter(examples.values())))
+    fig, axes = plt.subplots(len(subjects), len(doses), figsize=(2.6 * len(doses), 2.6 * len(subjects)), squeeze=False)
+    for r, subject in enumerate(subjects):
+        images = {d: np.asarray(nib.load(p).dataobj, dtype=np.float32) for d, p in examples[subject].items()}
+        reference = images[doses[-1]]
+        head = reference > 0.25 * reference.max()
+        k = _mid_brain_slice(head)
+        box = _crop_box(head[:, :, k])
+        for c, dose in enumerate(doses):
+            ax = axes[r, c]
+            ax.imshow(images[dose][:, :, k][box].T, origin="lower", cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"{dose_category(float(dose))}: {float(dose):g} %", fontsize=9)
+            if c == 0:
+                ax.set_ylabel(subject, fontsize=9)
+    fig.suptitle("Fig. 1 — reconstructions at low, medium and high simulated dose", fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)
