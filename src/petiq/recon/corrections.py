@@ -1,0 +1,545 @@
+"""Data corrections of the e7-style chain: normalisation, randoms, attenuation, scatter.
+
+All corrections enter the reconstruction's system model (ordinary-Poisson OSEM,
+:mod:`petiq.recon.osem`) for a span-``S`` sinogram bin ``k``::
+
+    ybar_k = a_k · n_k · κ · D · (P x)_k + r_k + s_k
+
+``x`` in kBq/mL (= Bq/mm³), ``P`` the Joseph projector (line integrals in mm), ``a`` attenuation
+factors, ``n`` the normalisation of the compressed bin = the MEAN of its span-1 members' ``n_i``,
+``κ`` the scanner's calibration factor (trues per second per Bq/mm² of line integral, summed over a
+compressed bin's members; stored with the norm scan), ``D`` the acquisition duration (s), ``r``
+expected randoms (the SUM over members), ``s`` expected scatter (counts, normalisation included).
+
+Span-1 bookkeeping: the ring pair of a span-1 bin depends on its sinogram ``z`` only and the
+crystal pair on (view, radial) only (:meth:`petiq.scanner.Scanner.view_radial_to_dets`), so
+crystal-wise quantities (fan sums, efficiency products) are computed by two small numba kernels
+that loop over the span-1 planes without ever storing a span-1 sinogram (354 M bins on the mMR).
+
+The estimators (each a paragraph of the README; see their docstrings):
+
+* :func:`estimate_normalisation` — component-based norm from the norm scan (fan sums of a known
+  uniform cylinder): crystal efficiencies by an ML-norm-like fan-sum fixed point, radial
+  geometric factors by measured / expected counts, scale fixed by the known phantom and κ.
+* :func:`estimate_randoms` — singles per crystal from the delayed fan sums, randoms ∝ s_a·s_b,
+  scaled to the delayed total (variance reduction).
+* :func:`attenuation_factors` — ``exp(−P μ)`` of the μ-map on its own grid.
+* :func:`estimate_scatter` — smoothed-emission scatter model scaled to the tails (not e7's SSS).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numba
+import numpy as np
+from numba import njit, prange
+from scipy import ndimage
+
+from petiq.errors import PetiqInputError
+from petiq.recon.projectors import JosephProjector
+from petiq.scanner import Scanner
+
+__all__ = [
+    "NormEstimate",
+    "RandomsEstimate",
+    "ScatterEstimate",
+    "attenuation_factors",
+    "check_mumap",
+    "crystal_fan_sums",
+    "crystal_pair_sums",
+    "estimate_normalisation",
+    "estimate_randoms",
+    "estimate_scatter",
+    "estimate_singles",
+    "norm_phantom_expected",
+    "norm_sinogram",
+    "randoms_sinogram",
+]
+
+log = logging.getLogger("petiq.recon")
+
+
+# ----------------------------------------------------------------------------- crystal kernels
+@njit(parallel=True, cache=True)
+def _fan_sums_kernel(w, per_bin, use_bins, radial, z_to_k, ring_a, ring_b, det_a, det_b, out):
+    """out[c, ring, det] += Σ over span-1 bins (z, v, t) touching crystal (ring, det) of
+    w[other crystal] · radial[t] · (per_bin[k(z), v, t] if use_bins). One buffer per chunk of z."""
+    n_z = z_to_k.shape[0]
+    nv, nr = det_a.shape
+    n_chunks = out.shape[0]
+    for c in prange(n_chunks):
+        o = out[c]
+        for z in range(c * n_z // n_chunks, (c + 1) * n_z // n_chunks):
+            k = z_to_k[z]
+            ra = ring_a[z]
+            rb = ring_b[z]
+            wa = w[ra]
+            wb = w[rb]
+            oa = o[ra]
+            ob = o[rb]
+            for v in range(nv):
+                for t in range(nr):
+                    e = radial[t]
+                    if use_bins:
+                        e *= per_bin[k, v, t]
+                    da = det_a[v, t]
+                    db = det_b[v, t]
+                    oa[da] += wb[db] * e
+                    ob[db] += wa[da] * e
+
+
+@njit(parallel=True, cache=True)
+def _pair_sums_kernel(w, k_start, z_sorted, ring_a, ring_b, det_a, det_b, out):
+    """out[k, v, t] = Σ over span-1 members z of sinogram k of w[ring_a[z], det_a] · w[ring_b[z], det_b]."""
+    n_k = out.shape[0]
+    nv, nr = det_a.shape
+    for k in prange(n_k):
+        ok = out[k]
+        for m in range(k_start[k], k_start[k + 1]):
+            z = z_sorted[m]
+            wa = w[ring_a[z]]
+            wb = w[ring_b[z]]
+            for v in range(nv):
+                for t in range(nr):
+                    ok[v, t] += wa[det_a[v, t]] * wb[det_b[v, t]]
+
+
+@dataclass(frozen=True)
+class _Tables:
+    z_to_k: np.ndarray
+    ring_a: np.ndarray
+    ring_b: np.ndarray
+    det_a: np.ndarray
+    det_b: np.ndarray
+    k_start: np.ndarray
+    z_sorted: np.ndarray
+    members: np.ndarray
+
+
+_TABLES: dict = {}
+
+
+def _tables(scanner: Scanner, span: int) -> _Tables:
+    key = (scanner, int(span))
+    if key not in _TABLES:
+        z_to_k = np.ascontiguousarray(scanner.span1_to_sinogram(span), dtype=np.int64)
+        ring_a, ring_b = (np.ascontiguousarray(r, dtype=np.int64) for r in scanner.span1_rings())
+        view, t = np.meshgrid(np.arange(scanner.n_views), np.arange(scanner.n_radial), indexing="ij")
+        det_a, det_b = (np.ascontiguousarray(d, dtype=np.int64) for d in scanner.view_radial_to_dets(view, t))
+        order = np.argsort(z_to_k, kind="stable")
+        members = np.bincount(z_to_k, minlength=scanner.n_sinograms(span))
+        k_start = np.concatenate([[0], np.cumsum(members)]).astype(np.int64)
+        _TABLES[key] = _Tables(z_to_k, ring_a, ring_b, det_a, det_b, k_start, order.astype(np.int64), members)
+    return _TABLES[key]
+
+
+def crystal_fan_sums(scanner: Scanner, weights: np.ndarray, per_bin: np.ndarray | None = None,
+                     radial: np.ndarray | None = None, span: int = 1) -> np.ndarray:
+    """Fan sums ``Σ_j w_j · g_t · E_k`` per crystal ``i`` over all span-1 bins (i, j) of the scanner.
+
+    ``weights``: (n_rings, crystals_per_ring) per crystal; ``per_bin``: optional span-``span``
+    sinogram whose value applies to every span-1 member of a bin; ``radial``: optional per radial bin
+    factor. Returns float64 (n_rings, crystals_per_ring). With ``weights = ε`` this is the expected
+    fan sum divided by ``ε_i``; with all ones it counts a crystal's bins.
+    """
+    tab = _tables(scanner, span if per_bin is not None else 1)
+    w = np.ascontiguousarray(weights, dtype=np.float64).reshape(scanner.n_rings, scanner.crystals_per_ring)
+    g = np.ones(scanner.n_radial) if radial is None else np.ascontiguousarray(radial, dtype=np.float64)
+    use = per_bin is not None
+    pb = np.ascontiguousarray(per_bin, dtype=np.float32) if use else np.zeros((1, 1, 1), np.float32)
+    n_chunks = max(1, min(numba.get_num_threads(), tab.z_to_k.size))
+    out = np.zeros((n_chunks, scanner.n_rings, scanner.crystals_per_ring), dtype=np.float64)
+    _fan_sums_kernel(w, pb, use, g, tab.z_to_k, tab.ring_a, tab.ring_b, tab.det_a, tab.det_b, out)
+    return out.sum(axis=0)
+
+
+def crystal_pair_sums(scanner: Scanner, weights: np.ndarray, span: int) -> np.ndarray:
+    """float32 span-``span`` sinogram: per bin, Σ over its span-1 members of ``w_a · w_b``."""
+    tab = _tables(scanner, span)
+    w = np.ascontiguousarray(weights, dtype=np.float32).reshape(scanner.n_rings, scanner.crystals_per_ring)
+    out = np.zeros(scanner.sinogram_shape(span), dtype=np.float32)
+    _pair_sums_kernel(w, tab.k_start, tab.z_sorted, tab.ring_a, tab.ring_b, tab.det_a, tab.det_b, out)
+    return out
+
+
+def _members(scanner: Scanner, span: int) -> np.ndarray:
+    return scanner.sinogram_members(span).astype(np.float64)[:, None, None]
+
+
+# ----------------------------------------------------------------------------- normalisation
+@dataclass
+class NormEstimate:
+    """Component-based normalisation.
+
+    ``norm``: float32 span-``span`` sinogram, the mean over each bin's span-1 members of
+    ``ε_a ε_b g_t``; ``crystal_efficiency`` (n_rings, crystals_per_ring; mean 1 over real
+    crystals, 0 in the gaps); ``radial_factor`` (n_radial; carries the global scale);
+    ``radial_measured``: which radial bins the norm phantom covered (the others are extrapolated);
+    ``calibration_factor`` κ (copied from the norm scan); ``summary``: fit diagnostics.
+    """
+
+    norm: np.ndarray
+    crystal_efficiency: np.ndarray
+    radial_factor: np.ndarray
+    radial_measured: np.ndarray
+    span: int
+    calibration_factor: float
+    summary: dict = field(default_factory=dict)
+
+
+def norm_phantom_expected(scanner: Scanner, span: int, radius_mm: float, mu_cm: float,
+                          activity_bq_per_ml: float, duration_s: float, calibration_factor: float) -> np.ndarray:
+    """Expected counts per span-1 member of each span-``span`` bin for the norm scan's uniform
+    cylinder with unit normalisation: ``κ · D · c · a · (P 1_cyl) / m_k`` (float32).
+
+    The cylinder is the one :func:`petiq.simulate.simulate_norm_scan` acquires (radius
+    ``radius_mm``, the whole axial FOV, water μ), voxelised the same way, so the expectation is exact
+    for simulated norm scans; for a real scanner this is the known norm phantom."""
+    from petiq.simulate import uniform_cylinder
+
+    cylinder, voxel = uniform_cylinder(radius_mm, scanner.n_rings * scanner.ring_pitch_mm)
+    proj = JosephProjector(scanner, image_shape=cylinder.shape, voxel_size_mm=voxel, span=span)
+    geometric = proj.forward(cylinder)
+    attenuation = np.exp(-0.1 * mu_cm * geometric)
+    rate = calibration_factor * (activity_bq_per_ml / 1000.0) * attenuation * geometric / _members(scanner, span)
+    return (rate * duration_s).astype(np.float32)
+
+
+def norm_sinogram(scanner: Scanner, crystal_efficiency: np.ndarray, radial_factor: np.ndarray, span: int) -> np.ndarray:
+    """float32 span-``span`` normalisation: mean over members of ``ε_a ε_b`` times ``g_t``."""
+    pairs = crystal_pair_sums(scanner, crystal_efficiency, span)
+    members = scanner.sinogram_members(span).astype(np.float32)[:, None, None]
+    return (pairs / members * np.asarray(radial_factor, dtype=np.float32)[None, None, :]).astype(np.float32)
+
+
+def _extrapolate_radial(g: np.ndarray, weight: np.ndarray, measured: np.ndarray) -> np.ndarray:
+    """Fill unmeasured radial bins with a weighted fit ``a + b·tp²`` (tp: centred radial index),
+    one per parity of tp (the interleaving pattern), clipped to [0.5 min, 1.5 max] of the measured."""
+    out = g.copy()
+    if measured.all():
+        return out
+    n = g.size
+    parity = (np.arange(n) - n // 2) % 2
+    for p in (0, 1):
+        fit = measured & (parity == p)
+        todo = ~measured & (parity == p)
+        if not todo.any():
+            continue
+        if fit.sum() < 3:
+            out[todo] = np.average(g[measured], weights=weight[measured])
+            continue
+        tp2 = (np.arange(n, dtype=np.float64) - n // 2) ** 2
+        coef = np.polyfit(tp2[fit], g[fit], 1, w=np.sqrt(weight[fit]))
+        lo, hi = g[fit].min(), g[fit].max()
+        out[todo] = np.clip(np.polyval(coef, tp2[todo]), 0.5 * lo, 1.5 * hi)
+    return out
+
+
+def estimate_normalisation(
+    fansums: np.ndarray,
+    sinogram: np.ndarray,
+    scanner: Scanner,
+    *,
+    norm_scan_span: int,
+    phantom_radius_mm: float,
+    phantom_mu_cm: float,
+    phantom_activity_bq_per_ml: float,
+    duration_s: float,
+    calibration_factor: float,
+    span: int = 11,
+    n_outer: int = 5,
+    n_inner: int = 12,
+    min_relative_counts: float = 0.1,
+) -> NormEstimate:
+    """Component-based normalisation ``n_i = ε_a ε_b g_t`` from a norm scan of a known cylinder.
+
+    1. Expected counts per span-1 LOR with unit normalisation ``E`` (:func:`norm_phantom_expected`,
+       using the known phantom, κ and the scan duration).
+    2. Crystal efficiencies (ML-norm-like fan-sum fixed point): the measured fan sum of crystal ``i``
+       is ``F_i = ε_i Σ_j ε_j g_t E_ij``; iterate ``ε_i ← sqrt(ε_i · F_i / Σ_j ε_j g_t E_ij)`` (the
+       square root damps the ε → c·ε, 1/c oscillation of the plain fixed point). Gaps and crystals
+       without counts stay 0.
+    3. Radial factors: ``g_t = Σ_{k,v} counts / Σ_{k,v} E · Σ_members ε_a ε_b`` over views and
+       planes. Bins the phantom does not cover (expected counts < ``min_relative_counts`` of the
+       best radial bin; a 100 mm cylinder leaves the mMR's |s| > 100 mm) are extrapolated by a
+       weighted fit ``a + b·tp²`` in the centred radial index, one per parity of tp (the
+       interleaving pattern). A real scanner measures them with a rotating rod source instead.
+    4. Steps 2-3 alternate ``n_outer`` times. Then ε is scaled to mean 1 over real crystals and
+       ``g`` takes the inverse square, so ``n`` keeps the scale the data fixed: ``n · κ · D ·
+       (attenuated line integral)`` reproduces the norm scan's counts.
+    """
+    sc = scanner
+    norm_scan_span = sc.check_span(int(norm_scan_span))
+    span = sc.check_span(int(span))
+    fansums = np.asarray(fansums, dtype=np.float64).reshape(sc.n_rings, sc.crystals_per_ring)
+    sinogram = np.asarray(sinogram)
+    expected = norm_phantom_expected(sc, norm_scan_span, phantom_radius_mm, phantom_mu_cm,
+                                     phantom_activity_bq_per_ml, duration_s, calibration_factor)
+    real = ~sc.is_gap(np.arange(sc.crystals_per_ring))[None, :] & (fansums > 0)
+    eps = np.where(real, 1.0, 0.0)
+    g = np.ones(sc.n_radial)
+    measured_counts = sinogram.sum(axis=(0, 1), dtype=np.float64)
+    members = _members(sc, norm_scan_span)
+    for outer in range(n_outer):
+        for _ in range(n_inner if outer == 0 else max(4, n_inner // 2)):
+            fan = crystal_fan_sums(sc, eps, per_bin=expected, radial=g, span=norm_scan_span)
+            ratio = np.divide(fansums, fan, out=np.zeros_like(fan), where=fan > 0)
+            eps = np.where(real, np.sqrt(eps * ratio), 0.0)
+        pairs = crystal_pair_sums(sc, eps, norm_scan_span)
+        predicted = (expected.astype(np.float64) * pairs).sum(axis=(0, 1))  # per radial bin, g = 1
+        measured = predicted >= min_relative_counts * predicted.max()
+        g_meas = np.divide(measured_counts, predicted, out=np.zeros_like(predicted), where=predicted > 0)
+        g = _extrapolate_radial(g_meas, predicted, measured)
+    scale = eps[real].mean()
+    eps = eps / scale
+    g = g * scale**2
+    norm = norm_sinogram(sc, eps, g, span)
+    # how well n·κ reproduces the norm scan (at the norm scan's span)
+    pairs = crystal_pair_sums(sc, eps, norm_scan_span)
+    model = expected.astype(np.float64) * pairs * g[None, None, :]
+    cover = (expected > 0).any(axis=(0, 1)) & measured
+    total_model, total_meas = float(model[..., cover].sum()), float(sinogram[..., cover].sum(dtype=np.float64))
+    summary = {
+        "norm_scan_counts": float(sinogram.sum(dtype=np.float64)),
+        "model_over_measured_counts": total_model / max(total_meas, 1e-30),
+        "radial_bins_measured": int(measured.sum()),
+        "radial_bins_extrapolated": int((~measured).sum()),
+        "efficiency_cv": float(eps[real].std()),
+        "n_real_crystals": int(real.sum()),
+        "plane_mean_members": float(members.mean()),
+    }
+    log.info("norm: %d crystals, efficiency CV %.3f, %d/%d radial bins measured, model/measured counts %.4f",
+             summary["n_real_crystals"], summary["efficiency_cv"], summary["radial_bins_measured"], sc.n_radial,
+             summary["model_over_measured_counts"])
+    return NormEstimate(norm=norm, crystal_efficiency=eps.astype(np.float32), radial_factor=g.astype(np.float32),
+                        radial_measured=measured, span=span, calibration_factor=float(calibration_factor),
+                        summary=summary)
+
+
+# ----------------------------------------------------------------------------- randoms
+@dataclass
+class RandomsEstimate:
+    """``randoms``: float32 span-``span`` sinogram of expected randoms; ``singles``: relative singles
+    per crystal (n_rings, crystals_per_ring); ``scale``: randoms = scale · Σ_members s_a s_b."""
+
+    randoms: np.ndarray
+    singles: np.ndarray
+    scale: float
+    span: int
+
+
+def estimate_singles(delayed_fansums: np.ndarray, scanner: Scanner, n_iterations: int = 12) -> np.ndarray:
+    """Relative singles per crystal from the delayed fan sums (fan-sum method).
+
+    Delayed coincidences have expectation ``R_ij = c · s_i s_j``, so a crystal's fan sum is
+    ``F_i = c · s_i Σ_{j ∈ fan(i)} s_j``; solve by the damped fixed point
+    ``s_i ← sqrt(s_i · F_i / Σ_{j ∈ fan(i)} s_j)`` (``c`` is absorbed in the scale). Crystals with
+    no delayeds (gaps) stay 0. float64 (n_rings, crystals_per_ring)."""
+    sc = scanner
+    fans = np.asarray(delayed_fansums, dtype=np.float64).reshape(sc.n_rings, sc.crystals_per_ring)
+    ones = (fans > 0).astype(np.float64)
+    if not ones.any():
+        return np.zeros_like(fans)
+    count = crystal_fan_sums(sc, ones)
+    s = np.sqrt(np.divide(fans, count, out=np.zeros_like(fans), where=count > 0))
+    for _ in range(n_iterations):
+        fan = crystal_fan_sums(sc, s)
+        s = np.sqrt(s * np.divide(fans, fan, out=np.zeros_like(fans), where=fan > 0))
+    return s
+
+
+def randoms_sinogram(singles: np.ndarray, scanner: Scanner, span: int, total: float | None = None) -> tuple[np.ndarray, float]:
+    """Randoms ∝ ``Σ_members s_a s_b`` at span ``span``; scaled to ``total`` when given.
+    Returns (float32 sinogram, scale)."""
+    pairs = crystal_pair_sums(scanner, singles, span)
+    scale = 1.0
+    if total is not None:
+        psum = float(pairs.sum(dtype=np.float64))
+        scale = float(total) / psum if psum > 0 else 0.0
+    return (pairs * np.float32(scale)).astype(np.float32), scale
+
+
+def estimate_randoms(delayeds: np.ndarray, delayed_fansums: np.ndarray, scanner: Scanner, span: int,
+                     n_iterations: int = 12) -> RandomsEstimate:
+    """Variance-reduced expected randoms from the delayed window (see :func:`estimate_singles`):
+    the singles-product sinogram, expanded to span ``span`` (sum over members) and scaled so that
+    its total equals the delayeds' total (unbiased: E[delayeds] = randoms)."""
+    span = scanner.check_span(int(span))
+    total = float(np.asarray(delayeds).sum(dtype=np.float64))
+    singles = estimate_singles(delayed_fansums, scanner, n_iterations)
+    randoms, scale = randoms_sinogram(singles, scanner, span, total=total)
+    log.info("randoms: %d delayeds, fan-sum singles estimate (%d crystals with counts)", int(total),
+             int((singles > 0).sum()))
+    return RandomsEstimate(randoms=randoms, singles=singles, scale=scale, span=span)
+
+
+# ----------------------------------------------------------------------------- attenuation
+MU_MAX_CM = 2.0
+"""Largest believable linear attenuation coefficient at 511 keV in cm⁻¹ (cortical bone ≈ 0.17,
+metal implants ≈ 0.5-1); larger values mean the μ-map is not in cm⁻¹."""
+
+
+def check_mumap(mu: np.ndarray, affine: np.ndarray, scanner: Scanner, path=None) -> tuple[float, float, float]:
+    """Check a μ-map (cm⁻¹) against the scanner: 3-D, finite, non-negative, plausible units, on a
+    grid centred on the scanner (``petiq.phantom.grid_affine``) and with all tissue inside the
+    crystal ring and the axial field of view. Returns the voxel size (mm)."""
+    from petiq.phantom import grid_affine
+
+    mu = np.asarray(mu)
+    if mu.ndim != 3 or min(mu.shape) < 1:
+        raise PetiqInputError(path, f"μ-map has shape {mu.shape}, expected a 3-D volume",
+                              "give a 3-D μ-map NIfTI (x, y, z)")
+    n_nan = int(np.count_nonzero(~np.isfinite(mu)))
+    if n_nan:
+        raise PetiqInputError(path, f"μ-map has {n_nan} NaN/infinite voxels",
+                              "fill them (air is 0, soft tissue 0.096 cm⁻¹) or regenerate the μ-map")
+    if float(mu.min()) < 0:
+        raise PetiqInputError(path, f"μ-map has negative values (min {float(mu.min()):.4g} cm⁻¹)",
+                              "attenuation coefficients are ≥ 0: clip the μ-map at 0 or regenerate it")
+    if float(mu.max()) > MU_MAX_CM:
+        raise PetiqInputError(path, f"μ-map maximum {float(mu.max()):.4g} is not a 511 keV attenuation "
+                                    f"coefficient in cm⁻¹ (water 0.096, bone ≤ 0.2)",
+                              "give μ in cm⁻¹ (divide values in 1/m by 100, multiply 1/mm by 10)")
+    affine = np.asarray(affine, dtype=float)
+    voxel = tuple(float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
+    want = grid_affine(mu.shape, voxel)
+    if not np.allclose(affine, want, atol=1e-3 * max(voxel)):
+        raise PetiqInputError(path, "μ-map is not on a grid centred on the scanner (its affine is not "
+                                    "diagonal with the origin at the grid centre)",
+                              "resample the μ-map onto petiq.phantom.grid_affine(shape, voxel_size_mm), "
+                              "the frame of the simulated phantoms")
+    if mu.any():
+        nx, ny, nz = mu.shape
+        x = (np.arange(nx) - (nx - 1) / 2) * voxel[0]
+        y = (np.arange(ny) - (ny - 1) / 2) * voxel[1]
+        z = (np.arange(nz) - (nz - 1) / 2) * voxel[2]
+        xy = np.any(mu > 0, axis=2)
+        r = np.sqrt(x[:, None] ** 2 + y[None, :] ** 2)[xy].max() if xy.any() else 0.0
+        zmax = np.abs(z[np.any(mu > 0, axis=(0, 1))]).max()
+        half_axial = 0.5 * scanner.n_rings * scanner.ring_pitch_mm
+        if r > scanner.ring_radius_mm or zmax > half_axial + voxel[2]:
+            raise PetiqInputError(
+                path,
+                f"μ-map grid {mu.shape} of {voxel} mm does not fit scanner {scanner.name!r}: tissue reaches "
+                f"r = {r:.0f} mm (crystal ring {scanner.ring_radius_mm:.0f} mm) and |z| = {zmax:.0f} mm "
+                f"(axial FOV ±{half_axial:.0f} mm)",
+                "use the μ-map made for this scanner preset (check the config's scanner and cohort grid)")
+    return voxel
+
+
+def attenuation_factors(mu: np.ndarray, voxel_size_mm, scanner: Scanner, span: int) -> np.ndarray:
+    """float32 span-``span`` attenuation factors ``exp(−P μ)``: μ in cm⁻¹ on its own grid (centred on
+    the scanner), the projector integrates in mm, hence the factor 0.1."""
+    mu = np.asarray(mu, dtype=np.float32)
+    proj = JosephProjector(scanner, image_shape=mu.shape, voxel_size_mm=voxel_size_mm, span=span)
+    return np.exp(-0.1 * proj.forward(mu)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- scatter
+@dataclass
+class ScatterEstimate:
+    """``scatter``: float32 span-``span`` sinogram of expected scatter counts (normalisation
+    included); ``scale``: the tail-fit factor; ``n_tail_bins``; ``scatter_fraction``: estimated
+    scatter / (prompts − randoms); ``summary``."""
+
+    scatter: np.ndarray
+    scale: float
+    n_tail_bins: int
+    scatter_fraction: float
+    summary: dict = field(default_factory=dict)
+
+
+def _smooth_sinogram(sino: np.ndarray, sigma) -> np.ndarray:
+    """Gaussian blur of a sinogram stack: planes in storage order (``nearest`` at the ends), views
+    wrapping around, radial bins with zeros beyond the field of view."""
+    return ndimage.gaussian_filter(sino, sigma=sigma, mode=("nearest", "wrap", "constant"))
+
+
+def estimate_scatter(
+    prompts: np.ndarray,
+    randoms: np.ndarray,
+    norm: np.ndarray,
+    attenuation: np.ndarray,
+    scanner: Scanner,
+    span: int,
+    *,
+    sigma_radial_mm: float = 60.0,
+    sigma_views: float = 3.0,
+    sigma_planes: float = 2.0,
+    tail_margin_mm: float = 8.0,
+    object_threshold: float = 0.999,
+    n_refine: int = 3,
+) -> ScatterEstimate:
+    """Scatter = tail-scaled broad smoothing of the emission inside the object (not e7's SSS).
+
+    Model: scatter per span-1 LOR is a broad blur of the (attenuated, un-normalised) true emission,
+    ``s_k = α · n_k · m_k · G * e``, with ``G`` a Gaussian of σ = ``sigma_radial_mm`` radially (in
+    units of the central radial bin width), ``sigma_views`` views (wrapping) and ``sigma_planes``
+    sinogram planes in storage order (segment after segment, as petiq's simulator blurs; it mixes
+    neighbouring segments at their borders, harmless for an axially smooth distribution), ``m_k``
+    the bin's members and ``n_k`` its normalisation.
+
+    1. Emission per span-1 LOR: ``e = (prompts − randoms) / (n · m)``, kept only on LORs through
+       the object (attenuation factor < ``object_threshold``; elsewhere 0: no trues there).
+    2. Shape ``G * e``; scale ``α`` by least squares on the tails — bins whose LOR misses the
+       object by more than ``tail_margin_mm`` radially (and that have a normalisation): there
+       ``prompts − randoms`` is pure scatter.
+    3. Repeat ``n_refine`` times with the current scatter estimate subtracted from ``e`` inside the
+       object, so that the blurred quantity is the trues alone.
+
+    The result is clipped at 0. Noise in ``e`` is irrelevant after the broad blur, so the estimate
+    works from the lowest dose on; at very low counts ``α`` carries the tails' Poisson noise.
+    """
+    span = scanner.check_span(int(span))
+    shape = scanner.sinogram_shape(span)
+    y = np.asarray(prompts, dtype=np.float32)
+    r = np.asarray(randoms, dtype=np.float32)
+    n = np.asarray(norm, dtype=np.float32)
+    a = np.asarray(attenuation, dtype=np.float32)
+    for name, arr in (("prompts", y), ("randoms", r), ("norm", n), ("attenuation", a)):
+        if arr.shape != shape:
+            raise PetiqInputError(None, f"{name} sinogram has shape {arr.shape}, expected {shape} (scanner "
+                                        f"{scanner.name!r}, span {span})", "give sinograms of one scanner and span")
+    members = scanner.sinogram_members(span).astype(np.float32)[:, None, None]
+    nm = n * members
+    valid = nm > 0
+    inside = a < object_threshold
+    bin_mm = np.pi * scanner.ring_radius_mm / scanner.crystals_per_ring
+    margin = int(math.ceil(tail_margin_mm / bin_mm))
+    if margin > 0:
+        struct = np.zeros((1, 1, 2 * margin + 1), dtype=bool)
+        struct[..., :] = True
+        grown = ndimage.binary_dilation(inside, structure=struct)
+    else:
+        grown = inside
+    tails = valid & ~grown
+    n_tail = int(tails.sum())
+    net = y - r
+    e_all = np.divide(net, nm, out=np.zeros(shape, np.float32), where=valid)
+    sigma = (sigma_planes, sigma_views, sigma_radial_mm / bin_mm)
+    s_member = np.zeros(shape, np.float32)
+    alpha = 0.0
+    for _ in range(max(1, n_refine)):
+        # no clipping of negative values before the blur: at low counts (prompts − randoms < 0 in
+        # many bins) clipping would bias the blurred emission upwards
+        e = np.where(inside & valid, e_all - s_member, 0.0).astype(np.float32)
+        blur = _smooth_sinogram(e, sigma)
+        if n_tail == 0:
+            log.warning("scatter: no tail bins (the object fills the field of view); scatter set to 0")
+            alpha = 0.0
+        else:
+            model = (nm * blur)[tails].astype(np.float64)
+            den = float((model * model).sum())
+            alpha = max(0.0, float((model * net[tails]).sum()) / den) if den > 0 else 0.0
+        s_member = (alpha * blur).astype(np.float32)
+    scatter = np.maximum(nm * s_member, 0.0).astype(np.float32)
+    net_total = float(net.sum(dtype=np.float64))
+    sf = float(scatter.sum(dtype=np.float64)) / net_total if net_total > 0 else 0.0
+    log.info("scatter: %d tail bins, scale %.4g, estimated scatter fraction %.3f", n_tail, alpha, sf)
+    return ScatterEstimate(scatter=scatter, scale=alpha, n_tail_bins=n_tail, scatter_fraction=sf,
+                           summary={"sigma_radial_mm": sigma_radial_mm, "sigma_views": sigma_views,
+                                    "sigma_planes": sigma_planes, "tail_margin_mm": tail_margin_mm,
+                                    "n_refine": n_refine})

@@ -1,0 +1,346 @@
+"""One function per workflow step of the reconstruction stage: read files, compute, write atomically.
+
+Every function checks all of its inputs (file kind, scanner, span, shapes, values) before it
+computes anything, raises :class:`petiq.errors.PetiqInputError` with the fix on a bad input, and
+writes its outputs through :func:`petiq.fileio.atomic_path`, so a failed step leaves no output.
+
+Files (NumPy ``.npz``, each with ``kind``, ``scanner`` (preset name) and ``span``):
+
+* norm (``kind="norm"``): ``norm`` (float32 span-S sinogram, mean of the members' ``ε_a ε_b g_t``),
+  ``crystal_efficiency``, ``radial_factor``, ``radial_measured``, ``calibration_factor`` κ,
+  ``summary`` (JSON text).
+* randoms (``kind="randoms"``): ``singles`` (relative singles per crystal) and ``scale``; the
+  randoms sinogram is ``scale · Σ_members s_a s_b`` (:func:`read_randoms` expands it; storing the
+  singles instead of the sinogram keeps the file a few kB, not 290 MB at mMR size), ``n_delayeds``.
+* attenuation (``kind="attenuation"``): ``attenuation`` (float32 span-S sinogram ``exp(−Pμ)``).
+* scatter (``kind="scatter"``): ``scatter`` (float32 span-S sinogram, counts), ``scale``,
+  ``scatter_fraction``, ``n_tail_bins``.
+
+The sinogram file is :mod:`petiq.sinograms`'s; the norm scan file is what ``petiq simulate --norm``
+writes (:func:`petiq.simulate.simulate_norm_scan` plus ``scanner``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from petiq.errors import PetiqInputError
+from petiq.fileio import atomic_path
+from petiq.recon import corrections as corr
+from petiq.recon.osem import osem, resolve_backend, system_model
+from petiq.scanner import Scanner
+
+__all__ = [
+    "attenuation_file",
+    "estimate_norm_file",
+    "randoms_file",
+    "read_correction",
+    "read_randoms",
+    "reconstruct_file",
+    "scatter_file",
+]
+
+log = logging.getLogger("petiq.recon")
+
+NORM_SCAN_KEYS = ("fansums", "sinogram", "span", "phantom_radius_mm", "phantom_mu_cm", "phantom_activity_bq_per_ml",
+                  "duration_s", "calibration_factor")
+
+
+# ----------------------------------------------------------------------------- helpers
+def _scanner(scanner) -> Scanner:
+    return scanner if isinstance(scanner, Scanner) else Scanner.from_name(scanner)
+
+
+def _load_npz(path, what: str, fix: str) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise PetiqInputError(path, f"{what} file not found", fix)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except (OSError, ValueError, EOFError) as error:
+        raise PetiqInputError(path, f"not a readable {what} file ({error})", fix) from None
+
+
+def _check_scanner_span(path, data: dict, scanner: Scanner, span: int, what: str, fix: str) -> None:
+    got_scanner = str(data.get("scanner", ""))
+    if got_scanner != scanner.name:
+        raise PetiqInputError(path, f"{what} is for scanner {got_scanner or '(unknown)'!r}, this reconstruction uses "
+                                    f"{scanner.name!r}", fix)
+    if "span" in data and int(data["span"]) != span:
+        raise PetiqInputError(path, f"{what} has span {int(data['span'])}, this reconstruction uses span {span}", fix)
+
+
+def read_correction(path, kind: str, scanner, span: int, keys: tuple[str, ...] = ()) -> dict:
+    """Load a correction ``.npz`` of this ``kind`` and check its scanner, span and sinogram shapes."""
+    scanner = _scanner(scanner)
+    span = scanner.check_span(int(span))
+    fix = f"recompute the {kind} file for scanner {scanner.name!r} and span {span} (the config's scanner/span)"
+    data = _load_npz(path, f"{kind} correction", fix)
+    if str(data.get("kind", "")) != kind:
+        raise PetiqInputError(path, f"expected a {kind} file, got kind {str(data.get('kind', '(none)'))!r}",
+                              f"pass the {kind} file here")
+    _check_scanner_span(path, data, scanner, span, f"the {kind} file", fix)
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise PetiqInputError(path, f"{kind} file lacks {missing}", fix)
+    shape = scanner.sinogram_shape(span)
+    for key in keys:
+        arr = data[key]
+        if key in ("norm", "attenuation", "scatter"):
+            if arr.shape != shape:
+                raise PetiqInputError(path, f"{key} sinogram has shape {arr.shape}, expected {shape}", fix)
+            if not np.isfinite(arr).all() or arr.min() < 0:
+                raise PetiqInputError(path, f"{key} sinogram has NaN, infinite or negative values", fix)
+    return data
+
+
+def read_randoms(path, scanner, span: int) -> np.ndarray:
+    """The expected randoms sinogram (float32, span ``span``) of a randoms file."""
+    scanner = _scanner(scanner)
+    data = read_correction(path, "randoms", scanner, span, ("singles", "scale"))
+    singles = data["singles"]
+    if singles.shape != (scanner.n_rings, scanner.crystals_per_ring) or not np.isfinite(singles).all() or singles.min() < 0:
+        raise PetiqInputError(path, f"singles have shape {singles.shape} or bad values",
+                              "recompute the randoms file for this scanner")
+    randoms = corr.crystal_pair_sums(scanner, singles, span) * np.float32(float(data["scale"]))
+    return randoms.astype(np.float32)
+
+
+def _read_sinograms_checked(path, scanner: Scanner, span: int) -> dict:
+    from petiq.sinograms import read_sinograms
+
+    sino = read_sinograms(path)
+    fix = f"histogram the list-mode for scanner {scanner.name!r} with span {span} (the config's scanner/span)"
+    _check_scanner_span(path, sino, scanner, span, "the sinogram file", fix)
+    shape = scanner.sinogram_shape(span)
+    for key in ("prompts", "delayeds"):
+        if sino[key].shape != shape:
+            raise PetiqInputError(path, f"{key} have shape {sino[key].shape}, expected {shape}", fix)
+    if sino["delayed_fansums"].size != scanner.n_crystals:
+        raise PetiqInputError(path, f"delayed_fansums has {sino['delayed_fansums'].size} crystals, scanner "
+                                    f"{scanner.name!r} has {scanner.n_crystals}", fix)
+    return sino
+
+
+def _save_npz(out, arrays: dict) -> None:
+    with atomic_path(out) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+
+
+# ----------------------------------------------------------------------------- steps
+def estimate_norm_file(norm_scan_npz, out_npz, scanner, span: int) -> dict:
+    """Norm scan (``petiq simulate --norm``) → component-based normalisation file (span ``span``)."""
+    scanner = _scanner(scanner)
+    span = scanner.check_span(int(span))
+    fix = f"simulate the norm scan for scanner {scanner.name!r} (`petiq simulate --norm --scanner {scanner.name}`)"
+    scan = _load_npz(norm_scan_npz, "norm scan", fix)
+    missing = [k for k in NORM_SCAN_KEYS if k not in scan]
+    if missing:
+        raise PetiqInputError(norm_scan_npz, f"norm scan lacks {missing}", fix)
+    _check_scanner_span(norm_scan_npz, {"scanner": scan.get("scanner", "")}, scanner, span, "the norm scan", fix)
+    scan_span = scanner.check_span(int(scan["span"]))
+    if scan["fansums"].size != scanner.n_crystals or scan["sinogram"].shape != scanner.sinogram_shape(scan_span):
+        raise PetiqInputError(norm_scan_npz, "norm scan arrays do not match the scanner's crystals/sinogram", fix)
+    if float(scan["fansums"].sum()) <= 0 or not float(scan["duration_s"]) > 0 or not float(scan["calibration_factor"]) > 0:
+        raise PetiqInputError(norm_scan_npz, "norm scan has no counts, or a non-positive duration/calibration", fix)
+    est = corr.estimate_normalisation(
+        scan["fansums"], scan["sinogram"], scanner, norm_scan_span=scan_span,
+        phantom_radius_mm=float(scan["phantom_radius_mm"]), phantom_mu_cm=float(scan["phantom_mu_cm"]),
+        phantom_activity_bq_per_ml=float(scan["phantom_activity_bq_per_ml"]), duration_s=float(scan["duration_s"]),
+        calibration_factor=float(scan["calibration_factor"]), span=span)
+    summary = {**est.summary, "scanner": scanner.name, "span": span, "calibration_factor": est.calibration_factor}
+    _save_npz(out_npz, {
+        "kind": np.asarray("norm"), "scanner": np.asarray(scanner.name), "span": np.asarray(span),
+        "norm": est.norm, "crystal_efficiency": est.crystal_efficiency, "radial_factor": est.radial_factor,
+        "radial_measured": est.radial_measured, "calibration_factor": np.asarray(est.calibration_factor),
+        "summary": np.asarray(json.dumps(summary)),
+    })
+    return summary
+
+
+def randoms_file(sinograms_npz, out_npz, scanner, span: int) -> dict:
+    """Delayeds of a sinogram file → variance-reduced randoms file (singles from delayed fan sums)."""
+    scanner = _scanner(scanner)
+    span = scanner.check_span(int(span))
+    sino = _read_sinograms_checked(sinograms_npz, scanner, span)
+    est = corr.estimate_randoms(sino["delayeds"], sino["delayed_fansums"], scanner, span)
+    n_delayeds = float(sino["delayeds"].sum(dtype=np.float64))
+    _save_npz(out_npz, {
+        "kind": np.asarray("randoms"), "scanner": np.asarray(scanner.name), "span": np.asarray(span),
+        "singles": est.singles, "scale": np.asarray(est.scale), "n_delayeds": np.asarray(n_delayeds),
+    })
+    return {"scanner": scanner.name, "span": span, "n_delayeds": n_delayeds,
+            "expected_randoms_total": float(est.randoms.sum(dtype=np.float64))}
+
+
+def attenuation_file(mumap_nii, out_npz, scanner, span: int) -> dict:
+    """μ-map NIfTI (cm⁻¹, on its own grid centred on the scanner) → attenuation factor file."""
+    import nibabel as nib
+
+    scanner = _scanner(scanner)
+    span = scanner.check_span(int(span))
+    try:
+        img = nib.load(str(mumap_nii))
+        mu = np.asarray(img.dataobj, dtype=np.float32)
+    except (OSError, ValueError, nib.filebasedimages.ImageFileError) as error:
+        raise PetiqInputError(mumap_nii, f"cannot read the μ-map ({error})", "give a NIfTI μ-map in cm⁻¹") from None
+    voxel = corr.check_mumap(mu, img.affine, scanner, mumap_nii)
+    att = corr.attenuation_factors(mu, voxel, scanner, span)
+    _save_npz(out_npz, {
+        "kind": np.asarray("attenuation"), "scanner": np.asarray(scanner.name), "span": np.asarray(span),
+        "attenuation": att, "mumap_shape": np.asarray(mu.shape), "mumap_voxel_mm": np.asarray(voxel),
+    })
+    return {"scanner": scanner.name, "span": span, "min_attenuation_factor": float(att.min()),
+            "mumap_shape": list(mu.shape), "mumap_voxel_mm": list(voxel)}
+
+
+def scatter_file(sinograms_npz, norm_npz, randoms_npz, attenuation_npz, out_npz, *, scanner, span: int,
+                 **scatter_options) -> dict:
+    """Prompts + norm + randoms + attenuation → scatter file (:func:`petiq.recon.corrections.estimate_scatter`;
+    ``scatter_options`` go to it)."""
+    scanner = _scanner(scanner)
+    span = scanner.check_span(int(span))
+    sino = _read_sinograms_checked(sinograms_npz, scanner, span)
+    norm = read_correction(norm_npz, "norm", scanner, span, ("norm",))["norm"]
+    att = read_correction(attenuation_npz, "attenuation", scanner, span, ("attenuation",))["attenuation"]
+    randoms = read_randoms(randoms_npz, scanner, span)
+    est = corr.estimate_scatter(sino["prompts"], randoms, norm, att, scanner, span, **scatter_options)
+    _save_npz(out_npz, {
+        "kind": np.asarray("scatter"), "scanner": np.asarray(scanner.name), "span": np.asarray(span),
+        "scatter": est.scatter, "scale": np.asarray(est.scale), "scatter_fraction": np.asarray(est.scatter_fraction),
+        "n_tail_bins": np.asarray(est.n_tail_bins), "summary": np.asarray(json.dumps(est.summary)),
+    })
+    return {"scanner": scanner.name, "span": span, "scatter_fraction": est.scatter_fraction,
+            "scale": est.scale, "n_tail_bins": est.n_tail_bins}
+
+
+SCATTER_METHOD = ("tail-fitted smoothed emission (broad Gaussian of the randoms-subtracted, norm-corrected "
+                  "emission inside the object, scaled by least squares to the scatter tails); not e7's "
+                  "single scatter simulation")
+RANDOMS_METHOD = "DLYD (delayed window, variance-reduced: singles from delayed fan sums)"
+ATTENUATION_METHOD = "measured μ-map (cm⁻¹), attenuation factors exp(-∫μ) forward-projected in the system model"
+
+
+def _sidecar(*, n_iterations, n_subsets, post_filter_fwhm_mm, backend, scanner, span, sino, kappa, scatter_fraction,
+             image, metadata) -> dict:
+    own = {
+        "Units": "kBq/mL",
+        "ReconMethodName": "OP-OSEM",
+        "ReconMethodParameterLabels": ["iterations", "subsets"],
+        "ReconMethodParameterUnits": ["none", "none"],
+        "ReconMethodParameterValues": [int(n_iterations), int(n_subsets)],
+        "ReconFilterType": "Gaussian" if post_filter_fwhm_mm else "none",
+        "ReconFilterSize": float(post_filter_fwhm_mm) if post_filter_fwhm_mm else 0,
+        "AttenuationCorrection": ATTENUATION_METHOD,
+        "ScatterCorrectionMethod": SCATTER_METHOD,
+        "RandomsCorrectionMethod": RANDOMS_METHOD,
+        "ImageDecayCorrected": False,
+        "FrameTimesStart": [0],
+        "FrameDuration": [float(sino["duration_s"])],
+        "ImageVoxelSize": [float(v) for v in scanner.voxel_size_mm],
+        "Scanner": scanner.name,
+        "Span": int(span),
+        "CalibrationFactor": float(kappa),
+        "PromptsInSinograms": int(sino["n_prompts"]),
+        "DelayedsInSinograms": int(sino["n_delayeds"]),
+        "EstimatedScatterFraction": float(scatter_fraction),
+        "ImageMaximum_kBq_per_mL": float(image.max()),
+        "ReconstructionBackend": backend,
+    }
+    out = {}
+    for key, value in (metadata or {}).items():
+        if key in own:
+            log.warning("sidecar: metadata key %r is set by the reconstruction; keeping the reconstruction's value", key)
+            continue
+        out[key] = value
+    out.update(own)
+    return out
+
+
+def reconstruct_file(
+    sinograms_npz,
+    norm_npz,
+    randoms_npz,
+    attenuation_npz,
+    scatter_npz,
+    out_nii,
+    out_json,
+    out_norm01_nii,
+    *,
+    scanner,
+    span: int = 11,
+    n_iterations: int = 2,
+    n_subsets: int = 21,
+    post_filter_fwhm_mm: float = 0.0,
+    backend: str = "auto",
+    metadata: dict | None = None,
+    progress: bool = True,
+) -> dict:
+    """OP-OSEM of one sinogram file with all corrections → image NIfTI (kBq/mL), PET-BIDS JSON sidecar
+    and the image divided by its maximum (0–1, as the paper normalises) as a second NIfTI.
+
+    All three outputs appear together or not at all. Returns the sidecar dict."""
+    import nibabel as nib
+
+    from petiq.fileio import _json_default
+    from petiq.phantom import grid_affine
+
+    scanner = _scanner(scanner)
+    span = scanner.check_span(int(span))
+    if post_filter_fwhm_mm is None or post_filter_fwhm_mm < 0:
+        raise PetiqInputError(None, f"post_filter_fwhm_mm = {post_filter_fwhm_mm!r}", "use 0 (off) or a FWHM in mm")
+    backend_used = resolve_backend(backend)
+    # --- all inputs, checked before any work
+    sino = _read_sinograms_checked(sinograms_npz, scanner, span)
+    prompts = sino["prompts"]
+    if int(sino["n_prompts"]) <= 0 or not prompts.any():
+        raise PetiqInputError(sinograms_npz, "the sinograms hold 0 prompts (empty list-mode)",
+                              "check the list-mode file (thinning fraction, acquisition) and histogram it again")
+    if not sino["duration_s"] > 0:
+        raise PetiqInputError(sinograms_npz, f"acquisition duration {sino['duration_s']} s",
+                              "the list-mode needs time tags or an 'image duration (sec)' header key")
+    norm_data = read_correction(norm_npz, "norm", scanner, span, ("norm", "calibration_factor"))
+    kappa = float(norm_data["calibration_factor"])
+    att = read_correction(attenuation_npz, "attenuation", scanner, span, ("attenuation",))["attenuation"]
+    randoms = read_randoms(randoms_npz, scanner, span)
+    scat_data = read_correction(scatter_npz, "scatter", scanner, span, ("scatter",))
+    try:
+        json.dumps(metadata or {}, default=_json_default)
+    except TypeError as error:
+        raise PetiqInputError(None, f"metadata is not JSON serialisable ({error})", "pass plain numbers and strings") from None
+    mult, add = system_model(scanner, span, duration_s=sino["duration_s"], calibration_factor=kappa,
+                             norm=norm_data.pop("norm"), attenuation=att, randoms=randoms,
+                             scatter=scat_data.pop("scatter"))
+    del att, randoms  # only prompts, mult and add stay in memory (3 x 290 MB at mMR size)
+    sino.pop("delayeds")
+    image = osem(prompts, mult, add, scanner, span, n_iterations=n_iterations, n_subsets=n_subsets,
+                 post_filter_fwhm_mm=post_filter_fwhm_mm, backend=backend_used, progress=progress)
+    sidecar = _sidecar(n_iterations=n_iterations, n_subsets=n_subsets, post_filter_fwhm_mm=post_filter_fwhm_mm,
+                       backend=backend_used, scanner=scanner, span=span, sino=sino, kappa=kappa,
+                       scatter_fraction=float(scat_data.get("scatter_fraction", np.nan)), image=image,
+                       metadata=metadata)
+    peak = float(image.max())
+    norm01 = (image / peak if peak > 0 else np.zeros_like(image)).astype(np.float32)
+    affine = grid_affine(image.shape, scanner.voxel_size_mm)
+
+    def nifti(data):
+        img = nib.Nifti1Image(data, affine)
+        img.header.set_xyzt_units("mm", "sec")
+        return img
+
+    with contextlib.ExitStack() as stack:
+        tmp_img = stack.enter_context(atomic_path(out_nii))
+        tmp_json = stack.enter_context(atomic_path(out_json))
+        tmp_01 = stack.enter_context(atomic_path(out_norm01_nii))
+        nib.save(nifti(image), str(tmp_img))
+        tmp_json.write_text(json.dumps(sidecar, indent=2, default=_json_default) + "\n")
+        nib.save(nifti(norm01), str(tmp_01))
+    log.info("reconstruction: max %.3g kBq/mL -> %s", peak, out_nii)
+    return sidecar
