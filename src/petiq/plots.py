@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from scipy import ndimage  # noqa: E402
 
 from .fileio import atomic_path  # noqa: E402
 
@@ -95,7 +96,7 @@ def plot_dose_examples(examples: dict[str, dict[str, str]], path: str | Path, cm
     fig, axes = plt.subplots(len(subjects), len(doses), figsize=(2.6 * len(doses), 2.6 * len(subjects)), squeeze=False)
     for r, subject in enumerate(subjects):
         images = {d: np.asarray(nib.load(p).dataobj, dtype=np.float32) for d, p in examples[subject].items()}
-        reference = images[doses[-1]]
+        reference = ndimage.gaussian_filter(images[doses[-1]], 1.5)  # a noise-free look for slice and crop
         head = reference > 0.25 * reference.max()
         k = _mid_brain_slice(head)
         box = _crop_box(head[:, :, k])

@@ -19,7 +19,8 @@ over an acquisition of ``D`` seconds::
   Bq/mm² of line integral, :func:`scanner_calibration`), fixed so that an unattenuated reference
   source — a uniform cylinder of radius 100 mm and length 160 mm — gives ``η`` trues per second per
   MBq (mMR ≈ 15 kcps/MBq, its NEMA sensitivity). For the reduced presets ``η`` is scaled by their
-  number of bins, so that counts *per bin* — and so the noise texture — match the mMR's. Because
+  image voxel volume, so that counts *per image voxel* — and so the noise of a reconstruction at a
+  given dose — match the mMR's (:func:`trues_sensitivity`). Because
   ``κ`` is a constant of the scanner, the count rate follows the patient's activity and attenuation,
   and a reconstruction with the same ``κ`` (stored with the norm scan, like e7's calibration
   factor) is quantitative in kBq/mL. Decay during the scan only shapes the time stamps.
@@ -92,8 +93,14 @@ class AcquisitionSettings:
 
 
 def trues_sensitivity(scanner: Scanner, mmr_cps_per_mbq: float = MMR_TRUES_CPS_PER_MBQ) -> float:
-    """η for this scanner: the mMR's, scaled by span-1 bin count so counts per bin match the mMR's."""
-    return mmr_cps_per_mbq * scanner.n_bins(1) / Scanner.mmr().n_bins(1)
+    """η for this scanner: the mMR's × (mMR image voxel volume / this preset's image voxel volume).
+
+    Counts per image voxel — and so the noise of a reconstruction at a given dose, which is what a
+    reader and the CNN see — then match the mMR's: the demo's voxels are 8× larger, so a demo scan
+    records 8× fewer counts than the same patient on the mMR.
+    """
+    mmr_voxel = float(np.prod(Scanner.mmr().voxel_size_mm))
+    return mmr_cps_per_mbq * mmr_voxel / float(np.prod(scanner.voxel_size_mm))
 
 
 REFERENCE_CYLINDER = {"radius_mm": 100.0, "length_mm": 160.0}
