@@ -23,10 +23,12 @@ report: "workflow/report/workflow.rst"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/cohort.smk"
 include: "workflow/rules/listmode.smk"
+include: "workflow/rules/recon.smk"
 
 
 rule all:
     input:
         rules.cohort.input,
         rules.listmode.input,
+        rules.recon.input,
     default_target: True

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -34,8 +35,13 @@ def test_dry_run_lists_cohort_jobs(preset):
     stats = done.stdout + done.stderr
     counts = {line.split()[0]: int(line.split()[1]) for line in stats.splitlines() if len(line.split()) == 2 and line.split()[1].isdigit()}
     assert counts["phantom"] == (sheet["source"] == "synthetic").sum()
-    for rule in ("participants", "splits", "cohort_figure", "cohort_table"):
+    for rule in ("participants", "splits", "cohort_figure", "cohort_table", "norm_scan", "norm", "fig01_dose_examples"):
         assert counts[rule] == 1
+    n_doses = len(yaml.safe_load((ROOT / PRESETS[preset]).read_text())["doses"])
+    assert counts["simulate"] == counts["phantom"] and counts["attenuation"] == len(sheet)
+    for rule in ("histogram", "randoms", "scatter", "osem"):
+        assert counts[rule] == len(sheet) * n_doses, rule
+    assert counts["thin"] == len(sheet) * (n_doses - 1)
 
 
 def test_lint_is_clean():
@@ -60,7 +66,8 @@ def test_bad_config_value_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_cohort_figure_target_runs_only_what_it_needs(tmp_path):
-    """`snakemake results/figures/cohort.png` on the test preset: phantoms and the figure, no table."""
+    """`snakemake results/figures/cohort.png` on the test preset: phantoms and the figure, no table;
+    then the whole preset: list-mode, reconstruction and Fig. 1."""
     (tmp_path / "config").mkdir()
     shutil.copy(ROOT / "tests/config/patients.tsv", tmp_path / "config/patients.tsv")
     config = yaml.safe_load((ROOT / "tests/config/config.yaml").read_text())
@@ -96,5 +103,21 @@ def test_cohort_figure_target_runs_only_what_it_needs(tmp_path):
                 assert abs(low[key] - p * full[key]) < 4 * sigma + 1, (pid, dose, key)
             header = (tmp_path / f"results/listmode/{pid}/{pid}_dose-{dose}.l.hdr").read_text()
             assert "petiq thinning seed" in header and "petiq source file sha256" in header
+    # reconstruction stage: every patient and dose, quantitative, with its sidecar; Fig. 1 drawn
+    import json
+
+    import nibabel as nib
+
+    for pid in participants["participant_id"]:
+        means = {}
+        for dose in ("001.0", "010.0", "100.0"):
+            image = tmp_path / f"results/recon/{pid}/{pid}_dose-{dose}_pet.nii.gz"
+            means[dose] = float(np.asarray(nib.load(image).dataobj).mean())
+            sidecar = json.loads(image.with_name(image.name.replace(".nii.gz", ".json")).read_text())
+            assert sidecar["ReconMethodParameterValues"] == [2, 21] and sidecar["DoseFractionPercent"] == float(dose)
+            norm01 = np.asarray(nib.load(tmp_path / f"results/recon/{pid}/{pid}_dose-{dose}_desc-norm01_pet.nii.gz").dataobj)
+            assert norm01.min() >= 0 and norm01.max() == pytest.approx(1.0)
+        assert means["010.0"] == pytest.approx(0.1 * means["100.0"], rel=0.15)
+    assert (tmp_path / "results/figures/fig01_dose_examples.png").stat().st_size > 10_000
     done = snakemake(*args, "-n")
     assert "Nothing to be done" in done.stdout + done.stderr

@@ -45,6 +45,48 @@ def dose_listmode(wildcards):
     return f"{LISTMODE}/{wildcards.subject}/{wildcards.subject}_dose-{wildcards.dose}.l"
 
 
+def patient_mumap(wildcards):
+    """The μ-map: the phantom's for synthetic patients, the user's file for real ones."""
+    row = PATIENTS.set_index("participant_id").loc[wildcards.subject]
+    if row["source"] == "real":
+        return row["mumap"]
+    return f"{COHORT}/{wildcards.subject}/{wildcards.subject}_mumap.nii.gz"
+
+
+# Reconstruction asks the scheduler for a GPU unless the config pins it to the CPU; it falls back
+# to the CPU (with a line in its log) when none is visible.
+GPU_PER_RECON = 0 if config["device"] == "cpu" else 1
+
+
+def fig01_doses():
+    """Low, medium and high: the lowest configured dose of each category that is present."""
+    from petiq.doses import dose_category
+
+    chosen = {}
+    for dose in sorted(config["doses"]):
+        chosen.setdefault(dose_category(dose), dose)
+    if 100 in config["doses"]:
+        chosen["high"] = 100
+    return [dose_label(chosen[c]) for c in ("low", "medium", "high") if c in chosen]
+
+
+def fig01_examples(wildcards=None):
+    """{subject: {dose label: normalised image}} for the two patients of Fig. 1."""
+    subjects = config["figures"]["fig01_subjects"] or SUBJECTS[:2]
+    return {
+        s: {d: f"results/recon/{s}/{s}_dose-{d}_desc-norm01_pet.nii.gz" for d in fig01_doses()}
+        for s in subjects
+    }
+
+
+def fig01_inputs(wildcards):
+    return {
+        f"{s}_{d}": path
+        for s, by_dose in fig01_examples().items()
+        for d, path in by_dose.items()
+    }
+
+
 wildcard_constraints:
     subject=r"sub-[A-Za-z0-9]+",
     dose=r"\d{3}\.\d",

@@ -1,0 +1,167 @@
+# Stage 3 — e7-style reconstruction (petiq.recon: corrections, osem): normalisation from the norm
+# scan, randoms from the delayeds, attenuation from the μ-map, scatter scaled to the tails, then
+# OP-OSEM (2 iterations × 21 subsets by default) for every patient and dose.
+RECON = "results/recon"
+
+
+rule norm:
+    """Component-based normalisation (crystal efficiencies, radial factors) from the norm scan."""
+    input:
+        norm_scan=rules.norm_scan.output.npz,
+    output:
+        npz=f"{SINOGRAMS}/norm.npz",
+    log:
+        log_path("recon", "norm"),
+    benchmark:
+        benchmark_path("recon", "norm")
+    conda:
+        ENV
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    params:
+        scanner=config["scanner"],
+        span=config["span"],
+    script:
+        "../scripts/recon_norm.py"
+
+
+rule randoms:
+    """Expected randoms from the delayeds: singles from fan sums (variance-reduced)."""
+    input:
+        sinograms=rules.histogram.output.npz,
+    output:
+        npz=f"{SINOGRAMS}/{{subject}}/{{subject}}_dose-{{dose}}_randoms.npz",
+    log:
+        log_path("recon", "randoms_{subject}_dose-{dose}"),
+    benchmark:
+        benchmark_path("recon", "randoms_{subject}_dose-{dose}")
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    params:
+        scanner=config["scanner"],
+        span=config["span"],
+    script:
+        "../scripts/recon_randoms.py"
+
+
+rule attenuation:
+    """Attenuation factors exp(−P μ) from the patient's μ-map (the same for every dose)."""
+    input:
+        mumap=patient_mumap,
+    output:
+        npz=f"{SINOGRAMS}/{{subject}}/{{subject}}_attenuation.npz",
+    log:
+        log_path("recon", "attenuation_{subject}"),
+    benchmark:
+        benchmark_path("recon", "attenuation_{subject}")
+    conda:
+        ENV
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    params:
+        scanner=config["scanner"],
+        span=config["span"],
+    script:
+        "../scripts/recon_attenuation.py"
+
+
+rule scatter:
+    """Scatter estimate: smoothed emission inside the head, scaled to the emission tails."""
+    input:
+        sinograms=rules.histogram.output.npz,
+        norm=rules.norm.output.npz,
+        randoms=rules.randoms.output.npz,
+        attenuation=rules.attenuation.output.npz,
+    output:
+        npz=f"{SINOGRAMS}/{{subject}}/{{subject}}_dose-{{dose}}_scatter.npz",
+    log:
+        log_path("recon", "scatter_{subject}_dose-{dose}"),
+    benchmark:
+        benchmark_path("recon", "scatter_{subject}_dose-{dose}")
+    conda:
+        ENV
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=30,
+    params:
+        scanner=config["scanner"],
+        span=config["span"],
+    script:
+        "../scripts/recon_scatter.py"
+
+
+rule osem:
+    """OP-OSEM with every correction in the system model; image in kBq/mL and normalised 0–1."""
+    input:
+        sinograms=rules.histogram.output.npz,
+        norm=rules.norm.output.npz,
+        randoms=rules.randoms.output.npz,
+        attenuation=rules.attenuation.output.npz,
+        scatter=rules.scatter.output.npz,
+        participants=rules.participants.output.tsv,
+    output:
+        image=f"{RECON}/{{subject}}/{{subject}}_dose-{{dose}}_pet.nii.gz",
+        sidecar=f"{RECON}/{{subject}}/{{subject}}_dose-{{dose}}_pet.json",
+        norm01=f"{RECON}/{{subject}}/{{subject}}_dose-{{dose}}_desc-norm01_pet.nii.gz",
+    log:
+        log_path("recon", "osem_{subject}_dose-{dose}"),
+    benchmark:
+        benchmark_path("recon", "osem_{subject}_dose-{dose}")
+    conda:
+        ENV
+    threads: 2
+    resources:
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        runtime=60,
+        gpu=GPU_PER_RECON,
+    params:
+        scanner=config["scanner"],
+        span=config["span"],
+        iterations=config["recon"]["iterations"],
+        subsets=config["recon"]["subsets"],
+        post_filter_fwhm_mm=config["recon"]["post_filter_fwhm_mm"],
+        device=config["device"],
+    script:
+        "../scripts/recon_osem.py"
+
+
+rule fig01_dose_examples:
+    """Fig. 1 of the paper: cropped transverse slices at low, medium and high dose for two patients."""
+    input:
+        unpack(fig01_inputs),
+    output:
+        png=report(
+            "results/figures/fig01_dose_examples.png",
+            caption="../report/fig01.rst",
+            category="Reconstruction",
+        ),
+    log:
+        log_path("figures", "fig01_dose_examples"),
+    benchmark:
+        benchmark_path("figures", "fig01_dose_examples")
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        examples=fig01_examples,
+    script:
+        "../scripts/fig01_dose_examples.py"
+
+
+rule recon:
+    """Every reconstruction of every patient and dose, and Fig. 1."""
+    input:
+        expand(rules.osem.output.image, subject=SUBJECTS, dose=DOSES),
+        rules.fig01_dose_examples.output,

@@ -1,0 +1,12 @@
+"""Rule attenuation: exp(−P μ) from the μ-map (petiq.recon.pipeline.attenuation_file)."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
+from petiq.logs import log_to  # noqa: E402
+from petiq.recon.pipeline import attenuation_file  # noqa: E402
+from petiq.scanner import Scanner  # noqa: E402
+
+log = log_to(snakemake.log[0])
+attenuation_file(snakemake.input.mumap, snakemake.output.npz, Scanner.from_name(snakemake.params.scanner), snakemake.params.span)
+log.info("wrote %s", snakemake.output.npz)
