@@ -1,6 +1,10 @@
 # Stage 1 — the digital memory-clinic cohort (petiq.anatomy, petiq.phantom, petiq.cohort,
 # petiq.splits): synthetic patients, their metadata, the data splits and the cohort figure.
 
+# The atlas download needs PyPI: run it where the workflow is launched, not on a compute node.
+localrules:
+    anatomy,
+
 
 rule anatomy:
     """Hammers atlas and CSF map from the t1prep wheel on PyPI (the only download; see README)."""
@@ -14,7 +18,7 @@ rule anatomy:
         ENV
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=mem_mb(1000),
         runtime=10,
     params:
         folder=lambda wildcards, output: Path(output[0]).parent,
@@ -36,7 +40,7 @@ rule participants:
         ENV
     threads: 1
     resources:
-        mem_mb=500,
+        mem_mb=mem_mb(500),
         runtime=5,
     params:
         seed=config["seed"],
@@ -65,7 +69,7 @@ rule phantom:
         ENV
     threads: 1
     resources:
-        mem_mb=3000,
+        mem_mb=mem_mb(3000),
         runtime=10,
     params:
         seed=config["seed"],
@@ -91,7 +95,7 @@ rule splits:
         ENV
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=mem_mb(1000),
         runtime=5,
     params:
         seed=config["seed"],
@@ -122,7 +126,7 @@ rule cohort_figure:
         ENV
     threads: 1
     resources:
-        mem_mb=3000,
+        mem_mb=mem_mb(3000),
         runtime=10,
     params:
         subjects=SYNTHETIC,
@@ -149,7 +153,7 @@ rule cohort_table:
         ENV
     threads: 1
     resources:
-        mem_mb=500,
+        mem_mb=mem_mb(500),
         runtime=5,
     script:
         "../scripts/cohort_table.py"

@@ -98,3 +98,8 @@ def log_path(stage, name):
 
 def benchmark_path(stage, name):
     return f"results/benchmarks/{stage}/{name}.tsv"
+
+
+def mem_mb(base):
+    """Memory that grows with each retry (a job killed for memory gets more next time)."""
+    return lambda wildcards, attempt: base * attempt

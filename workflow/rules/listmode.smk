@@ -12,7 +12,7 @@ rule norm_scan:
         ENV
     threads: 2
     resources:
-        mem_mb=8000,
+        mem_mb=mem_mb(8000),
         runtime=60,
     params:
         scanner=config["scanner"],
@@ -42,7 +42,7 @@ rule simulate:
         ENV
     threads: 2
     resources:
-        mem_mb=lambda wildcards, attempt: 6000 * attempt,
+        mem_mb=mem_mb(6000),
         runtime=60,
     params:
         scanner=config["scanner"],
@@ -74,7 +74,7 @@ rule thin:
         ENV
     threads: 1
     resources:
-        mem_mb=1500,
+        mem_mb=mem_mb(1500),
         runtime=30,
     params:
         fraction=lambda wildcards: float(wildcards.dose) / 100.0,
@@ -97,7 +97,7 @@ rule histogram:
         ENV
     threads: 1
     resources:
-        mem_mb=3000,
+        mem_mb=mem_mb(3000),
         runtime=30,
     params:
         scanner=config["scanner"],

@@ -18,7 +18,7 @@ rule norm:
         ENV
     threads: 2
     resources:
-        mem_mb=8000,
+        mem_mb=mem_mb(8000),
         runtime=30,
     params:
         scanner=config["scanner"],
@@ -41,7 +41,7 @@ rule randoms:
         ENV
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb(4000),
         runtime=20,
     params:
         scanner=config["scanner"],
@@ -64,7 +64,7 @@ rule attenuation:
         ENV
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=mem_mb(4000),
         runtime=20,
     params:
         scanner=config["scanner"],
@@ -90,7 +90,7 @@ rule scatter:
         ENV
     threads: 2
     resources:
-        mem_mb=6000,
+        mem_mb=mem_mb(6000),
         runtime=30,
     params:
         scanner=config["scanner"],
@@ -120,7 +120,7 @@ rule osem:
         ENV
     threads: 2
     resources:
-        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        mem_mb=mem_mb(8000),
         runtime=60,
         gpu=GPU_PER_RECON,
     params:
@@ -152,7 +152,7 @@ rule fig01_dose_examples:
         ENV
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=mem_mb(2000),
         runtime=10,
     params:
         examples=fig01_examples,
