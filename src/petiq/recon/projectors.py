@@ -507,6 +507,20 @@ def _plane_runs(c0: np.ndarray, c1: np.ndarray, nz: int, min_stencil: int = 4,
 
 
 # ----------------------------------------------------------------------------- public class
+def image_grid(scanner: Scanner, image_shape=None, voxel_size_mm=None):
+    """The image grid ``(shape, voxel_size_mm)`` as tuples, the scanner's default where not given;
+    checked (3 positive ints, 3 positive floats)."""
+    shape = scanner.image_shape if image_shape is None else image_shape
+    vox = scanner.voxel_size_mm if voxel_size_mm is None else voxel_size_mm
+    shape = tuple(int(n) for n in shape)
+    vox = tuple(float(v) for v in vox)
+    if len(shape) != 3 or min(shape) < 1 or len(vox) != 3 or min(vox) <= 0:
+        raise PetiqInputError(None, f"bad image grid {shape} voxels of {vox} mm",
+                              "give image_shape as 3 positive ints (nx, ny, nz) and voxel_size_mm "
+                              "as 3 positive floats (mm)")
+    return shape, vox
+
+
 class JosephProjector:
     """Forward (image -> sinogram / LOR values) and back projection (adjoint) for one scanner.
 
@@ -534,14 +548,7 @@ class JosephProjector:
     def __init__(self, scanner: Scanner, image_shape=None, voxel_size_mm=None, span: int = 11):
         self.scanner = scanner
         self.span = scanner.check_span(span)
-        shape = scanner.image_shape if image_shape is None else image_shape
-        vox = scanner.voxel_size_mm if voxel_size_mm is None else voxel_size_mm
-        shape = tuple(int(n) for n in shape)
-        vox = tuple(float(v) for v in vox)
-        if len(shape) != 3 or min(shape) < 1 or len(vox) != 3 or min(vox) <= 0:
-            raise PetiqInputError(None, f"bad image grid {shape} voxels of {vox} mm",
-                                  "give image_shape as 3 positive ints (nx, ny, nz) and voxel_size_mm "
-                                  "as 3 positive floats (mm)")
+        shape, vox = image_grid(scanner, image_shape, voxel_size_mm)
         self.image_shape: tuple[int, int, int] = shape
         self.voxel_size_mm: tuple[float, float, float] = vox
         self.geometry = scanner.sinogram_lor_geometry(self.span)

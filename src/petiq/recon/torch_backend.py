@@ -30,7 +30,7 @@ import numpy as np
 from numba import njit
 
 from petiq.errors import PetiqInputError
-from petiq.recon.projectors import _transaxial_path
+from petiq.recon.projectors import _transaxial_path, image_grid
 from petiq.scanner import Scanner
 
 __all__ = ["TorchJosephProjector", "cuda_available", "describe_device"]
@@ -91,13 +91,7 @@ class TorchJosephProjector:
         self.scanner = scanner
         self.span = scanner.check_span(span)
         self.device = torch.device(device)
-        shape = scanner.image_shape if image_shape is None else image_shape
-        vox = scanner.voxel_size_mm if voxel_size_mm is None else voxel_size_mm
-        shape = tuple(int(n) for n in shape)
-        vox = tuple(float(v) for v in vox)
-        if len(shape) != 3 or min(shape) < 1 or len(vox) != 3 or min(vox) <= 0:
-            raise PetiqInputError(None, f"bad image grid {shape} voxels of {vox} mm",
-                                  "give image_shape as 3 positive ints and voxel_size_mm as 3 positive floats")
+        shape, vox = image_grid(scanner, image_shape, voxel_size_mm)
         self.image_shape = shape
         self.voxel_size_mm = vox
         g = scanner.sinogram_lor_geometry(self.span)
