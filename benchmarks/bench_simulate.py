@@ -19,8 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
-
+from petiq.cohort import read_participants
 from petiq.scanner import Scanner
 from petiq.simulate import simulate_patient
 
@@ -33,7 +32,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=900.0)
     args = parser.parse_args()
     cohort = Path(args.cohort)
-    participants = pd.read_csv(cohort / "participants.tsv", sep="\t").set_index("participant_id", drop=False)
+    participants = read_participants(cohort / "participants.tsv").set_index("participant_id", drop=False)
     row = participants.loc[args.subject].to_dict()
     scanner = Scanner.from_name(args.scanner)
     with tempfile.TemporaryDirectory() as tmp:

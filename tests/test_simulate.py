@@ -90,6 +90,17 @@ def test_counts_scale_with_activity_and_randoms_faster(tmp_path):
     assert high.singles_cps.sum() == pytest.approx(2 * low.singles_cps.sum(), rel=1e-6)
 
 
+@pytest.mark.parametrize("name", ["mmr", "demo", "tiny"])
+def test_randoms_per_trues_per_lor_match_the_mmr(name):
+    """The reduced presets keep the mMR's ratio of randoms to trues per LOR (so its randoms fraction)."""
+    from petiq.simulate import singles_scale, trues_sensitivity
+
+    scanner, mmr = Scanner.from_name(name), Scanner.mmr()
+    ratio = lambda sc: (singles_scale(sc) ** 2) / (trues_sensitivity(sc) / sc.n_bins(1))  # noqa: E731
+    assert ratio(scanner) == pytest.approx(ratio(mmr), rel=1e-9)
+    assert singles_scale(mmr) == pytest.approx(1.0)
+
+
 def test_norm_scan_fansums_follow_crystal_efficiency():
     scan = simulate_norm_scan(SCANNER, scanner_seed=5, seed=1, counts_per_bin=2000.0, progress=False)
     eff = scan["true_crystal_efficiency"]

@@ -27,8 +27,7 @@ def _check_patients(args) -> None:
 def _simulate(args) -> None:
     import json
 
-    import pandas as pd
-
+    from .cohort import read_participants
     from .fileio import write_json
     from .scanner import Scanner
     from .simulate import simulate_norm_scan, simulate_patient
@@ -37,14 +36,13 @@ def _simulate(args) -> None:
     if args.norm:
         import numpy as np
 
-        from .fileio import atomic_path
+        from .fileio import write_npz
 
         scan = simulate_norm_scan(scanner, args.scanner_seed, args.seed, span=args.span, progress=not args.quiet)
-        with atomic_path(args.out) as tmp, open(tmp, "wb") as fh:
-            np.savez_compressed(fh, scanner=np.asarray(scanner.name), **scan)
+        write_npz(args.out, scanner=np.asarray(scanner.name), **scan)
         print(f"norm scan of {scanner.name}: {int(scan['sinogram'].sum())} counts -> {args.out}")
         return
-    participants = pd.read_csv(args.participants, sep="\t", dtype={"participant_id": str})
+    participants = read_participants(args.participants)
     row = participants.set_index("participant_id", drop=False).loc[args.subject].to_dict()
     summary = simulate_patient(
         truth_path=args.truth, mumap_path=args.mumap, participant=row, scanner=scanner, scanner_seed=args.scanner_seed,

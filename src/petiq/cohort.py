@@ -192,11 +192,11 @@ def plan_cohort(sheet: pd.DataFrame, seed: int, mix: dict[str, float], clinic: d
     """
     clinic = {**DEFAULT_CLINIC, **(clinic or {})}
     todo = sheet.index[(sheet["source"] == "synthetic") & (sheet["diagnosis"] == "")]
-    drawn = allocate_diagnoses(len(todo), mix, rng_for(seed, "diagnoses", len(todo)))
+    drawn = dict(zip(todo, allocate_diagnoses(len(todo), mix, rng_for(seed, "diagnoses", len(todo)))))
     rows = []
     for i, row in sheet.iterrows():
         pid = row["participant_id"]
-        diagnosis = row["diagnosis"] or (drawn[list(todo).index(i)] if i in todo else "")
+        diagnosis = row["diagnosis"] or drawn.get(i, "")
         values = _draw_demographics(rng_for(seed, "demographics", pid), diagnosis or "CN", clinic)
         if not diagnosis:  # a real patient with no stated diagnosis
             values["severity"] = np.nan

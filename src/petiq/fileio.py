@@ -58,6 +58,13 @@ def write_tsv(path: str | Path, frame) -> None:
         frame.to_csv(tmp, sep="\t", index=False, lineterminator="\n")
 
 
+def write_npz(path: str | Path, **arrays) -> None:
+    """Write arrays as a compressed ``.npz``, atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+
+
 def write_npy(path: str | Path, array: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:

@@ -27,7 +27,8 @@ over an acquisition of ``D`` seconds::
 * Scatter: a broad smoothing (σ ≈ 60 mm radially, a few views and planes) of the attenuated emission,
   scaled to a scatter fraction drawn per patient in [0.30, 0.40] of trues + scatter.
 * Randoms: singles per crystal ``s = σ₁ · ε · A`` with σ₁ set so that a typical brain study (≈ 18 MBq
-  in the field of view) has a randoms fraction near 20 %; it grows with activity like a real scanner's.
+  in the field of view) has a randoms fraction near 20 % on the mMR; it grows with activity like a
+  real scanner's. Reduced presets scale σ₁ (:func:`singles_scale`) to keep that randoms fraction.
 * Events are shuffled (a Poisson process's events come in uniformly random order) and given
   millisecond times from a multinomial over the acquisition's milliseconds, weighted by ¹⁸F decay.
 
@@ -103,6 +104,17 @@ def trues_sensitivity(scanner: Scanner, mmr_cps_per_mbq: float = MMR_TRUES_CPS_P
     return mmr_cps_per_mbq * mmr_voxel / float(np.prod(scanner.voxel_size_mm))
 
 
+def singles_scale(scanner: Scanner) -> float:
+    """Factor on the mMR's singles per crystal that keeps the randoms fraction of the mMR.
+
+    Trues per LOR grow with η / (number of span-1 bins); randoms per LOR grow with singles², so the
+    singles scale with the square root of that ratio (1 for the mMR).
+    """
+    mmr = Scanner.mmr()
+    trues_per_lor = (trues_sensitivity(scanner) / scanner.n_bins(1)) / (MMR_TRUES_CPS_PER_MBQ / mmr.n_bins(1))
+    return float(np.sqrt(trues_per_lor))
+
+
 REFERENCE_CYLINDER = {"radius_mm": 100.0, "length_mm": 160.0}
 
 
@@ -168,7 +180,7 @@ def expected_data(
     )
     sf = settings.scatter_fraction
     scatter = (smooth * (sf / (1.0 - sf)) * emission.sum(dtype=np.float64) / max(smooth.sum(), 1e-30)).astype(np.float32)
-    singles = settings.singles_cps_per_mbq * activity_mbq * truth.crystal_efficiency
+    singles = settings.singles_cps_per_mbq * singles_scale(scanner) * activity_mbq * truth.crystal_efficiency
     return ExpectedData(
         emission=emission,
         scatter=scatter,
@@ -184,14 +196,20 @@ def expected_data(
     )
 
 
+def _span1_plane_tables(scanner: Scanner, span: int):
+    """What expanding span-``span`` data plane by plane to span 1 needs: the span map, the crystal
+    pair ``(det_a, det_b)`` of every (view, radial) bin, and the rings of every span-1 plane."""
+    view, t = np.meshgrid(np.arange(scanner.n_views), np.arange(scanner.n_radial), indexing="ij")
+    dets = scanner.view_radial_to_dets(view, t)
+    ring_a_of_z, ring_b_of_z = scanner.span1_rings()
+    return scanner.span1_to_sinogram(span), dets, ring_a_of_z, ring_b_of_z
+
+
 def iter_span1_counts(expected: ExpectedData, scanner: Scanner, truth: ScannerTruth, settings: AcquisitionSettings,
                       rng: np.random.Generator, progress: bool = True):
     """Yield ``(z, prompts, delayeds)`` Poisson counts of every span-1 sinogram plane (uint32 arrays
     (n_views, n_radial)), in list-mode order."""
-    span_map = scanner.span1_to_sinogram(settings.span)
-    view, t = np.meshgrid(np.arange(scanner.n_views), np.arange(scanner.n_radial), indexing="ij")
-    dets = scanner.view_radial_to_dets(view, t)
-    ring_a_of_z, ring_b_of_z = scanner.span1_rings()
+    span_map, dets, ring_a_of_z, ring_b_of_z = _span1_plane_tables(scanner, settings.span)
     randoms_scale = 2.0 * settings.coincidence_window_ns * 1e-9 * settings.duration_s
     s = expected.singles_cps
     for z in tqdm(range(span_map.size), desc="span-1 planes", disable=not progress, mininterval=5):
@@ -334,10 +352,7 @@ def simulate_norm_scan(scanner: Scanner, scanner_seed: int, seed: int, span: int
     duration_s = counts_per_bin / max(float(rate[geometric > 0].mean()), 1e-30)
     expected = (rate * duration_s).astype(np.float32)
     rng = np.random.default_rng(seed)
-    span_map = scanner.span1_to_sinogram(span)
-    view, t = np.meshgrid(np.arange(scanner.n_views), np.arange(scanner.n_radial), indexing="ij")
-    dets = scanner.view_radial_to_dets(view, t)
-    ring_a_of_z, ring_b_of_z = scanner.span1_rings()
+    span_map, dets, ring_a_of_z, ring_b_of_z = _span1_plane_tables(scanner, span)
     fansums = np.zeros((scanner.n_rings, scanner.crystals_per_ring), dtype=np.float64)
     sinogram = np.zeros(scanner.sinogram_shape(span), dtype=np.uint32)
     for z in tqdm(range(span_map.size), desc="norm scan planes", disable=not progress, mininterval=5):

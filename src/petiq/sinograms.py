@@ -12,16 +12,14 @@ from pathlib import Path
 import numpy as np
 
 from .errors import PetiqInputError
-from .fileio import atomic_path
+from .fileio import write_npz
 
 KEYS = ("prompts", "delayeds", "delayed_fansums", "span", "duration_s", "n_prompts", "n_delayeds", "n_outside_span", "scanner")
 
 
 def write_sinograms(path: str | Path, histogram, scanner_name: str) -> None:
     arrays = {key: np.asarray(histogram[key]) for key in KEYS if key != "scanner"}
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, scanner=np.asarray(scanner_name), **arrays)
+    write_npz(path, scanner=np.asarray(scanner_name), **arrays)
 
 
 def read_sinograms(path: str | Path) -> dict:

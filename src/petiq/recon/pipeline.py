@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from petiq.errors import PetiqInputError
-from petiq.fileio import atomic_path
+from petiq.fileio import atomic_path, write_npz
 from petiq.recon import corrections as corr
 from petiq.recon.osem import osem, resolve_backend, system_model
 from petiq.scanner import Scanner
@@ -129,9 +129,7 @@ def _read_sinograms_checked(path, scanner: Scanner, span: int) -> dict:
 
 
 def _save_npz(out, arrays: dict) -> None:
-    with atomic_path(out) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
+    write_npz(out, **arrays)
 
 
 # ----------------------------------------------------------------------------- steps
