@@ -19,7 +19,14 @@ from petiq.recon import pipeline as pl
 from petiq.recon.osem import fov_mask, reconstruct, subset_views, system_model
 from petiq.recon.projectors import JosephProjector
 from petiq.scanner import Scanner
-from petiq.simulate import AcquisitionSettings, expected_data, iter_span1_counts, scanner_truth, simulate_norm_scan
+from petiq.simulate import (
+    AcquisitionSettings,
+    expected_data,
+    iter_span1_counts,
+    scanner_truth,
+    simulate_norm_scan,
+    singles_scale,
+)
 
 SPAN = 11
 
@@ -119,7 +126,8 @@ def test_system_model_matches_the_simulator_span1_expectation():
     sc = Scanner.tiny()
     activity, mu, _ = phantom(sc)
     truth = scanner_truth(sc, np.random.default_rng(5))
-    settings = AcquisitionSettings(duration_s=600.0, span=SPAN, scatter_fraction=0.3, singles_cps_per_mbq=4000.0)
+    settings = AcquisitionSettings(duration_s=600.0, span=SPAN, scatter_fraction=0.3,
+                                   singles_cps_per_mbq=4000.0 / singles_scale(sc))  # 4000 cps/MBq per crystal
     exp = expected_data(activity, mu, sc.voxel_size_mm, sc, truth, settings)
     smap = sc.span1_to_sinogram(SPAN)
     prompts = np.zeros(sc.sinogram_shape(SPAN))
@@ -186,7 +194,7 @@ def test_randoms_from_delayed_fansums_beat_raw_delayeds():
     sc = Scanner.tiny()
     activity, mu, _ = phantom(sc)
     truth = scanner_truth(sc, np.random.default_rng(5))
-    settings = AcquisitionSettings(duration_s=600.0, span=SPAN, singles_cps_per_mbq=3000.0)
+    settings = AcquisitionSettings(duration_s=600.0, span=SPAN, singles_cps_per_mbq=3000.0 / singles_scale(sc))
     exp = expected_data(activity, mu, sc.voxel_size_mm, sc, truth, settings)
     smap = sc.span1_to_sinogram(SPAN)
     ring_a, ring_b = sc.span1_rings()
