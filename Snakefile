@@ -24,6 +24,10 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/cohort.smk"
 include: "workflow/rules/listmode.smk"
 include: "workflow/rules/recon.smk"
+include: "workflow/rules/scoring.smk"
+include: "workflow/rules/patches.smk"
+include: "workflow/rules/training.smk"
+include: "workflow/rules/figures.smk"
 
 
 rule all:
@@ -31,4 +35,6 @@ rule all:
         rules.cohort.input,
         rules.listmode.input,
         rules.recon.input,
+        SCORING_TARGETS,
+        FIGURE_TARGETS,
     default_target: True

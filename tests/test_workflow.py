@@ -42,6 +42,49 @@ def test_dry_run_lists_cohort_jobs(preset):
     for rule in ("histogram", "randoms", "scatter", "osem"):
         assert counts[rule] == len(sheet) * n_doses, rule
     assert counts["thin"] == len(sheet) * (n_doses - 1)
+    # scores, patches, training and figures: one job per image, per run (all repeats) or per figure
+    from petiq.experiments import plan_experiments
+
+    config = yaml.safe_load((ROOT / PRESETS[preset]).read_text())
+    plan = plan_experiments(config)
+    assert counts["patches"] == len(sheet) * n_doses
+    assert counts["reader_truth"] == counts["phantom"]
+    for stage in ("pretext", "transfer", "survey", "baseline"):
+        assert counts.get(f"train_{stage}", 0) == len(plan.runs_of(stage)), stage
+    for rule in ("sessions_plan", "reading_sheets", "virtual_reader", "reader_calibration", "scoring_figures", "fig04_backbones",
+                 "fig08_freeze_levels", "fig09_patients", "fig10_pipelines", "table2_pretext", "table3_dose_baseline",
+                 "table4_pipelines", "diagrams", "paper_comparison"):
+        assert counts[rule] == 1, rule
+
+
+def _job_counts(done) -> dict[str, int]:
+    return {line.split()[0]: int(line.split()[1]) for line in (done.stdout + done.stderr).splitlines()
+            if len(line.split()) == 2 and line.split()[1].isdigit()}
+
+
+def test_figure_target_trains_only_its_runs():
+    """`snakemake results/figures/fig08_freeze_levels.png` trains Fig. 8's runs and nothing else."""
+    from petiq.experiments import plan_experiments
+
+    config = yaml.safe_load((ROOT / PRESETS["test"]).read_text())
+    done = snakemake("-n", "--cores", "2", "--configfile", PRESETS["test"], "--forceall", "results/figures/fig08_freeze_levels.png")
+    assert done.returncode == 0, done.stderr
+    counts = _job_counts(done)
+    assert counts["train_transfer"] == len({a.run for a in plan_experiments(config).arms["fig08"]}) == 2
+    assert counts["fig08_freeze_levels"] == 1 and counts["virtual_reader"] == 1
+    for rule in ("train_pretext", "train_baseline", "fig09_patients", "paper_comparison", "reading_sheets", "diagrams"):
+        assert rule not in counts, rule
+
+
+def test_paper_preset_asks_a_gpu_for_every_training_job():
+    """The paper's grid (~150 runs of 1000 epochs): every network-training job declares gpu=1."""
+    done = snakemake("-n", "--cores", "2", "--configfile", PRESETS["paper"], "--forceall", "--printshellcmds")
+    assert done.returncode == 0, done.stderr
+    text = done.stdout + done.stderr
+    blocks = [b for b in text.split("\nrule ")[1:] if b.split(":")[0] in ("train_pretext", "train_transfer", "train_survey")]
+    counts = _job_counts(done)
+    assert len(blocks) == counts["train_pretext"] + counts["train_transfer"] + counts["train_survey"] == 24
+    assert all("gpu=1" in b.split("resources:")[1].splitlines()[0] for b in blocks)
 
 
 def test_lint_is_clean():
@@ -73,6 +116,7 @@ def test_cohort_figure_target_runs_only_what_it_needs(tmp_path):
     config = yaml.safe_load((ROOT / "tests/config/config.yaml").read_text())
     config["patients"] = "config/patients.tsv"
     config["cohort"].update(anatomy_dir=str(ANATOMY_DIR), shape=[40, 40, 36], voxel_size_mm=[7.0, 7.0, 7.0])
+    config["training"]["weights_dir"] = str(ROOT / "resources/weights")
     (tmp_path / "config/config.yaml").write_text(yaml.safe_dump(config))
     args = ["--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--cores", "2"]
     done = snakemake(*args, "results/figures/cohort.png")
@@ -119,5 +163,56 @@ def test_cohort_figure_target_runs_only_what_it_needs(tmp_path):
             assert norm01.min() >= 0 and norm01.max() == pytest.approx(1.0)
         assert means["010.0"] == pytest.approx(0.1 * means["100.0"], rel=0.15)
     assert (tmp_path / "results/figures/fig01_dose_examples.png").stat().st_size > 10_000
+    _check_scores_training_and_figures(tmp_path, participants, splits)
     done = snakemake(*args, "-n")
     assert "Nothing to be done" in done.stdout + done.stderr
+
+
+def _check_scores_training_and_figures(tmp_path, participants, splits):
+    """Scores, patches, models and every figure and table of the test preset's full run."""
+    import json
+
+    from petiq.experiments import plan_experiments
+
+    results = tmp_path / "results"
+    key = pd.read_csv(results / "scores/sessions/private/unblinding_key.tsv", sep="\t")
+    rated = set(splits.loc[splits["role"].isin(["transfer_train", "transfer_val", "test"]), "participant_id"])
+    assert set(key["participant_id"]) == rated and (key["reading"] == "repeat").sum() == 2
+    for session in sorted(key["session"].unique()):  # blinded material: no patient id, no dose
+        form = (results / f"scores/sessions/session-{session}/session-{session}_ratings-form.tsv").read_text()
+        assert "sub-" not in form and (results / f"scores/sessions/session-{session}/session-{session}.pdf").stat().st_size > 5_000
+    ratings = pd.read_csv(results / "scores/ratings.tsv", sep="\t")
+    assert len(ratings) == len(key) + (key["reading"] == "first").sum()  # rater 1 reads all, rater 2 the first readings
+    scores = ratings[["GQR", "PR", "DC"]].to_numpy()
+    assert ((scores * 2) % 1 == 0).all() and scores.min() >= 0 and scores.max() <= 3
+    calibration = pd.read_csv(results / "tables/reader_calibration.tsv", sep="\t")
+    assert {"target", "achieved", "within"} <= set(calibration.columns) and len(calibration) >= 11
+    for pid in participants["participant_id"]:  # 4 patches per plane of every image, found again in the volume
+        patches = np.load(results / f"patches/{pid}/{pid}_dose-010.0_patches.npy")
+        table = pd.read_csv(results / f"patches/{pid}/{pid}_dose-010.0_patches.tsv", sep="\t")
+        assert patches.shape == (12, 32, 32) and table["plane"].value_counts().to_dict() == {
+            "transverse": 4, "sagittal": 4, "coronal": 4}
+    config = yaml.safe_load((tmp_path / "config/config.yaml").read_text())
+    plan = plan_experiments(config)
+    for name, run in plan.runs.items():
+        for r in range(2 if run.stage != "pretext" else 1):
+            card = json.loads((results / f"models/{run.stage}/{name}/rep-{r}/card.json").read_text())
+            assert card["seed"] and card["best_epoch"] == 1
+            images = pd.read_csv(results / f"models/{run.stage}/{name}/rep-{r}/predictions_images.tsv", sep="\t")
+            assert set(images["set"]) == ({"val"} if run.stage == "pretext" else {"val", "test"})
+    for name in ("fig02_intersession", "fig03_colour_scale", "fig04_backbones", "fig05_vgg16", "fig06_scores_vs_dose",
+                 "fig07_pipelines", "fig08_freeze_levels", "fig09_patients", "fig10_pipelines"):
+        assert (results / f"figures/{name}.png").stat().st_size > 10_000, name
+    comparison = pd.read_csv(results / "tables/paper_comparison.tsv", sep="\t")
+    assert len(comparison) == 111 and comparison["petiq"].notna().sum() >= 100
+    for name in ("table1_metric_correlations", "table2_pretext", "table3_dose_baseline", "table4_pipelines"):
+        assert len(pd.read_csv(results / f"tables/{name}.tsv", sep="\t")) > 0, name
+    # a reconstruction no score model has seen (a pretext patient), scored by pipeline (b)'s model
+    outsider = splits.loc[splits["role"] == "pretext_train", "participant_id"].iloc[0]
+    image = results / f"recon/{outsider}/{outsider}_dose-100.0_pet.nii.gz"
+    model = results / f"models/transfer/{plan.arms['fig10'][2].run}"
+    done = subprocess.run([str(Path(sys.executable).parent / "petiq"), "predict", "--model", str(model), str(image), "--tsv",
+                           str(tmp_path / "scored.tsv")], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    scored = pd.read_csv(tmp_path / "scored.tsv", sep="\t")
+    assert len(scored) == 1 and all(np.isfinite(scored[m]).all() for m in ("GQR", "PR", "DC", "sd_GQR"))

@@ -103,3 +103,63 @@ def benchmark_path(stage, name):
 def mem_mb(base):
     """Memory that grows with each retry (a job killed for memory gets more next time)."""
     return lambda wildcards, attempt: base * attempt
+
+
+# --- Scores, patches, training, figures ------------------------------------------------------
+from petiq.experiments import plan_experiments
+
+SCORES = "results/scores"
+PATCHES = "results/patches"
+MODELS = "results/models"
+TABLES = "results/tables"
+FIGURES = "results/figures"
+VIRTUAL_READER = config["scoring"]["ratings"] is None
+RATINGS = f"{SCORES}/ratings.tsv" if VIRTUAL_READER else config["scoring"]["ratings"]
+if not VIRTUAL_READER:  # real clinicians' ratings: every problem reported before any job starts
+    from petiq.ratings import check_ratings_table
+
+    try:
+        check_ratings_table(RATINGS)
+    except PetiqInputError as error:
+        raise WorkflowError(f"petiq: {error}") from None
+SESSIONS = [s + 1 for s in range(config["scoring"]["sessions"]["count"])]
+
+PLAN = plan_experiments(config)
+STAGE_REPEATS = {
+    "pretext": config["experiments"]["pretext_repeats"],
+    "transfer": config["training"]["repeats"],
+    "survey": config["experiments"]["backbone_repeats"],
+    "baseline": config["training"]["repeats"],
+}
+# Training asks the scheduler for a GPU unless the config pins the workflow to the CPU.
+GPU_PER_TRAIN = 0 if config["device"] == "cpu" else 1
+
+
+def patch_files(subject, dose):
+    stem = f"{PATCHES}/{subject}/{subject}_dose-{dose}_patches"
+    return f"{stem}.npy", f"{stem}.tsv"
+
+
+ALL_PATCHES = [f for s in SUBJECTS for d in DOSES for f in patch_files(s, d)]
+
+
+def run_files(run, name, repeats=None):
+    """A run's per-repeat files (``name`` in each rep-R folder), for its first ``repeats`` repeats."""
+    stage = PLAN.runs[run].stage
+    count = STAGE_REPEATS[stage] if repeats is None else repeats
+    return [f"{MODELS}/{stage}/{run}/rep-{r}/{name}" for r in range(count)]
+
+
+def init_checkpoint(wildcards):
+    """Pipelines (c) and (d) start from the best checkpoint of a pretext run's first repeat."""
+    init = PLAN.runs[wildcards.run].init
+    return [f"{MODELS}/{init}/rep-0/model.pt"] if init.startswith("pretext/") else []
+
+
+def arm_predictions(experiment):
+    """{arm label: its runs' image predictions, one file per repeat} for one figure or table."""
+    return {arm.label: run_files(arm.run, "predictions_images.tsv", arm.repeats) for arm in PLAN.arms[experiment]}
+
+
+def arm_inputs(experiment):
+    return lambda wildcards: [f for files in arm_predictions(experiment).values() for f in files]

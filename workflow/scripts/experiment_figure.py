@@ -1,0 +1,25 @@
+"""Rules fig08_freeze_levels, fig09_patients, fig10_pipelines: test metrics of every arm's repeats
+(petiq.evaluate.run_metrics) as a long table and as boxplots (petiq.plots.experiments)."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
+import pandas as pd  # noqa: E402
+
+from petiq.evaluate import run_metrics  # noqa: E402
+from petiq.fileio import write_tsv  # noqa: E402
+from petiq.logs import log_to  # noqa: E402
+from petiq.plots.experiments import plot_boxplots  # noqa: E402
+
+log = log_to(snakemake.log[0])
+arms = snakemake.params.arms
+frames = []
+for label, files in arms.items():
+    table = run_metrics([Path(f).parent for f in files], "test")
+    table.insert(0, "arm", label)
+    frames.append(table)
+metrics = pd.concat(frames, ignore_index=True)
+write_tsv(snakemake.output.tsv, metrics)
+plot_boxplots(metrics, "arm", list(arms), snakemake.output.png, snakemake.params.xlabel)
+summary = metrics[metrics["score"] == "all"].groupby("arm", sort=False)[["mae", "pct_exact", "pct_close"]].agg(["mean", "std"])
+log.info("test metrics over all three scores (mean, SD over repeats):\n%s", summary.round(3).to_string())

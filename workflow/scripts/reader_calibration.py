@@ -1,0 +1,18 @@
+"""Rule reader_calibration: the readers' agreement and score ranges next to the paper's targets
+(petiq.agreement.calibration_table), whether the ratings are real or virtual."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
+import pandas as pd  # noqa: E402
+
+from petiq.agreement import calibration_table, check_ratings  # noqa: E402
+from petiq.cohort import read_participants  # noqa: E402
+from petiq.fileio import write_tsv  # noqa: E402
+from petiq.logs import log_to  # noqa: E402
+
+log = log_to(snakemake.log[0])
+ratings = check_ratings(pd.read_csv(snakemake.input.ratings, sep="\t", dtype={"rater": str}), snakemake.input.ratings)
+table = calibration_table(ratings, read_participants(snakemake.input.participants))
+write_tsv(snakemake.output.tsv, table)
+log.info("%d of %d targets within tolerance:\n%s", int(table["within"].fillna(False).sum()), len(table), table.to_string())

@@ -1,0 +1,12 @@
+"""Rule reader_truth: the phantom's tissue and pattern masks on the recon grid (petiq.reader)."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
+from petiq.logs import log_to  # noqa: E402
+from petiq.reader import write_reader_truth  # noqa: E402
+
+log = log_to(snakemake.log[0])
+i = snakemake.input
+truth = write_reader_truth(i.sidecar, snakemake.params.anatomy_dir, i.reference, snakemake.output.npz, truth_image=i.truth)
+log.info("reader truth of %s: %s", snakemake.wildcards.subject, {k: int(v.sum()) for k, v in truth.items() if v.dtype == bool})

@@ -1,0 +1,13 @@
+"""Rule reading_sheets: blinded sheets, one PDF and a blank form per session (petiq.sessions)."""
+import sys
+from functools import partial
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
+from petiq.logs import log_to  # noqa: E402
+from petiq.sessions import norm01_path, read_plan, write_session_materials  # noqa: E402
+
+log = log_to(snakemake.log[0])
+plan = read_plan(snakemake.input.key)
+folders = write_session_materials(plan, partial(norm01_path, snakemake.params.recon), snakemake.params.folder, progress=False)
+log.info("reading material in %s", ", ".join(map(str, folders)))

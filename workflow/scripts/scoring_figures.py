@@ -1,0 +1,29 @@
+"""Rule scoring_figures: Figs. 2, 3, 6 and Table I from the ratings (petiq.plots.scoring, petiq.agreement)."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
+import pandas as pd  # noqa: E402
+
+from petiq.agreement import check_ratings, reference_rater, table_I  # noqa: E402
+from petiq.cohort import read_participants  # noqa: E402
+from petiq.fileio import write_tsv  # noqa: E402
+from petiq.logs import log_to  # noqa: E402
+from petiq.plots.scoring import plot_fig02_intersession, plot_fig03_colour_scale, plot_fig06_scores_vs_dose  # noqa: E402
+from petiq.sessions import norm01_path  # noqa: E402
+
+log = log_to(snakemake.log[0])
+i, o = snakemake.input, snakemake.output
+ratings = check_ratings(pd.read_csv(i.ratings, sep="\t", dtype={"rater": str}), i.ratings)
+participants = read_participants(i.participants)
+write_tsv(o.table1, table_I(ratings))
+plot_fig02_intersession(ratings, o.fig02)
+fits = plot_fig06_scores_vs_dose(ratings, participants, o.fig06)
+log.info("score against dose per weight:\n%s", fits.to_string())
+# Fig. 3: the reference rater's highest-dose first reading of the first rated patient (noise spikes
+# dominate the 0-1 scaling of low-dose images, so a high dose shows the colour scale best)
+first = ratings[(ratings["rater"] == reference_rater(ratings)) & (ratings["reading"] == "first")]
+example = first.sort_values(["participant_id", "dose"], ascending=[True, False]).iloc[0]
+plot_fig03_colour_scale(norm01_path(snakemake.params.recon, example["participant_id"], example["dose"]),
+                        {m: float(example[m]) for m in ("GQR", "PR", "DC")}, o.fig03)
+log.info("Fig. 3 shows %s at %g %%", example["participant_id"], example["dose"])

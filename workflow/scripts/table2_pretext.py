@@ -1,0 +1,25 @@
+"""Rule table2_pretext: the pretext models' dose-per-weight MAE and % exact agreement on the pretext
+validation patient's doses (petiq.evaluate.run_dose_metrics), next to the paper's Table II."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
+import pandas as pd  # noqa: E402
+
+from petiq.evaluate import read_reference, run_dose_metrics, summarise  # noqa: E402
+from petiq.fileio import write_tsv  # noqa: E402
+from petiq.logs import log_to  # noqa: E402
+
+log = log_to(snakemake.log[0])
+frames = []
+for label, files in snakemake.params.arms.items():
+    table = run_dose_metrics([Path(f).parent for f in files], "val")
+    table.insert(0, "arm", label)
+    frames.append(table)
+summary = summarise(pd.concat(frames, ignore_index=True), by=["arm", "score"])
+summary = summary[summary["metric"].isin(["mae", "pct_exact"])]
+paper = read_reference().query("table == 'table_II'").rename(columns={"row": "arm", "value": "paper"})
+table = summary.merge(paper[["arm", "metric", "paper"]], on=["arm", "metric"], how="left")
+table = table.rename(columns={"mean": "petiq", "sd": "petiq_sd"})[["arm", "metric", "score", "petiq", "petiq_sd", "n_repeats", "paper"]]
+write_tsv(snakemake.output.tsv, table)
+log.info("Table II (MAE in MBq/kg; exact = nearest of the patient's dose levels):\n%s", table.round(3).to_string())

@@ -1,0 +1,68 @@
+"""Rules train_pretext, train_transfer, train_survey, train_baseline: every repeat of one run
+(petiq.experiments.run_tables → petiq.train.train_repeats / train_dose_baseline)."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
+import nibabel as nib  # noqa: E402
+import torch  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from petiq.cohort import read_participants  # noqa: E402
+from petiq.doses import dose_label  # noqa: E402
+from petiq.experiments import plan_experiments, run_tables  # noqa: E402
+from petiq.logs import log_to  # noqa: E402
+from petiq.seeding import derive_seed  # noqa: E402
+from petiq.sessions import norm01_path  # noqa: E402
+from petiq.train import CLINICAL_TARGETS, PRETEXT_TARGETS, PatchSet, TrainSpec, train_dose_baseline, train_repeats  # noqa: E402
+
+log = log_to(snakemake.log[0])
+torch.set_num_threads(snakemake.threads)
+config, i, p = snakemake.config, snakemake.input, snakemake.params
+run = plan_experiments(config).runs[snakemake.wildcards.run]
+stage = p.stage
+PATCHES = Path(i.patches[0]).parents[1]
+
+
+def patch_paths(subject, dose):
+    stem = PATCHES / subject / f"{subject}_dose-{dose_label(dose)}_patches"
+    return Path(f"{stem}.npy"), Path(f"{stem}.tsv")
+
+
+ratings = None if stage == "pretext" else pd.read_csv(i.ratings, sep="\t", dtype={"rater": str})
+tables = run_tables(
+    run, splits=pd.read_csv(i.splits, sep="\t", dtype=str), participants=read_participants(i.participants),
+    ratings=ratings, doses=config["doses"], label_rater=config["scoring"]["label_rater"], seed=config["seed"],
+    patch_paths=patch_paths,
+)
+for role, table in tables.items():
+    log.info("%s: %d images of %s", role, len(table), ", ".join(sorted(table["participant_id"].unique())))
+
+training = config["training"]
+targets = PRETEXT_TARGETS if stage == "pretext" else CLINICAL_TARGETS
+init = run.init
+if init.startswith("pretext/"):
+    init = str(i.init[0])
+spec = TrainSpec(
+    backbone=run.backbone if stage != "baseline" else training["backbone"], init=init, freeze_level=run.freeze_level,
+    head=training["head"], targets=targets, learning_rate=run.learning_rate, epochs=training["epochs"],
+    batch_size=training["batch_size"], device=p.device, precision=training["precision"],
+    imagenet_weights=training["imagenet_weights"], weights_dir=training["weights_dir"],
+)
+seeds = [derive_seed(config["seed"], "train", run.name, r) for r in range(p.repeats)]
+out_dirs = [str(Path(f).parent) for f in snakemake.output.card_json]  # rep-0, rep-1, … in order
+# the voxel size patches were cut at: `petiq predict` resamples new images to it
+sample = tables["train"].iloc[0]
+zooms = nib.load(norm01_path(p.recon, sample["participant_id"], sample["dose"])).header.get_zooms()[:3]
+patch = dict(config["patches"], voxel_size_mm=[float(z) for z in zooms])
+card = {"run": run.as_dict(), "experiment_stage": stage, "patch": patch,
+        "images": {role: table[["participant_id", "dose"]].to_dict("records") for role, table in tables.items()},
+        "label_rater": None if stage == "pretext" else config["scoring"]["label_rater"]}
+evaluate = [] if stage == "pretext" else ["test"]  # Table II judges the pretext validation patient
+if stage == "baseline":
+    train_dose_baseline(spec, tables["train"], tables["val"], {k: tables[k] for k in evaluate}, seeds, out_dirs,
+                        extra_card=card, progress=False)
+else:
+    sets = {role: PatchSet.from_table(tables[role], targets) for role in ["train", "val", *evaluate]}
+    train_repeats(spec, sets["train"], sets["val"], {k: sets[k] for k in evaluate}, seeds, out_dirs, extra_card=card, progress=False)
+log.info("trained %d repeats of %s into %s", len(seeds), run.name, ", ".join(out_dirs))
