@@ -32,7 +32,8 @@ weights: $(WEIGHTS)
 
 demo: install resources weights
 	$(BIN)/snakemake --cores $(CORES) --configfile config/demo.yaml
-	@echo "Demo done. Figures: results/figures/  Tables: results/tables/  Logs: results/logs/"
+	$(BIN)/snakemake --configfile config/demo.yaml --report results/report.html
+	@echo "Demo done. Report: results/report.html  Figures: results/figures/  Tables: results/tables/  Logs: results/logs/"
 
 test: install resources weights
 	$(BIN)/python -m pytest

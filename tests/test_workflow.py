@@ -166,6 +166,9 @@ def test_cohort_figure_target_runs_only_what_it_needs(tmp_path):
     _check_scores_training_and_figures(tmp_path, participants, splits)
     done = snakemake(*args, "-n")
     assert "Nothing to be done" in done.stdout + done.stderr
+    done = snakemake(*args, "--report", "report.html")  # one HTML report, every figure and table captioned
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "report.html").stat().st_size > 100_000
 
 
 def _check_scores_training_and_figures(tmp_path, participants, splits):

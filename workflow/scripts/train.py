@@ -40,14 +40,25 @@ for role, table in tables.items():
 
 training = config["training"]
 targets = PRETEXT_TARGETS if stage == "pretext" else CLINICAL_TARGETS
-init = run.init
+init, freeze_level = run.init, run.freeze_level
+# training.imagenet_weights is a checkpoint of the main backbone; survey backbones search the usual places
+weights_path = training["imagenet_weights"] if run.backbone == training["backbone"] else None
 if init.startswith("pretext/"):
     init = str(i.init[0])
+if stage == "survey":  # Fig. 4: a backbone without offline ImageNet weights trains from random weights, labelled so
+    from petiq.errors import PetiqInputError
+    from petiq.weights import find_imagenet_weights
+
+    try:
+        find_imagenet_weights(run.backbone, weights_path, training["weights_dir"])
+    except PetiqInputError as missing:
+        init, freeze_level = "random", 5
+        log.warning("no offline ImageNet weights for %s (%s): random weights, all blocks trained", run.backbone, missing)
 spec = TrainSpec(
-    backbone=run.backbone if stage != "baseline" else training["backbone"], init=init, freeze_level=run.freeze_level,
+    backbone=run.backbone if stage != "baseline" else training["backbone"], init=init, freeze_level=freeze_level,
     head=training["head"], targets=targets, learning_rate=run.learning_rate, epochs=training["epochs"],
     batch_size=training["batch_size"], device=p.device, precision=training["precision"],
-    imagenet_weights=training["imagenet_weights"], weights_dir=training["weights_dir"],
+    imagenet_weights=weights_path, weights_dir=training["weights_dir"],
 )
 seeds = [derive_seed(config["seed"], "train", run.name, r) for r in range(p.repeats)]
 out_dirs = [str(Path(f).parent) for f in snakemake.output.card_json]  # rep-0, rep-1, … in order
