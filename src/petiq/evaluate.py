@@ -227,14 +227,19 @@ def arm_metrics(arms: Iterable, models_dir: str | Path, set: str = "test", *, co
     Each arm's run lives in ``models_dir/<run>``; its first ``repeats`` repeats are evaluated and labelled with the
     arm's label in ``column`` (the x of :func:`petiq.plots.experiments.plot_boxplots`).
     """
+    arm_dirs = {str(arm.label): repeat_dirs(Path(models_dir) / arm.run, arm.repeats) for arm in arms}
+    return labelled_metrics(arm_dirs, set, column=column, pretext=pretext, levels=levels)
+
+
+def labelled_metrics(arm_dirs: Mapping[str, Sequence[str | Path]], set: str = "test", *, column: str = "arm",
+                     pretext: bool = False, levels: Mapping[str, Sequence[float]] | None = None) -> pd.DataFrame:
+    """Metrics of a figure's arms given as {label: its repeats' folders, or files inside them} (as the workflow
+    passes them), labelled in ``column``: :func:`run_metrics`, or :func:`run_dose_metrics` for pretext runs."""
     frames = []
-    for arm in arms:
-        run_dir = Path(models_dir) / arm.run
-        if pretext:
-            table = run_dose_metrics([run_dir], set, levels, repeats=arm.repeats)
-        else:
-            table = run_metrics([run_dir], set, repeats=arm.repeats)
-        table.insert(0, column, str(arm.label))
+    for label, paths in arm_dirs.items():
+        reps = [Path(p) if Path(p).is_dir() else Path(p).parent for p in paths]
+        table = run_dose_metrics(reps, set, levels) if pretext else run_metrics(reps, set)
+        table.insert(0, column, str(label))
         frames.append(table)
     if not frames:
         raise PetiqInputError(None, "no arms to evaluate", "pass the arms of one experiment (ExperimentPlan.arms[...])")

@@ -4,21 +4,14 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-import pandas as pd  # noqa: E402
-
-from petiq.evaluate import run_metrics  # noqa: E402
+from petiq.evaluate import labelled_metrics  # noqa: E402
 from petiq.fileio import write_tsv  # noqa: E402
 from petiq.logs import log_to  # noqa: E402
 from petiq.plots.experiments import plot_boxplots  # noqa: E402
 
 log = log_to(snakemake.log[0])
 arms = snakemake.params.arms
-frames = []
-for label, files in arms.items():
-    table = run_metrics([Path(f).parent for f in files], "test")
-    table.insert(0, "arm", label)
-    frames.append(table)
-metrics = pd.concat(frames, ignore_index=True)
+metrics = labelled_metrics(arms, "test")
 write_tsv(snakemake.output.tsv, metrics)
 plot_boxplots(metrics, "arm", list(arms), snakemake.output.png, snakemake.params.xlabel)
 summary = metrics[metrics["score"] == "all"].groupby("arm", sort=False)[["mae", "pct_exact", "pct_close"]].agg(["mean", "std"])

@@ -4,20 +4,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-import pandas as pd  # noqa: E402
-
-from petiq.evaluate import paper_table, run_metrics, summarise  # noqa: E402
+from petiq.evaluate import labelled_metrics, paper_table, summarise  # noqa: E402
 from petiq.fileio import write_tsv  # noqa: E402
 from petiq.logs import log_to  # noqa: E402
 
 log = log_to(snakemake.log[0])
 arms = snakemake.params.arms
-frames = []
-for label, files in arms.items():
-    table = run_metrics([Path(f).parent for f in files], "test")
-    table.insert(0, "arm", label)
-    frames.append(table)
-summary = summarise(pd.concat(frames, ignore_index=True), by=["arm", "score"])
+summary = summarise(labelled_metrics(arms, "test"), by=["arm", "score"])
 table = paper_table(summary, {label: label for label in arms}, by="arm")
 write_tsv(snakemake.output.tsv, table)
 log.info("\n%s", table.round(3).to_string())

@@ -4,19 +4,12 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-import pandas as pd  # noqa: E402
-
-from petiq.evaluate import read_reference, run_dose_metrics, summarise  # noqa: E402
+from petiq.evaluate import labelled_metrics, read_reference, summarise  # noqa: E402
 from petiq.fileio import write_tsv  # noqa: E402
 from petiq.logs import log_to  # noqa: E402
 
 log = log_to(snakemake.log[0])
-frames = []
-for label, files in snakemake.params.arms.items():
-    table = run_dose_metrics([Path(f).parent for f in files], "val")
-    table.insert(0, "arm", label)
-    frames.append(table)
-summary = summarise(pd.concat(frames, ignore_index=True), by=["arm", "score"])
+summary = summarise(labelled_metrics(snakemake.params.arms, "val", pretext=True), by=["arm", "score"])
 summary = summary[summary["metric"].isin(["mae", "pct_exact"])]
 paper = read_reference().query("table == 'table_II'").rename(columns={"row": "arm", "value": "paper"})
 table = summary.merge(paper[["arm", "metric", "paper"]], on=["arm", "metric"], how="left")
