@@ -46,9 +46,6 @@ rule reading_sheets:
     resources:
         mem_mb=mem_mb(2000),
         runtime=30,
-    params:
-        recon=RECON,
-        folder=f"{SCORES}/sessions",
     script:
         "../scripts/reading_sheets.py"
 
@@ -72,8 +69,6 @@ rule reader_truth:
     resources:
         mem_mb=mem_mb(4000),
         runtime=10,
-    params:
-        anatomy_dir=config["cohort"]["anatomy_dir"],
     script:
         "../scripts/reader_truth.py"
 
@@ -100,8 +95,6 @@ rule virtual_reader:
         mem_mb=mem_mb(4000),
         runtime=30,
     params:
-        recon=RECON,
-        truth_dir=f"{SCORES}/truth",
         raters=config["scoring"]["raters"],
         seed=derive_seed(config["seed"], "reader"),
     script:
@@ -152,8 +145,6 @@ rule scoring_figures:
     resources:
         mem_mb=mem_mb(2000),
         runtime=10,
-    params:
-        recon=RECON,
     script:
         "../scripts/scoring_figures.py"
 

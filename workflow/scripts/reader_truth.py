@@ -8,5 +8,6 @@ from petiq.reader import write_reader_truth  # noqa: E402
 
 log = log_to(snakemake.log[0])
 i = snakemake.input
-truth = write_reader_truth(i.sidecar, snakemake.params.anatomy_dir, i.reference, snakemake.output.npz, truth_image=i.truth)
+anatomy_dir = Path(i.anatomy[0]).parent
+truth = write_reader_truth(i.sidecar, anatomy_dir, i.reference, snakemake.output.npz, truth_image=i.truth)
 log.info("reader truth of %s: %s", snakemake.wildcards.subject, {k: int(v.sum()) for k, v in truth.items() if v.dtype == bool})

@@ -1,6 +1,5 @@
 """Rule reading_sheets: blinded sheets, one PDF and a blank form per session (petiq.sessions)."""
 import sys
-from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
@@ -9,5 +8,13 @@ from petiq.sessions import norm01_path, read_plan, write_session_materials  # no
 
 log = log_to(snakemake.log[0])
 plan = read_plan(snakemake.input.key)
-folders = write_session_materials(plan, partial(norm01_path, snakemake.params.recon), snakemake.params.folder, progress=False)
+images = {Path(f).name: f for f in snakemake.input.images}
+
+
+def image_path(participant_id, dose):
+    return images[norm01_path("", participant_id, dose).name]
+
+
+folder = Path(snakemake.output.pdfs[0]).parents[1]  # results/scores/sessions
+folders = write_session_materials(plan, image_path, folder, progress=False)
 log.info("reading material in %s", ", ".join(map(str, folders)))

@@ -24,6 +24,7 @@ log.info("score against dose per weight:\n%s", fits.to_string())
 # dominate the 0-1 scaling of low-dose images, so a high dose shows the colour scale best)
 first = ratings[(ratings["rater"] == reference_rater(ratings)) & (ratings["reading"] == "first")]
 example = first.sort_values(["participant_id", "dose"], ascending=[True, False]).iloc[0]
-plot_fig03_colour_scale(norm01_path(snakemake.params.recon, example["participant_id"], example["dose"]),
+images = {Path(f).name: f for f in i.images}
+plot_fig03_colour_scale(images[norm01_path("", example["participant_id"], example["dose"]).name],
                         {m: float(example[m]) for m in ("GQR", "PR", "DC")}, o.fig03)
 log.info("Fig. 3 shows %s at %g %%", example["participant_id"], example["dose"])
