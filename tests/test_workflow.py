@@ -129,7 +129,7 @@ def test_cohort_figure_target_runs_only_what_it_needs(tmp_path):
             assert (tmp_path / f"results/cohort/{pid}/{pid}_{suffix}").is_file()
         assert (tmp_path / f"results/logs/cohort/phantom_{pid}.log").read_text().strip()
     # the rest of the stage, then nothing left to do
-    done = snakemake(*args)
+    done = snakemake(*args, timeout=2400)  # the whole test preset: list-mode to every figure
     assert done.returncode == 0, done.stderr[-3000:]
     splits = pd.read_csv(tmp_path / "results/cohort/splits.tsv", sep="\t")
     assert splits["role"].value_counts().to_dict() == {"pretext_train": 2, "pretext_val": 1, "transfer_train": 1, "transfer_val": 1, "test": 1}
