@@ -203,15 +203,23 @@ def run_metrics(run_dirs, set: str = "test", metrics: Sequence[str] = SCORES, re
 
     ``repeats`` keeps only each run's first that many repeats (an arm may use fewer repeats than its run has).
     """
-    frames = []
-    for index, rep in enumerate(repeat_dirs(run_dirs, repeats)):
+    def scores(rep: Path) -> pd.DataFrame:
         df = read_predictions(rep, set)
         if not all(f"target_{m}" in df.columns for m in metrics):
             raise PetiqInputError(
                 rep / "predictions_images.tsv", f"predicts {_targets_in(df)}, not the clinical scores {list(metrics)}",
                 "use run_dose_metrics for pretext (dose per weight) runs",
             )
-        table = image_metrics(df, metrics, source=rep / "predictions_images.tsv")
+        return image_metrics(df, metrics, source=rep / "predictions_images.tsv")
+
+    return _per_repeat(run_dirs, repeats, set, scores)
+
+
+def _per_repeat(run_dirs, repeats: int | None, set: str, metrics_of) -> pd.DataFrame:
+    """``metrics_of(rep_dir)`` for every repeat, each labelled with its run, repeat, set and card facts."""
+    frames = []
+    for index, rep in enumerate(repeat_dirs(run_dirs, repeats)):
+        table = metrics_of(rep)
         for key, value in {**_run_identity(rep, index), "set": set, **card_fields(read_card(rep))}.items():
             table[key] = value
         frames.append(table)
@@ -285,15 +293,8 @@ def dose_metrics(df: pd.DataFrame, levels: Mapping[str, Sequence[float]] | None 
 def run_dose_metrics(run_dirs, set: str = "val", levels: Mapping[str, Sequence[float]] | None = None,
                      repeats: int | None = None) -> pd.DataFrame:
     """:func:`dose_metrics` of every repeat of pretext runs (Table II evaluates the pretext validation patient)."""
-    frames = []
-    for index, rep in enumerate(repeat_dirs(run_dirs, repeats)):
-        table = dose_metrics(read_predictions(rep, set), levels, source=rep / "predictions_images.tsv")
-        for key, value in {**_run_identity(rep, index), "set": set, **card_fields(read_card(rep))}.items():
-            table[key] = value
-        frames.append(table)
-    out = pd.concat(frames, ignore_index=True)
-    first = [c for c in ID_COLUMNS if c in out.columns]
-    return out[first + [c for c in out.columns if c not in first]]
+    return _per_repeat(run_dirs, repeats, set,
+                       lambda rep: dose_metrics(read_predictions(rep, set), levels, source=rep / "predictions_images.tsv"))
 
 
 # --------------------------------------------------------------------------------------------------------------------
