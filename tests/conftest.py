@@ -24,3 +24,14 @@ def template(anatomy_dir):
     from petiq.anatomy import load_template
 
     return load_template(str(anatomy_dir))
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread (training tests): on a shared 2-core machine OpenMP barriers stall tiny convolutions."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -42,13 +42,7 @@ def tiny_backbones(monkeypatch):
         monkeypatch.setitem(models.BACKBONES, name, spec)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP barriers stall tiny convolutions."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_set(patients, seed, n=6, doses=(1.0, 25.0, 100.0), targets=SCORES) -> PatchSet:

@@ -131,6 +131,19 @@ def _check_args(volume: np.ndarray, size: int, candidates: int, per_plane: int, 
         raise PetiqInputError(None, f"patch dtype {dtype!r} is not supported", f"use one of {', '.join(DTYPES)}")
 
 
+def patch_paths(patches_dir: str | Path, participant_id: str, dose: float | str) -> tuple[Path, Path]:
+    """The ``.npy`` and ``.tsv`` of one image's patches (``dose`` in percent or as its label).
+
+    >>> [p.as_posix() for p in patch_paths("results/patches", "sub-01", 5)]
+    ['results/patches/sub-01/sub-01_dose-005.0_patches.npy', 'results/patches/sub-01/sub-01_dose-005.0_patches.tsv']
+    """
+    from .doses import dose_label
+
+    stem = f"{participant_id}_dose-{dose_label(float(dose))}_patches"
+    folder = Path(patches_dir) / participant_id
+    return folder / f"{stem}.npy", folder / f"{stem}.tsv"
+
+
 def extract_patches(
     volume: np.ndarray,
     *,

@@ -136,8 +136,9 @@ GPU_PER_TRAIN = 0 if config["device"] == "cpu" else 1
 
 
 def patch_files(subject, dose):
-    stem = f"{PATCHES}/{subject}/{subject}_dose-{dose}_patches"
-    return f"{stem}.npy", f"{stem}.tsv"
+    from petiq.patches import patch_paths
+
+    return tuple(str(path) for path in patch_paths(PATCHES, subject, dose))
 
 
 ALL_PATCHES = [f for s in SUBJECTS for d in DOSES for f in patch_files(s, d)]

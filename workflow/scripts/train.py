@@ -1,6 +1,7 @@
 """Rules train_pretext, train_transfer, train_survey, train_baseline: every repeat of one run
 (petiq.experiments.run_tables → petiq.train.train_repeats / train_dose_baseline)."""
 import sys
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
@@ -9,9 +10,9 @@ import torch  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from petiq.cohort import read_participants  # noqa: E402
-from petiq.doses import dose_label  # noqa: E402
 from petiq.experiments import plan_experiments, run_tables  # noqa: E402
 from petiq.logs import log_to  # noqa: E402
+from petiq.patches import patch_paths  # noqa: E402
 from petiq.seeding import derive_seed  # noqa: E402
 from petiq.sessions import norm01_path  # noqa: E402
 from petiq.train import CLINICAL_TARGETS, PRETEXT_TARGETS, PatchSet, TrainSpec, train_dose_baseline, train_repeats  # noqa: E402
@@ -21,19 +22,12 @@ torch.set_num_threads(snakemake.threads)
 config, i, p = snakemake.config, snakemake.input, snakemake.params
 run = plan_experiments(config).runs[snakemake.wildcards.run]
 stage = p.stage
-PATCHES = Path(i.patches[0]).parents[1]
-
-
-def patch_paths(subject, dose):
-    stem = PATCHES / subject / f"{subject}_dose-{dose_label(dose)}_patches"
-    return Path(f"{stem}.npy"), Path(f"{stem}.tsv")
-
-
+patches_dir = Path(i.patches[0]).parents[1]  # results/patches
 ratings = None if stage == "pretext" else pd.read_csv(i.ratings, sep="\t", dtype={"rater": str})
 tables = run_tables(
     run, splits=pd.read_csv(i.splits, sep="\t", dtype=str), participants=read_participants(i.participants),
     ratings=ratings, doses=config["doses"], label_rater=config["scoring"]["label_rater"], seed=config["seed"],
-    patch_paths=patch_paths,
+    patch_paths=partial(patch_paths, patches_dir),
 )
 for role, table in tables.items():
     log.info("%s: %d images of %s", role, len(table), ", ".join(sorted(table["participant_id"].unique())))
