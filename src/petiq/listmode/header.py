@@ -22,7 +22,14 @@ _MMR_RINGS = 64
 _MMR_VIEWS = 252
 _MMR_RADIAL = 344
 _MMR_MRD = 60
-_MMR_SEGMENT_TABLE = [_MMR_RINGS] + [_MMR_RINGS - d for d in range(1, _MMR_MRD + 1) for _ in (0, 1)]
+#: The span-11 layout a genuine mMR list-mode header describes (``%number of segments:=11``) next
+#: to ``%axial compression:=1``: the event addresses are span-1 whatever this table says. Sizes from
+#: NiftyPET ``resources.py`` ``SEG`` (and STIR's mMR ``ProjDataInfo``): segment 0 holds the 127 ring
+#: sums of ring differences -5..5, segments -+1 .. -+5 the ring differences 6-16, ..., 50-60.
+_MMR_SEGMENT_TABLE = [127, 115, 115, 93, 93, 71, 71, 49, 49, 27, 27]
+#: ``!originating system`` of a Biograph mMR export (STIR ``InterfileHeaderSiemens`` maps 2008 to
+#: the mMR); other values name other scanners and are refused for the mMR preset.
+MMR_ORIGINATING_SYSTEM = "2008"
 
 
 def _segment_table_text(table: list[int]) -> str:
@@ -238,24 +245,42 @@ def _header_int(header: Mapping[str, str], key: str, hdr) -> int | None:
         ) from None
 
 
+def _segment_table(header: Mapping[str, str], hdr) -> list[int] | None:
+    table = header_value(header, "segment table")
+    if table is None or not table.strip():
+        return None
+    try:
+        return [int(x) for x in table.strip().strip("{}").split(",") if x.strip()]
+    except ValueError:
+        raise PetiqInputError(
+            hdr, f"'%segment table' is {table!r}", "write it as {n0,n1,...} with integers"
+        ) from None
+
+
+def _is_span1_table(table: list[int]) -> bool:
+    """``{R, R-1, R-1, R-2, R-2, ...}``: the uncompressed layout (one segment per ring difference)."""
+    return len(table) % 2 == 1 and all(
+        v == table[0] - (i + 1) // 2 for i, v in enumerate(table)
+    )
+
+
 def _header_geometry(header: Mapping[str, str], hdr) -> tuple[int | None, int | None, int | None]:
-    """(n_span1_sinograms, n_views, n_radial) as far as the header tells them."""
+    """(n_span1_sinograms, n_views, n_radial) as far as the header tells them.
+
+    Event addresses are always span-1, so the span-1 count comes from ``number of rings`` and
+    ``%maximum ring difference``. The ``%segment table`` may describe another span: a genuine
+    mMR header says ``%axial compression:=1`` and yet gives the span-11 table (11 segments,
+    837 sinograms); it gives the span-1 count only when it is the span-1 pattern."""
     n_radial = _header_int(header, "number of projections", hdr)
     n_views = _header_int(header, "number of views", hdr)
     n_sino = None
-    table = header_value(header, "segment table")
-    if table is not None and table.strip():
-        try:
-            n_sino = sum(int(x) for x in table.strip().strip("{}").split(",") if x.strip())
-        except ValueError:
-            raise PetiqInputError(
-                hdr, f"'%segment table' is {table!r}", "write it as {n0,n1,...} with integers"
-            ) from None
-    else:
-        rings = _header_int(header, "number of rings", hdr)
-        mrd = _header_int(header, "maximum ring difference", hdr)
-        if rings is not None and mrd is not None:
-            n_sino = rings + 2 * sum(rings - d for d in range(1, mrd + 1))
+    rings = _header_int(header, "number of rings", hdr)
+    mrd = _header_int(header, "maximum ring difference", hdr)
+    table = _segment_table(header, hdr)
+    if rings is not None and mrd is not None:
+        n_sino = rings + 2 * sum(rings - d for d in range(1, mrd + 1))
+    elif table is not None and _is_span1_table(table):
+        n_sino = sum(table)
     return n_sino, n_views, n_radial
 
 
@@ -271,8 +296,33 @@ def _scanner_span1_shape(scanner) -> tuple[int, int, int]:
     return n_sino, n_views, n_radial
 
 
+def _scanner_table(scanner, span: int) -> list[int]:
+    return [int(s.n_sinograms) for s in scanner.segments(span)]
+
+
+def _table_span(scanner, table: list[int]) -> int | None:
+    """The span whose segment layout on ``scanner`` is ``table``, or None."""
+    mrd = int(scanner.max_ring_difference)
+    for span in range(1, 2 * mrd + 2, 2):
+        half = (span - 1) // 2
+        n_segments = 1 + 2 * (-(-(mrd - half) // span) if mrd > half else 0)
+        if n_segments == len(table) and _scanner_table(scanner, span) == table:
+            return span
+    return None
+
+
 def _check_scanner_matches(header: Mapping[str, str], scanner, where) -> int:
-    """Span-1 bin count of ``scanner``, after checking the header geometry agrees with it."""
+    """Span-1 bin count of ``scanner``, after checking the header describes that scanner: its
+    originating system (the mMR preset takes mMR exports only), rings, maximum ring difference,
+    views, radial bins, and a segment table that is the layout of some span on this scanner."""
+    origin = (header_value(header, "originating system") or "").strip()
+    if getattr(scanner, "name", None) == "mmr" and origin and origin != MMR_ORIGINATING_SYSTEM:
+        raise PetiqInputError(
+            where,
+            f"'!originating system' is {origin!r}: a list-mode file of another scanner (a Siemens "
+            f"Biograph mMR export says {MMR_ORIGINATING_SYSTEM})",
+            "petiq models the Biograph mMR only: give an mMR acquisition",
+        )
     shape = _scanner_span1_shape(scanner)
     got = _header_geometry(header, where)
     names = ("span-1 sinograms", "views (%number of views)", "radial bins (%number of projections)")
@@ -283,22 +333,38 @@ def _check_scanner_matches(header: Mapping[str, str], scanner, where) -> int:
                 f"the header says {h} {name} but the scanner has {s}",
                 "use the scanner the data were acquired (or simulated) with",
             )
+    for key, want in (("number of rings", scanner.n_rings), ("maximum ring difference", scanner.max_ring_difference)):
+        h = _header_int(header, key, where)
+        if h is not None and h != int(want):
+            raise PetiqInputError(where, f"the header says '{key}' {h} but the scanner has {int(want)}",
+                                  "use the scanner the data were acquired (or simulated) with")
+    table = _segment_table(header, where)
+    if table is not None:
+        if _table_span(scanner, table) is None:
+            raise PetiqInputError(
+                where,
+                f"'%segment table' {_segment_table_text(table)} is not the segment layout of any span of "
+                f"scanner {scanner.name!r} (span 1: {_segment_table_text(_scanner_table(scanner, 1))})",
+                "use the scanner the data were acquired with; otherwise the header was edited",
+            )
+        n_seg = _header_int(header, "number of segments", where)
+        if n_seg is not None and n_seg != len(table):
+            raise PetiqInputError(
+                where, f"'%number of segments' is {n_seg} but the segment table has {len(table)} entries",
+                "the header is inconsistent: export it from the scanner again",
+            )
     return shape[0] * shape[1] * shape[2]
 
 
 def _scanner_defaults(scanner) -> dict[str, str]:
     """Default header keys for ``scanner`` (mMR values where no scanner is given), in the order
-    of :data:`MMR_HEADER_DEFAULTS`."""
+    of :data:`MMR_HEADER_DEFAULTS`. The segment table is the span-11 one (as the mMR writes it)
+    where span 11 is valid for the scanner, else span 1."""
     if scanner is None:
         return dict(MMR_HEADER_DEFAULTS)
     n_sino, n_views, n_radial = _scanner_span1_shape(scanner)
     rings = int(scanner.n_rings)
-    is_mmr = (n_sino, n_views, n_radial, rings) == (
-        sum(_MMR_SEGMENT_TABLE),
-        _MMR_VIEWS,
-        _MMR_RADIAL,
-        _MMR_RINGS,
-    )
+    is_mmr = getattr(scanner, "name", None) == "mmr"
     drop = set() if is_mmr else set(_MMR_ONLY_KEYS)
     set_: dict[str, str] = {
         "number of rings": str(rings),
@@ -315,17 +381,11 @@ def _scanner_defaults(scanner) -> dict[str, str]:
     if radius is not None:
         set_["gantry crystal radius (cm)"] = _fmt_value(round(float(radius) / 10.0, 6))
         drop.discard("gantry crystal radius (cm)")
-    mrd = next(
-        (m for m in range(rings) if rings + 2 * sum(rings - d for d in range(1, m + 1)) == n_sino), None
-    )
-    if mrd is None:  # not the usual all-ring-pairs-up-to-mrd layout: give the count only
-        drop |= {"maximum ring difference", "number of segments"}
-        set_["segment table"] = "{" + str(n_sino) + "}"
-    else:
-        table = [rings] + [rings - d for d in range(1, mrd + 1) for _ in (0, 1)]
-        set_["maximum ring difference"] = str(mrd)
-        set_["number of segments"] = str(len(table))
-        set_["segment table"] = _segment_table_text(table)
+    mrd = int(scanner.max_ring_difference)
+    table = _scanner_table(scanner, 11 if 11 <= 2 * mrd + 1 else 1)
+    set_["maximum ring difference"] = str(mrd)
+    set_["number of segments"] = str(len(table))
+    set_["segment table"] = _segment_table_text(table)
     return {k: set_.get(_norm_key(k), v) for k, v in MMR_HEADER_DEFAULTS.items() if _norm_key(k) not in drop}
 
 
