@@ -104,9 +104,10 @@ def test_hand_built_stream_decodes(tmp_path, tiny):
     assert lm.bins.tolist() == [5, 7, 64511, 0]
     assert lm.prompt.tolist() == [True, False, True, False]
     assert lm.time_ms.tolist() == [0, 1, 1, 3]
-    assert lm.duration_ms == 4 and lm.n_time_tags == 4
+    # the acquisition length is last minus first time tag (tags 1..4: 3 ms), not the last tag
+    assert lm.duration_ms == 3 and lm.first_time_ms == 1 and lm.n_time_tags == 4
     assert lm.header["%total listmode word counts"] == str(words.size)
-    assert lm.header["image duration (sec)"] == "0.004"
+    assert lm.header["image duration (sec)"] == "0.003"
     for cw in (1, 2, 3, 5, 100):
         chunks = list(iter_listmode_chunks(path, chunk_words=cw))
         assert np.concatenate([c.bins for c in chunks]).tolist() == lm.bins.tolist()
@@ -134,10 +135,11 @@ def test_write_read_round_trip(tmp_path, tiny):
     lm = read_listmode(path, scanner=tiny)
     assert np.array_equal(lm.bins, b) and np.array_equal(lm.prompt, p) and np.array_equal(lm.time_ms, t)
     words = words_of(path)
-    # acquisition rounded up to whole seconds: time tags 1 .. 3000, one per ms, in order
+    # acquisition rounded up to whole seconds: time tags 0 .. 3000, one per ms, in order, so that
+    # last minus first tag is the length
     tags = words[words >= TIME]
-    assert np.array_equal(tags, TIME | np.arange(1, 3001, dtype=np.uint32))
-    assert int(lm.header["%total listmode word counts"]) == words.size == b.size + 3000
+    assert np.array_equal(tags, TIME | np.arange(0, 3001, dtype=np.uint32))
+    assert int(lm.header["%total listmode word counts"]) == words.size == b.size + 3001
     assert lm.header["image duration (sec)"] == "3" and lm.duration_ms == 3000
     # chunked reading gives the same events
     chunks = list(iter_listmode_chunks(path, chunk_words=4097))
@@ -166,10 +168,10 @@ def test_header_defaults_and_unknown_keys(tmp_path, tiny):
     assert hdr["data format"] == "CoincidenceList"
     assert hdr["%SMS-MI header name space"] == "PETLINK bin address"
     assert hdr["image duration (sec)"] == "2"
-    assert hdr["%total listmode word counts"] == str(2 + 2000)
+    assert hdr["%total listmode word counts"] == str(2 + 2001)
     assert hdr["!name of data file"] == "h.l"
     assert hdr["%number of projections"] == "344" and hdr["%number of views"] == "252"  # mMR defaults
-    assert words_of(path).size == 2002
+    assert words_of(path).size == 2003
     # given keys keep their relative order
     keys = list(hdr)
     assert keys.index("my lab key") < keys.index("isotope name") < keys.index("image duration (sec)")
@@ -177,7 +179,10 @@ def test_header_defaults_and_unknown_keys(tmp_path, tiny):
     h2 = read_listmode_header(write_listmode(tmp_path / "t.l", [1], [True], [0], scanner=tiny))
     assert h2["%number of projections"] == "28" and h2["%number of views"] == "36"
     assert h2["number of rings"] == "8" and h2["%maximum ring difference"] == "7"
-    assert header_value(h2, "segment table") == "{8,7,7,6,6,5,5,4,4,3,3,2,2,1,1}"
+    # the span-11 layout, as the mMR writes it next to '%axial compression:=1': 8 rings, ring
+    # differences -5..5 have ring sums 0..14 (15 sinograms); 6..7 (and -7..-6) the sums 6, 7, 8
+    assert header_value(h2, "segment table") == "{15,3,3}"
+    assert header_value(h2, "number of segments") == "3" and header_value(h2, "axial compression") == "1"
     # a header read back and written again keeps every key, in order
     lm = read_listmode(path)
     again = write_listmode(tmp_path / "again.l", lm.bins, lm.prompt, lm.time_ms, lm.header)

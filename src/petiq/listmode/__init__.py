@@ -25,9 +25,10 @@ events and time tags and skip every other tag; the thinner copies all tags uncha
 
 Time: the mMR writes one elapsed-time tag per millisecond. A tag with value ``m`` marks the
 boundary at which ``m`` ms have elapsed: events after it (until the next tag) happened during
-millisecond ``m`` and get ``time_ms = m``; events before the first tag get 0. The last time tag
-is therefore the acquisition length in ms. :func:`write_listmode` writes tags ``1, 2, ...,
-duration_ms``, each one before the events of its millisecond.
+millisecond ``m`` and get ``time_ms = m``; events before the first tag get 0. The acquisition
+length is the last minus the first time tag (files need not start at 0; NiftyPET's ``lmaux.cu``
+offsets by the first tag). :func:`write_listmode` writes tags ``0, 1, 2, ..., duration_ms``, each
+one before the events of its millisecond.
 
 Interfile header
 ----------------

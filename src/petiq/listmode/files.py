@@ -34,12 +34,15 @@ from petiq.listmode.words import (
     BIN_MASK,
     DEFAULT_CHUNK_WORDS,
     MAX_TIME_MS,
+    TIME_MASK,
     _count_kernel,
     _decode_kernel,
     _encode_kernel,
     _time_tags_kernel,
 )
 
+
+TIME_TAG_WORD0 = 0x80000000  # elapsed-time tag of value 0 ms
 
 # --------------------------------------------------------------------------------------------
 # Opening and checking a file
@@ -173,7 +176,8 @@ class Listmode:
     path: Path
     n_words: int
     n_time_tags: int
-    duration_ms: int  # value of the last time tag (0 if there is none)
+    duration_ms: int  # last minus first time tag (0 with fewer than two tags)
+    first_time_ms: int = -1  # value of the first time tag (-1 if there is none)
 
     @property
     def n_prompts(self) -> int:
@@ -198,7 +202,7 @@ def read_listmode(path: str | Path, *, scanner=None) -> Listmode:
     bins = np.empty(words.size, dtype=np.int64)
     prompt = np.empty(words.size, dtype=np.bool_)
     time_ms = np.empty(words.size, dtype=np.int64)
-    n, cur, n_time, bad = _decode_kernel(words, 0, lm.n_bins, bins, prompt, time_ms)
+    n, cur, first, n_time, bad = _decode_kernel(words, 0, -1, lm.n_bins, bins, prompt, time_ms)
     if bad >= 0:
         raise _bad_bin_error(lm.path, bad, words[bad], lm.n_bins)
     return Listmode(
@@ -209,7 +213,8 @@ def read_listmode(path: str | Path, *, scanner=None) -> Listmode:
         path=lm.path,
         n_words=lm.n_words,
         n_time_tags=int(n_time),
-        duration_ms=int(cur),
+        duration_ms=int(cur - first) if n_time else 0,
+        first_time_ms=int(first),
     )
 
 
@@ -228,12 +233,13 @@ def iter_listmode_chunks(
 
 def _iter_events(lm: _LmFile, chunk_words: int) -> Iterator[ListmodeChunk]:
     cur = 0
+    first = -1
     offset = 0
     for words in _iter_word_chunks(lm.path, chunk_words):
         bins = np.empty(words.size, dtype=np.int64)  # fresh arrays: the caller may keep them
         prompt = np.empty(words.size, dtype=np.bool_)
         time_ms = np.empty(words.size, dtype=np.int64)
-        n, cur, _, bad = _decode_kernel(words, cur, lm.n_bins, bins, prompt, time_ms)
+        n, cur, first, _, bad = _decode_kernel(words, cur, first, lm.n_bins, bins, prompt, time_ms)
         if bad >= 0:
             raise _bad_bin_error(lm.path, offset + bad, words[bad], lm.n_bins)
         offset += words.size
@@ -332,6 +338,8 @@ class ListmodeWriter:
                 )
         self._preset_given = bool(str(header_value(header or {}, "preset value") or "").strip())
         self._pad = pad_time_tags
+        self._opened = False  # the opening time tag (value 0) is written before the first word
+        self._first_ms = -1  # first time tag written
         self.cur_ms = 0
         self.n_prompts = 0
         self.n_delayeds = 0
@@ -357,6 +365,14 @@ class ListmodeWriter:
         if self._pair is None:
             raise RuntimeError(f"{self.path}: writer already closed")
         return self._pair
+
+    def _open_stream(self, pair: _AtomicPair) -> None:
+        """Start the stream with a time tag of value 0 (when this writer adds time tags), so that
+        the acquisition length is last minus first time tag, as readers compute it."""
+        if self._pad and not self._opened:
+            pair.write(np.array([TIME_TAG_WORD0], dtype=np.uint32))
+            self._first_ms = 0
+        self._opened = True
 
     # -- data
     def write_events(self, bins, prompt, time_ms) -> None:
@@ -410,6 +426,7 @@ class ListmodeWriter:
                 f"give events with time_ms < duration, or a longer '{_DURATION_KEY}'",
             )
         prompt_b = prompt_a.astype(np.bool_, copy=False)
+        self._open_stream(pair)
         out = np.empty(bins_a.size + int(time_a[-1]) - self.cur_ms, dtype=np.uint32)
         n, self.cur_ms = _encode_kernel(bins_a, prompt_b, time_a, self.cur_ms, out)
         n_p = int(np.count_nonzero(prompt_b))
@@ -433,8 +450,11 @@ class ListmodeWriter:
         n_p, n_d, n_time, _, last_ms, bad = _count_kernel(w, self.n_bins)
         if bad >= 0:
             raise _bad_bin_error(self.path, pair.n_words + bad, w[bad], self.n_bins)
+        self._opened = True  # raw words bring their own time tags
         if n_time:
             self.cur_ms = int(last_ms)
+            if self._first_ms < 0:
+                self._first_ms = int(w[(w >> 29) == 4][0]) & TIME_MASK
         self.n_prompts += int(n_p)
         self.n_delayeds += int(n_d)
         pair.write(w)
@@ -456,6 +476,8 @@ class ListmodeWriter:
                 end_ms = 1000 * ((last + 1 + 999) // 1000) if last >= 0 else 0
             else:
                 end_ms = self.cur_ms
+            if self._pad:
+                self._open_stream(pair)
             if self._pad and end_ms > self.cur_ms:
                 step = 1 << 20
                 tags = np.empty(step, dtype=np.uint32)
@@ -467,10 +489,11 @@ class ListmodeWriter:
             items = [list(it) for it in self._items]
             _set_items(items, _WORD_COUNT_KEY, str(pair.n_words))
             _set_items(items, "!name of data file", self.path.name)
+            length_ms = end_ms - max(self._first_ms, 0)
             if self._duration_ms is None:
-                _set_items(items, _DURATION_KEY, _fmt_seconds(end_ms))
+                _set_items(items, _DURATION_KEY, _fmt_seconds(length_ms))
             if not self._preset_given:
-                _set_items(items, "%preset value", _fmt_seconds(end_ms))
+                _set_items(items, "%preset value", _fmt_seconds(length_ms))
             pair.commit(_render_header(items))
         except BaseException as exc:
             pair.abort((type(exc), exc, exc.__traceback__))
@@ -504,7 +527,7 @@ def write_listmode_words(
     path: str | Path, words, header: Mapping[str, object] | None = None, *, scanner=None
 ) -> Path:
     """Write raw PETLINK ``words`` exactly as given (any tags), with a defaulted header whose
-    ``image duration (sec)`` is the last time tag unless ``header`` gives one."""
+    ``image duration (sec)`` is the last minus the first time tag unless ``header`` gives one."""
     with ListmodeWriter(path, header, scanner=scanner, pad_time_tags=False) as w:
         w.write_words(words)
     return Path(path)

@@ -28,7 +28,8 @@ class ListmodeHistogram:
     n_prompts: int
     n_delayeds: int
     n_outside_span: int  # events in span-1 sinograms the span-`span` sinograms do not include
-    duration_s: float  # last time tag / 1000 (the header's image duration if there are no tags)
+    duration_s: float  # (last - first time tag) / 1000, as NiftyPET's lmaux.cu offsets by the first
+    # tag; the header's image duration if there are fewer than two tags
     span: int
     header: dict[str, str] = field(repr=False)
 
@@ -132,10 +133,10 @@ def histogram_listmode(
     fans = np.zeros(int(scanner.n_crystals), dtype=np.int64)
     slots = np.empty(_HIST_BLOCK, dtype=np.int64)
     totals = np.zeros(4, dtype=np.int64)
-    last_ms = -1
+    first_ms = last_ms = -1
     offset = 0
     for words in _iter_word_chunks(lm.path, chunk_words):
-        n_p, n_d, n_out, n_time, lm_ms, bad = _histogram_chunk(
+        n_p, n_d, n_out, n_time, fm_ms, lm_ms, bad = _histogram_chunk(
             words,
             lm.n_bins,
             plane,
@@ -155,8 +156,10 @@ def histogram_listmode(
         totals += (n_p, n_d, n_out, n_time)
         if lm_ms >= 0:
             last_ms = int(lm_ms)
-    if last_ms >= 0:
-        duration = last_ms / 1000.0
+        if first_ms < 0 and fm_ms >= 0:
+            first_ms = int(fm_ms)
+    if totals[3] >= 2:
+        duration = (last_ms - first_ms) / 1000.0
     else:
         try:
             duration = float(header_value(lm.header, _DURATION_KEY) or 0.0)

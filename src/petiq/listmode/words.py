@@ -30,8 +30,9 @@ DEFAULT_CHUNK_WORDS = 1 << 22
 
 
 @numba.njit(cache=True, nogil=True)
-def _decode_kernel(words, cur_ms, n_bins, bins_out, prompt_out, time_out):
-    """Decode events of ``words``; returns (n_events, cur_ms, n_time_tags, first bad word index)."""
+def _decode_kernel(words, cur_ms, first_ms, n_bins, bins_out, prompt_out, time_out):
+    """Decode events of ``words``; returns (n_events, cur_ms, first_ms, n_time_tags, first bad word
+    index). ``first_ms`` is the first time tag's value (pass -1 until one has been seen)."""
     n = 0
     n_time = 0
     bad = -1
@@ -47,8 +48,10 @@ def _decode_kernel(words, cur_ms, n_bins, bins_out, prompt_out, time_out):
             n += 1
         elif (w >> 29) == 4:
             cur_ms = w & 0x1FFFFFFF
+            if first_ms < 0:
+                first_ms = cur_ms
             n_time += 1
-    return n, cur_ms, n_time, bad
+    return n, cur_ms, first_ms, n_time, bad
 
 
 @numba.njit(cache=True, nogil=True)
@@ -168,7 +171,8 @@ def _make_histogram_kernel(prefetch: bool):
         misses into the big sinograms are in flight at once (the sinograms are far larger than
         the caches and events hit them at random).
 
-        Returns (prompts, delayeds, events outside the span, time tags, last ms, bad word index)."""
+        Returns (prompts, delayeds, events outside the span, time tags, first ms, last ms, bad
+        word index); first/last ms are the chunk's first and last time tag values (-1: none)."""
         dummy = 2 * n_sino_bins
         block = slots.size
         n_words = words.size
@@ -176,6 +180,7 @@ def _make_histogram_kernel(prefetch: bool):
         n_ev = 0
         n_out = 0
         n_time = 0
+        first_ms = -1
         last_ms = -1
         for start in range(0, n_words, block):
             m = min(block, n_words - start)
@@ -185,11 +190,13 @@ def _make_histogram_kernel(prefetch: bool):
                     if (w >> 29) == 4:
                         n_time += 1
                         last_ms = w & 0x1FFFFFFF
+                        if first_ms < 0:
+                            first_ms = last_ms
                     slots[j] = dummy
                     continue
                 b = w & 0x3FFFFFFF
                 if b >= n_bins:
-                    return n_p, n_ev - n_p, n_out, n_time, last_ms, start + j
+                    return n_p, n_ev - n_p, n_out, n_time, first_ms, last_ms, start + j
                 z = np.int64(b * inv_plane)  # b // plane without the slow integer division
                 r = b - z * plane
                 if r < 0:
@@ -216,7 +223,7 @@ def _make_histogram_kernel(prefetch: bool):
                     fans[ring_b[z] + (d >> 16)] += 1
             for j in range(m):
                 hist[slots[j]] += 1
-        return n_p, n_ev - n_p, n_out, n_time, last_ms, -1
+        return n_p, n_ev - n_p, n_out, n_time, first_ms, last_ms, -1
 
     return numba.njit(cache=True, nogil=True)(kernel)
 
