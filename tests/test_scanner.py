@@ -26,7 +26,7 @@ def test_mmr_numbers(mmr):
     assert mmr.sinogram_shape(11) == (837, 252, 344)
     assert mmr.n_bins(11) == 837 * 252 * 344
     assert int(mmr.is_gap(np.arange(504)).sum()) == 56  # 448 real crystals per ring
-    assert mmr.is_gap(8) and not mmr.is_gap(7) and mmr.is_gap(503)
+    assert mmr.is_gap(0) and mmr.is_gap(9) and not mmr.is_gap(8) and not mmr.is_gap(503)
 
 
 def test_mmr_span1_segments_petlink_order(mmr):
@@ -180,3 +180,25 @@ def test_bad_span_and_bins():
         sc.bin_crystals([sc.n_bins(1)])
     with pytest.raises(PetiqInputError, match="integers"):
         sc.lor_endpoints(np.array([1.5]))
+
+
+def test_gap_mask_is_niftypets():
+    """The live-bin mask of a 2-D mMR sinogram equals NiftyPET's, re-derived here from its
+    ``mmraux.transaxial_lut``: bin (iw = radial, ia = view) joins crystals
+    c0 = floor((ia + (NCRS - 2 + NSBINS/2 - iw)/2) mod NCRS), c1 = floor((ia + (2 NCRS - 2 -
+    NSBINS/2 + iw)/2) mod NCRS), live iff ((c0 + OFFGAP) % TGAP) * ((c1 + OFFGAP) % TGAP) > 0 with
+    NCRS = 504, NSBINS = 344, OFFGAP = 1, TGAP = 9 (``niftypet/ninst/raw/resources.py``)."""
+    ncrs, nsbins, offgap, tgap = 504, 344, 1, 9
+    iw = np.arange(nsbins)[None, :]
+    ia = np.arange(252)[:, None]
+    c0 = np.floor(np.mod(ia + 0.5 * (ncrs - 2 + nsbins / 2 - iw), ncrs)).astype(int)
+    c1 = np.floor(np.mod(ia + 0.5 * (2 * ncrs - 2 - nsbins / 2 + iw), ncrs)).astype(int)
+    live_niftypet = ((c0 + offgap) % tgap) * ((c1 + offgap) % tgap) > 0
+    mmr = Scanner.mmr()
+    view, t = np.meshgrid(np.arange(252), np.arange(344), indexing="ij")
+    det_a, det_b = mmr.view_radial_to_dets(view, t)
+    live_petiq = ~mmr.is_gap(det_a) & ~mmr.is_gap(det_b)
+    assert live_petiq.shape == live_niftypet.shape == (252, 344)
+    assert np.array_equal(live_petiq, live_niftypet)
+    # NiftyPET's crystal pair is petiq's, one crystal down: c1 = det_a - 1, c0 = det_b - 1
+    assert np.array_equal(c1, (det_a - 1) % 504) and np.array_equal(c0, (det_b - 1) % 504)

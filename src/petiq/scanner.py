@@ -4,7 +4,7 @@ One :class:`Scanner` class serves three presets that differ only in numbers:
 
 ``Scanner.mmr()``
     Siemens Biograph mMR: 64 crystal rings (8 block rings x 8), 504 crystal positions per ring
-    (56 blocks x 9 positions; the 9th position of every block is a gap with no crystal), crystal face
+    (56 blocks x 9 positions; one position of every block, ``det % 9 == 0``, is a gap with no crystal), crystal face
     radius 328 mm, axial pitch 4.0625 mm, 344 radial bins x 252 views, maximum ring difference 60.
     Span 1: 4084 sinograms; span 11: 837 (segments 0, -1, +1, ..., -5, +5 with 127, 115, 115, 93, 93,
     71, 71, 49, 49, 27, 27 sinograms). Default image 344 x 344 x 127 voxels of
@@ -23,8 +23,12 @@ Frame and conventions
   ``z = (r - (n_rings - 1)/2) * ring_pitch_mm``. This is petiq's own frame; it is not STIR's or e7's
   patient frame (images may come out rotated/flipped relative to e7, but everything inside petiq is
   consistent).
-* Gaps: positions ``det % block_positions == block_positions - 1`` (the last position of each block)
-  have no crystal (:meth:`Scanner.is_gap`). They still have a geometric position (a "virtual
+* Gaps: positions ``det % block_positions == 0`` have no crystal (:meth:`Scanner.is_gap`). This is
+  the mMR's layout as NiftyPET and STIR decode it: NiftyPET's crystal ``c`` is petiq's ``det - 1``
+  (its sinogram LUT ``c0 = floor(ia + (NCRS - 2 + NSBINS/2 - iw)/2) mod NCRS`` is petiq's ``det_b - 1``)
+  and its gap rule is ``(c + OFFGAP) % TGAP == 0`` with ``OFFGAP = 1``, ``TGAP = 9``
+  (``mmraux.transaxial_lut``); STIR shifts the mMR's efficiencies by one crystal and zeroes
+  c = 0, 9, 18, ... . They still have a geometric position (a "virtual
   crystal"), so sinograms keep the regular 504-position interleaved layout, as on the mMR; LORs that
   touch a gap can never record counts.
 
@@ -229,7 +233,7 @@ class Scanner:
     def tiny(cls) -> "Scanner":
         """A toy scanner for unit tests: projections take milliseconds.
 
-        8 rings of 8 mm pitch, 72 positions per ring (8 blocks x 9, last of each a gap), radius
+        8 rings of 8 mm pitch, 72 positions per ring (8 blocks x 9, first of each a gap), radius
         100 mm, 36 views, 28 radial bins (``s`` up to +-57 mm), maximum ring difference 7 (all ring
         pairs; span 1: 64 sinograms, span 3: 47, span 11: 15 + 2*3 = 21). Image 32 x 32 x 15 of
         4 x 4 x 4 mm (axial centres at the 15 ring sums).
@@ -295,7 +299,7 @@ class Scanner:
     def is_gap(self, det) -> np.ndarray | bool:
         """True where transaxial crystal position ``det`` is a block gap (no crystal, never counts)."""
         det = np.asarray(det)
-        out = (det % self.block_positions) == (self.block_positions - 1)
+        out = (det % self.block_positions) == 0  # NiftyPET (c + 1) % 9 == 0 with c = det - 1
         return bool(out) if out.ndim == 0 else out
 
     def crystal_xy(self) -> np.ndarray:

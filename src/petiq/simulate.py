@@ -73,7 +73,7 @@ class ScannerTruth:
 
 def scanner_truth(scanner: Scanner, rng: np.random.Generator) -> ScannerTruth:
     """Crystal efficiencies (block-position profile × 10 % random spread) and radial factors."""
-    pos = np.arange(scanner.crystals_per_ring) % scanner.block_positions
+    pos = (np.arange(scanner.crystals_per_ring) - 1) % scanner.block_positions  # 0..7 real, 8 the gap
     centre = (scanner.block_positions - 2) / 2.0
     block_profile = 1.0 - 0.12 * ((pos - centre) / max(centre, 1.0)) ** 2  # edge crystals see less
     eff = block_profile[None, :] * np.exp(rng.normal(0.0, 0.10, size=(scanner.n_rings, scanner.crystals_per_ring)))
