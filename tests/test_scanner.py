@@ -102,15 +102,16 @@ def test_bin_crystal_endpoint_consistency(mmr):
     assert np.all(((det_a - det_b) % 504 == 252) == (tp == 0))
     p1, p2 = mmr.lor_endpoints(bins)
     assert p1.shape == (bins.size, 3) and p1.dtype == np.float64
-    np.testing.assert_allclose(np.hypot(p1[:, 0], p1[:, 1]), 328.0, rtol=1e-12)
-    np.testing.assert_allclose(np.hypot(p2[:, 0], p2[:, 1]), 328.0, rtol=1e-12)
+    # LOR ends at the mean interaction depth: 328 mm face + 6.7 mm (NiftyPET R_RING)
+    np.testing.assert_allclose(np.hypot(p1[:, 0], p1[:, 1]), 334.7, rtol=1e-12)
+    np.testing.assert_allclose(np.hypot(p2[:, 0], p2[:, 1]), 334.7, rtol=1e-12)
     ring_z = (np.arange(64) - 31.5) * 4.0625
     np.testing.assert_allclose(p1[:, 2], ring_z[ring_a])
     np.testing.assert_allclose(p2[:, 2], ring_z[ring_b])
     # signed distance of the LOR from the axis: s = R sin(pi tp / N)
     cross = p1[:, 0] * p2[:, 1] - p1[:, 1] * p2[:, 0]
     dist = np.abs(cross) / np.hypot(p2[:, 0] - p1[:, 0], p2[:, 1] - p1[:, 1])
-    np.testing.assert_allclose(dist, np.abs(328.0 * np.sin(np.pi * tp / 504)), atol=1e-9)
+    np.testing.assert_allclose(dist, np.abs(334.7 * np.sin(np.pi * tp / 504)), atol=1e-9)
     # inverse, in either crystal order
     assert np.array_equal(mmr.crystals_to_bin(ring_a, det_a, ring_b, det_b), bins)
     assert np.array_equal(mmr.crystals_to_bin(ring_b, det_b, ring_a, det_a), bins)
@@ -202,3 +203,16 @@ def test_gap_mask_is_niftypets():
     assert np.array_equal(live_petiq, live_niftypet)
     # NiftyPET's crystal pair is petiq's, one crystal down: c1 = det_a - 1, c0 = det_b - 1
     assert np.array_equal(c1, (det_a - 1) % 504) and np.array_equal(c0, (det_b - 1) % 504)
+
+
+def test_lor_ends_at_the_mean_interaction_depth():
+    """LORs end 6.7 mm behind the 328 mm crystal face (NiftyPET R_RING = 32.8 + 0.67 cm): the
+    central bin of view 0 joins diametrically opposite positions, a chord of 2 (R + DOI), and the
+    radial offset of bin tp is (R + DOI) sin(pi tp / 504)."""
+    mmr = Scanner.mmr()
+    centre = mmr.n_radial // 2
+    p1, p2 = mmr.lor_endpoints(np.array([centre]))
+    assert np.linalg.norm(p1[0, :2] - p2[0, :2]) == pytest.approx(2 * (328.0 + 6.7))
+    g = mmr.sinogram_lor_geometry(1)
+    tp = np.arange(mmr.n_radial) - centre
+    assert np.allclose(g.radial_offset_mm[0], 334.7 * np.sin(np.pi * tp / 504))

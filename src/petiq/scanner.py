@@ -18,7 +18,8 @@ Frame and conventions
 ---------------------
 * Scanner frame in mm, origin at the scanner centre (transaxial centre, axial centre of the crystal
   rings), z along the scanner axis, x and y transaxial. Crystal position ``det`` (0 ..
-  ``crystals_per_ring - 1``) sits on the crystal face ring at azimuth ``phi = 2*pi*det/crystals_per_ring``
+  ``crystals_per_ring - 1``) sits at the mean interaction depth (radius ``ring_radius_mm + doi_mm``; mMR 328 + 6.7 mm as in
+  NiftyPET) at azimuth ``phi = 2*pi*det/crystals_per_ring``
   from +x towards +y, i.e. at ``(R cos phi, R sin phi)``. Ring ``r`` (0 .. ``n_rings - 1``) sits at
   ``z = (r - (n_rings - 1)/2) * ring_pitch_mm``. This is petiq's own frame; it is not STIR's or e7's
   patient frame (images may come out rotated/flipped relative to e7, but everything inside petiq is
@@ -43,7 +44,7 @@ centred as ``tp = t - n_radial // 2``. A (view, tp) pair maps to the crystal pai
 
 so ``tp = 0`` joins diametrically opposite crystals, the LOR of (view, tp) has transaxial direction
 at angle ``pi*view/n_views`` (minus half a crystal angle for odd ``tp``: the interleaving) and signed
-distance ``s = R sin(pi*tp/N)`` from the axis.
+distance ``s = R sin(pi*tp/N)`` from the axis (``R = ring_radius_mm + doi_mm``).
 
 Span-1 sinogram order (PETLINK list-mode)
 -----------------------------------------
@@ -108,7 +109,7 @@ class SinogramGeometry:
 
     Transaxial part, per (view, radial) bin of a sinogram plane (identical for every plane):
 
-    * ``xy_a``, ``xy_b``: float64 ``(n_views, n_radial, 2)``: crystal-face points (mm) of ``det_a``
+    * ``xy_a``, ``xy_b``: float64 ``(n_views, n_radial, 2)``: LOR end points (mm, at the mean interaction depth) of ``det_a``
       and ``det_b``; the LOR's transaxial chord runs from ``xy_a`` to ``xy_b``.
     * ``view_angle_rad``: float64 ``(n_views,)``: nominal transaxial direction of the view's LORs,
       ``pi*view/n_views`` (the direction of the even-``tp`` LORs; odd ``tp`` are rotated by
@@ -119,7 +120,7 @@ class SinogramGeometry:
     Axial part, per sinogram plane:
 
     * ``z_mid_mm``: float64 ``(n_sinograms,)``: axial position of the LOR midpoint.
-    * ``delta_z_mm``: float64 ``(n_sinograms,)``: ``z_b - z_a`` between the two crystal faces
+    * ``delta_z_mm``: float64 ``(n_sinograms,)``: ``z_b - z_a`` between the two LOR end points
       (= mean ring difference x ring pitch). The LOR of bin (plane, view, radial) runs from
       ``(xy_a, z_mid - delta_z/2)`` to ``(xy_b, z_mid + delta_z/2)``.
     * ``axial_slope``: float64 ``(n_sinograms,)``: tan of the polar angle of the plane's central
@@ -171,6 +172,9 @@ class Scanner:
     block_positions: int
     image_shape: tuple[int, int, int]
     voxel_size_mm: tuple[float, float, float]
+    #: Mean depth of interaction (mm) beyond the crystal face where LORs end. mMR: 6.7 mm, NiftyPET's
+    #: ``DOI = 0.67`` cm (``R_RING = R + DOI``, ``niftypet/ninst/raw/resources.py``); STIR uses 7 mm.
+    doi_mm: float = 0.0
 
     # ------------------------------------------------------------------ presets
     @classmethod
@@ -188,6 +192,7 @@ class Scanner:
             block_positions=9,
             image_shape=(344, 344, 127),
             voxel_size_mm=(2.08626, 2.08626, 2.03125),
+            doi_mm=6.7,
         )
 
     @classmethod
@@ -227,6 +232,7 @@ class Scanner:
             block_positions=9,
             image_shape=(80, 80, 63),
             voxel_size_mm=(4.17252, 4.17252, 4.0625),
+            doi_mm=6.7,
         )
 
     @classmethod
@@ -250,6 +256,7 @@ class Scanner:
             block_positions=9,
             image_shape=(32, 32, 15),
             voxel_size_mm=(4.0, 4.0, 4.0),
+            doi_mm=2.0,
         )
 
     @classmethod
@@ -303,9 +310,16 @@ class Scanner:
         return bool(out) if out.ndim == 0 else out
 
     def crystal_xy(self) -> np.ndarray:
-        """float64 ``(crystals_per_ring, 2)``: crystal-face (x, y) of every position, mm."""
+        """float64 ``(crystals_per_ring, 2)``: (x, y) of every position at the mean interaction depth
+        (radius :attr:`lor_radius_mm`), mm: where LORs end."""
         phi = 2.0 * np.pi * np.arange(self.crystals_per_ring) / self.crystals_per_ring
-        return np.stack([self.ring_radius_mm * np.cos(phi), self.ring_radius_mm * np.sin(phi)], axis=1)
+        r = self.lor_radius_mm
+        return np.stack([r * np.cos(phi), r * np.sin(phi)], axis=1)
+
+    @property
+    def lor_radius_mm(self) -> float:
+        """Radius of the LOR end points: crystal face + mean depth of interaction."""
+        return float(self.ring_radius_mm + self.doi_mm)
 
     def ring_z(self) -> np.ndarray:
         """float64 ``(n_rings,)``: axial position (mm) of every crystal ring."""
@@ -428,7 +442,7 @@ class Scanner:
         return np.where(ok, out, -1)
 
     def lor_endpoints(self, bins) -> tuple[np.ndarray, np.ndarray]:
-        """Span-1 offsets -> ``(p1, p2)``: float64 ``(N, 3)`` crystal-face points in mm (scanner
+        """Span-1 offsets -> ``(p1, p2)``: float64 ``(N, 3)`` LOR end points (mean interaction depth) in mm (scanner
         frame), ``p1`` on ``(ring_a, det_a)``, ``p2`` on ``(ring_b, det_b)``."""
         ring_a, det_a, ring_b, det_b = self.bin_crystals(np.atleast_1d(bins))
         xy = self.crystal_xy()
@@ -520,7 +534,7 @@ def _geometry(sc: Scanner, span: int) -> SinogramGeometry:
     xy_a = np.ascontiguousarray(xy[det_a])
     xy_b = np.ascontiguousarray(xy[det_b])
     tp = (np.arange(sc.n_radial) - sc.n_radial // 2).astype(np.float64)
-    s = sc.ring_radius_mm * np.sin(np.pi * tp / sc.crystals_per_ring)
+    s = sc.lor_radius_mm * np.sin(np.pi * tp / sc.crystals_per_ring)
     radial = np.ascontiguousarray(np.broadcast_to(s[None, :], (sc.n_views, sc.n_radial)))
     view_angle = np.pi * np.arange(sc.n_views) / sc.n_views
 
@@ -531,7 +545,7 @@ def _geometry(sc: Scanner, span: int) -> SinogramGeometry:
     z_mid = np.bincount(to_sino, weights=0.5 * (z[ring_a] + z[ring_b]), minlength=n_sino) / counts
     mean_d = np.bincount(to_sino, weights=(ring_b - ring_a).astype(np.float64), minlength=n_sino) / counts
     delta_z = mean_d * sc.ring_pitch_mm
-    slope = delta_z / (2.0 * sc.ring_radius_mm)
+    slope = delta_z / (2.0 * sc.lor_radius_mm)
     _readonly(xy_a, xy_b, radial, view_angle, z_mid, mean_d, delta_z, slope, counts)
     return SinogramGeometry(
         span=span,

@@ -174,7 +174,7 @@ def expected_data(
     c_t = kappa * settings.duration_s
     emission = (c_t * attenuation * line_integrals / members[:, None, None]).astype(np.float32)
 
-    radial_sigma_bins = 60.0 / (2 * np.pi * scanner.ring_radius_mm / scanner.crystals_per_ring / 2)
+    radial_sigma_bins = 60.0 / (2 * np.pi * scanner.lor_radius_mm / scanner.crystals_per_ring / 2)
     smooth = ndimage.gaussian_filter(
         emission.astype(np.float64), sigma=(2.0, 3.0, radial_sigma_bins), mode=("nearest", "wrap", "constant")
     )

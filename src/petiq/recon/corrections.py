@@ -507,7 +507,7 @@ def estimate_scatter(
     nm = n * members
     valid = nm > 0
     inside = a < object_threshold
-    bin_mm = np.pi * scanner.ring_radius_mm / scanner.crystals_per_ring
+    bin_mm = np.pi * scanner.lor_radius_mm / scanner.crystals_per_ring
     margin = int(math.ceil(tail_margin_mm / bin_mm))
     if margin > 0:
         struct = np.zeros((1, 1, 2 * margin + 1), dtype=bool)

@@ -61,7 +61,7 @@ def fov_mask(scanner: Scanner, image_shape=None, voxel_size_mm=None) -> np.ndarr
     vox = scanner.voxel_size_mm if voxel_size_mm is None else tuple(voxel_size_mm)
     half = scanner.n_radial // 2
     tp_max = max(half, scanner.n_radial - 1 - half)
-    radius = scanner.ring_radius_mm * np.sin(np.pi * tp_max / scanner.crystals_per_ring)
+    radius = scanner.lor_radius_mm * np.sin(np.pi * tp_max / scanner.crystals_per_ring)
     x = (np.arange(shape[0]) - (shape[0] - 1) / 2) * vox[0]
     y = (np.arange(shape[1]) - (shape[1] - 1) / 2) * vox[1]
     inside = x[:, None] ** 2 + y[None, :] ** 2 <= radius**2
