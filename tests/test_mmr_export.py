@@ -183,7 +183,7 @@ def test_genuine_export_histograms_to_the_span11_sum(export):
     ],
 )
 def test_other_scanners_and_inconsistent_headers_are_refused(export, tmp_path, line, new, message):
-    path, words = export
+    path, _ = export
     other = tmp_path / path.name
     other.write_bytes(path.read_bytes())
     text = header_path(path).read_text()

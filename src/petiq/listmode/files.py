@@ -35,14 +35,13 @@ from petiq.listmode.words import (
     DEFAULT_CHUNK_WORDS,
     MAX_TIME_MS,
     TIME_MASK,
+    TIME_TAG,
     _count_kernel,
     _decode_kernel,
     _encode_kernel,
     _time_tags_kernel,
 )
 
-
-TIME_TAG_WORD0 = 0x80000000  # elapsed-time tag of value 0 ms
 
 # --------------------------------------------------------------------------------------------
 # Opening and checking a file
@@ -370,7 +369,7 @@ class ListmodeWriter:
         """Start the stream with a time tag of value 0 (when this writer adds time tags), so that
         the acquisition length is last minus first time tag, as readers compute it."""
         if self._pad and not self._opened:
-            pair.write(np.array([TIME_TAG_WORD0], dtype=np.uint32))
+            pair.write(np.array([TIME_TAG], dtype=np.uint32))  # elapsed-time tag of value 0 ms
             self._first_ms = 0
         self._opened = True
 

@@ -362,7 +362,7 @@ def _scanner_defaults(scanner) -> dict[str, str]:
     where span 11 is valid for the scanner, else span 1."""
     if scanner is None:
         return dict(MMR_HEADER_DEFAULTS)
-    n_sino, n_views, n_radial = _scanner_span1_shape(scanner)
+    _, n_views, n_radial = _scanner_span1_shape(scanner)
     rings = int(scanner.n_rings)
     is_mmr = getattr(scanner, "name", None) == "mmr"
     drop = set() if is_mmr else set(_MMR_ONLY_KEYS)
