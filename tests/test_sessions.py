@@ -241,5 +241,5 @@ def test_cli_plan_from_splits(tmp_path, capsys):
     plan = read_plan(key)
     assert sorted(plan["participant_id"].unique()) == PATIENTS[1:]
     assert "17 readings in 4 sessions" in capsys.readouterr().out
-    assert main(argv[:-10] + ["--n-sessions", "2", "--min-images", "1", "--max-images", "9", "--seed", "1", "--out", str(key)]) == 2
+    assert main(argv[:-10] + ["--n-sessions", "2", "--min-images", "1", "--max-images", "9", "--seed", "1", "--out", str(key), "--force"]) == 2
     assert "sessions are needed" in capsys.readouterr().err

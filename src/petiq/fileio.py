@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -41,6 +41,34 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    return a.exists() and b.exists() and os.path.samefile(a, b)
+
+
+def check_output(path: str | Path, inputs: Iterable[str | Path] = (), *, force: bool = False, what: str = "output",
+                 flag: str = "--force") -> Path:
+    """Refuse, before any work, an output that is one of the inputs, or that exists already unless ``force``.
+
+    Compares resolved paths (and inodes, for links), so ``./a.tsv`` and ``a.tsv`` are one file.
+
+    >>> check_output("ratings.tsv", ["./ratings.tsv"])
+    Traceback (most recent call last):
+    ...
+    petiq.errors.PetiqInputError: ratings.tsv: the output would overwrite the input ./ratings.tsv. Fix: write the output to another path.
+    """
+    from .errors import PetiqInputError
+
+    out = Path(path)
+    for given in inputs:
+        if _same_path(out, Path(given)):
+            raise PetiqInputError(out, f"the {what} would overwrite the input {given}", f"write the {what} to another path")
+    if out.exists() and not force:
+        raise PetiqInputError(out, f"the {what} exists already", f"pass {flag} to replace it, or write to another path")
+    return out
 
 
 def write_text(path: str | Path, text: str) -> None:

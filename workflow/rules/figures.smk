@@ -188,7 +188,7 @@ rule score_images:
         mem_mb=mem_mb(4000),
         runtime=30,
     shell:
-        "petiq predict --model $(dirname {input.model}) --folder {input.folder} --tsv {output.tsv} > {log} 2>&1"
+        "petiq predict --model $(dirname {input.model}) {input.folder} --tsv {output.tsv} --force --quiet > {log} 2>&1"
 
 
 FIGURE_TARGETS = [

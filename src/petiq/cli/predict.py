@@ -4,10 +4,15 @@ from __future__ import annotations
 
 
 def _predict(args) -> None:
-    from ..fileio import write_tsv
-    from ..predict import format_table, predict_images
+    from pathlib import Path
 
-    table = predict_images(args.model, args.images, device=args.device, seed=args.seed, batch_size=args.batch_size,
+    from ..fileio import check_output, write_tsv
+    from ..predict import find_images, format_table, predict_images
+
+    images = [image for given in args.images for image in (find_images(given) if Path(given).is_dir() else [given])]
+    if args.tsv:
+        check_output(args.tsv, [*images, args.model], force=args.force, what="table")
+    table = predict_images(args.model, images, device=args.device, seed=args.seed, batch_size=args.batch_size,
                            progress=not args.quiet)
     print(f"model: {table['model'].iloc[0]} (images resampled to {table['voxel_size_mm'].iloc[0]} mm)")
     print(format_table(table))
@@ -24,10 +29,11 @@ def register(commands) -> None:
                     "over the patches, shown with their SD.",
     )
     predict.add_argument("--model", required=True, help="a trained run: results/models/<run> (best repeat) or its rep-<r>")
-    predict.add_argument("images", nargs="+", help="NIfTI images (.nii, .nii.gz)")
+    predict.add_argument("images", nargs="+", help="NIfTI images (.nii, .nii.gz), or folders of them")
     predict.add_argument("--tsv", help="also write the table here (TSV)")
     predict.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"], help="where to run the model (default auto)")
     predict.add_argument("--seed", type=int, default=0, help="seed of the patch draw (default 0)")
     predict.add_argument("--batch-size", type=int, default=64, help="patches per forward pass (default 64)")
+    predict.add_argument("--force", action="store_true", help="replace an existing --tsv table")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(func=_predict)

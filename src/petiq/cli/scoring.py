@@ -24,8 +24,10 @@ def _rated_patients(args) -> list[str]:
 
 
 def _plan(args) -> None:
+    from ..fileio import check_output
     from ..sessions import plan_sessions, session_summary, write_plan
 
+    check_output(args.out, [args.splits] if args.splits else [], force=args.force, what="unblinding key")
     plan = plan_sessions(
         _rated_patients(args), args.doses, design=args.design, rereads=args.rereads, n_sessions=args.n_sessions,
         min_images=args.min_images, max_images=args.max_images, seed=args.seed, time_limit_s=args.time_limit,
@@ -38,15 +40,25 @@ def _plan(args) -> None:
 def _sheets(args) -> None:
     from functools import partial
 
+    from pathlib import Path
+
+    from ..errors import PetiqInputError
     from ..sessions import norm01_path, read_plan, write_session_materials
+
+    filled = sorted(Path(args.out_dir).glob("session-*/*_ratings-form.tsv")) if Path(args.out_dir).is_dir() else []
+    if filled and not args.force:
+        raise PetiqInputError(filled[0], f"{len(filled)} ratings form(s) exist already under {args.out_dir} (first shown) and may be "
+                              "filled in", "pass --force to replace them with blank forms, or write the sessions to another folder")
 
     folders = write_session_materials(read_plan(args.key), partial(norm01_path, args.recon_dir), args.out_dir, progress=not args.quiet)
     print(f"{len(folders)} session folders under {args.out_dir}")
 
 
 def _import(args) -> None:
-    from ..ratings import import_ratings, rater_summary
+    from ..fileio import check_output
+    from ..ratings import collect_forms, import_ratings, rater_summary
 
+    check_output(args.out, [args.key, *collect_forms(args.forms, args.key)], force=args.force, what="ratings table")
     ratings = import_ratings(args.forms, args.key, args.out, partial=args.partial)
     print(rater_summary(ratings).to_string(index=False))
     print(f"{len(ratings)} ratings -> {args.out}")
@@ -77,6 +89,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     plan.add_argument("--seed", type=int, required=True, help="config seed")
     plan.add_argument("--time-limit", type=float, default=120.0, help="solver time limit in seconds")
     plan.add_argument("--out", required=True, help="unblinding key (TSV), e.g. results/scores/sessions/private/unblinding_key.tsv")
+    plan.add_argument("--force", action="store_true", help="replace an existing unblinding key")
     plan.set_defaults(func=_plan)
 
     sheets = sessions_sub.add_parser("sheets", help="reading sheets (PNG, PDF) and blank ratings forms per session")
@@ -84,6 +97,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     sheets.add_argument("--recon-dir", default="results/recon", help="folder of the reconstructions")
     sheets.add_argument("--out-dir", required=True, help="sessions folder, e.g. results/scores/sessions")
     sheets.add_argument("--quiet", action="store_true", help="no progress bar")
+    sheets.add_argument("--force", action="store_true", help="replace existing (perhaps filled) ratings forms")
     sheets.set_defaults(func=_sheets)
 
     ratings = commands.add_parser("ratings", help="clinicians' ratings")
@@ -93,6 +107,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     imp.add_argument("--key", required=True, help="the private unblinding key")
     imp.add_argument("--out", required=True, help="ratings table, e.g. results/scores/ratings.tsv")
     imp.add_argument("--partial", action="store_true", help="allow sessions that no form scores yet")
+    imp.add_argument("--force", action="store_true", help="replace an existing ratings table")
     imp.set_defaults(func=_import)
     check = ratings_sub.add_parser("check", help="check a ratings table in the final format and report every problem")
     check.add_argument("table", help="ratings TSV (participant_id, dose, rater, session, reading, GQR, PR, DC)")
