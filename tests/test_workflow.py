@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -169,6 +170,31 @@ def test_cohort_figure_target_runs_only_what_it_needs(tmp_path):
     done = snakemake(*args, "--report", "report.html")  # one HTML report, every figure and table captioned
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "report.html").stat().st_size > 100_000
+    _check_training_keys_rerun_training(tmp_path, args, config)
+
+
+UPSTREAM_OF_TRAINING = {"anatomy", "phantom", "participants", "simulate", "norm_scan", "norm", "thin", "histogram", "attenuation",
+                        "randoms", "scatter", "osem", "patches", "splits", "sessions_plan", "reader_truth", "reading_sheets",
+                        "virtual_reader", "cohort_figure", "cohort_table", "fig01_dose_examples", "scoring_figures"}
+
+
+def _planned_jobs(done) -> dict[str, int]:
+    """{rule: job count} from a dry run's "Job stats" table."""
+    text = (done.stdout + done.stderr).split("Job stats:", 1)[-1].split("total", 1)[0]
+    return {m[0]: int(m[1]) for m in re.findall(r"^(\w+)\s+(\d+)\s*$", text, flags=re.M)}
+
+
+def _check_training_keys_rerun_training(tmp_path, args, config):
+    """A changed training recipe on a finished run re-plans every training job and what reads its
+    models, and nothing upstream (the keys are params, not read behind Snakemake's back)."""
+    for key, value in [("epochs", config["training"]["epochs"] + 1), ("head", "relu" if config["training"]["head"] == "linear" else "linear")]:
+        changed = {**config, "training": {**config["training"], key: value}}
+        (tmp_path / "config/changed.yaml").write_text(yaml.safe_dump(changed))
+        done = snakemake(*args, "-n", "--configfile", str(tmp_path / "config/changed.yaml"))
+        assert done.returncode == 0, done.stderr[-3000:]
+        jobs = _planned_jobs(done)
+        assert {"train_pretext", "train_transfer", "train_baseline"} <= set(jobs), (key, jobs)
+        assert not set(jobs) & UPSTREAM_OF_TRAINING, (key, jobs)
 
 
 def _check_scores_training_and_figures(tmp_path, participants, splits):

@@ -157,6 +157,22 @@ def init_checkpoint(wildcards):
     return [f"{MODELS}/{init}/rep-0/model.pt"] if init.startswith("pretext/") else []
 
 
+# The config values a training job reads: params, so changing one re-runs exactly the jobs that use it
+# (Snakemake's params rerun trigger); workflow/scripts/train.py reads nothing from snakemake.config.
+TRAINING_KEYS = ("backbone", "head", "epochs", "batch_size", "precision", "imagenet_weights", "weights_dir")
+
+
+def training_params(stage):
+    return {
+        "run": lambda wildcards: PLAN.runs[wildcards.run].as_dict(),
+        "training": {key: config["training"][key] for key in TRAINING_KEYS},
+        "patches": config["patches"],
+        "doses": config["doses"],
+        "seed": config["seed"],
+        "label_rater": None if stage == "pretext" else config["scoring"]["label_rater"],
+    }
+
+
 def arm_predictions(experiment):
     """{arm label: its runs' image predictions, one file per repeat} for one figure or table."""
     return {arm.label: run_files(arm.run, "predictions_images.tsv", arm.repeats) for arm in PLAN.arms[experiment]}

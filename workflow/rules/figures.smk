@@ -142,6 +142,9 @@ rule diagrams:
     params:
         patch_size=config["patches"]["size"],
         backbone=config["training"]["backbone"],
+        head=config["training"]["head"],
+        pipelines={arm.label: PLAN.runs[arm.run].as_dict() for arm in PLAN.arms["fig10"]},
+        runs={name: run.as_dict() for name, run in PLAN.runs.items()},
     script:
         "../scripts/diagrams.py"
 

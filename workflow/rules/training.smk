@@ -41,5 +41,6 @@ for _stage in ("pretext", "transfer", "survey", "baseline"):
             device=config["device"],
             repeats=STAGE_REPEATS[_stage],
             recon=RECON,
+            **training_params(_stage),
         script:
             "../scripts/train.py"

@@ -4,15 +4,15 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-from petiq.experiments import plan_experiments  # noqa: E402
+from petiq.experiments import Run  # noqa: E402
 from petiq.logs import log_to  # noqa: E402
 from petiq.models import build_model  # noqa: E402
 from petiq.plots.diagrams import plot_fig05_vgg16, plot_fig07_pipelines  # noqa: E402
 
 log = log_to(snakemake.log[0])
 p = snakemake.params
-model = build_model(p.backbone, 3, snakemake.config["training"]["head"], p.patch_size, device="meta")
+model = build_model(p.backbone, 3, p.head, p.patch_size, device="meta")
 plot_fig05_vgg16(model, range(6), snakemake.output.fig05, patch_size=p.patch_size)
-plan = plan_experiments(snakemake.config)
-plot_fig07_pipelines({a.label: plan.runs[a.run] for a in plan.arms["fig10"]}, snakemake.output.fig07, runs=plan.runs)
+runs = {name: Run(**run) for name, run in p.runs.items()}
+plot_fig07_pipelines({label: Run(**run) for label, run in p.pipelines.items()}, snakemake.output.fig07, runs=runs)
 log.info("drew %s and %s", snakemake.output.fig05, snakemake.output.fig07)

@@ -10,7 +10,7 @@ import torch  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from petiq.cohort import read_participants  # noqa: E402
-from petiq.experiments import plan_experiments, run_tables  # noqa: E402
+from petiq.experiments import Run, run_tables  # noqa: E402
 from petiq.logs import log_to  # noqa: E402
 from petiq.patches import patch_paths  # noqa: E402
 from petiq.seeding import derive_seed  # noqa: E402
@@ -19,20 +19,20 @@ from petiq.train import CLINICAL_TARGETS, PRETEXT_TARGETS, PatchSet, TrainSpec, 
 
 log = log_to(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
-config, i, p = snakemake.config, snakemake.input, snakemake.params
-run = plan_experiments(config).runs[snakemake.wildcards.run]
+i, p = snakemake.input, snakemake.params  # every config value arrives as a param (training_params in common.smk)
+run = Run(**p.run)
 stage = p.stage
 patches_dir = Path(i.patches[0]).parents[1]  # results/patches
 ratings = None if stage == "pretext" else pd.read_csv(i.ratings, sep="\t", dtype={"rater": str})
 tables = run_tables(
     run, splits=pd.read_csv(i.splits, sep="\t", dtype=str), participants=read_participants(i.participants),
-    ratings=ratings, doses=config["doses"], label_rater=config["scoring"]["label_rater"], seed=config["seed"],
+    ratings=ratings, doses=p.doses, label_rater=p.label_rater, seed=p.seed,
     patch_paths=partial(patch_paths, patches_dir),
 )
 for role, table in tables.items():
     log.info("%s: %d images of %s", role, len(table), ", ".join(sorted(table["participant_id"].unique())))
 
-training = config["training"]
+training = p.training
 targets = PRETEXT_TARGETS if stage == "pretext" else CLINICAL_TARGETS
 init, freeze_level = run.init, run.freeze_level
 # training.imagenet_weights is a checkpoint of the main backbone; survey backbones search the usual places
@@ -54,15 +54,15 @@ spec = TrainSpec(
     batch_size=training["batch_size"], device=p.device, precision=training["precision"],
     imagenet_weights=weights_path, weights_dir=training["weights_dir"],
 )
-seeds = [derive_seed(config["seed"], "train", run.name, r) for r in range(p.repeats)]
+seeds = [derive_seed(p.seed, "train", run.name, r) for r in range(p.repeats)]
 out_dirs = [str(Path(f).parent) for f in snakemake.output.card_json]  # rep-0, rep-1, … in order
 # the voxel size patches were cut at: `petiq predict` resamples new images to it
 sample = tables["train"].iloc[0]
 zooms = nib.load(norm01_path(p.recon, sample["participant_id"], sample["dose"])).header.get_zooms()[:3]
-patch = dict(config["patches"], voxel_size_mm=[float(z) for z in zooms])
+patch = dict(p.patches, voxel_size_mm=[float(z) for z in zooms])
 card = {"run": run.as_dict(), "experiment_stage": stage, "patch": patch,
         "images": {role: table[["participant_id", "dose"]].to_dict("records") for role, table in tables.items()},
-        "label_rater": None if stage == "pretext" else config["scoring"]["label_rater"]}
+        "label_rater": p.label_rater}
 evaluate = [] if stage == "pretext" else ["test"]  # Table II judges the pretext validation patient
 if stage == "baseline":
     train_dose_baseline(spec, tables["train"], tables["val"], {k: tables[k] for k in evaluate}, seeds, out_dirs,
