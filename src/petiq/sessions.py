@@ -141,8 +141,12 @@ def blinded_ids(n: int, seed: int) -> list[str]:
     return out
 
 
-def _check_settings(ids, doses, design, rereads, n_sessions, min_images, max_images) -> dict[str, list[float]]:
-    """Validate the settings and return the doses to read per category; raise the reason if no plan can exist."""
+def _check_settings(ids, doses, design, rereads, n_sessions, min_images, max_images, names=None) -> dict[str, list[float]]:
+    """Validate the settings and return the doses to read per category; raise the reason if no plan can exist.
+
+    ``names``: what to call the settings in messages (e.g. their config keys); default the argument names.
+    """
+    name_of = {k: k for k in ("rereads", "n_sessions", "min_images", "max_images")} | dict(names or {})
     if design not in DESIGNS:
         raise PetiqInputError(None, f"unknown session design {design!r}", f"use one of {', '.join(DESIGNS)}")
     if not ids:
@@ -152,9 +156,9 @@ def _check_settings(ids, doses, design, rereads, n_sessions, min_images, max_ima
         raise PetiqInputError(None, f"patients {repeated} are listed more than once", "list every rated patient once")
     for name, value, low in (("rereads", rereads, 0), ("n_sessions", n_sessions, 1), ("min_images", min_images, 0), ("max_images", max_images, 1)):
         if int(value) != value or value < low:
-            raise PetiqInputError(None, f"{name} is {value}", f"set {name} to a whole number >= {low}")
+            raise PetiqInputError(None, f"{name_of[name]} is {value}", f"set {name_of[name]} to a whole number >= {low}")
     if min_images > max_images:
-        raise PetiqInputError(None, f"min_images ({min_images}) is above max_images ({max_images})", "make min_images <= max_images")
+        raise PetiqInputError(None, f"{name_of['min_images']} ({min_images}) is above {name_of['max_images']} ({max_images})", f"make {name_of['min_images']} <= {name_of['max_images']}")
     values = sorted({float(d) for d in doses})
     if not values:
         raise PetiqInputError(None, "no doses to read", "pass the reconstructed doses (config key doses)")
@@ -170,29 +174,29 @@ def _check_settings(ids, doses, design, rereads, n_sessions, min_images, max_ima
     total = n_images + rereads
     reasons = []
     if rereads > n_images:
-        reasons.append((f"{rereads} re-reads asked for but only {n_images} images are read (each is re-read at most once)", "lower rereads"))
+        reasons.append((f"{rereads} re-reads asked for but only {n_images} images are read (each is re-read at most once)", f"lower {name_of['rereads']}"))
     if rereads and n_sessions < 2:
-        reasons.append(("re-reads need a later session than the first reading, but n_sessions is 1", "use 2 or more sessions, or rereads: 0"))
+        reasons.append((f"re-reads need a later session than the first reading, but {name_of['n_sessions']} is 1", f"use 2 or more sessions, or {name_of['rereads']}: 0"))
     if per_patient > n_sessions:
         reasons.append((
             f"each patient has {per_patient} images to read and is read at most once per session, so {per_patient} sessions are needed, not {n_sessions}",
-            f"set n_sessions >= {per_patient}",
+            f"set {name_of['n_sessions']} >= {per_patient}",
         ))
     elif rereads > n_patients * (n_sessions - per_patient):
         reasons.append((
             f"{rereads} re-reads do not fit: a patient's {per_patient} images and re-reads each need their own session, so "
             f"{n_sessions} sessions leave room for at most {n_patients * (n_sessions - per_patient)} re-reads",
-            f"add sessions or lower rereads to <= {n_patients * (n_sessions - per_patient)}",
+            f"add sessions or lower {name_of['rereads']} to <= {n_patients * (n_sessions - per_patient)}",
         ))
     if total > n_sessions * max_images:
         reasons.append((
             f"{total} readings ({n_images} images + {rereads} re-reads) do not fit in {n_sessions} sessions of at most {max_images}",
-            f"raise max_images to >= {math.ceil(total / n_sessions)} or add sessions",
+            f"raise {name_of['max_images']} to >= {math.ceil(total / n_sessions)} or add sessions",
         ))
     if total < n_sessions * min_images:
         reasons.append((
             f"{total} readings ({n_images} images + {rereads} re-reads) cannot fill {n_sessions} sessions of at least {min_images}",
-            f"lower min_images to <= {total // n_sessions} or use fewer sessions",
+            f"lower {name_of['min_images']} to <= {total // n_sessions} or use fewer sessions",
         ))
     if reasons:
         raise PetiqInputError(None, "no reading-session plan exists: " + "; ".join(p for p, _ in reasons), "; ".join(f for _, f in reasons))

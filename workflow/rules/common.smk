@@ -8,7 +8,18 @@ from petiq.seeding import derive_seed
 from petiq.errors import PetiqInputError
 
 
-validate(config, schema="../schemas/config.schema.yaml")
+def stop(problems):
+    """Stop the parse with every problem, one line each (no traceback, no schema dump)."""
+    raise WorkflowError("petiq: the configuration has problems:\n  " + "\n  ".join(map(str, problems)))
+
+
+try:
+    validate(config, schema="../schemas/config.schema.yaml")
+except WorkflowError:
+    import yaml
+    from petiq.config import schema_problems
+
+    stop(schema_problems(config, yaml.safe_load((Path(workflow.basedir) / "workflow/schemas/config.schema.yaml").read_text())) or ["see above"])
 
 try:
     PATIENTS = read_patients(config["patients"])
@@ -16,6 +27,11 @@ except PetiqInputError as error:
     raise WorkflowError(f"petiq: {error}") from None
 
 SUBJECTS = list(PATIENTS["participant_id"])
+from petiq.config import check_label_rater, config_problems
+
+CONFIG_PROBLEMS = config_problems(config, SUBJECTS)
+if CONFIG_PROBLEMS:
+    stop(CONFIG_PROBLEMS)
 SYNTHETIC = list(PATIENTS.loc[PATIENTS["source"] == "synthetic", "participant_id"])
 ENV = "../../envs/petiq.yaml"
 COHORT = "results/cohort"
@@ -119,7 +135,7 @@ if not VIRTUAL_READER:  # real clinicians' ratings: every problem reported befor
     from petiq.ratings import check_ratings_table
 
     try:
-        check_ratings_table(RATINGS)
+        check_label_rater(config["scoring"]["label_rater"], check_ratings_table(RATINGS), RATINGS)
     except PetiqInputError as error:
         raise WorkflowError(f"petiq: {error}") from None
 SESSIONS = [s + 1 for s in range(config["scoring"]["sessions"]["count"])]
