@@ -109,14 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.set_defaults(func=_simulate)
 
     thin = commands.add_parser("thin", help="keep each prompt and delayed with probability F (a lower dose)")
-    thin.add_argument("src", help="list-mode file (.l)")
-    thin.add_argument("dst", help="thinned list-mode file (.l)")
+    thin.add_argument("src", help="list-mode file (.l; or the .dcm of a DICOM export, its .bf beside it)")
+    thin.add_argument("dst", help="thinned list-mode file (.l; .dcm writes the DICOM form, .dcm + .bf)")
     thin.add_argument("--fraction", type=float, required=True, help="kept fraction, 0 < F <= 1")
     thin.add_argument("--seed", type=int, required=True, help="seed (same seed, same file)")
     thin.set_defaults(func=_thin)
 
     histogram = commands.add_parser("histogram", help="list-mode -> prompts and delayeds sinograms (.npz)")
-    histogram.add_argument("src", help="list-mode file (.l)")
+    histogram.add_argument("src", help="list-mode file (.l; or the .dcm of a DICOM export, its .bf beside it)")
     histogram.add_argument("out", help="sinogram file (.npz)")
     histogram.add_argument("--span", type=int, default=11, help="axial compression (mMR: 11)")
     histogram.add_argument("--scanner", default="mmr", help="scanner preset: mmr, demo or tiny")

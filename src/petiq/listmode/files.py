@@ -14,6 +14,7 @@ import numpy as np
 
 from petiq.errors import PetiqInputError
 from petiq.fileio import atomic_path
+from petiq.listmode.dicom import is_dicom_form
 from petiq.listmode.header import (
     _DURATION_KEY,
     _WORD_COUNT_KEY,
@@ -27,6 +28,7 @@ from petiq.listmode.header import (
     _render_header,
     _scanner_defaults,
     _set_items,
+    data_path,
     header_path,
     header_value,
 )
@@ -58,11 +60,21 @@ class _LmFile:
 
 def _open_checked(path: str | Path, scanner=None) -> _LmFile:
     path = Path(path)
-    if not path.is_file():
+    if is_dicom_form(path):  # foo.dcm (header in its private tags) + foo.bf (the words)
+        hdr, lines, header = _read_header_text(path)
+        path = data_path(path)
+        if not path.is_file():
+            raise PetiqInputError(
+                path,
+                f"the list-mode data file of {hdr.name} is missing (the .dcm holds only the header)",
+                f"copy {path.name} from the same export beside {hdr.name}",
+            )
+    elif not path.is_file():
         raise PetiqInputError(
             path, "list-mode data file not found", "check the path (the header is <data>.hdr)"
         )
-    hdr, lines, header = _read_header_text(path)
+    else:
+        hdr, lines, header = _read_header_text(path)
     _check_listmode_header(header, hdr)
     size = path.stat().st_size
     if size % 4:

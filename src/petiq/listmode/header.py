@@ -16,6 +16,7 @@ from typing import Mapping
 import numpy as np
 
 from petiq.errors import PetiqInputError
+from petiq.listmode.dicom import bf_path, dicom_path, is_dicom_form, read_interfile_text
 
 # mMR geometry used when no scanner is given.
 _MMR_RINGS = 64
@@ -126,13 +127,27 @@ def _norm_key(key: str) -> str:
 
 
 def header_path(path: str | Path) -> Path:
-    """The Interfile header of a list-mode file: ``foo.l`` -> ``foo.l.hdr``.
+    """The Interfile header of a list-mode file: ``foo.l`` -> ``foo.l.hdr``; in the DICOM form
+    (``foo.dcm`` + ``foo.bf``, :mod:`petiq.listmode.dicom`) the ``.dcm`` that holds it.
 
-    >>> header_path("sub-01/PETLM.l").as_posix()
-    'sub-01/PETLM.l.hdr'
+    >>> header_path("sub-01/PETLM.l").as_posix(), header_path("sub-01/PETLM.bf").as_posix()
+    ('sub-01/PETLM.l.hdr', 'sub-01/PETLM.dcm')
     """
     p = Path(path)
+    if is_dicom_form(p):
+        return dicom_path(p)
     return p.with_name(p.name + ".hdr")
+
+
+def data_path(path: str | Path) -> Path:
+    """The file of PETLINK words of a list-mode path: ``foo.l`` itself, or the ``.bf`` of a
+    ``foo.dcm`` (DICOM form).
+
+    >>> data_path("sub-01/PETLM.l").as_posix(), data_path("sub-01/PETLM.dcm").as_posix()
+    ('sub-01/PETLM.l', 'sub-01/PETLM.bf')
+    """
+    p = Path(path)
+    return bf_path(p) if is_dicom_form(p) else p
 
 
 def header_value(header: Mapping[str, str], key: str, default: str | None = None) -> str | None:
@@ -164,19 +179,23 @@ def _parse_header_lines(lines: list[str]) -> dict[str, str]:
 
 
 def _read_header_text(path: Path) -> tuple[Path, list[str], dict[str, str]]:
-    """Read and minimally check ``path.hdr``; return (header path, raw lines, dict)."""
+    """Read and minimally check ``path.hdr`` (or the header inside the ``.dcm`` of the DICOM
+    form); return (header path, raw lines, dict)."""
     hdr = header_path(path)
-    if not hdr.is_file():
-        raise PetiqInputError(
-            hdr,
-            f"the Interfile header of list-mode file {Path(path).name} is missing",
-            f"put the header next to the data as {hdr.name} (the data file name plus '.hdr')",
-        )
-    raw = hdr.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")
+    if is_dicom_form(path):
+        text = read_interfile_text(hdr)
+    else:
+        if not hdr.is_file():
+            raise PetiqInputError(
+                hdr,
+                f"the Interfile header of list-mode file {Path(path).name} is missing",
+                f"put the header next to the data as {hdr.name} (the data file name plus '.hdr')",
+            )
+        raw = hdr.read_bytes()
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            text = raw.decode("latin-1")
     lines = text.splitlines(keepends=True)
     first = next((ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith(";")), "")
     if _norm_key(first.split(":=", 1)[0]) != "interfile":
@@ -189,8 +208,9 @@ def _read_header_text(path: Path) -> tuple[Path, list[str], dict[str, str]]:
 
 
 def read_listmode_header(path: str | Path) -> dict[str, str]:
-    """The Interfile header of list-mode file ``path`` (reads ``path + '.hdr'``), checked to
-    describe PETLINK list-mode data. Values are the strings in the file."""
+    """The Interfile header of list-mode file ``path`` (reads ``path + '.hdr'``, or the header
+    in the private tags of a ``.dcm``), checked to describe PETLINK list-mode data. Values are
+    the strings in the file."""
     hdr, _, header = _read_header_text(Path(path))
     _check_listmode_header(header, hdr)
     return header

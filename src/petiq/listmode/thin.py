@@ -19,7 +19,13 @@ from petiq.listmode.files import (
     _iter_word_chunks,
     _open_checked,
 )
-from petiq.listmode.header import _WORD_COUNT_KEY, _rewrite_header_lines, header_path, header_value
+from petiq.listmode.header import (
+    _WORD_COUNT_KEY,
+    _rewrite_header_lines,
+    data_path,
+    header_path,
+    header_value,
+)
 from petiq.listmode.words import DEFAULT_CHUNK_WORDS, _thin_kernel
 
 
@@ -79,7 +85,8 @@ def thin_listmode(
 ) -> ThinSummary:
     """Simulate a lower injected dose: keep each prompt and each delayed of ``src``
     independently with probability ``fraction`` and write them, with every tag unchanged and in
-    place, to ``dst`` (+ ``dst.hdr``), streaming ``chunk_words`` words at a time.
+    place, to ``dst`` (+ ``dst.hdr``), streaming ``chunk_words`` words at a time. ``src`` may be
+    the DICOM form (``.dcm`` + ``.bf``).
 
     One uniform ``u`` is drawn per word (events and tags) from ``np.random.default_rng(seed)``
     in file order, and an event is kept iff ``u < fraction``: the output does not depend on
@@ -98,10 +105,10 @@ def thin_listmode(
     chunk_words = _check_chunk_words(chunk_words)
     lm = _open_checked(src, scanner)
     for a, b in (
-        (dst, src),
-        (header_path(dst), header_path(src)),
-        (dst, header_path(src)),
-        (header_path(dst), src),
+        (data_path(dst), lm.path),
+        (header_path(dst), lm.hdr),
+        (data_path(dst), lm.hdr),
+        (header_path(dst), lm.path),
     ):
         if _same_file(a, b):
             raise PetiqInputError(
@@ -121,12 +128,12 @@ def thin_listmode(
     offset = 0
     pair = _AtomicPair(dst)
     try:
-        for words in _iter_word_chunks(src, chunk_words, sha):
+        for words in _iter_word_chunks(lm.path, chunk_words, sha):
             uu = u[: words.size]
             rng.random(out=uu)
             n, p_in, p_out, d_in, d_out, tags, _, bad = _thin_kernel(words, uu, f, lm.n_bins, out)
             if bad >= 0:
-                raise _bad_bin_error(src, offset + bad, words[bad], lm.n_bins)
+                raise _bad_bin_error(lm.path, offset + bad, words[bad], lm.n_bins)
             offset += words.size
             totals += (p_in, p_out, d_in, d_out, tags)
             pair.write(out[:n])

@@ -1,0 +1,199 @@
+"""The DICOM form of an mMR list-mode export (``.dcm`` with the Interfile header in the Siemens
+private tags + ``.bf`` with the words) gives the same events as the ``.l``/``.l.hdr`` pair.
+
+The ``.dcm`` files here are written by pydicom in the test, laid out as the scanner lays them out
+(NiftyPET ``mmraux.hdr_lm``: the header at (0029,1010) or (0029,1110); NIMPA ``dcminfo``: CSA Data
+Type ``MRPETLM_LARGE``, ImageType ``PET_LISTMODE``), not by petiq's writer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+import pytest
+from helpers import write_sheet
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
+from test_mmr_export import MMR_HEADER, decode
+
+from petiq.cohort import read_patients
+from petiq.errors import PetiqInputError
+from petiq.listmode import (
+    header_path,
+    iter_listmode_chunks,
+    read_listmode,
+    read_listmode_header,
+    thin_listmode,
+)
+from petiq.scanner import Scanner
+
+# Siemens "CSA Non-Image Storage", the private SOP class of the scanner's raw-data objects.
+CSA_NON_IMAGE_STORAGE = "1.3.12.2.1107.5.9.1"
+N_BINS_MMR = 4084 * 252 * 344  # span-1 sinograms x views x radial bins of the mMR
+
+
+def mmr_words(seed=7, n_ms=30):
+    """PETLINK words as the mMR writes them: a time tag per ms from the scanner's clock, singles,
+    gantry, gating and control tags, prompts and delayeds."""
+    rng = np.random.default_rng(seed)
+    t0 = 25934299
+    words = []
+    for ms in range(t0, t0 + n_ms):
+        words.append(0x80000000 | ms)
+        if (ms - t0) % 10 == 0:
+            words += [0xA0000000 | b << 19 | int(rng.integers(1000, 5000)) for b in range(0, 224, 7)]
+        words += [0xC0000000 | 7, 0xE0000000 | 1, 0xF0000000 | 3]
+        for _ in range(int(rng.integers(0, 40))):
+            words.append(int(rng.integers(0, N_BINS_MMR)) | (0x40000000 if rng.random() < 0.7 else 0))
+    return np.asarray(words, dtype=np.uint32)
+
+
+def write_dcm(path, header_text, *, layout="B20P", data_type="MRPETLM_LARGE", with_header=True):
+    """A list-mode ``.dcm`` as the scanner exports it. B20P/E11: (0029,0010) is the CSA NON-IMAGE
+    block, the header at (0029,1010), the CSA series header at (0029,1120); B18P: the creators
+    swapped, the header at (0029,1110)."""
+    ds = Dataset()
+    ds.SOPClassUID = CSA_NON_IMAGE_STORAGE
+    ds.SOPInstanceUID = "1.2.3.4.5.6"
+    ds.Modality = "PT"
+    ds.Manufacturer = "SIEMENS"
+    ds.ManufacturerModelName = "Biograph_mMR"
+    ds.SoftwareVersions = "syngo MR B18P" if layout == "B18P" else "syngo MR B20P"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "PET_LISTMODE"]
+    ds.ImageComments = "Listmode"
+    non_image, csa = (0x10, 0x11) if layout != "B18P" else (0x11, 0x10)
+    ds.add_new((0x0029, non_image), "LO", "SIEMENS CSA NON-IMAGE")
+    ds.add_new((0x0029, csa), "LO", "SIEMENS CSA HEADER")
+    ds.add_new((0x0029, non_image << 8 | 0x08), "CS", data_type)
+    ds.add_new((0x0029, non_image << 8 | 0x09), "LO", "1.0")
+    if with_header:
+        raw = header_text.encode("ascii")
+        ds.add_new((0x0029, non_image << 8 | 0x10), "OB", raw + b"\0" * (len(raw) % 2))
+    ds.add_new((0x0029, csa << 8 | 0x20), "OB", b"SV10\x04\x03\x02\x01" + b"\0" * 8)  # CSA series header
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def both_forms(tmp_path_factory):
+    words = mmr_words()
+    d = tmp_path_factory.mktemp("forms")
+    text = MMR_HEADER.replace("{n_words}", str(words.size))
+    lpath = d / "PET_ACQ_1_00000.l"
+    lpath.write_bytes(words.astype("<u4").tobytes())
+    header_path(lpath).write_text(text)
+    dcm = write_dcm(d / "1.3.12.2.1107.5.2.38.51014.30000017112009310734300000019.dcm", text)
+    dcm.with_suffix(".bf").write_bytes(words.astype("<u4").tobytes())
+    return lpath, dcm, words, text
+
+
+@pytest.mark.parametrize("which", [".dcm", ".bf"])
+def test_dicom_export_gives_the_events_of_the_interfile_pair(both_forms, which):
+    lpath, dcm, words, _ = both_forms
+    events, kinds = decode(words)  # the test's own PETLINK decoder
+    ref = read_listmode(lpath, scanner=Scanner.mmr())
+    got = read_listmode(dcm.with_suffix(which), scanner=Scanner.mmr())
+    assert got.bins.tolist() == [e[0] for e in events] == ref.bins.tolist()
+    assert got.prompt.tolist() == [e[1] for e in events]
+    assert got.time_ms.tolist() == [e[2] for e in events]
+    assert got.duration_ms == kinds["time"][-1] - kinds["time"][0] == ref.duration_ms
+    assert got.header == ref.header and got.header["%time_sync"] == "25934299"
+    assert got.path == dcm.with_suffix(".bf")
+    chunks = list(iter_listmode_chunks(dcm.with_suffix(which), chunk_words=97, scanner=Scanner.mmr()))
+    assert np.concatenate([c.bins for c in chunks]).tolist() == ref.bins.tolist()
+    assert read_listmode_header(dcm.with_suffix(which)) == ref.header
+
+
+def test_b18p_layout_header_at_0029_1110(both_forms, tmp_path):
+    lpath, _, words, text = both_forms
+    dcm = write_dcm(tmp_path / "lm.dcm", text, layout="B18P")
+    assert pydicom.dcmread(dcm)[0x0029, 0x1110].value.startswith(b"!INTERFILE")
+    dcm.with_suffix(".bf").write_bytes(words.astype("<u4").tobytes())
+    assert read_listmode(dcm, scanner=Scanner.mmr()).bins.tolist() == read_listmode(lpath).bins.tolist()
+
+
+def test_thinning_a_dicom_export_equals_thinning_the_pair(both_forms, tmp_path):
+    lpath, dcm, _, _ = both_forms
+    a = thin_listmode(lpath, tmp_path / "a.l", 0.4, seed=11)
+    b = thin_listmode(dcm, tmp_path / "b.l", 0.4, seed=11)
+    assert (tmp_path / "a.l").read_bytes() == (tmp_path / "b.l").read_bytes()
+    assert a.prompts_out == b.prompts_out and a.source_sha256 == b.source_sha256
+    hdr = read_listmode_header(tmp_path / "b.l")
+    assert hdr["%petiq source file"] == dcm.name and hdr["!name of data file"] == "b.l"
+    with pytest.raises(PetiqInputError, match="overwrite the input"):
+        thin_listmode(dcm, dcm.with_suffix(".bf"), 0.4, seed=11)
+
+
+def _copy_pair(src_dcm, dst_dir, name="x"):
+    dcm = dst_dir / f"{name}.dcm"
+    dcm.write_bytes(src_dcm.read_bytes())
+    dcm.with_suffix(".bf").write_bytes(src_dcm.with_suffix(".bf").read_bytes())
+    return dcm
+
+
+def test_not_a_dicom_file(both_forms, tmp_path):
+    lpath, _, _, _ = both_forms
+    bad = tmp_path / "x.dcm"
+    bad.write_bytes(lpath.read_bytes())  # the raw words renamed .dcm
+    bad.with_suffix(".bf").write_bytes(lpath.read_bytes())
+    with pytest.raises(PetiqInputError, match=r"x\.dcm: is not a DICOM file.*Fix: give the \.dcm"):
+        read_listmode(bad)
+
+
+def test_no_listmode_header_in_the_private_tags(tmp_path):
+    dcm = write_dcm(tmp_path / "x.dcm", "", with_header=False)
+    dcm.with_suffix(".bf").write_bytes(b"\0" * 8)
+    with pytest.raises(PetiqInputError, match=r"no list-mode Interfile header.*\(0029,1010\)"):
+        read_listmode(dcm)
+
+
+def test_a_norm_dicom_is_refused_by_name(both_forms, tmp_path):
+    _, _, _, text = both_forms
+    dcm = write_dcm(tmp_path / "x.dcm", text, data_type="MRPETNORM")
+    with pytest.raises(PetiqInputError, match="normalisation"):
+        read_listmode(dcm)
+
+
+def test_missing_bf(both_forms, tmp_path):
+    _, src, _, _ = both_forms
+    dcm = _copy_pair(src, tmp_path)
+    dcm.with_suffix(".bf").unlink()
+    with pytest.raises(PetiqInputError, match=r"x\.bf: the list-mode data file of x\.dcm is missing"):
+        read_listmode(dcm)
+    with pytest.raises(PetiqInputError, match=r"x\.bf: the list-mode data file"):
+        thin_listmode(dcm, tmp_path / "t.l", 0.5, seed=1)
+
+
+def test_missing_dcm_beside_a_bf(both_forms, tmp_path):
+    _, src, _, _ = both_forms
+    dcm = _copy_pair(src, tmp_path)
+    dcm.unlink()
+    with pytest.raises(PetiqInputError, match=r"x\.dcm: the DICOM header of the list-mode export is missing"):
+        read_listmode(dcm.with_suffix(".bf"))
+
+
+def test_bf_size_disagrees_with_the_header(both_forms, tmp_path):
+    _, src, words, _ = both_forms
+    dcm = _copy_pair(src, tmp_path)
+    dcm.with_suffix(".bf").write_bytes(words[:-5].astype("<u4").tobytes())
+    with pytest.raises(PetiqInputError, match=r"x\.bf: holds \d+ words but its header x\.dcm says .*truncated"):
+        read_listmode(dcm)
+
+
+def test_patient_sheet_takes_a_dicom_export(both_forms, tmp_path):
+    _, src, _, _ = both_forms
+    dcm = _copy_pair(src, tmp_path, "lm")
+    (tmp_path / "mu.nii.gz").write_bytes(b"x")
+    (tmp_path / "norm.n").write_bytes(b"x")
+    cols = ["participant_id", "source", "listmode", "mumap", "norm", "weight_kg", "injected_mbq"]
+    row = ["sub-01", "real", "lm.dcm", "mu.nii.gz", "norm.n", "70", "200"]
+    sheet = write_sheet(tmp_path / "patients.tsv", cols, [row])
+    assert read_patients(sheet, root=tmp_path)["listmode"].tolist() == ["lm.dcm"]
+    dcm.with_suffix(".bf").unlink()
+    with pytest.raises(PetiqInputError, match=r"row 2 \(sub-01\): the list-mode data file .*lm\.bf does not exist"):
+        read_patients(sheet, root=tmp_path)
