@@ -19,11 +19,13 @@ from test_mmr_export import MMR_HEADER, decode
 from petiq.cohort import read_patients
 from petiq.errors import PetiqInputError
 from petiq.listmode import (
+    ListmodeWriter,
     header_path,
     iter_listmode_chunks,
     read_listmode,
     read_listmode_header,
     thin_listmode,
+    write_listmode,
 )
 from petiq.scanner import Scanner
 
@@ -197,3 +199,55 @@ def test_patient_sheet_takes_a_dicom_export(both_forms, tmp_path):
     dcm.with_suffix(".bf").unlink()
     with pytest.raises(PetiqInputError, match=r"row 2 \(sub-01\): the list-mode data file .*lm\.bf does not exist"):
         read_patients(sheet, root=tmp_path)
+
+
+# --------------------------------------------------------------------------------------------
+# Writing the DICOM form
+# --------------------------------------------------------------------------------------------
+def tiny_events(seed=3, n=400):
+    rng = np.random.default_rng(seed)
+    n_bins = int(np.prod(Scanner.tiny().sinogram_shape(1)))
+    return rng.integers(0, n_bins, n), rng.random(n) < 0.7, np.sort(rng.integers(0, 2500, n))
+
+
+def test_writer_writes_the_scanner_form(tmp_path):
+    bins, prompt, t = tiny_events()
+    header = {"patient ID": "sub-07", "%study date (yyyy:mm:dd)": "2017:11:20"}
+    write_listmode(tmp_path / "a.l", bins, prompt, t, header, scanner=Scanner.tiny())
+    write_listmode(tmp_path / "b.dcm", bins, prompt, t, header, scanner=Scanner.tiny())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.l", "a.l.hdr", "b.bf", "b.dcm"]  # no temporaries
+    assert (tmp_path / "b.bf").read_bytes() == (tmp_path / "a.l").read_bytes()
+    ds = pydicom.dcmread(tmp_path / "b.dcm")
+    assert ds.SOPClassUID == ds.file_meta.MediaStorageSOPClassUID == CSA_NON_IMAGE_STORAGE
+    assert (ds.Modality, ds.Manufacturer, ds.ManufacturerModelName) == ("PT", "SIEMENS", "Biograph_mMR")
+    assert "PET_LISTMODE" in ds.ImageType and ds.ImageComments == "Listmode"
+    assert ds.PatientID == "sub-07" and ds.StudyDate == "20171120"
+    assert ds[0x0029, 0x0010].value == "SIEMENS CSA NON-IMAGE" and ds[0x0029, 0x1008].value == "MRPETLM_LARGE"
+    text = ds[0x0029, 0x1010].value.rstrip(b"\0").decode("ascii")
+    want = (tmp_path / "a.l.hdr").read_text().replace("!name of data file:=a.l", "!name of data file:=b.bf")
+    assert text == want
+    first = (tmp_path / "b.dcm").read_bytes()
+    write_listmode(tmp_path / "b.dcm", bins, prompt, t, header, scanner=Scanner.tiny())
+    assert (tmp_path / "b.dcm").read_bytes() == first  # UIDs derived from the content: reproducible
+
+
+def test_a_failed_write_leaves_nothing(tmp_path):
+    bins, prompt, t = tiny_events()
+    with pytest.raises(RuntimeError), ListmodeWriter(tmp_path / "x.dcm", scanner=Scanner.tiny()) as w:
+        w.write_events(bins, prompt, t)
+        raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_thinning_dicom_to_dicom_keeps_the_export_attributes(both_forms, tmp_path):
+    lpath, dcm, _, _ = both_forms
+    thin_listmode(lpath, tmp_path / "a.l", 0.3, seed=5)
+    thin_listmode(dcm, tmp_path / "b.dcm", 0.3, seed=5)
+    assert (tmp_path / "b.bf").read_bytes() == (tmp_path / "a.l").read_bytes()
+    src, out = pydicom.dcmread(dcm), pydicom.dcmread(tmp_path / "b.dcm")
+    assert out.SoftwareVersions == src.SoftwareVersions == "syngo MR B20P"
+    assert out[0x0029, 0x1120].value == src[0x0029, 0x1120].value  # other private tags kept
+    assert out.SOPInstanceUID != src.SOPInstanceUID
+    hdr = read_listmode_header(tmp_path / "b.dcm")
+    assert hdr["%petiq thinning fraction"] == "0.3" and hdr["!name of data file"] == "b.bf"
+    assert hdr["%time_sync"] == "25934299"  # every scanner key kept

@@ -280,7 +280,8 @@ def simulate_patient(
     span: int = 11,
     progress: bool = True,
 ) -> dict:
-    """Simulate one patient's 100 % list-mode acquisition to ``out_path`` (+ ``.hdr``); return a summary."""
+    """Simulate one patient's 100 % list-mode acquisition to ``out_path`` (+ ``.hdr``; a ``.dcm``
+    ``out_path`` writes the scanner's DICOM form, ``.dcm`` + ``.bf``); return a summary."""
     import nibabel as nib
 
     from .listmode import ListmodeWriter

@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--span", type=int, default=11, help="axial compression of the simulated expectation")
     simulate.add_argument("--seed", type=int, required=True, help="seed of this acquisition")
     simulate.add_argument("--scanner-seed", type=int, required=True, help="seed of the scanner's normalisation truth")
-    simulate.add_argument("--out", required=True, help="output .l file (its .l.hdr is written beside it), or .npz with --norm")
+    simulate.add_argument("--out", required=True, help="output .l file (its .l.hdr is written beside it); a .dcm writes the scanner's DICOM form (.dcm + .bf); .npz with --norm")
     simulate.add_argument("--norm", action="store_true", help="simulate the normalisation scan of a uniform cylinder instead")
     simulate.add_argument("--truth", help="the patient's true activity (NIfTI, kBq/mL)")
     simulate.add_argument("--mumap", help="the patient's μ-map (NIfTI, cm^-1)")

@@ -12,12 +12,16 @@ The scanner's DICOM export of a list-mode acquisition is two files with one stem
 * ``foo.bf``, the raw PETLINK words, byte for byte what a ``.l`` file holds (NiftyPET
   ``mmraux.get_dicoms`` takes ``dfile[:-4] + '.bf'`` beside the ``.dcm`` as the list-mode data).
 
-:func:`data_path` and :func:`header_path` map a path of either form to its data and header file; :func:`read_interfile_text` takes the header out of a ``.dcm``. The readers of :mod:`petiq.listmode` call
+:func:`data_path` and :func:`header_path` map a path of either form to its data and header file;
+:func:`read_interfile_text` takes the header out of a ``.dcm``; :func:`write_dicom_header` writes a
+``.dcm`` around a header text (a fresh one with Siemens-like public attributes, or a copy of a
+template ``.dcm`` with the header replaced). The readers and writers of :mod:`petiq.listmode` call
 these, so every entry point takes a ``.dcm`` (or its ``.bf``) where it takes a ``.l``.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from petiq.errors import PetiqInputError
@@ -160,3 +164,78 @@ def read_interfile_text(path: str | Path) -> str:
         "give the list-mode .dcm of the scanner's raw-data export (CSA Data Type MRPETLM_LARGE); an image "
         "or a de-identified copy that dropped the private tags cannot be read",
     )
+
+
+def _uid(*parts: str) -> str:
+    """A deterministic DICOM UID from ``parts`` (pydicom's ``generate_uid`` with entropy sources)."""
+    from pydicom.uid import generate_uid
+
+    return generate_uid(entropy_srcs=[hashlib.sha256("\x00".join(parts).encode()).hexdigest()])
+
+
+def _header_field(text: str, key: str) -> str:
+    want = key.lower()
+    for line in text.splitlines():
+        k, sep, v = line.partition(":=")
+        if sep and k.strip().lstrip("!%").strip().lower() == want:
+            return v.strip()
+    return ""
+
+
+def _new_dataset(text: str):
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    for key, value in PUBLIC_ATTRIBUTES.items():
+        setattr(ds, key, value)
+    date = _header_field(text, "study date (yyyy:mm:dd)").replace(":", "")
+    time = _header_field(text, "study time (hh:mm:ss GMT+00:00)").replace(":", "")
+    if date:
+        ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = date
+    if time:
+        ds.StudyTime = ds.SeriesTime = ds.AcquisitionTime = time
+    ds.PatientID = _header_field(text, "patient ID")
+    ds.PatientName = ""
+    ds.StudyInstanceUID = _uid("study", ds.PatientID, date, time)
+    ds.SeriesInstanceUID = _uid("series", ds.PatientID, date, time)
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    block = ds.private_block(0x0029, CSA_NON_IMAGE, create=True)
+    block.add_new(0x08, "CS", LISTMODE_DATA_TYPE)
+    block.add_new(0x09, "LO", "1.0")
+    return ds
+
+
+def write_dicom_header(out: str | Path, header_text: str, *, template: str | Path | None = None) -> None:
+    """Write the ``.dcm`` of the DICOM form to ``out`` (the caller renames it into place): the
+    Interfile ``header_text`` in (0029,xx10) of the ``SIEMENS CSA NON-IMAGE`` block. With
+    ``template`` (the ``.dcm`` the data came from), every attribute of the template is kept and
+    only the header and the SOP Instance UID change; otherwise the public attributes are
+    :data:`PUBLIC_ATTRIBUTES` plus the study date and time of the header. UIDs are derived from
+    the content, so the same input gives the same file."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
+
+    ds = _read_dataset(Path(template)) if template is not None else _new_dataset(header_text)
+    blocks = _creator_blocks(ds, CSA_NON_IMAGE)
+    if not blocks:
+        ds.private_block(0x0029, CSA_NON_IMAGE, create=True).add_new(0x08, "CS", LISTMODE_DATA_TYPE)
+        blocks = _creator_blocks(ds, CSA_NON_IMAGE)
+    tag = (0x0029, (blocks[0] << 8) | 0x10)
+    for old in HEADER_TAGS:  # a template's header under another creator would be read stale
+        if old != tag and old in ds and "!INTERFILE" in _decode(ds[old].value or b""):
+            del ds[old]
+    if (0x7FE1, 0x1010) in ds:  # the IMA form's inline copy of the data: the .bf holds the words
+        del ds[0x7FE1, 0x1010]
+    raw = header_text.encode("latin-1", errors="replace")
+    ds.add_new(tag, "OB", raw + b"\x00" * (len(raw) % 2))  # even length, NUL padded (PS3.5 7.1.1)
+    ds.SOPClassUID = SIEMENS_CSA_NON_IMAGE_STORAGE
+    ds.SOPInstanceUID = _uid("instance", header_text)
+    meta = getattr(ds, "file_meta", None) or FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.file_meta = meta
+    ds.save_as(out, enforce_file_format=True)

@@ -14,7 +14,7 @@ import numpy as np
 
 from petiq.errors import PetiqInputError
 from petiq.fileio import atomic_path
-from petiq.listmode.dicom import is_dicom_form
+from petiq.listmode.dicom import is_dicom_form, write_dicom_header
 from petiq.listmode.header import (
     _DURATION_KEY,
     _WORD_COUNT_KEY,
@@ -262,11 +262,15 @@ def _iter_events(lm: _LmFile, chunk_words: int) -> Iterator[ListmodeChunk]:
 # --------------------------------------------------------------------------------------------
 class _AtomicPair:
     """A data file and its header written atomically: data renamed into place first, header
-    last; on error neither is renamed and both temporaries are removed."""
+    last; on error neither is renamed and both temporaries are removed. A ``.dcm`` (or ``.bf``)
+    ``path`` writes the DICOM form: the words to the ``.bf``, the header into a ``.dcm`` (a copy
+    of ``template``, the source ``.dcm``, when given)."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.hdr = header_path(self.path)
+    def __init__(self, path: str | Path, template: Path | None = None):
+        self.path = data_path(path)
+        self.hdr = header_path(path)
+        self._dicom = is_dicom_form(path)
+        self._template = template
         self._stack = contextlib.ExitStack()
         self._tmp_hdr = self._stack.enter_context(atomic_path(self.hdr, suffix=""))
         self._tmp_data = self._stack.enter_context(atomic_path(self.path, suffix=""))
@@ -283,7 +287,10 @@ class _AtomicPair:
 
     def commit(self, header_text: str) -> None:
         self._fh.flush()
-        self._tmp_hdr.write_text(header_text, encoding="utf-8", newline="")
+        if self._dicom:
+            write_dicom_header(self._tmp_hdr, header_text, template=self._template)
+        else:
+            self._tmp_hdr.write_text(header_text, encoding="utf-8", newline="")
         self._stack.close()
 
     def abort(self, exc_info=(None, None, None)) -> None:
@@ -319,8 +326,8 @@ class ListmodeWriter:
         scanner=None,
         pad_time_tags: bool = True,
     ):
-        self.path = Path(path)
-        self.hdr = header_path(self.path)
+        self.path = data_path(path)
+        self.hdr = header_path(path)
         if header is not None and not isinstance(header, Mapping):
             raise PetiqInputError(
                 self.hdr,
@@ -354,7 +361,7 @@ class ListmodeWriter:
         self.cur_ms = 0
         self.n_prompts = 0
         self.n_delayeds = 0
-        self._pair: _AtomicPair | None = _AtomicPair(self.path)
+        self._pair: _AtomicPair | None = _AtomicPair(path)
 
     # -- context manager
     def __enter__(self) -> "ListmodeWriter":

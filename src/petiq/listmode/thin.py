@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from petiq.errors import PetiqInputError
+from petiq.listmode.dicom import is_dicom_form
 from petiq.listmode.files import (
     _AtomicPair,
     _bad_bin_error,
@@ -85,8 +86,9 @@ def thin_listmode(
 ) -> ThinSummary:
     """Simulate a lower injected dose: keep each prompt and each delayed of ``src``
     independently with probability ``fraction`` and write them, with every tag unchanged and in
-    place, to ``dst`` (+ ``dst.hdr``), streaming ``chunk_words`` words at a time. ``src`` may be
-    the DICOM form (``.dcm`` + ``.bf``).
+    place, to ``dst`` (+ ``dst.hdr``), streaming ``chunk_words`` words at a time. Either may be
+    the DICOM form (``.dcm`` + ``.bf``); a DICOM ``dst`` of a DICOM ``src`` keeps the source's
+    DICOM attributes.
 
     One uniform ``u`` is drawn per word (events and tags) from ``np.random.default_rng(seed)``
     in file order, and an event is kept iff ``u < fraction``: the output does not depend on
@@ -126,7 +128,7 @@ def thin_listmode(
     out = np.empty(chunk_words, dtype=np.uint32)
     totals = np.zeros(5, dtype=np.int64)  # p_in, p_out, d_in, d_out, tags
     offset = 0
-    pair = _AtomicPair(dst)
+    pair = _AtomicPair(dst, template=lm.hdr if is_dicom_form(src) else None)
     try:
         for words in _iter_word_chunks(lm.path, chunk_words, sha):
             uu = u[: words.size]
@@ -145,7 +147,7 @@ def thin_listmode(
         digest = sha.hexdigest()
         updates = {
             _WORD_COUNT_KEY: str(pair.n_words),
-            "!name of data file": dst.name,
+            "!name of data file": pair.path.name,
             "%petiq source file": src.name,
             "%petiq source file sha256": digest,
             "%petiq thinning fraction": repr(f),
