@@ -17,6 +17,7 @@ from petiq.fileio import atomic_path
 from petiq.listmode.dicom import is_dicom_form, write_dicom_header
 from petiq.listmode.header import (
     _DURATION_KEY,
+    _TIME_SYNC_KEY,
     _WORD_COUNT_KEY,
     _check_listmode_header,
     _check_scanner_matches,
@@ -24,6 +25,7 @@ from petiq.listmode.header import (
     _header_bin_count,
     _header_int,
     _merge_header,
+    _norm_key,
     _read_header_text,
     _render_header,
     _scanner_defaults,
@@ -355,6 +357,7 @@ class ListmodeWriter:
                     self.hdr, f"'{_DURATION_KEY}' is {dur!r}", f"give 0 to {MAX_TIME_MS // 1000} s"
                 )
         self._preset_given = bool(str(header_value(header or {}, "preset value") or "").strip())
+        self._sync_given = bool(str(header_value(header or {}, _TIME_SYNC_KEY) or "").strip())
         self._pad = pad_time_tags
         self._opened = False  # the opening time tag (value 0) is written before the first word
         self._first_ms = -1  # first time tag written
@@ -481,12 +484,13 @@ class ListmodeWriter:
         """Add the trailing time tags, write the header, rename both files into place."""
         pair = self._live()
         try:
-            if self._duration_ms is not None:
-                end_ms = self._duration_ms
+            if self._duration_ms is not None:  # counted from the first time tag (the scanner's clock)
+                end_ms = max(self._first_ms, 0) + self._duration_ms
                 if self.cur_ms > end_ms:
                     raise PetiqInputError(
                         self.path,
-                        f"time tags reach {self.cur_ms} ms, beyond the header's {_DURATION_KEY}",
+                        f"time tags reach {self.cur_ms - max(self._first_ms, 0)} ms after the first one, "
+                        f"beyond the header's {_DURATION_KEY}",
                         f"give a longer '{_DURATION_KEY}'",
                     )
             elif self._pad:
@@ -512,6 +516,8 @@ class ListmodeWriter:
                 _set_items(items, _DURATION_KEY, _fmt_seconds(length_ms))
             if not self._preset_given:
                 _set_items(items, "%preset value", _fmt_seconds(length_ms))
+            if not self._sync_given and any(_norm_key(k) == _norm_key(_TIME_SYNC_KEY) for k, _ in items):
+                _set_items(items, _TIME_SYNC_KEY, str(max(self._first_ms, 0)))
             pair.commit(_render_header(items))
         except BaseException as exc:
             pair.abort((type(exc), exc, exc.__traceback__))
