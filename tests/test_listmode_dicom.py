@@ -21,6 +21,7 @@ from petiq.errors import PetiqInputError
 from petiq.listmode import (
     ListmodeWriter,
     header_path,
+    histogram_listmode,
     iter_listmode_chunks,
     read_listmode,
     read_listmode_header,
@@ -251,3 +252,64 @@ def test_thinning_dicom_to_dicom_keeps_the_export_attributes(both_forms, tmp_pat
     hdr = read_listmode_header(tmp_path / "b.dcm")
     assert hdr["%petiq thinning fraction"] == "0.3" and hdr["!name of data file"] == "b.bf"
     assert hdr["%time_sync"] == "25934299"  # every scanner key kept
+
+
+# --------------------------------------------------------------------------------------------
+# End to end: a synthetic patient exported in both forms
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def synthetic_export(tmp_path_factory):
+    """One tiny-scanner patient simulated twice with the same seeds: the Interfile and the DICOM form."""
+    from test_simulate import PARTICIPANT, SCANNER, head
+
+    from petiq.simulate import simulate_patient
+
+    d = tmp_path_factory.mktemp("synthetic")
+    paths, _, _ = head(d)
+    outs = {}
+    for name in ("sub-01_acq-full.l", "sub-01_acq-full.dcm"):
+        simulate_patient(truth_path=paths["truth"], mumap_path=paths["mumap"], participant=PARTICIPANT,
+                         scanner=SCANNER, scanner_seed=5, seed=3, out_path=d / name, duration_s=5.0, progress=False)
+        outs[name.rsplit(".", 1)[1]] = d / name
+    return outs, SCANNER
+
+
+def test_synthetic_export_histograms_identically_in_both_forms(synthetic_export, tmp_path):
+    from petiq.cli import main
+    from petiq.sinograms import read_sinograms
+
+    outs, scanner = synthetic_export
+    bf = outs["dcm"].with_suffix(".bf")
+    assert bf.read_bytes() == outs["l"].read_bytes()
+    events, kinds = decode(np.fromfile(bf, dtype="<u4"))  # the test's own decoder reads the .bf
+    assert len(kinds["time"]) == 5001 and kinds["time"][0] == 0  # a tag per ms, 0 .. 5000
+    offsets = np.array([e[0] for e in events])
+    prompt = np.array([e[1] for e in events])
+    assert prompt.sum() > 10_000 and (~prompt).sum() > 100  # prompts and delayeds (tiny: few randoms)
+    shape1 = tuple(int(v) for v in scanner.sinogram_shape(1))
+    for span in (1, 3):
+        a = histogram_listmode(outs["l"], scanner, span=span)
+        b = histogram_listmode(outs["dcm"], scanner, span=span)
+        assert np.array_equal(a.prompts, b.prompts) and np.array_equal(a.delayeds, b.delayeds)
+        assert np.array_equal(a.delayed_fansums, b.delayed_fansums) and a.duration_s == b.duration_s == 5.0
+    # span 1: a sinogram bin is the PETLINK offset itself
+    h1 = histogram_listmode(bf, scanner, span=1)
+    assert np.array_equal(h1.prompts.reshape(-1), np.bincount(offsets[prompt], minlength=int(np.prod(shape1))))
+    assert np.array_equal(h1.delayeds.reshape(-1), np.bincount(offsets[~prompt], minlength=int(np.prod(shape1))))
+    # the command line takes the .dcm as it takes the .l
+    for form in ("l", "dcm"):
+        assert main(["histogram", str(outs[form]), str(tmp_path / f"{form}.npz"), "--scanner", "tiny", "--span", "3"]) == 0
+    a, b = read_sinograms(tmp_path / "l.npz"), read_sinograms(tmp_path / "dcm.npz")
+    assert np.array_equal(a["prompts"], b["prompts"]) and np.array_equal(a["delayeds"], b["delayeds"])
+
+
+def test_synthetic_dicom_export_reads_as_a_scanner_export(synthetic_export):
+    outs, _ = synthetic_export
+    ds = pydicom.dcmread(outs["dcm"])
+    assert ds.SOPClassUID == CSA_NON_IMAGE_STORAGE and ds.PatientID == "sub-01"
+    text = ds[0x0029, 0x1010].value.rstrip(b"\0").decode("ascii")
+    interfile = header_path(outs["l"]).read_text()
+    assert text == interfile.replace("sub-01_acq-full.l\n", "sub-01_acq-full.bf\n")
+    hdr = read_listmode_header(outs["dcm"])
+    assert hdr["tracer activity at time of injection (Bq)"] == "2e+08"  # 200 MBq
+    assert hdr["relative time of tracer injection (sec)"] == "-2400"  # 40 min before the scan
