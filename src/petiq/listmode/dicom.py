@@ -12,8 +12,8 @@ The scanner's DICOM export of a list-mode acquisition is two files with one stem
 * ``foo.bf``, the raw PETLINK words, byte for byte what a ``.l`` file holds (NiftyPET
   ``mmraux.get_dicoms`` takes ``dfile[:-4] + '.bf'`` beside the ``.dcm`` as the list-mode data).
 
-:func:`data_path` and :func:`header_path` map a path of either form to its data and header file;
-:func:`read_interfile_text` takes the header out of a ``.dcm``; :func:`write_dicom_header` writes a
+:func:`dicom_path` and :func:`bf_path` map a path of either file to the other (``data_path`` and
+``header_path`` of :mod:`petiq.listmode.header` use them); :func:`read_interfile_text` takes the header out of a ``.dcm``; :func:`write_dicom_header` writes a
 ``.dcm`` around a header text (a fresh one with Siemens-like public attributes, or a copy of a
 template ``.dcm`` with the header replaced). The readers and writers of :mod:`petiq.listmode` call
 these, so every entry point takes a ``.dcm`` (or its ``.bf``) where it takes a ``.l``.
@@ -26,10 +26,12 @@ from pathlib import Path
 
 from petiq.errors import PetiqInputError
 
-#: Siemens' private SOP class "CSA Non-Image Storage" (not a DICOM standard class): the SOP Class
-#: UID of Siemens raw-data objects (list-mode, norm, sinograms, calibration), e.g. the PET_LISTMODE
-#: and PET_CALIBRATION DICOM headers kept as test data in Australian-Imaging-Service/medimages4tests;
-#: GDCM lists it as "exCSA_Non-Image_Storage", pynetdicom users add it as a private context.
+#: Siemens' private SOP class "CSA Non-Image Storage" (not a DICOM standard class, so not in
+#: pydicom's UID dictionary): the SOP Class UID of Siemens raw-data objects (list-mode, norm,
+#: sinograms, calibration) with the CSA NON-IMAGE block, e.g. the PET_LISTMODE and PET_CALIBRATION
+#: headers of a Biograph Vision Quadra kept as test data in Australian-Imaging-Service/medimages4tests
+#: (same (0029,0010) "SIEMENS CSA NON-IMAGE" layout as the mMR's); GDCM's MediaStorage lists it as
+#: "exCSA_Non-Image_Storage". No genuine mMR .dcm was at hand to confirm it for the mMR itself.
 SIEMENS_CSA_NON_IMAGE_STORAGE = "1.3.12.2.1107.5.9.1"
 #: Private creator of the raw-data block in group 0029 (pydicom private dictionary: xx08 CSA Data
 #: Type, xx09 CSA Data Version, xx10 CSA Data Info).
@@ -37,8 +39,9 @@ CSA_NON_IMAGE = "SIEMENS CSA NON-IMAGE"
 #: The tags where NiftyPET ``mmraux.hdr_lm`` finds the list-mode Interfile header (software B20P/E11
 #: at (0029,1010), B18P at either).
 HEADER_TAGS = ((0x0029, 0x1010), (0x0029, 0x1110))
-#: CSA Data Type of a list-mode export with a ``.bf`` beside it (NiftyPET NIMPA ``dcminfo``;
-#: the mMR MATLAB toolbox's ``ParseDicomDataFile`` requires the ``.bf`` for exactly this type).
+#: CSA Data Type of a list-mode export with a ``.bf`` beside it (NiftyPET NIMPA ``dcminfo``; a
+#: public MATLAB mMR reader, ``ParseDicomDataFile.m``, reads it from (0029,1008) or (0029,1108) and
+#: requires the ``.bf`` for exactly this type).
 LISTMODE_DATA_TYPE = "MRPETLM_LARGE"
 #: Other CSA Data Types an mMR export folder holds (NIMPA ``dcminfo``), refused with their name.
 OTHER_DATA_TYPES = {"MRPETNORM": "a normalisation (.n) export", "MRPETSINO": "a sinogram export"}
@@ -53,7 +56,7 @@ PUBLIC_ATTRIBUTES = {
     "SoftwareVersions": "syngo MR E11",
     "ImageType": ["ORIGINAL", "PRIMARY", "PET_LISTMODE"],
     "ImageComments": "Listmode",
-    "SeriesDescription": "PET Raw Data",
+    "SeriesDescription": "PET Raw Data",  # as in the Siemens raw-data headers of medimages4tests
 }
 
 _DICOM_SUFFIX = ".dcm"
