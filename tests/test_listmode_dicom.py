@@ -214,8 +214,8 @@ def tiny_events(seed=3, n=400):
 def test_writer_writes_the_scanner_form(tmp_path):
     bins, prompt, t = tiny_events()
     header = {"patient ID": "sub-07", "%study date (yyyy:mm:dd)": "2017:11:20"}
-    write_listmode(tmp_path / "a.l", bins, prompt, t, header, scanner=Scanner.tiny())
-    write_listmode(tmp_path / "b.dcm", bins, prompt, t, header, scanner=Scanner.tiny())
+    write_listmode(tmp_path / "a.l", bins, prompt, t, header)  # mMR defaults
+    write_listmode(tmp_path / "b.dcm", bins, prompt, t, header)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.l", "a.l.hdr", "b.bf", "b.dcm"]  # no temporaries
     assert (tmp_path / "b.bf").read_bytes() == (tmp_path / "a.l").read_bytes()
     ds = pydicom.dcmread(tmp_path / "b.dcm")
@@ -228,7 +228,7 @@ def test_writer_writes_the_scanner_form(tmp_path):
     want = (tmp_path / "a.l.hdr").read_text().replace("!name of data file:=a.l", "!name of data file:=b.bf")
     assert text == want
     first = (tmp_path / "b.dcm").read_bytes()
-    write_listmode(tmp_path / "b.dcm", bins, prompt, t, header, scanner=Scanner.tiny())
+    write_listmode(tmp_path / "b.dcm", bins, prompt, t, header)
     assert (tmp_path / "b.dcm").read_bytes() == first  # UIDs derived from the content: reproducible
 
 
@@ -307,6 +307,7 @@ def test_synthetic_dicom_export_reads_as_a_scanner_export(synthetic_export):
     outs, _ = synthetic_export
     ds = pydicom.dcmread(outs["dcm"])
     assert ds.SOPClassUID == CSA_NON_IMAGE_STORAGE and ds.PatientID == "sub-01"
+    assert (ds.Manufacturer, ds.ManufacturerModelName) == ("petiq", "simulated tiny")  # not an mMR
     text = ds[0x0029, 0x1010].value.rstrip(b"\0").decode("ascii")
     interfile = header_path(outs["l"]).read_text()
     assert text == interfile.replace("sub-01_acq-full.l\n", "sub-01_acq-full.bf\n")

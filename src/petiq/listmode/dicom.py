@@ -59,6 +59,9 @@ PUBLIC_ATTRIBUTES = {
     "SeriesDescription": "PET Raw Data",  # as in the Siemens raw-data headers of medimages4tests
 }
 
+#: ``!originating system`` of an mMR header (STIR ``InterfileHeaderSiemens``; header.MMR_ORIGINATING_SYSTEM).
+MMR_SYSTEM = "2008"
+
 _DICOM_SUFFIX = ".dcm"
 _DATA_SUFFIX = ".bf"
 
@@ -192,6 +195,9 @@ def _new_dataset(text: str):
     ds.SpecificCharacterSet = "ISO_IR 100"
     for key, value in PUBLIC_ATTRIBUTES.items():
         setattr(ds, key, value)
+    origin = _header_field(text, "originating system")
+    if origin and origin != MMR_SYSTEM:  # a reduced simulated scanner is not an mMR
+        ds.Manufacturer, ds.ManufacturerModelName = "petiq", f"simulated {origin}"
     date = _header_field(text, "study date (yyyy:mm:dd)").replace(":", "")
     time = _header_field(text, "study time (hh:mm:ss GMT+00:00)").replace(":", "")
     if date:
@@ -215,7 +221,8 @@ def write_dicom_header(out: str | Path, header_text: str, *, template: str | Pat
     Interfile ``header_text`` in (0029,xx10) of the ``SIEMENS CSA NON-IMAGE`` block. With
     ``template`` (the ``.dcm`` the data came from), every attribute of the template is kept and
     only the header and the SOP Instance UID change; otherwise the public attributes are
-    :data:`PUBLIC_ATTRIBUTES` plus the study date and time of the header. UIDs are derived from
+    :data:`PUBLIC_ATTRIBUTES` (Manufacturer "petiq" and model "simulated <name>" when the header's
+    originating system is not the mMR's) plus the study date and time of the header. UIDs are derived from
     the content, so the same input gives the same file."""
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
