@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 
 from petiq.errors import PetiqInputError
-from petiq.listmode import header_path, histogram_listmode, read_listmode
+from petiq.listmode import (
+    header_path,
+    histogram_listmode,
+    read_listmode,
+    write_listmode,
+    write_listmode_words,
+)
 from petiq.scanner import Scanner
 
 MMR_HEADER = """!INTERFILE:=
@@ -191,3 +197,24 @@ def test_other_scanners_and_inconsistent_headers_are_refused(export, tmp_path, l
     header_path(other).write_text(text.replace(line, new))
     with pytest.raises(PetiqInputError, match=message):
         read_listmode(other, scanner=Scanner.mmr())
+
+
+def _keys(text):
+    return [line.split(":=", 1)[0] for line in text.splitlines() if ":=" in line]
+
+
+def test_petiq_writes_the_keys_of_a_real_export_in_its_order(tmp_path):
+    """The defaults (no header given) have exactly the keys of the scanner's header, spelled and
+    ordered as it writes them; a real header given to the writer comes out as it went in."""
+    path = write_listmode(tmp_path / "x.l", [1], [True], [0], scanner=Scanner.mmr())
+    text = header_path(path).read_text()
+    assert _keys(text) == _keys(MMR_HEADER)
+    assert "%time_sync:=0\n" in text  # the first time tag the writer wrote
+    given = dict(line.split(":=", 1) for line in MMR_HEADER.splitlines() if ":=" in line)
+    given["%patient lab note"] = "kept"  # a key no default has, after the last one: it goes last
+    words = np.array([0x80000000 | 25934299, 5, 0x80000000 | 25934300, 0x40000000 | 6], dtype=np.uint32)
+    out = write_listmode_words(tmp_path / "PET_ACQ_1_00000.l", words, given, scanner=Scanner.mmr())
+    lines = [ln for ln in header_path(out).read_text().splitlines() if ln.strip()]
+    want = [ln for ln in MMR_HEADER.replace("{n_words}", "4").splitlines() if ln.strip()]
+    assert lines == want[:-1] + ["%patient lab note:=kept"] + want[-1:]
+    assert read_listmode(out, scanner=Scanner.mmr()).duration_ms == 1

@@ -245,3 +245,20 @@ def _check_scores_training_and_figures(tmp_path, participants, splits):
     assert done.returncode == 0, done.stderr
     scored = pd.read_csv(tmp_path / "scored.tsv", sep="\t")
     assert len(scored) == 1 and all(np.isfinite(scored[m]).all() for m in ("GQR", "PR", "DC", "sd_GQR"))
+
+
+def test_dicom_form_config_writes_and_reads_the_dicom_export(tmp_path):
+    config = yaml.safe_load((ROOT / PRESETS["test"]).read_text())
+    config.setdefault("listmode", {})["form"] = "dicom"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    done = snakemake("-n", "--cores", "2", "--configfile", str(tmp_path / "config.yaml"), "--forceall", "--printshellcmds",
+                     "results/sinograms/sub-01/sub-01_dose-100.0_sinograms.npz",
+                     "results/sinograms/sub-01/sub-01_dose-010.0_sinograms.npz")
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout + done.stderr
+    assert "--out results/listmode/sub-01/sub-01_acq-full.dcm" in out
+    assert "results/listmode/sub-01/sub-01_acq-full.bf" in out  # the pair is an output and an input
+    assert "petiq thin results/listmode/sub-01/sub-01_acq-full.dcm results/listmode/sub-01/sub-01_dose-010.0.dcm" in out
+    assert "petiq histogram results/listmode/sub-01/sub-01_dose-010.0.dcm" in out
+    assert "petiq histogram results/listmode/sub-01/sub-01_acq-full.dcm" in out
+    assert ".l.hdr" not in out

@@ -280,7 +280,8 @@ def simulate_patient(
     span: int = 11,
     progress: bool = True,
 ) -> dict:
-    """Simulate one patient's 100 % list-mode acquisition to ``out_path`` (+ ``.hdr``); return a summary."""
+    """Simulate one patient's 100 % list-mode acquisition to ``out_path`` (+ ``.hdr``; a ``.dcm``
+    ``out_path`` writes the scanner's DICOM form, ``.dcm`` + ``.bf``); return a summary."""
     import nibabel as nib
 
     from .listmode import ListmodeWriter
@@ -300,9 +301,15 @@ def simulate_patient(
     expected = expected_data(activity, mu, voxel, scanner, truth, settings)
     words, counts = draw_events(expected, scanner, truth, settings, rng, progress)
     per_ms = event_times_ms(words.size, duration_s, float(participant["uptake_min"]), rng)
-    header = {
-        "image duration (sec)": f"{duration_s:g}",
+    uptake_s = 60.0 * float(participant["uptake_min"])
+    header = {  # the keys the scanner writes where the simulation knows the value, then petiq's own
         "isotope name": "F-18",
+        "radiopharmaceutical": "Fluorodeoxyglucose",
+        # seconds from the scan start, negative before it (a real export: -2405 for an injection
+        # 40 min before the scan, with the injection and study times it gives)
+        "relative time of tracer injection (sec)": f"{-uptake_s:g}",
+        "tracer activity at time of injection (Bq)": f"{1e6 * float(participant['injected_mbq']):g}",
+        "image duration (sec)": f"{duration_s:g}",
         "patient ID": participant["participant_id"],
         "petiq injected activity (MBq)": participant["injected_mbq"],
         "petiq body weight (kg)": participant["weight_kg"],

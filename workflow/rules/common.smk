@@ -6,6 +6,7 @@ from petiq.cohort import read_patients
 from petiq.doses import dose_label
 from petiq.seeding import derive_seed
 from petiq.errors import PetiqInputError
+from petiq.listmode import data_path, header_path
 
 
 def stop(problems):
@@ -43,6 +44,9 @@ ANATOMY_FILES = [
 DOSES = [dose_label(d) for d in config["doses"]]
 FULL_DOSE = dose_label(100)
 LISTMODE = "results/listmode"
+# The form list-mode is written in (config listmode.form): the file the tools are given, and the
+# other file of the pair (Interfile: .l + .l.hdr; DICOM export: .dcm + .bf).
+LM_EXT, LM_PAIR = {"interfile": (".l", ".l.hdr"), "dicom": (".dcm", ".bf")}[config["listmode"]["form"]]
 SINOGRAMS = "results/sinograms"
 SCANNER_SEED = derive_seed(config["seed"], "scanner", config["scanner"])
 
@@ -52,13 +56,24 @@ def source_listmode(wildcards):
     row = PATIENTS.set_index("participant_id").loc[wildcards.subject]
     if row["source"] == "real":
         return row["listmode"]
-    return f"{LISTMODE}/{wildcards.subject}/{wildcards.subject}_acq-full.l"
+    return f"{LISTMODE}/{wildcards.subject}/{wildcards.subject}_acq-full{LM_EXT}"
+
+
+def listmode_pair(listmode):
+    """An input function: the other file of the list-mode pair of ``listmode(wildcards)`` (the
+    .l.hdr of a .l, the .bf of a .dcm), so that a changed header or data file reruns the job."""
+
+    def pair(wildcards):
+        path = listmode(wildcards)
+        return str(header_path(path) if data_path(path) == Path(path) else data_path(path))
+
+    return pair
 
 
 def dose_listmode(wildcards):
     if wildcards.dose == FULL_DOSE:
         return source_listmode(wildcards)
-    return f"{LISTMODE}/{wildcards.subject}/{wildcards.subject}_dose-{wildcards.dose}.l"
+    return f"{LISTMODE}/{wildcards.subject}/{wildcards.subject}_dose-{wildcards.dose}{LM_EXT}"
 
 
 def patient_mumap(wildcards):

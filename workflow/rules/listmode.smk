@@ -25,14 +25,15 @@ rule norm_scan:
 
 
 rule simulate:
-    """A synthetic patient's 100 % acquisition: trues, scatter and randoms as PETLINK list-mode."""
+    """A synthetic patient's 100 % acquisition: trues, scatter and randoms as PETLINK list-mode
+    (an Interfile or a DICOM export, config listmode.form)."""
     input:
         truth=rules.phantom.output.truth,
         mumap=rules.phantom.output.mumap,
         participants=rules.participants.output.tsv,
     output:
-        listmode=f"{LISTMODE}/{{subject}}/{{subject}}_acq-full.l",
-        header=f"{LISTMODE}/{{subject}}/{{subject}}_acq-full.l.hdr",
+        listmode=f"{LISTMODE}/{{subject}}/{{subject}}_acq-full{LM_EXT}",
+        pair=f"{LISTMODE}/{{subject}}/{{subject}}_acq-full{LM_PAIR}",
         summary=f"{LISTMODE}/{{subject}}/{{subject}}_acq-full_simulation.json",
     log:
         log_path("listmode", "simulate_{subject}"),
@@ -61,9 +62,10 @@ rule thin:
     """A lower dose: each prompt and delayed kept with probability dose/100 (seeded per patient and dose)."""
     input:
         listmode=source_listmode,
+        pair=listmode_pair(source_listmode),
     output:
-        listmode=f"{LISTMODE}/{{subject}}/{{subject}}_dose-{{dose}}.l",
-        header=f"{LISTMODE}/{{subject}}/{{subject}}_dose-{{dose}}.l.hdr",
+        listmode=f"{LISTMODE}/{{subject}}/{{subject}}_dose-{{dose}}{LM_EXT}",
+        pair=f"{LISTMODE}/{{subject}}/{{subject}}_dose-{{dose}}{LM_PAIR}",
     wildcard_constraints:
         dose=r"(?!100\.0)\d{3}\.\d",
     log:
@@ -87,6 +89,7 @@ rule histogram:
     """Prompts and delayeds sinograms (span from the config) and delayed fan sums of one dose."""
     input:
         listmode=dose_listmode,
+        pair=listmode_pair(dose_listmode),
     output:
         npz=f"{SINOGRAMS}/{{subject}}/{{subject}}_dose-{{dose}}_sinograms.npz",
     log:

@@ -4,6 +4,12 @@ A list-mode acquisition is two files: ``foo.l`` (the data, a stream of 32-bit li
 words) and ``foo.l.hdr`` (an Interfile text header, ``key:=value`` lines). The header path is
 always the data path plus ``.hdr``.
 
+The scanner's DICOM export holds the same two things as ``foo.dcm`` (the Interfile header in the
+Siemens private tag (0029,1010) or (0029,1110)) and ``foo.bf`` (the words, byte for byte a ``.l``);
+every reader, the thinner and the patient sheet take the ``.dcm`` (or the ``.bf``) where they take
+a ``.l``, and a writer given a ``.dcm`` path writes that form (:mod:`~petiq.listmode.dicom`,
+:func:`data_path`, :func:`header_path`).
+
 PETLINK 32-bit words
 --------------------
 Every word is one of::
@@ -62,7 +68,8 @@ whatever the file size; see ``benchmarks/bench_listmode.py`` for throughput.
 
 Modules: :mod:`~petiq.listmode.words` (word layout, numba kernels), :mod:`~petiq.listmode.header`
 (Interfile), :mod:`~petiq.listmode.files` (check, read, write), :mod:`~petiq.listmode.thin`,
-:mod:`~petiq.listmode.histogram`. Everything public is importable from ``petiq.listmode``.
+:mod:`~petiq.listmode.histogram`, :mod:`~petiq.listmode.dicom` (the DICOM form). Everything
+public is importable from ``petiq.listmode``.
 """
 
 from petiq.listmode.files import (
@@ -74,7 +81,7 @@ from petiq.listmode.files import (
     write_listmode,
     write_listmode_words,
 )
-from petiq.listmode.header import MMR_HEADER_DEFAULTS, header_path, header_value, read_listmode_header
+from petiq.listmode.header import MMR_HEADER_DEFAULTS, data_path, header_path, header_value, read_listmode_header
 from petiq.listmode.histogram import ListmodeHistogram, histogram_listmode
 from petiq.listmode.thin import ThinSummary, thin_listmode
 from petiq.listmode.words import (
@@ -108,6 +115,7 @@ __all__ = [
     "ListmodeHistogram",
     "ListmodeWriter",
     "ThinSummary",
+    "data_path",
     "encode_events",
     "header_path",
     "header_value",

@@ -14,8 +14,10 @@ import numpy as np
 
 from petiq.errors import PetiqInputError
 from petiq.fileio import atomic_path
+from petiq.listmode.dicom import is_dicom_form, write_dicom_header
 from petiq.listmode.header import (
     _DURATION_KEY,
+    _TIME_SYNC_KEY,
     _WORD_COUNT_KEY,
     _check_listmode_header,
     _check_scanner_matches,
@@ -23,10 +25,12 @@ from petiq.listmode.header import (
     _header_bin_count,
     _header_int,
     _merge_header,
+    _norm_key,
     _read_header_text,
     _render_header,
     _scanner_defaults,
     _set_items,
+    data_path,
     header_path,
     header_value,
 )
@@ -58,11 +62,21 @@ class _LmFile:
 
 def _open_checked(path: str | Path, scanner=None) -> _LmFile:
     path = Path(path)
-    if not path.is_file():
+    if is_dicom_form(path):  # foo.dcm (header in its private tags) + foo.bf (the words)
+        hdr, lines, header = _read_header_text(path)
+        path = data_path(path)
+        if not path.is_file():
+            raise PetiqInputError(
+                path,
+                f"the list-mode data file of {hdr.name} is missing (the .dcm holds only the header)",
+                f"copy {path.name} from the same export beside {hdr.name}",
+            )
+    elif not path.is_file():
         raise PetiqInputError(
             path, "list-mode data file not found", "check the path (the header is <data>.hdr)"
         )
-    hdr, lines, header = _read_header_text(path)
+    else:
+        hdr, lines, header = _read_header_text(path)
     _check_listmode_header(header, hdr)
     size = path.stat().st_size
     if size % 4:
@@ -250,11 +264,15 @@ def _iter_events(lm: _LmFile, chunk_words: int) -> Iterator[ListmodeChunk]:
 # --------------------------------------------------------------------------------------------
 class _AtomicPair:
     """A data file and its header written atomically: data renamed into place first, header
-    last; on error neither is renamed and both temporaries are removed."""
+    last; on error neither is renamed and both temporaries are removed. A ``.dcm`` (or ``.bf``)
+    ``path`` writes the DICOM form: the words to the ``.bf``, the header into a ``.dcm`` (a copy
+    of ``template``, the source ``.dcm``, when given)."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.hdr = header_path(self.path)
+    def __init__(self, path: str | Path, template: Path | None = None):
+        self.path = data_path(path)
+        self.hdr = header_path(path)
+        self._dicom = is_dicom_form(path)
+        self._template = template
         self._stack = contextlib.ExitStack()
         self._tmp_hdr = self._stack.enter_context(atomic_path(self.hdr, suffix=""))
         self._tmp_data = self._stack.enter_context(atomic_path(self.path, suffix=""))
@@ -271,7 +289,10 @@ class _AtomicPair:
 
     def commit(self, header_text: str) -> None:
         self._fh.flush()
-        self._tmp_hdr.write_text(header_text, encoding="utf-8", newline="")
+        if self._dicom:
+            write_dicom_header(self._tmp_hdr, header_text, template=self._template)
+        else:
+            self._tmp_hdr.write_text(header_text, encoding="utf-8", newline="")
         self._stack.close()
 
     def abort(self, exc_info=(None, None, None)) -> None:
@@ -307,8 +328,8 @@ class ListmodeWriter:
         scanner=None,
         pad_time_tags: bool = True,
     ):
-        self.path = Path(path)
-        self.hdr = header_path(self.path)
+        self.path = data_path(path)
+        self.hdr = header_path(path)
         if header is not None and not isinstance(header, Mapping):
             raise PetiqInputError(
                 self.hdr,
@@ -336,13 +357,14 @@ class ListmodeWriter:
                     self.hdr, f"'{_DURATION_KEY}' is {dur!r}", f"give 0 to {MAX_TIME_MS // 1000} s"
                 )
         self._preset_given = bool(str(header_value(header or {}, "preset value") or "").strip())
+        self._sync_given = bool(str(header_value(header or {}, _TIME_SYNC_KEY) or "").strip())
         self._pad = pad_time_tags
         self._opened = False  # the opening time tag (value 0) is written before the first word
         self._first_ms = -1  # first time tag written
         self.cur_ms = 0
         self.n_prompts = 0
         self.n_delayeds = 0
-        self._pair: _AtomicPair | None = _AtomicPair(self.path)
+        self._pair: _AtomicPair | None = _AtomicPair(path)
 
     # -- context manager
     def __enter__(self) -> "ListmodeWriter":
@@ -462,12 +484,13 @@ class ListmodeWriter:
         """Add the trailing time tags, write the header, rename both files into place."""
         pair = self._live()
         try:
-            if self._duration_ms is not None:
-                end_ms = self._duration_ms
+            if self._duration_ms is not None:  # counted from the first time tag (the scanner's clock)
+                end_ms = max(self._first_ms, 0) + self._duration_ms
                 if self.cur_ms > end_ms:
                     raise PetiqInputError(
                         self.path,
-                        f"time tags reach {self.cur_ms} ms, beyond the header's {_DURATION_KEY}",
+                        f"time tags reach {self.cur_ms - max(self._first_ms, 0)} ms after the first one, "
+                        f"beyond the header's {_DURATION_KEY}",
                         f"give a longer '{_DURATION_KEY}'",
                     )
             elif self._pad:
@@ -493,6 +516,8 @@ class ListmodeWriter:
                 _set_items(items, _DURATION_KEY, _fmt_seconds(length_ms))
             if not self._preset_given:
                 _set_items(items, "%preset value", _fmt_seconds(length_ms))
+            if not self._sync_given and any(_norm_key(k) == _norm_key(_TIME_SYNC_KEY) for k, _ in items):
+                _set_items(items, _TIME_SYNC_KEY, str(max(self._first_ms, 0)))
             pair.commit(_render_header(items))
         except BaseException as exc:
             pair.abort((type(exc), exc, exc.__traceback__))

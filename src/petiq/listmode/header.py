@@ -16,6 +16,7 @@ from typing import Mapping
 import numpy as np
 
 from petiq.errors import PetiqInputError
+from petiq.listmode.dicom import bf_path, dicom_path, is_dicom_form, read_interfile_text
 
 # mMR geometry used when no scanner is given.
 _MMR_RINGS = 64
@@ -36,16 +37,21 @@ def _segment_table_text(table: list[int]) -> str:
     return "{" + ",".join(str(int(v)) for v in table) + "}"
 
 
-#: Interfile keys a writer fills in when the given header lacks them (mMR PETLINK list-mode,
-#: after the Siemens ``.l.hdr`` layout; patient and study specific values are left empty so that
-#: writing stays deterministic). ``%total listmode word counts``, ``image duration (sec)``,
-#: ``%preset value`` and ``!name of data file`` are computed when the file is written.
+#: Interfile keys a writer fills in when the given header lacks them, spelled and ordered as a
+#: Biograph mMR writes its list-mode header (the keys STIR's ``InterfileListmodeHeaderSiemens``
+#: lists; ``tests/test_mmr_export.py`` holds such a header and checks the order). Patient and study
+#: specific values are left empty so that writing stays deterministic. ``%total listmode word
+#: counts``, ``image duration (sec)``, ``%preset value``, ``!name of data file`` and ``%time_sync``
+#: are computed when the file is written.
 MMR_HEADER_DEFAULTS: dict[str, str] = {
     "!INTERFILE": "",
     "%comment": "SMS-MI listmode (PETLINK 32-bit), written by petiq",
     "!originating system": "2008",
     "%SMS-MI header name space": "PETLINK bin address",
+    # e7 tools write 3.4 in the mMR's Interfile headers (mlsiemens' e7 header writers and tests)
+    "%SMS-MI version number": "3.4",
     "!GENERAL DATA": "",
+    "%listmode header file": "",
     "!name of data file": "",
     "!GENERAL IMAGE DATA": "",
     "%study date (yyyy:mm:dd)": "",
@@ -84,6 +90,7 @@ MMR_HEADER_DEFAULTS: dict[str, str] = {
     "%maximum ring difference": str(_MMR_MRD),
     "%number of segments": str(len(_MMR_SEGMENT_TABLE)),
     "%segment table": _segment_table_text(_MMR_SEGMENT_TABLE),
+    "%tof mashing factor": "1",  # the mMR has no time of flight (STIR ignores the key)
     "start horizontal bed position (mm)": "0",
     "end horizontal bed position (mm)": "0",
     "start vertical bed position (mm)": "0",
@@ -98,6 +105,9 @@ MMR_HEADER_DEFAULTS: dict[str, str] = {
     "%singles polling interval (sec)": "2",
     "%singles scale factor": "8",
     "%total number of singles blocks": "224",
+    # the scanner's clock (ms) at the start: the value of the first time tag (in a real export the
+    # tags run on from it, so time_sync = first tag); the writer sets it from the tags it wrote
+    "%time_sync": "",
     "!END OF INTERFILE": "",
 }
 
@@ -113,6 +123,7 @@ _SECTION_KEYS = {"general data", "general image data", "image data description",
 
 _WORD_COUNT_KEY = "%total listmode word counts"
 _DURATION_KEY = "image duration (sec)"
+_TIME_SYNC_KEY = "%time_sync"
 
 
 # --------------------------------------------------------------------------------------------
@@ -126,13 +137,27 @@ def _norm_key(key: str) -> str:
 
 
 def header_path(path: str | Path) -> Path:
-    """The Interfile header of a list-mode file: ``foo.l`` -> ``foo.l.hdr``.
+    """The Interfile header of a list-mode file: ``foo.l`` -> ``foo.l.hdr``; in the DICOM form
+    (``foo.dcm`` + ``foo.bf``, :mod:`petiq.listmode.dicom`) the ``.dcm`` that holds it.
 
-    >>> header_path("sub-01/PETLM.l").as_posix()
-    'sub-01/PETLM.l.hdr'
+    >>> header_path("sub-01/PETLM.l").as_posix(), header_path("sub-01/PETLM.bf").as_posix()
+    ('sub-01/PETLM.l.hdr', 'sub-01/PETLM.dcm')
     """
     p = Path(path)
+    if is_dicom_form(p):
+        return dicom_path(p)
     return p.with_name(p.name + ".hdr")
+
+
+def data_path(path: str | Path) -> Path:
+    """The file of PETLINK words of a list-mode path: ``foo.l`` itself, or the ``.bf`` of a
+    ``foo.dcm`` (DICOM form).
+
+    >>> data_path("sub-01/PETLM.l").as_posix(), data_path("sub-01/PETLM.dcm").as_posix()
+    ('sub-01/PETLM.l', 'sub-01/PETLM.bf')
+    """
+    p = Path(path)
+    return bf_path(p) if is_dicom_form(p) else p
 
 
 def header_value(header: Mapping[str, str], key: str, default: str | None = None) -> str | None:
@@ -164,19 +189,23 @@ def _parse_header_lines(lines: list[str]) -> dict[str, str]:
 
 
 def _read_header_text(path: Path) -> tuple[Path, list[str], dict[str, str]]:
-    """Read and minimally check ``path.hdr``; return (header path, raw lines, dict)."""
+    """Read and minimally check ``path.hdr`` (or the header inside the ``.dcm`` of the DICOM
+    form); return (header path, raw lines, dict)."""
     hdr = header_path(path)
-    if not hdr.is_file():
-        raise PetiqInputError(
-            hdr,
-            f"the Interfile header of list-mode file {Path(path).name} is missing",
-            f"put the header next to the data as {hdr.name} (the data file name plus '.hdr')",
-        )
-    raw = hdr.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")
+    if is_dicom_form(path):
+        text = read_interfile_text(hdr)
+    else:
+        if not hdr.is_file():
+            raise PetiqInputError(
+                hdr,
+                f"the Interfile header of list-mode file {Path(path).name} is missing",
+                f"put the header next to the data as {hdr.name} (the data file name plus '.hdr')",
+            )
+        raw = hdr.read_bytes()
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            text = raw.decode("latin-1")
     lines = text.splitlines(keepends=True)
     first = next((ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith(";")), "")
     if _norm_key(first.split(":=", 1)[0]) != "interfile":
@@ -189,8 +218,9 @@ def _read_header_text(path: Path) -> tuple[Path, list[str], dict[str, str]]:
 
 
 def read_listmode_header(path: str | Path) -> dict[str, str]:
-    """The Interfile header of list-mode file ``path`` (reads ``path + '.hdr'``), checked to
-    describe PETLINK list-mode data. Values are the strings in the file."""
+    """The Interfile header of list-mode file ``path`` (reads ``path + '.hdr'``, or the header
+    in the private tags of a ``.dcm``), checked to describe PETLINK list-mode data. Values are
+    the strings in the file."""
     hdr, _, header = _read_header_text(Path(path))
     _check_listmode_header(header, hdr)
     return header
@@ -405,26 +435,35 @@ def _fmt_seconds(ms: int) -> str:
 
 
 def _merge_header(given: Mapping[str, object] | None, defaults: Mapping[str, str]) -> list[list[str]]:
-    """Given keys in their order (values as strings), with each missing default key inserted
-    after the nearest preceding default key that is present; ``!INTERFILE`` first and
-    ``!END OF INTERFILE`` last."""
+    """The header to write: every default key in the order of ``defaults`` (the scanner's), with
+    the given spelling and value where ``given`` has the key; ``!INTERFILE`` first and ``!END OF
+    INTERFILE`` last. Given keys that are not default keys keep their place after the given key
+    before them (at the top when none precedes); those after the last given default key go last,
+    before ``!END OF INTERFILE``."""
     items: list[list[str]] = [[str(k).strip(), _fmt_value(v)] for k, v in (given or {}).items()]
-    # !INTERFILE first, !END OF INTERFILE last, whatever the caller's order.
     items = [it for it in items if _norm_key(it[0]) not in ("interfile", "end of interfile")]
-    present = {_norm_key(k): i for i, (k, _) in enumerate(items)}
-    out_keys = [_norm_key(k) for k, _ in items]
-    anchor = -1
+    known = {_norm_key(k) for k in defaults}
+    given_known = {_norm_key(k): it for k, it in ((it[0], it) for it in items) if _norm_key(k) in known}
+    last_known = max((i for i, it in enumerate(items) if _norm_key(it[0]) in known), default=-1)
+    after: dict[str | None, list[list[str]]] = {None: []}
+    tail: list[list[str]] = []
+    anchor = None
+    for i, it in enumerate(items):
+        nk = _norm_key(it[0])
+        if nk in known:
+            anchor = nk
+        elif i > last_known:
+            tail.append(it)
+        else:
+            after.setdefault(anchor, []).append(it)
+    out = [["!INTERFILE", ""]] + after[None]
     for dk, dv in defaults.items():
         nk = _norm_key(dk)
         if nk in ("interfile", "end of interfile"):
             continue
-        if nk in present:
-            anchor = out_keys.index(nk)
-            continue
-        items.insert(anchor + 1, [dk, dv])
-        out_keys.insert(anchor + 1, nk)
-        anchor += 1
-    return [["!INTERFILE", ""]] + items + [["!END OF INTERFILE", ""]]
+        out.append(given_known.get(nk, [dk, dv]))
+        out += after.get(nk, [])
+    return out + tail + [["!END OF INTERFILE", ""]]
 
 
 def _render_header(items: list[list[str]]) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from petiq.errors import PetiqInputError
+from petiq.listmode.dicom import is_dicom_form
 from petiq.listmode.files import (
     _AtomicPair,
     _bad_bin_error,
@@ -19,7 +20,13 @@ from petiq.listmode.files import (
     _iter_word_chunks,
     _open_checked,
 )
-from petiq.listmode.header import _WORD_COUNT_KEY, _rewrite_header_lines, header_path, header_value
+from petiq.listmode.header import (
+    _WORD_COUNT_KEY,
+    _rewrite_header_lines,
+    data_path,
+    header_path,
+    header_value,
+)
 from petiq.listmode.words import DEFAULT_CHUNK_WORDS, _thin_kernel
 
 
@@ -79,7 +86,9 @@ def thin_listmode(
 ) -> ThinSummary:
     """Simulate a lower injected dose: keep each prompt and each delayed of ``src``
     independently with probability ``fraction`` and write them, with every tag unchanged and in
-    place, to ``dst`` (+ ``dst.hdr``), streaming ``chunk_words`` words at a time.
+    place, to ``dst`` (+ ``dst.hdr``), streaming ``chunk_words`` words at a time. Either may be
+    the DICOM form (``.dcm`` + ``.bf``); a DICOM ``dst`` of a DICOM ``src`` keeps the source's
+    DICOM attributes.
 
     One uniform ``u`` is drawn per word (events and tags) from ``np.random.default_rng(seed)``
     in file order, and an event is kept iff ``u < fraction``: the output does not depend on
@@ -98,10 +107,10 @@ def thin_listmode(
     chunk_words = _check_chunk_words(chunk_words)
     lm = _open_checked(src, scanner)
     for a, b in (
-        (dst, src),
-        (header_path(dst), header_path(src)),
-        (dst, header_path(src)),
-        (header_path(dst), src),
+        (data_path(dst), lm.path),
+        (header_path(dst), lm.hdr),
+        (data_path(dst), lm.hdr),
+        (header_path(dst), lm.path),
     ):
         if _same_file(a, b):
             raise PetiqInputError(
@@ -119,14 +128,14 @@ def thin_listmode(
     out = np.empty(chunk_words, dtype=np.uint32)
     totals = np.zeros(5, dtype=np.int64)  # p_in, p_out, d_in, d_out, tags
     offset = 0
-    pair = _AtomicPair(dst)
+    pair = _AtomicPair(dst, template=lm.hdr if is_dicom_form(src) else None)
     try:
-        for words in _iter_word_chunks(src, chunk_words, sha):
+        for words in _iter_word_chunks(lm.path, chunk_words, sha):
             uu = u[: words.size]
             rng.random(out=uu)
             n, p_in, p_out, d_in, d_out, tags, _, bad = _thin_kernel(words, uu, f, lm.n_bins, out)
             if bad >= 0:
-                raise _bad_bin_error(src, offset + bad, words[bad], lm.n_bins)
+                raise _bad_bin_error(lm.path, offset + bad, words[bad], lm.n_bins)
             offset += words.size
             totals += (p_in, p_out, d_in, d_out, tags)
             pair.write(out[:n])
@@ -138,7 +147,7 @@ def thin_listmode(
         digest = sha.hexdigest()
         updates = {
             _WORD_COUNT_KEY: str(pair.n_words),
-            "!name of data file": dst.name,
+            "!name of data file": pair.path.name,
             "%petiq source file": src.name,
             "%petiq source file sha256": digest,
             "%petiq thinning fraction": repr(f),
