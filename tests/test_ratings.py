@@ -175,10 +175,10 @@ def test_wrong_columns(tmp_path, key, forms, header, what):
     "text, what",
     [
         ("blinded_id,rater,GQR,PR,DC,comment\nABCDEF,A,1,1,1,\n", "not tab-separated"),
-        ("", "the file is empty"),
+        ("", "the form is empty"),
         ("\t".join(FORM_COLUMNS) + "\n", "the form has no rows"),
         (None, "the file does not exist"),
-        (b"\xff\xfeb\x00", "not UTF-8"),
+        (b"blinded_id\trater\nABC\xe9\t1\n", "not UTF-8"),
     ],
 )
 def test_unreadable_forms(tmp_path, key, forms, text, what):

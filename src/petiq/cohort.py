@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import PetiqInputError
+from .fileio import read_tsv_frame
 from .listmode.header import data_path, header_path
 from .phantom import PATTERNS
 from .seeding import rng_for
@@ -72,8 +73,7 @@ def read_patients(path: str | Path, *, root: str | Path | None = None) -> pd.Dat
     path = Path(path)
     if not path.is_file():
         raise PetiqInputError(path, "the patient sheet does not exist", "point config key `patients` at a TSV file")
-    sheet = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment="#")
-    sheet.columns = [c.strip() for c in sheet.columns]
+    sheet = read_tsv_frame(path, "patient sheet", comment="#")
     unknown = [c for c in sheet.columns if c not in SHEET_COLUMNS]
     if unknown:
         raise PetiqInputError(

@@ -11,8 +11,8 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -69,6 +69,66 @@ def check_output(path: str | Path, inputs: Iterable[str | Path] = (), *, force: 
     if out.exists() and not force:
         raise PetiqInputError(out, f"the {what} exists already", f"pass {flag} to replace it, or write to another path")
     return out
+
+
+def read_text_table(path: str | Path, what: str = "table") -> str:
+    """The text of a tab-separated file a person may have edited: UTF-8 with or without a BOM, or
+    UTF-16 with its BOM (Excel's "Unicode text"); Windows line ends are fine. An empty file, or text
+    in another encoding, is a :class:`~petiq.errors.PetiqInputError` naming the file and the fix."""
+    from .errors import PetiqInputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise PetiqInputError(path, f"the {what} does not exist", "check the path")
+    data = path.read_bytes()
+    if not data.strip():
+        raise PetiqInputError(path, f"the {what} is empty", f"give a tab-separated {what} with a header line")
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return data.decode("utf-16")
+    if b"\x00" in data:
+        raise PetiqInputError(path, f"the {what} holds NUL bytes (it looks like UTF-16 without a byte-order mark)",
+                              "save it as UTF-8 tab-separated text")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise PetiqInputError(path, f"the {what} is not UTF-8 text: byte {error.start} is {data[error.start]:#04x}",
+                              "save it as UTF-8 tab-separated text (Excel: Save As, 'Tab delimited text', then convert, or "
+                              "'UTF-16 Unicode text')") from None
+
+
+def read_tsv_frame(path: str | Path, what: str = "table", *, comment: str | None = None):
+    """A person-edited TSV as a pandas DataFrame of strings (see :func:`read_text_table`): blank lines
+    (and lines starting with ``comment``) skipped, cells and headers stripped, empty columns from
+    trailing tabs dropped; a row with more filled cells than the header is an error naming its line."""
+    import csv
+    import io
+
+    import pandas as pd
+
+    from .errors import PetiqInputError
+
+    text = read_text_table(path, what)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t")
+    rows = []
+    for cells in reader:
+        cells = [c.strip() for c in cells]
+        if any(cells) and not (comment and cells[0].startswith(comment)):
+            rows.append((reader.line_num, cells))
+    if not rows:
+        raise PetiqInputError(path, f"the {what} is empty", f"give a tab-separated {what} with a header line")
+    header = rows[0][1]
+    while header and header[-1] == "":
+        header = header[:-1]
+    for line, cells in rows[1:]:
+        extra = [c for c in cells[len(header):] if c]
+        if extra:
+            raise PetiqInputError(path, f"line {line} has {len(header) + len(extra)} filled cells but the header names {len(header)} "
+                                  f"columns" + (" (a value under no header)" if len(cells) <= len(rows[0][1]) else ""),
+                                  "give every row as many tab-separated cells as the header, and name every column")
+    if "" in header:
+        raise PetiqInputError(path, f"column {header.index('') + 1} of the {what} has no name", "name every column in the header line")
+    body = [(cells + [""] * len(header))[: len(header)] for _, cells in rows[1:]]
+    return pd.DataFrame(body, columns=header, dtype=str)
 
 
 def write_text(path: str | Path, text: str) -> None:

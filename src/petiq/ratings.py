@@ -27,9 +27,8 @@ import pandas as pd
 from .agreement import METRICS, RATINGS_COLUMNS, READINGS
 from .doses import dose_label
 from .errors import PetiqInputError
-from .fileio import write_tsv
+from .fileio import read_text_table, write_tsv
 from .sessions import FORM_COLUMNS, read_plan
-
 
 SCORE_FIX = "give a score from 0 to 3 in steps of 0.5 (0, 0.5, 1, ..., 3)"
 REQUIRED_FORM_COLUMNS = ("blinded_id", "rater", *METRICS)
@@ -93,9 +92,9 @@ def _read_table(path: Path, problems: list[FormProblem]) -> tuple[list[str], lis
         problems.append(FormProblem(name, None, None, "the file does not exist", "give the path of a filled form"))
         return None
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        problems.append(FormProblem(name, None, None, "the file is not UTF-8 text", "save the form as UTF-8 tab-separated text"))
+        text = read_text_table(path, "form")
+    except PetiqInputError as error:
+        problems.append(FormProblem(name, None, None, error.problem, error.fix))
         return None
     reader = csv.reader(text.splitlines(keepends=True), delimiter="\t")
     rows = [(reader.line_num, cells) for cells in reader if any(c.strip() for c in cells)]

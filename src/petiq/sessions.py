@@ -30,7 +30,7 @@ import pulp
 from .agreement import READINGS
 from .doses import CATEGORIES, dose_category, dose_label
 from .errors import PetiqInputError
-from .fileio import write_text, write_tsv
+from .fileio import read_tsv_frame, write_text, write_tsv
 from .seeding import rng_for
 
 PLAN_COLUMNS = ("blinded_id", "participant_id", "dose", "category", "session", "reading")
@@ -331,7 +331,7 @@ def read_plan(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise PetiqInputError(path, "the unblinding key does not exist", "plan the sessions first (petiq sessions plan)")
-    return check_plan(pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False), path)
+    return check_plan(read_tsv_frame(path, "unblinding key"), path)
 
 
 def write_plan(plan: pd.DataFrame, key_path: str | Path) -> None:

@@ -20,6 +20,7 @@ import pandas as pd
 import pulp
 
 from .errors import PetiqInputError
+from .fileio import read_tsv_frame
 from .seeding import rng_for
 
 ROLES = ("pretext_train", "pretext_val", "transfer_train", "transfer_val", "test")
@@ -92,7 +93,7 @@ def check_splits(path: str | Path, participants: pd.DataFrame, counts: dict[str,
     path = Path(path)
     if not path.is_file():
         raise PetiqInputError(path, "the splits file does not exist", "correct config key splits.file, or set it to null to have petiq choose")
-    splits = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    splits = read_tsv_frame(path, "splits file")
     if list(splits.columns) != ["participant_id", "role"]:
         raise PetiqInputError(path, f"columns are {list(splits.columns)}", "use exactly two columns: participant_id and role")
     repeated = splits["participant_id"][splits["participant_id"].duplicated()].tolist()

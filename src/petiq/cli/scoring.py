@@ -11,13 +11,12 @@ def _rated_patients(args) -> list[str]:
         return list(args.patients)
     from pathlib import Path
 
-    import pandas as pd
-
     from ..errors import PetiqInputError
+    from ..fileio import read_tsv_frame
 
     if not Path(args.splits).is_file():
         raise PetiqInputError(args.splits, "the splits file does not exist", "run the cohort stage first, or pass --patients")
-    splits = pd.read_csv(args.splits, sep="\t", dtype=str, keep_default_na=False)
+    splits = read_tsv_frame(args.splits, "splits file")
     if not {"participant_id", "role"} <= set(splits.columns):
         raise PetiqInputError(args.splits, f"columns are {list(splits.columns)}", "give the splits.tsv petiq wrote (participant_id, role)")
     return list(splits.loc[splits["role"].isin(args.roles), "participant_id"])
@@ -39,7 +38,6 @@ def _plan(args) -> None:
 
 def _sheets(args) -> None:
     from functools import partial
-
     from pathlib import Path
 
     from ..errors import PetiqInputError
