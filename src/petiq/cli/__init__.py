@@ -30,6 +30,20 @@ def _check_patients(args) -> None:
     print(f"{args.sheet}: {len(sheet)} patients ({counts}); no problems found")
 
 
+def _check_simulate_args(args) -> None:
+    """A patient simulation needs its truth, μ-map, participants table and subject, and a duration > 0."""
+    from pathlib import Path
+
+    for flag, value in (("--truth", args.truth), ("--mumap", args.mumap), ("--participants", args.participants), ("--subject", args.subject)):
+        if not value:
+            raise PetiqInputError(None, f"petiq simulate needs {flag} for a patient", f"give {flag} (or --norm for the norm scan)")
+    for flag, value in (("--truth", args.truth), ("--mumap", args.mumap), ("--participants", args.participants)):
+        if not Path(value).is_file():
+            raise PetiqInputError(value, f"the {flag} file does not exist", "check the path (the cohort stage writes these)")
+    if not args.duration > 0:
+        raise PetiqInputError(None, f"--duration is {args.duration:g} s", "give the acquisition duration in seconds (> 0), e.g. 900")
+
+
 def _simulate(args) -> None:
     import json
 
@@ -48,7 +62,12 @@ def _simulate(args) -> None:
         write_npz(args.out, scanner=np.asarray(scanner.name), **scan)
         print(f"norm scan of {scanner.name}: {int(scan['sinogram'].sum())} counts -> {args.out}")
         return
+    _check_simulate_args(args)
     participants = read_participants(args.participants)
+    if args.subject not in set(participants["participant_id"]):
+        raise PetiqInputError(args.participants, f"--subject {args.subject} is not a participant here",
+                              f"use one of {', '.join(participants['participant_id'][:8])}…" if len(participants) > 8
+                              else f"use one of {', '.join(participants['participant_id'])}")
     row = participants.set_index("participant_id", drop=False).loc[args.subject].to_dict()
     summary = simulate_patient(
         truth_path=args.truth, mumap_path=args.mumap, participant=row, scanner=scanner, scanner_seed=args.scanner_seed,
