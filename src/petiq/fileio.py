@@ -2,14 +2,17 @@
 
 Every writer writes to a temporary file in the destination folder, then renames it into place
 (``os.replace`` is atomic on POSIX within one filesystem). A crash leaves at most a hidden
-``.tmp`` file that no rule takes for an output.
+``.tmp`` file that no rule takes for an output, named after its host and process, and the next
+write of the same file removes it (:func:`remove_stale_temporaries`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
+import socket
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -18,6 +21,40 @@ import numpy as np
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+_HOST = socket.gethostname().replace("/", "_")
+
+
+def _temp_prefix(path: Path) -> str:
+    """``.<name>.<host>.``: a temporary of ``path`` is ``<prefix><pid>.<random>.tmp<suffix>``."""
+    return f".{path.name}.{_HOST}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Remove the temporaries of ``path`` left by killed writers on this host (their process is
+    gone); return them. A killed job's half-written output never outlives the next run of the job.
+    Temporaries of live processes and of other hosts (a shared filesystem) are left alone."""
+    path = Path(path)
+    prefix = _temp_prefix(path)
+    removed = []
+    for tmp in path.parent.glob(f"{glob.escape(prefix)}*.tmp*"):
+        pid = tmp.name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
 
 
 @contextlib.contextmanager
@@ -31,7 +68,8 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix is None:
         suffix = "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f"{_temp_prefix(path)}{os.getpid()}.", suffix=".tmp" + suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
