@@ -246,7 +246,18 @@ def test_attenuation_of_a_water_ball_and_mumap_checks(tmp_path):
     assert "NaN" in bad(np.where(mu > 0, np.nan, 0))
     assert "negative" in bad(-mu)
     assert "cm⁻¹" in bad(mu * 100)  # in 1/m
-    assert "centred" in bad(mu, aff=affine + _shift(20.0))
+    assert "neither a qform nor an sform" in bad(mu, aff=None)  # nibabel writes codes 0: orientation unknown
+    # a μ-map off the scanner grid is mapped by its affine (docs/frame.md), not refused: 20 mm to
+    # the patient's right (RAS +x) is scanner -x; the attenuation is that of the ball moved there
+    pl.attenuation_file(tmp_path / "mu.nii.gz", tmp_path / "att.npz", sc, SPAN)
+    nib.save(nib.Nifti1Image(mu, affine + _shift(20.0)), tmp_path / "mu_right.nii.gz")
+    pl.attenuation_file(tmp_path / "mu_right.nii.gz", tmp_path / "att_right.npz", sc, SPAN)
+    moved = pl.read_correction(tmp_path / "att_right.npz", "attenuation", sc, SPAN, ("attenuation",))["attenuation"]
+    on_grid = np.zeros(sc.image_shape, np.float32)  # the ball at scanner (-20, 0, 0) on the 4 mm grid
+    g = np.indices(sc.image_shape).reshape(3, -1).T - (np.asarray(sc.image_shape) - 1) / 2.0
+    on_grid.reshape(-1)[np.sqrt(((g * 4.0 + [20.0, 0, 0]) ** 2).sum(1)) <= 30.0] = 0.096
+    want = np.exp(-0.1 * JosephProjector(sc, image_shape=sc.image_shape, voxel_size_mm=(4.0,) * 3, span=SPAN).forward(on_grid))
+    assert np.abs(np.log(moved) - np.log(want)).mean() < 0.01  # the 2 mm ball resampled vs voxelised at 4 mm
     big = np.full((80, 80, 40), 0.096, np.float32)  # 240 mm wide: beyond the tiny ring (r = 100 mm)
     assert "does not fit" in bad(big, aff=grid_affine(big.shape, (3.0, 3.0, 3.0)))
     assert not list(tmp_path.glob(".*tmp*"))
@@ -431,6 +442,8 @@ def test_reconstruct_file_outputs_and_sidecar(files, case, tmp_path):
     data = np.asarray(img.dataobj)
     assert data.shape == case.scanner.image_shape
     np.testing.assert_allclose(img.affine, grid_affine(data.shape, case.scanner.voxel_size_mm))
+    for form in (img.get_qform(coded=True), img.get_sform(coded=True)):  # both set, code 1 (scanner)
+        assert form[1] == 1 and np.allclose(form[0], img.affine, atol=1e-5)
     # quantitative through the estimated norm, randoms and scatter
     assert data[case.wm_core].mean() == pytest.approx(WM, rel=0.08)
     assert data[case.gm_mid].mean() == pytest.approx(GM, rel=0.08)

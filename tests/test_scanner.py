@@ -102,16 +102,22 @@ def test_bin_crystal_endpoint_consistency(mmr):
     assert np.all(((det_a - det_b) % 504 == 252) == (tp == 0))
     p1, p2 = mmr.lor_endpoints(bins)
     assert p1.shape == (bins.size, 3) and p1.dtype == np.float64
-    # LOR ends at the mean interaction depth: 328 mm face + 6.7 mm (NiftyPET R_RING)
-    np.testing.assert_allclose(np.hypot(p1[:, 0], p1[:, 1]), 334.7, rtol=1e-12)
-    np.testing.assert_allclose(np.hypot(p2[:, 0], p2[:, 1]), 334.7, rtol=1e-12)
+    # LORs end on the flat block faces, tangent to the 328 + 6.7 mm circle (NiftyPET R_RING): no
+    # nearer than 334.7 mm and no further than the block's edge crystal, sqrt(334.7^2 + 14.04^2)
+    edge = np.hypot(334.7, 32.09 * (0.5 - 0.5 / 8))
+    for p in (p1, p2):
+        r = np.hypot(p[:, 0], p[:, 1])
+        assert r.min() >= 334.7 - 1e-9 and r.max() <= edge + 1e-9
     ring_z = (np.arange(64) - 31.5) * 4.0625
     np.testing.assert_allclose(p1[:, 2], ring_z[ring_a])
     np.testing.assert_allclose(p2[:, 2], ring_z[ring_b])
-    # signed distance of the LOR from the axis: s = R sin(pi tp / N)
+    # |distance of the LOR from the axis| is the geometry's radial offset, signed like tp
     cross = p1[:, 0] * p2[:, 1] - p1[:, 1] * p2[:, 0]
     dist = np.abs(cross) / np.hypot(p2[:, 0] - p1[:, 0], p2[:, 1] - p1[:, 1])
-    np.testing.assert_allclose(dist, np.abs(334.7 * np.sin(np.pi * tp / 504)), atol=1e-9)
+    g = mmr.sinogram_lor_geometry(1)
+    np.testing.assert_allclose(g.radial_offset_mm[view, t], np.sign(tp) * dist, atol=1e-9)
+    # and close to the circular R sin(pi tp / N) (within the flat-block deviation, < 1 mm)
+    np.testing.assert_allclose(dist, np.abs(334.7 * np.sin(np.pi * tp / 504)), atol=1.0)
     # inverse, in either crystal order
     assert np.array_equal(mmr.crystals_to_bin(ring_a, det_a, ring_b, det_b), bins)
     assert np.array_equal(mmr.crystals_to_bin(ring_b, det_b, ring_a, det_a), bins)
@@ -207,12 +213,30 @@ def test_gap_mask_is_niftypets():
 
 def test_lor_ends_at_the_mean_interaction_depth():
     """LORs end 6.7 mm behind the 328 mm crystal face (NiftyPET R_RING = 32.8 + 0.67 cm): the
-    central bin of view 0 joins diametrically opposite positions, a chord of 2 (R + DOI), and the
-    radial offset of bin tp is (R + DOI) sin(pi tp / 504)."""
+    central bin of view 0 joins the diametrically opposite gap positions (on the circle), a chord of
+    2 (R + DOI); every block face is the tangent at R + DOI (its normal component is R + DOI)."""
     mmr = Scanner.mmr()
     centre = mmr.n_radial // 2
     p1, p2 = mmr.lor_endpoints(np.array([centre]))
     assert np.linalg.norm(p1[0, :2] - p2[0, :2]) == pytest.approx(2 * (328.0 + 6.7))
-    g = mmr.sinogram_lor_geometry(1)
-    tp = np.arange(mmr.n_radial) - centre
-    assert np.allclose(g.radial_offset_mm[0], 334.7 * np.sin(np.pi * tp / 504))
+    xy = mmr.crystal_xy()
+    c = (np.arange(504) - 1) % 504
+    phi_b = np.pi / 2 - np.pi / 56 - 0.001 - (c // 9) * 2 * np.pi / 56
+    normal = xy[:, 0] * np.cos(phi_b) + xy[:, 1] * np.sin(phi_b)
+    real = c % 9 != 8
+    np.testing.assert_allclose(normal[real], 334.7, atol=1e-9)
+
+
+def test_circular_positions_of_the_reduced_presets():
+    """Without flat blocks every position lies on the circle of radius R + DOI at azimuth
+    pi/2 - 2 pi det / N (clockwise from +y, the mMR's numbering), so a bin's distance from the axis is
+    R |sin(pi tp / N)| and the view's direction pi/2 - pi view / n_views (mod pi)."""
+    sc = Scanner.tiny()
+    r = 100.0 + 2.0
+    phi = np.pi / 2 - 2 * np.pi * np.arange(72) / 72
+    np.testing.assert_allclose(sc.crystal_xy(), r * np.stack([np.cos(phi), np.sin(phi)], 1), atol=1e-12)
+    g = sc.sinogram_lor_geometry(1)
+    tp = np.arange(28) - 14
+    np.testing.assert_allclose(g.radial_offset_mm, np.broadcast_to(r * np.sin(np.pi * tp / 72), (36, 28)), atol=1e-9)
+    want = (np.pi / 2 - np.pi * np.arange(36) / 36) % np.pi
+    np.testing.assert_allclose(np.angle(np.exp(2j * (g.view_angle_rad - want))), 0, atol=1e-12)

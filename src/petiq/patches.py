@@ -6,7 +6,9 @@ below one eighth of the volume's mean; of those kept, 100 per plane are drawn (3
 
 Conventions (the training engine and ``petiq predict`` rely on them):
 
-* The volume is indexed ``[i, j, k]`` as nibabel gives it (RAS for petiq's reconstructions).
+* The volume is indexed ``[i, j, k]`` in RAS order (``nib.as_closest_canonical``: petiq's
+  reconstructions are stored along the scanner's axes, +x left, +y anterior, +z inferior, and their
+  affine says so; ``docs/frame.md``), both when training patches are cut and when images are scored.
   Planes: ``transverse`` = ``vol[:, :, s]``, ``coronal`` = ``vol[:, s, :]``, ``sagittal`` = ``vol[s, :, :]``.
 * A patch is ``plane2d[row:row + size, column:column + size]`` (``row``, ``column``: its top-left
   corner, in the volume's own voxel indices). Voxels outside the plane read as zero: when a plane is
@@ -248,7 +250,7 @@ def extract_patches_file(
     for out, suffix in ((npy_out, ".npy"), (tsv_out, ".tsv")):
         if not str(out).endswith(suffix):
             raise PetiqInputError(out, f"the output name does not end in {suffix}", f"name it *{suffix}")
-    img = load_volume(nifti_path)
+    img = nib.as_closest_canonical(load_volume(nifti_path))  # RAS axes, as predict.py resamples
     volume = np.asarray(img.dataobj, dtype=np.float32)
     patches, table = extract_patches(
         volume, size=size, candidates=candidates, per_plane=per_plane, threshold_fraction=threshold_fraction,

@@ -15,8 +15,10 @@ A patient is made from the 1 mm MNI template (:mod:`petiq.anatomy`) in four step
 3. **μ-map** at 511 keV (cm⁻¹): soft tissue and brain 0.096, bone 0.13–0.17 (per patient), air 0.
 4. **T1-weighted-looking MR** from the tissue fractions with a smooth bias field and noise.
 
-All four images share one RAS+ affine centred on the scanner axis (voxel ``(i, j, k)`` →
-``((i − (nx−1)/2)·dx, …)``), so the arrays' axes are the scanner's x, y (transaxial) and z (axial).
+All four images share one grid centred on the scanner, the arrays' axes the scanner's x, y
+(transaxial) and z (axial) (voxel ``(i, j, k)`` at scanner ``((i − (nx−1)/2)·dx, …)``), and its RAS+
+affine (:func:`grid_affine`): the patient lies head first and supine, so scanner +x is the patient's
+left, +y anterior and +z inferior (``docs/frame.md``). The template is placed in RAS (MNI) mm.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 from scipy import ndimage
 
 from .anatomy import VENTRICLE_LABELS, AnatomyTemplate
+from .frame import scanner_grid_affine
 
 F18_HALF_LIFE_MIN = 109.771
 MU_WATER_511 = 0.096  # cm^-1
@@ -176,10 +179,10 @@ def draw_anatomy(rng: np.random.Generator, age: float, diagnosis: str, severity:
 
 
 def grid_affine(shape, voxel_size_mm) -> np.ndarray:
-    """RAS+ affine of a grid centred on the scanner's axis and axial centre."""
-    affine = np.diag([*map(float, voxel_size_mm), 1.0])
-    affine[:3, 3] = -0.5 * (np.asarray(shape) - 1) * np.asarray(voxel_size_mm, dtype=float)
-    return affine
+    """RAS+ affine of a grid centred on the scanner's axis and axial centre, arrays indexed along the
+    scanner's x, y, z (:func:`petiq.frame.scanner_grid_affine`: head-first supine, +x the patient's
+    left, +y anterior, +z towards the feet)."""
+    return scanner_grid_affine(shape, voxel_size_mm)
 
 
 def _rotation(deg) -> np.ndarray:
@@ -203,7 +206,7 @@ def template_coordinates(anat: PatientAnatomy, template: AnatomyTemplate, shape,
     """Template voxel coordinates (3, *shape) of every voxel of the patient's grid."""
     affine = grid_affine(shape, voxel_size_mm)
     ijk = np.indices(shape, dtype=np.float32).reshape(3, -1)
-    xyz = affine[:3, :3] @ ijk + affine[:3, 3:4]  # scanner mm
+    xyz = affine[:3, :3] @ ijk + affine[:3, 3:4]  # patient RAS mm (scanner frame turned by the affine)
     rot = _rotation(anat.rotation_deg)
     scale = np.asarray(anat.head_scale)
     # patient = R · S · (mni − centre) + t   ⇒   mni = S⁻¹ Rᵀ (patient − t) + centre

@@ -17,13 +17,27 @@ One :class:`Scanner` class serves three presets that differ only in numbers:
 Frame and conventions
 ---------------------
 * Scanner frame in mm, origin at the scanner centre (transaxial centre, axial centre of the crystal
-  rings), z along the scanner axis, x and y transaxial. Crystal position ``det`` (0 ..
-  ``crystals_per_ring - 1``) sits at the mean interaction depth (radius ``ring_radius_mm + doi_mm``; mMR 328 + 6.7 mm as in
-  NiftyPET) at azimuth ``phi = 2*pi*det/crystals_per_ring``
-  from +x towards +y, i.e. at ``(R cos phi, R sin phi)``. Ring ``r`` (0 .. ``n_rings - 1``) sits at
-  ``z = (r - (n_rings - 1)/2) * ring_pitch_mm``. This is petiq's own frame; it is not STIR's or e7's
-  patient frame (images may come out rotated/flipped relative to e7, but everything inside petiq is
-  consistent).
+  rings), z along the scanner axis, x and y transaxial: **NiftyPET's (e7's) frame**, in which its
+  projector puts image column ``u = SZ_IMX/2 + floor(x/vx)`` (grows with +x) and row
+  ``v = SZ_IMY/2 - ceil(y/vy)`` (grows with -y; ``niftypet/nipet/prj/src/tprj.cu``, ``sddn_tx``). For a
+  head-first supine patient +x is the patient's left, +y anterior and +z (growing ring number)
+  towards the feet; :mod:`petiq.frame` maps it to the NIfTI RAS+ affine (``docs/frame.md``).
+* Crystal positions: ``det`` (0 .. ``crystals_per_ring - 1``) is NiftyPET's crystal ``c = det - 1``
+  (mod ``crystals_per_ring``; see the gaps below), numbered **clockwise** seen from the patient
+  table, starting just left of +y. With flat blocks (``block_width_mm > 0``, the mMR) the positions
+  are NiftyPET's (``niftypet/nipet/mmraux.py``, ``transaxial_lut``): block ``bi = c // 9`` faces the
+  axis at azimuth ``phi_b = pi/2 - alpha/2 - tilt_rad - bi*alpha`` (``alpha = 2*pi/56``; NiftyPET
+  writes 0.1122 and ``tilt = 0.001``), its face is the tangent to the circle of radius
+  ``ring_radius_mm + doi_mm`` (NiftyPET ``R_RING = R + DOI``) and its crystal ``n = c % 9`` (0..7)
+  sits at ``bw/2 - (n + 1/2)*bw/8`` along the counter-clockwise tangent ``(-sin phi_b, cos phi_b)``,
+  ``bw = block_width_mm`` (NiftyPET ``bw = 3.209`` cm); an LOR ends at the centre of the crystal face
+  (``tprj.cu`` uses ``0.5*(crs[c].x + crs[c].z)``). The gap position ``n = 8`` (no crystal; NiftyPET gives
+  it no coordinates) is put on that circle at ``phi_b - alpha/2``, halfway to the next block. Without
+  flat blocks (``block_width_mm == 0``: the reduced presets) every position lies on the circle at
+  azimuth ``phi = pi/2 - tilt_rad - 2*pi*det/crystals_per_ring`` (the same frame and numbering).
+  Ring ``r`` (0 .. ``n_rings - 1``) sits at ``z = (r - (n_rings - 1)/2) * ring_pitch_mm``
+  (NiftyPET ``axial_lut``: ring ``r`` spans ``-NRNG*AXR/2 + r*AXR`` .. ``+ AXR``; its image slice
+  index grows with z).
 * Gaps: positions ``det % block_positions == 0`` have no crystal (:meth:`Scanner.is_gap`). This is
   the mMR's layout as NiftyPET and STIR decode it: NiftyPET's crystal ``c`` is petiq's ``det - 1``
   (its sinogram LUT ``c0 = floor(ia + (NCRS - 2 + NSBINS/2 - iw)/2) mod NCRS`` is petiq's ``det_b - 1``)
@@ -42,9 +56,15 @@ centred as ``tp = t - n_radial // 2``. A (view, tp) pair maps to the crystal pai
     det_a = (view + floor(tp / 2)) mod N
     det_b = (view - ceil(tp / 2) + N / 2) mod N            N = crystals_per_ring
 
-so ``tp = 0`` joins diametrically opposite crystals, the LOR of (view, tp) has transaxial direction
-at angle ``pi*view/n_views`` (minus half a crystal angle for odd ``tp``: the interleaving) and signed
-distance ``s = R sin(pi*tp/N)`` from the axis (``R = ring_radius_mm + doi_mm``).
+so ``tp = 0`` joins diametrically opposite crystals. This is NiftyPET's sinogram LUT with its crystal
+numbers one lower (``transaxial_lut``: bin ``(ia = view, iw = t)`` joins
+``c1 = floor(ia + (2N - 2 - NSBINS/2 + iw)/2) mod N = det_a - 1`` and
+``c0 = floor(ia + (N - 2 + NSBINS/2 - iw)/2) mod N = det_b - 1``), and its ring pair
+(``axial_lut`` ``sn1_rno[z] = (r0, r1)``, ``r0`` with ``c0``) is ``(ring_b, ring_a)``: the list-mode
+histogrammer ``hst.cu`` and the projector ``prjf.cu`` pair them so. On circular positions the LOR of
+(view, tp) has transaxial direction at angle ``pi/2 - tilt_rad - pi*view/n_views`` (minus half a crystal
+angle for odd ``tp``: the interleaving) and distance ``R |sin(pi*tp/N)|`` from the axis
+(``R = ring_radius_mm + doi_mm``); with flat blocks both follow from the crystal positions.
 
 Span-1 sinogram order (PETLINK list-mode)
 -----------------------------------------
@@ -111,11 +131,12 @@ class SinogramGeometry:
 
     * ``xy_a``, ``xy_b``: float64 ``(n_views, n_radial, 2)``: LOR end points (mm, at the mean interaction depth) of ``det_a``
       and ``det_b``; the LOR's transaxial chord runs from ``xy_a`` to ``xy_b``.
-    * ``view_angle_rad``: float64 ``(n_views,)``: nominal transaxial direction of the view's LORs,
-      ``pi*view/n_views`` (the direction of the even-``tp`` LORs; odd ``tp`` are rotated by
-      ``-pi/crystals_per_ring``, which ``xy_a``/``xy_b`` carry exactly).
-    * ``radial_offset_mm``: float64 ``(n_views, n_radial)``: signed distance ``s = R sin(pi*tp/N)`` of
-      the LOR from the scanner axis.
+    * ``view_angle_rad``: float64 ``(n_views,)``: transaxial direction (mod pi) of the view's ``tp = 0``
+      LOR; on circular positions ``pi/2 - tilt_rad - pi*view/n_views`` mod pi, the direction of all
+      its even-``tp`` LORs (odd ``tp`` are rotated by half a crystal: the interleaving), and with flat
+      blocks a view's LORs are parallel only approximately; ``xy_a``/``xy_b`` are exact.
+    * ``radial_offset_mm``: float64 ``(n_views, n_radial)``: signed distance of the LOR from the
+      scanner axis (sign of ``tp``; on circular positions ``R sin(pi*tp/N)``).
 
     Axial part, per sinogram plane:
 
@@ -175,6 +196,13 @@ class Scanner:
     #: Mean depth of interaction (mm) beyond the crystal face where LORs end. mMR: 6.7 mm, NiftyPET's
     #: ``DOI = 0.67`` cm (``R_RING = R + DOI``, ``niftypet/ninst/raw/resources.py``); STIR uses 7 mm.
     doi_mm: float = 0.0
+    #: Width (mm) of a flat block face holding ``block_positions - 1`` crystals; 0 puts every position
+    #: on the circle of radius :attr:`lor_radius_mm` instead. mMR: NiftyPET's ``bw = 3.209`` cm
+    #: (``niftypet/nipet/mmraux.py``, ``transaxial_lut``).
+    block_width_mm: float = 0.0
+    #: Clockwise rotation (rad) of the whole ring from the nominal frame. mMR: NiftyPET's 0.001 rad
+    #: (``phi = 0.5*pi - alpha/2 - 0.001`` in ``transaxial_lut``).
+    tilt_rad: float = 0.0
 
     # ------------------------------------------------------------------ presets
     @classmethod
@@ -193,6 +221,8 @@ class Scanner:
             image_shape=(344, 344, 127),
             voxel_size_mm=(2.08626, 2.08626, 2.03125),
             doi_mm=6.7,
+            block_width_mm=32.09,  # NiftyPET mmraux.transaxial_lut: bw = 3.209 cm
+            tilt_rad=0.001,  # NiftyPET mmraux.transaxial_lut: phi = pi/2 - alpha/2 - 0.001
         )
 
     @classmethod
@@ -285,6 +315,8 @@ class Scanner:
             problems.append("crystals_per_ring must be a multiple of block_positions")
         if len(self.image_shape) != 3 or len(self.voxel_size_mm) != 3:
             problems.append("image_shape and voxel_size_mm need 3 entries (x, y, z)")
+        if not 0.0 <= self.block_width_mm < 2.0 * self.lor_radius_mm * np.tan(np.pi / max(self.blocks_per_ring, 2)):
+            problems.append("block_width_mm must be >= 0 and the flat blocks must not overlap")
         if problems:
             raise PetiqInputError(None, f"inconsistent scanner {self.name!r}: " + "; ".join(problems),
                                   "fix the preset numbers")
@@ -310,11 +342,9 @@ class Scanner:
         return bool(out) if out.ndim == 0 else out
 
     def crystal_xy(self) -> np.ndarray:
-        """float64 ``(crystals_per_ring, 2)``: (x, y) of every position at the mean interaction depth
-        (radius :attr:`lor_radius_mm`), mm: where LORs end."""
-        phi = 2.0 * np.pi * np.arange(self.crystals_per_ring) / self.crystals_per_ring
-        r = self.lor_radius_mm
-        return np.stack([r * np.cos(phi), r * np.sin(phi)], axis=1)
+        """float64 ``(crystals_per_ring, 2)``: (x, y) in mm of every position at the mean interaction
+        depth, where LORs end, in NiftyPET's frame and numbering (module doc, "Frame and conventions")."""
+        return _crystal_xy(self).copy()
 
     @property
     def lor_radius_mm(self) -> float:
@@ -459,6 +489,30 @@ class Scanner:
 
 
 # ---------------------------------------------------------------------- cached tables
+@functools.cache
+def _crystal_xy(sc: Scanner) -> np.ndarray:
+    """Crystal positions (module doc). Flat blocks re-trace NiftyPET ``mmraux.transaxial_lut``:
+    block centre ``R (cos phi_b, sin phi_b)``, crystal ``n`` of the block at ``bw/2 - (n + 1/2) bw/8``
+    along ``(-sin phi_b, cos phi_b)``, NiftyPET crystal ``c = det - 1``."""
+    n = sc.crystals_per_ring
+    det = np.arange(n)
+    r = sc.lor_radius_mm
+    if sc.block_width_mm <= 0.0:
+        phi = 0.5 * np.pi - sc.tilt_rad - 2.0 * np.pi * det / n
+        xy = np.stack([r * np.cos(phi), r * np.sin(phi)], axis=1)
+    else:
+        block, pos = np.divmod((det - 1) % n, sc.block_positions)  # NiftyPET c = det - 1
+        alpha = 2.0 * np.pi / sc.blocks_per_ring
+        phi_b = 0.5 * np.pi - 0.5 * alpha - sc.tilt_rad - block * alpha
+        per_block = sc.block_positions - 1
+        t = sc.block_width_mm * (0.5 - (pos + 0.5) / per_block)
+        xy = np.stack([r * np.cos(phi_b) - t * np.sin(phi_b), r * np.sin(phi_b) + t * np.cos(phi_b)], axis=1)
+        gap = pos == per_block  # no crystal: a virtual position halfway to the next block
+        xy[gap] = r * np.stack([np.cos(phi_b[gap] - 0.5 * alpha), np.sin(phi_b[gap] - 0.5 * alpha)], axis=1)
+    _readonly(xy)
+    return xy
+
+
 @functools.lru_cache(maxsize=None)
 def _layout(sc: Scanner, span: int):
     """(segments, ring_a per span-1 z, ring_b per span-1 z, span-1 z -> span sinogram)."""
@@ -530,13 +584,16 @@ def _geometry(sc: Scanner, span: int) -> SinogramGeometry:
     t = np.arange(sc.n_radial)[None, :]
     det_a, det_b = sc.view_radial_to_dets(np.broadcast_to(view, (sc.n_views, sc.n_radial)),
                                           np.broadcast_to(t, (sc.n_views, sc.n_radial)))
-    xy = sc.crystal_xy()
+    xy = _crystal_xy(sc)
     xy_a = np.ascontiguousarray(xy[det_a])
     xy_b = np.ascontiguousarray(xy[det_b])
-    tp = (np.arange(sc.n_radial) - sc.n_radial // 2).astype(np.float64)
-    s = sc.lor_radius_mm * np.sin(np.pi * tp / sc.crystals_per_ring)
-    radial = np.ascontiguousarray(np.broadcast_to(s[None, :], (sc.n_views, sc.n_radial)))
-    view_angle = np.pi * np.arange(sc.n_views) / sc.n_views
+    # signed distance of each chord from the axis, positive for tp > 0
+    d = xy_b - xy_a
+    dist = np.abs(xy_a[..., 0] * xy_b[..., 1] - xy_a[..., 1] * xy_b[..., 0]) / np.hypot(d[..., 0], d[..., 1])
+    tp = np.arange(sc.n_radial) - sc.n_radial // 2
+    radial = np.ascontiguousarray(np.sign(tp)[None, :] * dist)
+    centre = d[:, sc.n_radial // 2]  # tp = 0: the chord through the axis
+    view_angle = np.arctan2(centre[:, 1], centre[:, 0]) % np.pi
 
     _, ring_a, ring_b, to_sino = _layout(sc, span)
     n_sino = int(to_sino.max()) + 1

@@ -267,6 +267,33 @@ def write_events_with_times(writer, words: np.ndarray, per_ms: np.ndarray, chunk
         start_event, start_ms = stop_event, stop_ms
 
 
+def read_inputs(truth_path, mumap_path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """The activity (kBq/mL) and μ-map (cm⁻¹) NIfTIs mapped by their affines onto one centred
+    scanner grid (head-first supine, :mod:`petiq.frame`): the activity's own shape and voxel size
+    with its axes matched to the scanner's (:func:`petiq.frame.grid_like`), unchanged when it is
+    already on such a grid. Returns ``(activity, mu, voxel_size_mm)``."""
+    import nibabel as nib
+
+    from . import frame
+    from .errors import PetiqInputError
+
+    images = []
+    for path, what in ((truth_path, "activity"), (mumap_path, "μ-map")):
+        try:
+            img = nib.load(str(path))
+            data = np.asarray(img.dataobj, dtype=np.float32)
+        except (OSError, ValueError, nib.filebasedimages.ImageFileError) as error:
+            raise PetiqInputError(path, f"cannot read the {what} ({error})", f"give the {what} as a NIfTI") from None
+        images.append((data, frame.nifti_affine(img, path), path, what))
+    (activity, a_affine, _, _), _ = images
+    if activity.ndim != 3:
+        raise PetiqInputError(truth_path, f"the activity has shape {activity.shape}, expected a 3-D volume", "give a 3-D NIfTI")
+    shape, voxel = frame.grid_like(activity.shape, a_affine, truth_path)
+    out = [frame.to_scanner_grid(data, affine, shape, voxel, order=1, path=path, what=what)
+           for data, affine, path, what in images]
+    return out[0], out[1], voxel
+
+
 def simulate_patient(
     *,
     truth_path,
@@ -281,20 +308,11 @@ def simulate_patient(
     progress: bool = True,
 ) -> dict:
     """Simulate one patient's 100 % list-mode acquisition to ``out_path`` (+ ``.hdr``; a ``.dcm``
-    ``out_path`` writes the scanner's DICOM form, ``.dcm`` + ``.bf``); return a summary."""
-    import nibabel as nib
-
+    ``out_path`` writes the scanner's DICOM form, ``.dcm`` + ``.bf``); return a summary.
+    The activity and μ-map are mapped onto the scanner frame by their affines (:func:`read_inputs`)."""
     from .listmode import ListmodeWriter
 
-    truth_img, mu_img = nib.load(truth_path), nib.load(mumap_path)
-    if truth_img.shape != mu_img.shape or not np.allclose(truth_img.affine, mu_img.affine, atol=1e-4):
-        from .errors import PetiqInputError
-
-        raise PetiqInputError(mumap_path, f"μ-map grid {mu_img.shape} does not match the activity {truth_img.shape} of {truth_path}",
-                              "give the μ-map and activity of the same patient, on one grid")
-    activity = np.asarray(truth_img.dataobj, dtype=np.float32)
-    mu = np.asarray(mu_img.dataobj, dtype=np.float32)
-    voxel = tuple(float(v) for v in truth_img.header.get_zooms()[:3])
+    activity, mu, voxel = read_inputs(truth_path, mumap_path)
     rng = np.random.default_rng(seed)
     settings = AcquisitionSettings(duration_s=duration_s, span=span, scatter_fraction=float(rng.uniform(0.30, 0.40)))
     truth = scanner_truth(scanner, np.random.default_rng(scanner_seed))

@@ -255,6 +255,9 @@ def _check_listmode_header(header: Mapping[str, str], hdr: Path | str | None) ->
     count = header_value(header, _WORD_COUNT_KEY)
     if count is None:
         raise PetiqInputError(hdr, f"has no '{_WORD_COUNT_KEY}' key, so it is not a list-mode header", fix)
+    from petiq.frame import check_patient_orientation
+
+    check_patient_orientation(header, hdr)  # the image frame holds for head-first supine only
 
 
 def _header_int(header: Mapping[str, str], key: str, hdr) -> int | None:

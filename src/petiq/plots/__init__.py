@@ -42,7 +42,7 @@ def plot_cohort(participants: pd.DataFrame, images: dict[str, dict[str, str]], p
         ax.axis("off")
     for n, subject in enumerate(subjects):
         files = images[subject]
-        mask = np.asarray(nib.load(files["brainmask"]).dataobj) > 0
+        mask = np.asarray(nib.as_closest_canonical(nib.load(files["brainmask"])).dataobj) > 0  # RAS axes
         k = _mid_brain_slice(mask)
         row = meta.loc[subject]
         panels = (
@@ -52,7 +52,7 @@ def plot_cohort(participants: pd.DataFrame, images: dict[str, dict[str, str]], p
         )
         for j, (key, cmap) in enumerate(panels):
             ax = axes[n // per_row, 3 * (n % per_row) + j]
-            data = np.asarray(nib.load(files[key]).dataobj, dtype=np.float32)[:, :, k]
+            data = np.asarray(nib.as_closest_canonical(nib.load(files[key])).dataobj, dtype=np.float32)[:, :, k]
             vmax = 0.17 if key == "mumap" else float(np.percentile(data, 99.7)) or 1.0
             ax.imshow(data.T, origin="lower", cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
             if j == 0:
@@ -95,7 +95,8 @@ def plot_dose_examples(examples: dict[str, dict[str, str]], path: str | Path, cm
     doses = list(next(iter(examples.values())))
     fig, axes = plt.subplots(len(subjects), len(doses), figsize=(2.6 * len(doses), 2.6 * len(subjects)), squeeze=False)
     for r, subject in enumerate(subjects):
-        images = {d: np.asarray(nib.load(p).dataobj, dtype=np.float32) for d, p in examples[subject].items()}
+        images = {d: np.asarray(nib.as_closest_canonical(nib.load(p)).dataobj, dtype=np.float32)  # RAS axes
+                  for d, p in examples[subject].items()}
         reference = ndimage.gaussian_filter(images[doses[-1]], 1.5)  # a noise-free look for slice and crop
         head = reference > 0.25 * reference.max()
         k = _mid_brain_slice(head)

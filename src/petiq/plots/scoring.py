@@ -73,7 +73,7 @@ def plot_fig03_colour_scale(norm01_path: str | Path, scores: Mapping[str, float]
     missing = [m for m in METRICS if m not in scores]
     if missing:
         raise PetiqInputError(None, f"the scores lack {missing}", "give GQR, PR and DC")
-    img = nib.load(str(norm01_path))
+    img = nib.as_closest_canonical(nib.load(str(norm01_path)))  # RAS axes: superior up in coronal/sagittal
     data = np.asarray(img.dataobj, dtype=np.float32)
     voxel = np.sqrt((img.affine[:3, :3] ** 2).sum(axis=0))
     head = _head(data)

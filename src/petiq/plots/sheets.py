@@ -85,7 +85,7 @@ def write_session_sheets(
     show = progress and sys.stderr.isatty()
     with atomic_path(pdf_path) as tmp, PdfPages(tmp, metadata=_PDF_METADATA) as pdf:
         for bid, path in tqdm(items, desc=f"sheets {Path(pdf_path).stem}", disable=not show, file=sys.stderr):
-            image = nib.load(str(path))
+            image = nib.as_closest_canonical(nib.load(str(path)))  # RAS axes (docs/frame.md)
             volume = np.asarray(image.dataobj, dtype=np.float32)
             if volume.ndim == 4 and volume.shape[3] == 1:
                 volume = volume[..., 0]

@@ -383,10 +383,11 @@ metal implants ≈ 0.5-1); larger values mean the μ-map is not in cm⁻¹."""
 
 
 def check_mumap(mu: np.ndarray, affine: np.ndarray, scanner: Scanner, path=None) -> tuple[float, float, float]:
-    """Check a μ-map (cm⁻¹) against the scanner: 3-D, finite, non-negative, plausible units, on a
-    grid centred on the scanner (``petiq.phantom.grid_affine``) and with all tissue inside the
-    crystal ring and the axial field of view. Returns the voxel size (mm)."""
-    from petiq.phantom import grid_affine
+    """Check a μ-map (cm⁻¹) against the scanner: 3-D, finite, non-negative, plausible units, a sound
+    RAS+ affine (any axis order, flips, offset or rotation: :func:`petiq.frame.check_affine`) and all
+    tissue, placed by that affine in the scanner frame (head-first supine), inside the crystal ring
+    and the axial field of view. Returns the voxel size (mm) along the array's axes."""
+    from petiq.frame import SCANNER_TO_RAS, check_affine
 
     mu = np.asarray(mu)
     if mu.ndim != 3 or min(mu.shape) < 1:
@@ -403,30 +404,23 @@ def check_mumap(mu: np.ndarray, affine: np.ndarray, scanner: Scanner, path=None)
         raise PetiqInputError(path, f"μ-map maximum {float(mu.max()):.4g} is not a 511 keV attenuation "
                                     f"coefficient in cm⁻¹ (water 0.096, bone ≤ 0.2)",
                               "give μ in cm⁻¹ (divide values in 1/m by 100, multiply 1/mm by 10)")
-    affine = np.asarray(affine, dtype=float)
+    affine = check_affine(affine, path)
     voxel = tuple(float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
-    want = grid_affine(mu.shape, voxel)
-    if not np.allclose(affine, want, atol=1e-3 * max(voxel)):
-        raise PetiqInputError(path, "μ-map is not on a grid centred on the scanner (its affine is not "
-                                    "diagonal with the origin at the grid centre)",
-                              "resample the μ-map onto petiq.phantom.grid_affine(shape, voxel_size_mm), "
-                              "the frame of the simulated phantoms")
     if mu.any():
-        nx, ny, nz = mu.shape
-        x = (np.arange(nx) - (nx - 1) / 2) * voxel[0]
-        y = (np.arange(ny) - (ny - 1) / 2) * voxel[1]
-        z = (np.arange(nz) - (nz - 1) / 2) * voxel[2]
-        xy = np.any(mu > 0, axis=2)
-        r = np.sqrt(x[:, None] ** 2 + y[None, :] ** 2)[xy].max() if xy.any() else 0.0
-        zmax = np.abs(z[np.any(mu > 0, axis=(0, 1))]).max()
+        tissue = np.nonzero(mu > 0)
+        ijk = np.vstack([*tissue, np.ones(tissue[0].size)])
+        xyz = SCANNER_TO_RAS.T @ (affine @ ijk)[:3]  # RAS mm -> scanner mm (an orthogonal map)
+        r = float(np.hypot(xyz[0], xyz[1]).max())
+        zmax = float(np.abs(xyz[2]).max())
         half_axial = 0.5 * scanner.n_rings * scanner.ring_pitch_mm
-        if r > scanner.ring_radius_mm or zmax > half_axial + voxel[2]:
+        if r > scanner.ring_radius_mm or zmax > half_axial + max(voxel):
             raise PetiqInputError(
                 path,
                 f"μ-map grid {mu.shape} of {voxel} mm does not fit scanner {scanner.name!r}: tissue reaches "
                 f"r = {r:.0f} mm (crystal ring {scanner.ring_radius_mm:.0f} mm) and |z| = {zmax:.0f} mm "
                 f"(axial FOV ±{half_axial:.0f} mm)",
-                "use the μ-map made for this scanner preset (check the config's scanner and cohort grid)")
+                "use the μ-map made for this scanner preset, with its true affine (check the config's "
+                "scanner and cohort grid)")
     return voxel
 
 

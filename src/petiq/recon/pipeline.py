@@ -179,8 +179,14 @@ def randoms_file(sinograms_npz, out_npz, scanner, span: int) -> dict:
 
 
 def attenuation_file(mumap_nii, out_npz, scanner, span: int) -> dict:
-    """μ-map NIfTI (cm⁻¹, on its own grid centred on the scanner) → attenuation factor file."""
+    """μ-map NIfTI (cm⁻¹, RAS+ affine) → attenuation factor file.
+
+    A μ-map already on a centred scanner grid (:func:`petiq.frame.is_scanner_grid`, e.g. the
+    simulated phantoms') is used as it is; any other is mapped by its affine onto the scanner's image
+    grid (``scanner.image_shape`` of ``scanner.voxel_size_mm``; linear interpolation)."""
     import nibabel as nib
+
+    from petiq import frame
 
     scanner = _scanner(scanner)
     span = scanner.check_span(int(span))
@@ -189,7 +195,11 @@ def attenuation_file(mumap_nii, out_npz, scanner, span: int) -> dict:
         mu = np.asarray(img.dataobj, dtype=np.float32)
     except (OSError, ValueError, nib.filebasedimages.ImageFileError) as error:
         raise PetiqInputError(mumap_nii, f"cannot read the μ-map ({error})", "give a NIfTI μ-map in cm⁻¹") from None
-    voxel = corr.check_mumap(mu, img.affine, scanner, mumap_nii)
+    affine = frame.nifti_affine(img, mumap_nii)
+    voxel = corr.check_mumap(mu, affine, scanner, mumap_nii)
+    if not frame.is_scanner_grid(mu.shape, affine):
+        voxel = tuple(float(v) for v in scanner.voxel_size_mm)
+        mu = frame.to_scanner_grid(mu, affine, scanner.image_shape, voxel, order=1, path=mumap_nii, what="μ-map")
     att = corr.attenuation_factors(mu, voxel, scanner, span)
     _save_npz(out_npz, {
         "kind": np.asarray("attenuation"), "scanner": np.asarray(scanner.name), "span": np.asarray(span),
@@ -288,7 +298,7 @@ def reconstruct_file(
     import nibabel as nib
 
     from petiq.fileio import _json_default
-    from petiq.phantom import grid_affine
+    from petiq.frame import nifti_image, scanner_grid_affine
 
     scanner = _scanner(scanner)
     span = scanner.check_span(int(span))
@@ -326,12 +336,10 @@ def reconstruct_file(
                        metadata=metadata)
     peak = float(image.max())
     norm01 = (image / peak if peak > 0 else np.zeros_like(image)).astype(np.float32)
-    affine = grid_affine(image.shape, scanner.voxel_size_mm)
+    affine = scanner_grid_affine(image.shape, scanner.voxel_size_mm)  # RAS+, head-first supine
 
     def nifti(data):
-        img = nib.Nifti1Image(data, affine)
-        img.header.set_xyzt_units("mm", "sec")
-        return img
+        return nifti_image(data, affine)  # qform = sform = affine, code 1
 
     with contextlib.ExitStack() as stack:
         tmp_img = stack.enter_context(atomic_path(out_nii))
