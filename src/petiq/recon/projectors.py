@@ -71,16 +71,18 @@ races; memory ``n_threads x`` one padded image, 62 MB each at mMR size). Thread 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numba
 import numpy as np
 from numba import njit, prange
+from scipy import sparse
 
 from petiq.errors import PetiqInputError
 from petiq.scanner import Scanner
 
-__all__ = ["JosephProjector"]
+__all__ = ["JosephProjector", "compress_span1", "forward_member_mean", "member_planes"]
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -548,6 +550,50 @@ def member_planes(scanner: Scanner, span: int, vz: float, z0: float):
     dz = np.ascontiguousarray(g1.delta_z_mm, dtype=np.float64)
     to_sino = np.array(scanner.span1_to_sinogram(span), dtype=np.int64)  # a writable copy (torch)
     return c0, c1, dz, to_sino
+
+
+@functools.lru_cache(maxsize=16)
+def _compression_matrix(scanner: Scanner, span: int, mean: bool) -> sparse.csr_matrix:
+    """float32 CSR (n_sinograms(span), n_sinograms(1)): 1 (or 1/members) where span-1 sinogram z is a
+    member of the sinogram."""
+    to_sino = scanner.span1_to_sinogram(span)
+    weight = np.ones(to_sino.size, dtype=np.float32)
+    if mean:
+        weight = (1.0 / np.bincount(to_sino)[to_sino]).astype(np.float32)
+    return sparse.csr_matrix((weight, (to_sino, np.arange(to_sino.size))),
+                             shape=(scanner.n_sinograms(span), to_sino.size), dtype=np.float32)
+
+
+def compress_span1(values, scanner: Scanner, span: int, mean: bool = False) -> np.ndarray:
+    """Span-1 values ``(n_sinograms(1), n_views_or_subset, n_radial)`` -> span ``span``: the sum over
+    each sinogram's members (how the scanner histograms counts), or their mean (``mean=True``; how a
+    compressed bin's multiplicative factors - normalisation, attenuation - are formed). float32."""
+    values = np.asarray(values)
+    n1 = scanner.n_sinograms(1)
+    if values.ndim != 3 or values.shape[0] != n1:
+        raise PetiqInputError(None, f"span-1 values have shape {values.shape}, expected ({n1}, views, radial)",
+                              "pass one span-1 sinogram per ring pair (scanner.sinogram_shape(1))")
+    m = _compression_matrix(scanner, scanner.check_span(span), bool(mean))
+    out = m @ np.ascontiguousarray(values, dtype=np.float32).reshape(n1, -1)  # float32: <= 6 terms a bin
+    return np.asarray(out, dtype=np.float32).reshape((m.shape[0],) + values.shape[1:])
+
+
+def forward_member_mean(scanner: Scanner, image, voxel_size_mm, span: int, transform,
+                        views_per_chunk: int = 12) -> np.ndarray:
+    """float32 span-``span`` sinogram: the mean over each bin's span-1 members of
+    ``transform(P_1 image)`` (``transform`` maps a float32 span-1 projection to values), computed
+    a few views at a time so that no full span-1 sinogram is held (354 M bins on the mMR).
+
+    For ``transform = exp(-0.1 p)`` this is the attenuation factor of a compressed bin as NiftyPET
+    forms it (``prjf.cu``: ``atomicAdd(sino, expf(-acc) / li2nos)``)."""
+    image = np.asarray(image, dtype=np.float32)
+    proj1 = JosephProjector(scanner, image_shape=image.shape, voxel_size_mm=voxel_size_mm, span=1)
+    out = np.empty(scanner.sinogram_shape(span), dtype=np.float32)
+    for v0 in range(0, scanner.n_views, int(views_per_chunk)):
+        views = np.arange(v0, min(scanner.n_views, v0 + int(views_per_chunk)), dtype=np.int64)
+        values = np.asarray(transform(proj1.forward(image, views=views)), dtype=np.float32)
+        out[:, views, :] = compress_span1(values, scanner, span, mean=True)
+    return out
 
 
 # ----------------------------------------------------------------------------- public class
