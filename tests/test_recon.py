@@ -175,6 +175,44 @@ def test_system_model_matches_the_simulator_span1_expectation():
     np.testing.assert_allclose(exact, prompts, rtol=2e-3, atol=2e-5 * prompts.max())
 
 
+@pytest.mark.slow
+def test_uniform_cylinder_with_the_real_gaps_reconstructs_flat():
+    """Demo scanner (28 blocks of 9 positions, the mMR's gap layout): a noise-free water cylinder of
+    10 kBq/mL, radius 80 mm, simulated span-1 bin by span-1 bin, each with its own norm (gaps: 0)
+    and attenuation, histogrammed to span 11, normalised and attenuation-corrected, reconstructs
+    flat: CoV < 2 % and mean within 1 % over the central 80 % of the radius in the central half of
+    the axial FOV (measured: CoV 1.0 %, mean 1.0005; the mean-LOR model on the same data: CoV 25 %)."""
+    sc = Scanner.demo()
+    radius_mm, conc = 80.0, 10.0
+    shape, vox = sc.image_shape, sc.voxel_size_mm
+    x = (np.arange(shape[0]) - (shape[0] - 1) / 2) * vox[0]
+    z = (np.arange(shape[2]) - (shape[2] - 1) / 2) * vox[2]
+    r = np.hypot(x[:, None], x[None, :])
+    cylinder = np.repeat((r <= radius_mm)[:, :, None], shape[2], axis=2).astype(np.float32)
+    truth = scanner_truth(sc, np.random.default_rng(5))
+    gap = np.arange(sc.crystals_per_ring) % 9 == 0  # NiftyPET (c + 1) % 9 == 0 with c = det - 1
+    assert np.all(truth.crystal_efficiency[:, gap] == 0) and np.all(truth.crystal_efficiency[:, ~gap] > 0)
+    settings = AcquisitionSettings(duration_s=600.0, span=SPAN, scatter_fraction=0.0, singles_cps_per_mbq=0.0)
+    exp = expected_data(conc * cylinder, 0.096 * cylinder, vox, sc, truth, settings)
+    smap = sc.span1_to_sinogram(SPAN)
+    y = np.zeros(sc.sinogram_shape(SPAN))
+    for z1, p, _ in iter_span1_counts(exp, sc, truth, settings, _ExpectationRng(), progress=False):
+        y[smap[z1]] += p / _ExpectationRng.SCALE
+    norm = corr.norm_sinogram(sc, truth.crystal_efficiency, truth.radial_factor, SPAN)
+    assert y[norm == 0].sum() == 0 and (norm == 0).mean() > 0.15  # bins touching a gap record nothing
+    att = corr.attenuation_factors(0.096 * cylinder, vox, sc, SPAN)
+    image = reconstruct(y.astype(np.float32), sc, SPAN, duration_s=600.0,
+                        calibration_factor=exp.summary["calibration_factor"], norm=norm, attenuation=att,
+                        n_iterations=3, n_subsets=14, progress=False, backend="cpu")
+    roi = (r <= 0.8 * radius_mm)[:, :, None] & (np.abs(z) <= 0.25 * sc.axial_fov_mm)[None, None, :]
+    values = image[roi].astype(np.float64)
+    assert values.std() / values.mean() < 0.02
+    assert values.mean() == pytest.approx(conc, rel=0.01)
+    # and flat along the axis, slice by slice, to the axial edges
+    per_slice = image[r <= 0.8 * radius_mm].mean(axis=0)
+    np.testing.assert_allclose(per_slice, conc, rtol=0.01)
+
+
 def test_subsets_interleave_views_evenly():
     subsets = subset_views(252, 21)
     assert [len(s) for s in subsets] == [12] * 21
