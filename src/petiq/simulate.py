@@ -4,7 +4,7 @@ The expected data of a span-1 bin ``i`` (crystals ``a``, ``b``; member of span-`
 over an acquisition of ``D`` seconds::
 
     trues_i    = c_T · n_i · a_i · (P₁ x)_i              the member's own attenuated line integral
-    scatter_i  = c_S · n_i · smooth(ā · P x)_k / m_k      smooth: shared by the m_k members of bin k
+    scatter_i  = c_S · n_i · smooth(ē)_k                  ē_k: mean of c_T·a_i·(P₁ x)_i over bin k's members
     randoms_i  = 2τ · s_a · s_b · D                       singles-rate model (delayeds: same)
     prompts_i ~ Poisson(trues_i + scatter_i + randoms_i),   delayeds_i ~ Poisson(randoms_i)
 
