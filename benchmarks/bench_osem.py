@@ -83,7 +83,7 @@ def make_data(scanner: Scanner, span: int, total_counts: float, seed: int = 0) -
     truth = scanner_truth(scanner, np.random.default_rng(5))
     norm = corr.norm_sinogram(scanner, truth.crystal_efficiency, truth.radial_factor, span)
     proj = JosephProjector(scanner, span=span)
-    att = np.exp(-0.1 * proj.forward(mu)).astype(np.float32)
+    att = corr.attenuation_factors(mu, vox, scanner, span)  # member means of exp(-P1 mu)
     kappa = scanner_calibration(scanner, span)
     trues = att * norm * proj.forward(activity)
     scale = total_counts * 0.5 / float(trues.sum(dtype=np.float64))  # trues 50 %, scatter 30 %, randoms 20 %

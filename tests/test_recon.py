@@ -121,8 +121,10 @@ class _ExpectationRng:
 
 
 def test_system_model_matches_the_simulator_span1_expectation():
-    """a·n̄·κ·D·(P x) + r + s (n̄ = mean of members, r = sum of members) equals the simulator's span-1
-    expectation summed into span 11."""
+    """The simulator's span-1 expectation summed into span 11 is the exact member sum
+    Σ_i n_i·a_i·κ·D·(P₁ x)_i + s + r; the reconstruction's a̅·n̄·κ·D·(P x) + r + s (P = sum over
+    members, a̅ and n̄ their means, r = sum of members) equals it up to the covariance of the
+    members' factors (measured ≤ 0.36 % per bin on the tiny scanner)."""
     sc = Scanner.tiny()
     activity, mu, _ = phantom(sc)
     truth = scanner_truth(sc, np.random.default_rng(5))
@@ -143,8 +145,72 @@ def test_system_model_matches_the_simulator_span1_expectation():
                            norm=norm, attenuation=att)
     randoms = corr.crystal_pair_sums(sc, exp.singles_cps, SPAN) * (2 * settings.coincidence_window_ns * 1e-9 * 600.0)
     model = mult * proj.forward(activity) + norm * members * exp.scatter + randoms
-    np.testing.assert_allclose(model, prompts, rtol=2e-3, atol=2e-5 * prompts.max())
+    np.testing.assert_allclose(model, prompts, rtol=5e-3, atol=2e-5 * prompts.max())
+    assert np.abs(model - prompts).sum() / prompts.sum() < 5e-4
     np.testing.assert_allclose(randoms, delayeds, rtol=2e-3, atol=2e-5 * delayeds.max())
+    # the exact member sum, built here: every span-1 LOR with its own crystal pair, attenuation and
+    # line integral; the span-11 map from the definition (ring differences -5..5, 6..16, ...)
+    ra, rb = sc.span1_rings()
+    view, t = np.meshgrid(np.arange(sc.n_views), np.arange(sc.n_radial), indexing="ij")
+    tp = t - sc.n_radial // 2
+    det_a = (view + np.floor_divide(tp, 2)) % sc.crystals_per_ring  # STIR/CTI interleaving
+    det_b = (view - (tp + 1) // 2 + sc.crystals_per_ring // 2) % sc.crystals_per_ring
+    eff, g = truth.crystal_efficiency.astype(np.float64), truth.radial_factor.astype(np.float64)
+    proj1 = JosephProjector(sc, span=1)
+    line1 = proj1.forward(activity).astype(np.float64)
+    att1 = np.exp(-0.1 * proj1.forward(mu).astype(np.float64))
+    kappa_d = exp.summary["calibration_factor"] * 600.0
+    def segment(d):  # span 11: 0 holds -5..5, +-1 holds +-(6..16), ...
+        return 0 if abs(d) <= 5 else int(np.sign(d)) * ((abs(d) - 6) // 11 + 1)
+
+    # span-11 sinograms in storage order: segments 0, -1, +1, ..., ring sums ascending in each
+    present = {(segment(b - a), a + b) for a, b in zip(ra, rb)}
+    planes = sorted(present, key=lambda km: (abs(km[0]), km[0], km[1]))
+    exact = np.zeros_like(prompts)
+    for z in range(ra.size):
+        k11 = planes.index((segment(rb[z] - ra[z]), ra[z] + rb[z]))
+        n_i = eff[ra[z]][det_a] * eff[rb[z]][det_b] * g[None, :]
+        exact[k11] += n_i * att1[z] * line1[z] * kappa_d
+    exact += norm * members * exp.scatter + randoms
+    np.testing.assert_allclose(exact, prompts, rtol=2e-3, atol=2e-5 * prompts.max())
+
+
+@pytest.mark.slow
+def test_uniform_cylinder_with_the_real_gaps_reconstructs_flat():
+    """Demo scanner (28 blocks of 9 positions, the mMR's gap layout): a noise-free water cylinder of
+    10 kBq/mL, radius 80 mm, simulated span-1 bin by span-1 bin, each with its own norm (gaps: 0)
+    and attenuation, histogrammed to span 11, normalised and attenuation-corrected, reconstructs
+    flat: CoV < 2 % and mean within 1 % over the central 80 % of the radius in the central half of
+    the axial FOV (measured: CoV 1.0 %, mean 1.0005; the mean-LOR model on the same data: CoV 25 %)."""
+    sc = Scanner.demo()
+    radius_mm, conc = 80.0, 10.0
+    shape, vox = sc.image_shape, sc.voxel_size_mm
+    x = (np.arange(shape[0]) - (shape[0] - 1) / 2) * vox[0]
+    z = (np.arange(shape[2]) - (shape[2] - 1) / 2) * vox[2]
+    r = np.hypot(x[:, None], x[None, :])
+    cylinder = np.repeat((r <= radius_mm)[:, :, None], shape[2], axis=2).astype(np.float32)
+    truth = scanner_truth(sc, np.random.default_rng(5))
+    gap = np.arange(sc.crystals_per_ring) % 9 == 0  # NiftyPET (c + 1) % 9 == 0 with c = det - 1
+    assert np.all(truth.crystal_efficiency[:, gap] == 0) and np.all(truth.crystal_efficiency[:, ~gap] > 0)
+    settings = AcquisitionSettings(duration_s=600.0, span=SPAN, scatter_fraction=0.0, singles_cps_per_mbq=0.0)
+    exp = expected_data(conc * cylinder, 0.096 * cylinder, vox, sc, truth, settings)
+    smap = sc.span1_to_sinogram(SPAN)
+    y = np.zeros(sc.sinogram_shape(SPAN))
+    for z1, p, _ in iter_span1_counts(exp, sc, truth, settings, _ExpectationRng(), progress=False):
+        y[smap[z1]] += p / _ExpectationRng.SCALE
+    norm = corr.norm_sinogram(sc, truth.crystal_efficiency, truth.radial_factor, SPAN)
+    assert y[norm == 0].sum() == 0 and (norm == 0).mean() > 0.15  # bins touching a gap record nothing
+    att = corr.attenuation_factors(0.096 * cylinder, vox, sc, SPAN)
+    image = reconstruct(y.astype(np.float32), sc, SPAN, duration_s=600.0,
+                        calibration_factor=exp.summary["calibration_factor"], norm=norm, attenuation=att,
+                        n_iterations=3, n_subsets=14, progress=False, backend="cpu")
+    roi = (r <= 0.8 * radius_mm)[:, :, None] & (np.abs(z) <= 0.25 * sc.axial_fov_mm)[None, None, :]
+    values = image[roi].astype(np.float64)
+    assert values.std() / values.mean() < 0.02
+    assert values.mean() == pytest.approx(conc, rel=0.01)
+    # and flat along the axis, slice by slice, to the axial edges
+    per_slice = image[r <= 0.8 * radius_mm].mean(axis=0)
+    np.testing.assert_allclose(per_slice, conc, rtol=0.01)
 
 
 def test_subsets_interleave_views_evenly():

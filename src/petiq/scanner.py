@@ -150,10 +150,10 @@ class SinogramGeometry:
     * ``mean_ring_difference``, ``n_members``: mean ring difference and number of span-1 sinograms
       added into each plane.
 
-    For span > 1 a compressed sinogram is modelled as ONE LOR per bin at the mean axial position and
-    the mean ring difference of its member span-1 sinograms (the usual "mean LOR" approximation of
-    axial compression; all members of a plane share the ring sum, so the mean axial position is
-    exact and only the obliquity is averaged). For span 1 the model is exact.
+    For span > 1 the axial part describes the "mean LOR" of each compressed sinogram (mean axial
+    position and mean ring difference of its members; all members share the ring sum, so only the
+    obliquity is averaged). The projector does not use it: it models a compressed bin as the sum of
+    its span-1 members, each with its own LOR (span-1 geometry; :mod:`petiq.recon.projectors`).
     """
 
     span: int
@@ -483,8 +483,8 @@ class Scanner:
 
     def sinogram_lor_geometry(self, span: int) -> SinogramGeometry:
         """Geometry of all bins of a span, factorised into a transaxial part per (view, radial) and
-        an axial part per sinogram plane (see :class:`SinogramGeometry`; for span > 1 one mean LOR
-        per bin)."""
+        an axial part per sinogram plane (see :class:`SinogramGeometry`; for span > 1 the mean LOR
+        of each bin's members)."""
         return _geometry(self, self.check_span(span))
 
 

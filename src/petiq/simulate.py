@@ -3,14 +3,14 @@
 The expected data of a span-1 bin ``i`` (crystals ``a``, ``b``; member of span-``S`` sinogram ``k``)
 over an acquisition of ``D`` seconds::
 
-    trues_i    = c_T · n_i · a_k · (P x)_k / m_k          attenuated line integral, shared by the
-    scatter_i  = c_S · n_i · smooth(a · P x)_k / m_k      m_k members of the compressed bin
+    trues_i    = c_T · n_i · a_i · (P₁ x)_i              the member's own attenuated line integral
+    scatter_i  = c_S · n_i · smooth(ē)_k                  ē_k: mean of c_T·a_i·(P₁ x)_i over bin k's members
     randoms_i  = 2τ · s_a · s_b · D                       singles-rate model (delayeds: same)
     prompts_i ~ Poisson(trues_i + scatter_i + randoms_i),   delayeds_i ~ Poisson(randoms_i)
 
-* ``P`` is the Joseph projector at the reconstruction span (mMR: 11) on the phantom's grid; each span-1
-  member of a compressed bin receives its share (the same "mean LOR" approximation the projector
-  uses for span > 1), times its own normalisation.
+* ``P₁`` is the Joseph projector of the span-1 LORs on the phantom's grid: every span-1 bin gets its
+  own line integral ``(P₁ x)_i`` and attenuation ``a_i = exp(−(P₁ μ)_i)``, times its own
+  normalisation (a compressed bin of the reconstruction then sums them, as the scanner does).
 * ``n_i = ε_a ε_b g_t``: crystal efficiencies (block profile × random spread, zero in the gaps) and a
   radial geometric factor with the interleaving pattern of odd/even radial bins: the scanner's
   normalisation *truth*, drawn once per scanner from the config seed (:func:`scanner_truth`).
@@ -47,7 +47,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from .phantom import F18_HALF_LIFE_MIN
-from .recon.projectors import JosephProjector
+from .recon.projectors import JosephProjector, compress_span1
 from .scanner import Scanner
 
 MMR_TRUES_CPS_PER_MBQ = 15_000.0
@@ -132,9 +132,11 @@ def uniform_cylinder(radius_mm: float, length_mm: float, voxel_mm: float = 4.0):
 
 @functools.lru_cache(maxsize=8)
 def scanner_calibration(scanner: Scanner, span: int, mmr_cps_per_mbq: float = MMR_TRUES_CPS_PER_MBQ) -> float:
-    """κ: trues per second per (Bq/mm²) of line integral, summed over a compressed bin's members.
+    """κ: trues per second per (Bq/mm²) of line integral of one span-1 LOR.
 
     Fixed so that the unattenuated reference cylinder gives η trues/s per MBq (:func:`trues_sensitivity`).
+    A compressed bin's projection is the sum of its members' (:mod:`petiq.recon.projectors`), so
+    the total line integral, and κ, are the same at every ``span`` (up to float rounding).
     """
     image, voxel = uniform_cylinder(**REFERENCE_CYLINDER)
     proj = JosephProjector(scanner, image_shape=image.shape, voxel_size_mm=voxel, span=span)
@@ -147,8 +149,9 @@ def scanner_calibration(scanner: Scanner, span: int, mmr_cps_per_mbq: float = MM
 class ExpectedData:
     """Expected counts at the simulation span, plus what is needed to expand them to span 1."""
 
-    emission: np.ndarray  # c_T · a · P x (span S), before normalisation
-    scatter: np.ndarray  # c_S · smooth(a · P x) (span S), before normalisation
+    emission_span1: np.ndarray  # c_T · a_i · (P₁ x)_i per span-1 bin i, before normalisation
+    emission: np.ndarray  # its mean over each span-S bin's members (span S), before normalisation
+    scatter: np.ndarray  # c_S · smooth(emission) per member (span S), before normalisation
     singles_cps: np.ndarray  # (n_rings, crystals_per_ring)
     activity_mbq: float
     summary: dict
@@ -162,17 +165,25 @@ def expected_data(
     truth: ScannerTruth,
     settings: AcquisitionSettings,
 ) -> ExpectedData:
-    """Expected trues and scatter sinograms (span S, un-normalised) and singles rates."""
-    proj = JosephProjector(scanner, image_shape=activity.shape, voxel_size_mm=voxel_size_mm, span=settings.span)
-    line_integrals = proj.forward(activity.astype(np.float32))  # Bq/mm² (kBq/mL = Bq/mm³)
-    attenuation = np.exp(-0.1 * proj.forward(mu.astype(np.float32)))  # μ in cm⁻¹, path in mm
-    members = scanner.sinogram_members(settings.span).astype(np.float64)
+    """Expected trues per span-1 bin and their span-S member means, scatter (span S, per member),
+    all un-normalised, and singles rates.
+
+    Memory: two float32 span-1 sinograms (mMR: 1.4 GB each) while the trues are formed."""
+    proj = JosephProjector(scanner, image_shape=activity.shape, voxel_size_mm=voxel_size_mm, span=1)
+    line_integrals = proj.forward(activity.astype(np.float32))  # Bq/mm² (kBq/mL = Bq/mm³), per span-1 LOR
+    attenuation = proj.forward(mu.astype(np.float32))
+    np.exp(np.float32(-0.1) * attenuation, out=attenuation)  # μ in cm⁻¹, path in mm
     voxel_ml = float(np.prod(voxel_size_mm)) / 1000.0
     activity_mbq = float(activity.sum(dtype=np.float64) * voxel_ml / 1000.0)  # kBq/mL · mL → MBq
     total_geometric = float(line_integrals.sum(dtype=np.float64))
     kappa = scanner_calibration(scanner, settings.span, settings.trues_cps_per_mbq)
     c_t = kappa * settings.duration_s
-    emission = (c_t * attenuation * line_integrals / members[:, None, None]).astype(np.float32)
+    emission1 = attenuation
+    emission1 *= line_integrals
+    del line_integrals
+    mean_attenuation = float(emission1.sum(dtype=np.float64)) / max(total_geometric, 1e-30)
+    emission1 *= np.float32(c_t)
+    emission = compress_span1(emission1, scanner, settings.span, mean=True)
 
     radial_sigma_bins = 60.0 / (2 * np.pi * scanner.lor_radius_mm / scanner.crystals_per_ring / 2)
     smooth = ndimage.gaussian_filter(
@@ -182,6 +193,7 @@ def expected_data(
     scatter = (smooth * (sf / (1.0 - sf)) * emission.sum(dtype=np.float64) / max(smooth.sum(), 1e-30)).astype(np.float32)
     singles = settings.singles_cps_per_mbq * singles_scale(scanner) * activity_mbq * truth.crystal_efficiency
     return ExpectedData(
+        emission_span1=emission1,
         emission=emission,
         scatter=scatter,
         singles_cps=singles.astype(np.float64),
@@ -191,7 +203,7 @@ def expected_data(
             "trues_sensitivity_cps_per_mbq": trues_sensitivity(scanner, settings.trues_cps_per_mbq),
             "calibration_factor": kappa,
             "scatter_fraction": sf,
-            "mean_attenuation_factor": float((attenuation * line_integrals).sum() / max(total_geometric, 1e-30)),
+            "mean_attenuation_factor": mean_attenuation,
         },
     )
 
@@ -216,7 +228,7 @@ def iter_span1_counts(expected: ExpectedData, scanner: Scanner, truth: ScannerTr
         norm = truth.span1_plane_norm(scanner, z, dets)
         k = span_map[z]
         randoms = randoms_scale * s[ring_a_of_z[z]][dets[0]] * s[ring_b_of_z[z]][dets[1]]
-        lam_prompt = norm * (expected.emission[k] + expected.scatter[k]) + randoms
+        lam_prompt = norm * (expected.emission_span1[z] + expected.scatter[k]) + randoms
         yield z, rng.poisson(lam_prompt).astype(np.uint32), rng.poisson(randoms).astype(np.uint32)
 
 
@@ -337,7 +349,7 @@ def simulate_patient(
     }
     with ListmodeWriter(out_path, header, scanner=scanner) as writer:
         write_events_with_times(writer, words, per_ms)
-    expected_trues = float(expected.emission.sum(dtype=np.float64))
+    expected_trues = float(expected.emission_span1.sum(dtype=np.float64))
     return {
         **expected.summary,
         "participant_id": participant["participant_id"],
@@ -367,21 +379,22 @@ def simulate_norm_scan(scanner: Scanner, scanner_seed: int, seed: int, span: int
     collects ~10⁹ counts); the duration follows from it."""
     truth = scanner_truth(scanner, np.random.default_rng(scanner_seed))
     cylinder, voxel = uniform_cylinder(NORM_PHANTOM["radius_mm"], scanner.n_rings * scanner.ring_pitch_mm)
-    proj = JosephProjector(scanner, image_shape=cylinder.shape, voxel_size_mm=voxel, span=span)
-    geometric = proj.forward(cylinder)
-    attenuation = np.exp(-0.1 * NORM_PHANTOM["mu_cm"] * geometric)
-    members = scanner.sinogram_members(span).astype(np.float64)
+    proj = JosephProjector(scanner, image_shape=cylinder.shape, voxel_size_mm=voxel, span=1)
+    rate = proj.forward(cylinder)  # every span-1 LOR's own line integral (float32 span-1 sinogram)
+    inside = rate > 0
     kappa = scanner_calibration(scanner, span)
     concentration = NORM_PHANTOM["activity_bq_per_ml"] / 1000.0  # Bq/mm³
-    rate = kappa * concentration * attenuation * geometric / members[:, None, None]  # per span-1 member, per s
-    duration_s = counts_per_bin / max(float(rate[geometric > 0].mean()), 1e-30)
-    expected = (rate * duration_s).astype(np.float32)
+    rate *= np.float32(kappa * concentration) * np.exp(np.float32(-0.1 * NORM_PHANTOM["mu_cm"]) * rate)  # per s
+    duration_s = counts_per_bin / max(float(rate[inside].mean(dtype=np.float64)), 1e-30)
+    del inside
+    expected = rate
+    expected *= np.float32(duration_s)
     rng = np.random.default_rng(seed)
     span_map, dets, ring_a_of_z, ring_b_of_z = _span1_plane_tables(scanner, span)
     fansums = np.zeros((scanner.n_rings, scanner.crystals_per_ring), dtype=np.float64)
     sinogram = np.zeros(scanner.sinogram_shape(span), dtype=np.uint32)
     for z in tqdm(range(span_map.size), desc="norm scan planes", disable=not progress, mininterval=5):
-        counts = rng.poisson(truth.span1_plane_norm(scanner, z, dets) * expected[span_map[z]])
+        counts = rng.poisson(truth.span1_plane_norm(scanner, z, dets) * expected[z])
         sinogram[span_map[z]] += counts.astype(np.uint32)
         np.add.at(fansums[ring_a_of_z[z]], dets[0].ravel(), counts.ravel())
         np.add.at(fansums[ring_b_of_z[z]], dets[1].ravel(), counts.ravel())

@@ -5,11 +5,19 @@ All corrections enter the reconstruction's system model (ordinary-Poisson OSEM,
 
     ybar_k = a_k · n_k · κ · D · (P x)_k + r_k + s_k
 
-``x`` in kBq/mL (= Bq/mm³), ``P`` the Joseph projector (line integrals in mm), ``a`` attenuation
-factors, ``n`` the normalisation of the compressed bin = the MEAN of its span-1 members' ``n_i``,
-``κ`` the scanner's calibration factor (trues per second per Bq/mm² of line integral, summed over a
-compressed bin's members; stored with the norm scan), ``D`` the acquisition duration (s), ``r``
-expected randoms (the SUM over members), ``s`` expected scatter (counts, normalisation included).
+``x`` in kBq/mL (= Bq/mm³), ``P`` the Joseph projector (line integrals in mm; for a compressed bin
+the SUM over its span-1 members, each its own LOR, as the scanner adds their counts: see
+:mod:`petiq.recon.projectors`), ``a`` attenuation factors (the MEAN over the members of
+``exp(−P₁μ)``), ``n`` the normalisation of the compressed bin = the MEAN of its span-1 members'
+``n_i``, ``κ`` the scanner's calibration factor (trues per second per Bq/mm² of line integral of one
+span-1 LOR; stored with the norm scan), ``D`` the acquisition duration (s), ``r`` expected randoms
+(the SUM over members), ``s`` expected scatter (counts, normalisation included).
+
+Sum projector with mean factors is NiftyPET's span-11 model: ``prjf.cu`` adds every span-1 LOR's
+line integral into its span-11 sinogram but its attenuation factor as ``exp(−acc)/li2nos``, and
+``norm.cu`` adds ``nrmfctr/sn1_sn11no`` per member. ``a·n·ΣP`` equals the scanner's
+``Σ_i a_i n_i P_i`` up to the covariance of the members' factors and line integrals (the members of
+one bin share the crystal pair's transaxial position and differ only in ring pair).
 
 Span-1 bookkeeping: the ring pair of a span-1 bin depends on its sinogram ``z`` only and the
 crystal pair on (view, radial) only (:meth:`petiq.scanner.Scanner.view_radial_to_dets`), so
@@ -23,7 +31,7 @@ The estimators (each a paragraph of the README; see their docstrings):
   geometric factors by measured / expected counts, scale fixed by the known phantom and κ.
 * :func:`estimate_randoms` — singles per crystal from the delayed fan sums, randoms ∝ s_a·s_b,
   scaled to the delayed total (variance reduction).
-* :func:`attenuation_factors` — ``exp(−P μ)`` of the μ-map on its own grid.
+* :func:`attenuation_factors` — ``exp(−P₁ μ)`` of the μ-map on its own grid, averaged over members.
 * :func:`estimate_scatter` — smoothed-emission scatter model scaled to the tails (not e7's SSS).
 """
 
@@ -39,7 +47,7 @@ from numba import njit, prange
 from scipy import ndimage
 
 from petiq.errors import PetiqInputError
-from petiq.recon.projectors import JosephProjector
+from petiq.recon.projectors import forward_member_mean
 from petiq.scanner import Scanner
 
 __all__ = [
@@ -193,7 +201,8 @@ class NormEstimate:
 def norm_phantom_expected(scanner: Scanner, span: int, radius_mm: float, mu_cm: float,
                           activity_bq_per_ml: float, duration_s: float, calibration_factor: float) -> np.ndarray:
     """Expected counts per span-1 member of each span-``span`` bin for the norm scan's uniform
-    cylinder with unit normalisation: ``κ · D · c · a · (P 1_cyl) / m_k`` (float32).
+    cylinder with unit normalisation, the mean over the bin's members of ``κ · D · c · a_i · (P₁ 1_cyl)_i``
+    (float32; ``a_i = exp(−μ (P₁ 1_cyl)_i)``, each member's own LOR).
 
     The cylinder is the one :func:`petiq.simulate.simulate_norm_scan` acquires (radius
     ``radius_mm``, the whole axial FOV, water μ), voxelised the same way, so the expectation is exact
@@ -201,15 +210,17 @@ def norm_phantom_expected(scanner: Scanner, span: int, radius_mm: float, mu_cm: 
     from petiq.simulate import uniform_cylinder
 
     cylinder, voxel = uniform_cylinder(radius_mm, scanner.n_rings * scanner.ring_pitch_mm)
-    proj = JosephProjector(scanner, image_shape=cylinder.shape, voxel_size_mm=voxel, span=span)
-    geometric = proj.forward(cylinder)
-    attenuation = np.exp(-0.1 * mu_cm * geometric)
-    rate = calibration_factor * (activity_bq_per_ml / 1000.0) * attenuation * geometric / _members(scanner, span)
-    return (rate * duration_s).astype(np.float32)
+    scale = np.float32(calibration_factor * (activity_bq_per_ml / 1000.0) * duration_s)
+    mu_mm = np.float32(0.1 * mu_cm)
+    return forward_member_mean(scanner, cylinder, voxel, span, lambda p: scale * p * np.exp(-mu_mm * p))
 
 
 def norm_sinogram(scanner: Scanner, crystal_efficiency: np.ndarray, radial_factor: np.ndarray, span: int) -> np.ndarray:
-    """float32 span-``span`` normalisation: mean over members of ``ε_a ε_b`` times ``g_t``."""
+    """float32 span-``span`` normalisation: mean over members of ``ε_a ε_b`` times ``g_t``.
+
+    The mean, because the projector already sums the members' line integrals (``n̄ · Σ_i P_i x``
+    ≈ ``Σ_i n_i P_i x``); NiftyPET's ``norm.cu`` forms the span-11 norm the same way (``nrmfctr /
+    sn1_sn11no`` added per member)."""
     pairs = crystal_pair_sums(scanner, crystal_efficiency, span)
     members = scanner.sinogram_members(span).astype(np.float32)[:, None, None]
     return (pairs / members * np.asarray(radial_factor, dtype=np.float32)[None, None, :]).astype(np.float32)
@@ -425,11 +436,11 @@ def check_mumap(mu: np.ndarray, affine: np.ndarray, scanner: Scanner, path=None)
 
 
 def attenuation_factors(mu: np.ndarray, voxel_size_mm, scanner: Scanner, span: int) -> np.ndarray:
-    """float32 span-``span`` attenuation factors ``exp(−P μ)``: μ in cm⁻¹ on its own grid (centred on
-    the scanner), the projector integrates in mm, hence the factor 0.1."""
+    """float32 span-``span`` attenuation factors: the mean over each bin's span-1 members of
+    ``exp(−P₁ μ)`` (NiftyPET ``prjf.cu``: ``expf(-acc) / li2nos`` per member), μ in cm⁻¹ on its own
+    grid (centred on the scanner); the projector integrates in mm, hence the factor 0.1."""
     mu = np.asarray(mu, dtype=np.float32)
-    proj = JosephProjector(scanner, image_shape=mu.shape, voxel_size_mm=voxel_size_mm, span=span)
-    return np.exp(-0.1 * proj.forward(mu)).astype(np.float32)
+    return forward_member_mean(scanner, mu, voxel_size_mm, span, lambda p: np.exp(np.float32(-0.1) * p))
 
 
 # ----------------------------------------------------------------------------- scatter

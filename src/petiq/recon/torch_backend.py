@@ -9,13 +9,16 @@ The transaxial Joseph path of every (view, radial) pair — "ray" — is compute
 the numba projector's own ``_transaxial_path`` and stored padded to the longest path:
 ``base`` (flat padded index of the lower minor-axis tap at z-pad 0), the two minor-axis weights
 ``w0``/``w1`` (0 for padding samples), the LOR parameter ``t`` of each sample, the minor-axis
-``stride`` of the ray, and the per (ray, plane) weight ``v_major/|dmajor| · |LOR|``. A projection
-then processes chunks of rays × samples × all planes as tensors::
+``stride`` of the ray, and what the per (ray, plane) weight ``v_major/|dmajor| · |LOR|`` is made
+of. The planes are the span-1 member planes of the span (as in the numba projector: a compressed
+bin is the sum of its members, :func:`petiq.recon.projectors.member_planes`). A projection then
+processes chunks of rays × samples × all member planes as tensors::
 
     f   = clamp(c0[p] + t · c1[p], 0, nz + 1)      padded fractional z index (C, S, P)
     i0  = base + floor(f),   i1 = i0 + stride,   wz = f − floor(f)
     fwd = Σ_S (w0·((1−wz)·img[i0] + wz·img[i0+1]) + w1·((1−wz)·img[i1] + wz·img[i1+1])) · weight
-    back: img.index_add_(…) of the same four taps with the same weights
+    sino[:, to_sino] += fwd          (index_add_ over the member planes of each sinogram)
+    back: img.index_add_(…) of the same four taps with the same weights, y = sino[:, to_sino]
 
 with planes innermost, so neighbouring GPU threads read neighbouring z voxels. ``chunk_elements``
 (C·S·P per chunk) bounds the temporaries (≈ 70 bytes per element). Rays of a chunk are consecutive
@@ -30,7 +33,7 @@ import numpy as np
 from numba import njit
 
 from petiq.errors import PetiqInputError
-from petiq.recon.projectors import _transaxial_path, image_grid
+from petiq.recon.projectors import _transaxial_path, image_grid, member_planes
 from petiq.scanner import Scanner
 
 __all__ = ["TorchJosephProjector", "cuda_available", "describe_device"]
@@ -97,7 +100,7 @@ class TorchJosephProjector:
         g = scanner.sinogram_lor_geometry(self.span)
         self.geometry = g
         self.sinogram_shape = g.shape
-        n_planes, nv, nr = g.shape
+        _, nv, nr = g.shape
         nx, ny, nz = shape
         vx, vy, vz = vox
         x0, y0, z0 = -(nx - 1) / 2.0 * vx, -(ny - 1) / 2.0 * vy, -(nz - 1) / 2.0 * vz
@@ -121,16 +124,12 @@ class TorchJosephProjector:
         w1 = np.where(valid, wm, 0.0).astype(np.float32)
         base = np.where(valid, base, 0)
         tt = np.where(valid, tt, 0.0).astype(np.float32)
-        # per (ray, plane) weight exactly as the numba kernels: float32(scale * sqrt(lxy2 + dz^2))
-        dz2 = np.asarray(g.delta_z_mm, np.float64) ** 2
-        weight = np.empty((n_rays, n_planes), np.float32)
-        for q0 in range(0, n_rays, 4096):
-            q1 = min(n_rays, q0 + 4096)
-            weight[q0:q1] = (scale[q0:q1, None] * np.sqrt(lxy2[q0:q1, None] + dz2[None, :])).astype(np.float32)
-        weight[ns == 0] = 0.0
-        z_a = g.z_mid_mm - 0.5 * g.delta_z_mm
-        c0 = ((z_a - z0) / vz + 1.0).astype(np.float32)
-        c1 = (g.delta_z_mm / vz).astype(np.float32)
+        # the planes projected are the span-1 member planes, each added into its span-S sinogram
+        # (projectors.member_planes); the per (ray, member plane) weight is made chunk by chunk in
+        # float64 exactly as the numba kernels: float32(scale * sqrt(lxy2 + dz^2))
+        c0, c1, dz, to_sino = member_planes(scanner, self.span, vz, z0)
+        self._n_members = int(to_sino.size)
+        scale = np.where(ns == 0, 0.0, scale)
         dev = self.device
         idx_dtype = torch.int32 if self._n_padded + nmax * (nz + 3) < 2**31 - 1 else torch.int64
         self._base = torch.from_numpy(base).to(dev, idx_dtype)
@@ -138,9 +137,12 @@ class TorchJosephProjector:
         self._w1 = torch.from_numpy(w1).to(dev)
         self._tt = torch.from_numpy(tt).to(dev)
         self._stride = torch.from_numpy(stride).to(dev)
-        self._weight = torch.from_numpy(weight).to(dev)
-        self._c0 = torch.from_numpy(c0).to(dev)
-        self._c1 = torch.from_numpy(c1).to(dev)
+        self._scale = torch.from_numpy(scale).to(dev, torch.float64)
+        self._lxy2 = torch.from_numpy(lxy2).to(dev, torch.float64)
+        self._dz2 = torch.from_numpy(dz * dz).to(dev, torch.float64)
+        self._c0 = torch.from_numpy(c0.astype(np.float32)).to(dev)
+        self._c1 = torch.from_numpy(c1.astype(np.float32)).to(dev)
+        self._to_sino = torch.from_numpy(to_sino).to(dev)
         self._ns = ns
         self._zmax = float(nz + 1)
         if chunk_elements is None:
@@ -166,7 +168,7 @@ class TorchJosephProjector:
         if plan is not None:
             return plan
         nr = self.scanner.n_radial
-        n_planes = self.sinogram_shape[0]
+        n_planes = self._n_members
         plan = []
         row = 0
         for v in views:
@@ -190,6 +192,11 @@ class TorchJosephProjector:
             self._plans.clear()
         self._plans[key] = plan
         return plan
+
+    def _weight(self, idx):
+        """float32 (C, member planes): Joseph weight of every member LOR of the chunk's rays."""
+        w = self._scale[idx].unsqueeze(-1) * self.torch.sqrt(self._lxy2[idx].unsqueeze(-1) + self._dz2)
+        return w.to(self.torch.float32)
 
     def _taps(self, idx, smax):
         torch = self.torch
@@ -223,13 +230,13 @@ class TorchJosephProjector:
         padded[1:nx + 1, 1:ny + 1, 1:nz + 1] = self._as_image(image)
         img = padded.view(-1)
         n_planes, _, nr = self.sinogram_shape
-        out = torch.empty((views.size * nr, n_planes), dtype=torch.float32, device=self.device)
+        out = torch.zeros((views.size * nr, n_planes), dtype=torch.float32, device=self.device)
         for row, idx, smax in self._plan(views):
             i0, i1, wz, w0, w1 = self._taps(idx, smax)
             lo = w0 * img[i0] + w1 * img[i1]
             hi = w0 * img[i0 + 1] + w1 * img[i1 + 1]
-            val = (lo + wz * (hi - lo)).sum(dim=1)
-            out[row:row + idx.numel()] = val * self._weight[idx]
+            val = (lo + wz * (hi - lo)).sum(dim=1)  # (C, member planes)
+            out[row:row + idx.numel()].index_add_(1, self._to_sino, val * self._weight(idx))
         return out.view(views.size, nr, n_planes).permute(2, 0, 1).contiguous()
 
     def back(self, values, views=None):
@@ -245,7 +252,7 @@ class TorchJosephProjector:
         vals = vals.to(self.device, torch.float32).permute(1, 2, 0).reshape(views.size * nr, n_planes)
         img = torch.zeros(self._n_padded, dtype=torch.float32, device=self.device)
         for row, idx, smax in self._plan(views):
-            yw = vals[row:row + idx.numel()] * self._weight[idx]  # (C, P)
+            yw = vals[row:row + idx.numel()][:, self._to_sino] * self._weight(idx)  # (C, member planes)
             if not bool(torch.any(yw != 0)):
                 continue
             i0, i1, wz, w0, w1 = self._taps(idx, smax)
