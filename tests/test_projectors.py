@@ -174,7 +174,9 @@ def test_axial_sensitivity_of_an_on_axis_point_is_the_span1_sum():
             if r1 + r2 == k:
                 geo[s11] += np.sqrt(1.0 + ((r2 - r1) * pitch / (2 * radius)) ** 2)
         hit = geo > 0
-        assert per_plane[~hit].sum() < 1e-4 * per_plane.sum()  # no other sinogram sees the point
+        # no other sinogram sees the point (but for a trace: on flat blocks the LOR ends lie at radii of
+        # 334.7-335.0 mm, so an LOR crosses the axis a hair off its ring pair's mid-plane)
+        assert per_plane[~hit].sum() < 1e-3 * per_plane.sum()
         ratios.append(per_plane[hit] / geo[hit])
         model_profile.append(per_plane.sum())
         geo_profile.append(geo.sum())
