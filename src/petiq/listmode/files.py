@@ -30,6 +30,7 @@ from petiq.listmode.header import (
     _render_header,
     _scanner_defaults,
     _set_items,
+    _singles_settings,
     data_path,
     header_path,
     header_value,
@@ -358,6 +359,13 @@ class ListmodeWriter:
                 )
         self._preset_given = bool(str(header_value(header or {}, "preset value") or "").strip())
         self._sync_given = bool(str(header_value(header or {}, _TIME_SYNC_KEY) or "").strip())
+        #: Singles buckets (the scanner's, else the header's ``%total number of singles blocks``).
+        self.n_buckets = int(
+            scanner.n_buckets if scanner is not None else (_header_int(merged, "total number of singles blocks", self.hdr) or 0)
+        )
+        self.singles_interval_ms, self.singles_scale = _singles_settings(
+            merged, self.hdr, self.n_buckets if scanner is not None else None
+        )
         self._pad = pad_time_tags
         self._opened = False  # the opening time tag (value 0) is written before the first word
         self._first_ms = -1  # first time tag written

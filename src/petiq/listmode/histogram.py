@@ -3,22 +3,50 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from petiq.listmode.files import _bad_bin_error, _check_chunk_words, _iter_word_chunks, _open_checked
-from petiq.listmode.header import _DURATION_KEY, _scanner_span1_shape, header_value
-from petiq.listmode.words import _HIST_BLOCK, DEFAULT_CHUNK_WORDS, _histogram_chunk
+from petiq.listmode.files import (
+    _bad_bin_error,
+    _check_chunk_words,
+    _iter_word_chunks,
+    _open_checked,
+)
+from petiq.listmode.header import (
+    _DURATION_KEY,
+    _scanner_span1_shape,
+    _singles_settings,
+    header_value,
+)
+from petiq.listmode.words import (
+    _HIST_BLOCK,
+    DEFAULT_CHUNK_WORDS,
+    SINGLES_BUCKET_MASK,
+    SINGLES_BUCKET_SHIFT,
+    SINGLES_VALUE_MASK,
+    _histogram_chunk,
+    _singles_kernel,
+)
 
 
 @dataclass
 class ListmodeHistogram:
     """Sinograms of one list-mode file. Also readable as a dict (``h["prompts"]``, ``dict(h)``).
 
-    ``prompts`` and ``delayeds`` are views into one allocation (copy one to free the other)."""
+    ``prompts`` and ``delayeds`` are views into one allocation (copy one to free the other).
+
+    Singles: the scanner reports the singles rate of every bucket (``Scanner.crystal_buckets``)
+    once per polling interval (mMR: 2 s). ``singles[k, b]`` is the sum of the rates (cps, the
+    tag's 19-bit value times the header's ``%singles scale factor``) reported for bucket ``b``
+    in interval ``k`` (time tags ``first + k*P <= t < first + (k+1)*P``; tags before the first
+    time tag count in interval 0) and ``singles_reports[k, b]`` how many reports that sums, so
+    the mean rate is ``singles / singles_reports`` where reports > 0 (NiftyPET ``mmrhist.py``
+    averages its per-second bucket sums the same way). Rows: enough for the acquisition
+    (``ceil(duration / P)``) and every report."""
 
     prompts: np.ndarray  # uint32, scanner.sinogram_shape(span)
     delayeds: np.ndarray  # uint32, scanner.sinogram_shape(span)
@@ -31,6 +59,15 @@ class ListmodeHistogram:
     duration_s: float  # (last - first time tag) / 1000, as NiftyPET's lmaux.cu offsets by the first
     # tag; the header's image duration if there are fewer than two tags
     span: int
+    singles: np.ndarray  # int64 (n_intervals, scanner.n_buckets): summed reported rates (cps)
+    singles_reports: np.ndarray  # int32 (n_intervals, scanner.n_buckets): reports summed
+    singles_interval_s: float  # polling interval P (header's %singles polling interval (sec))
+    n_time_tags: int
+    n_singles_tags: int  # all singles tags, including those with a bucket number out of range
+    n_singles_skipped: int  # singles tags with bucket >= scanner.n_buckets (NiftyPET skips them)
+    n_gantry_tags: int  # word >> 29 == 0b110, skipped
+    n_gating_tags: int  # word >> 28 == 0b1110, skipped
+    n_control_tags: int  # word >> 28 == 0b1111, skipped
     header: dict[str, str] = field(repr=False)
 
     def __getitem__(self, key: str):
@@ -111,7 +148,12 @@ def histogram_listmode(
     """Histogram a PETLINK file into span-``span`` prompt and delayed sinograms (uint32, shape
     ``scanner.sinogram_shape(span)``) plus span-1 delayed fan sums per crystal (each delayed
     adds 1 to both its crystals; index ``ring * crystals_per_ring + det``), streaming
-    ``chunk_words`` words at a time. Memory: the two sinograms plus two chunks."""
+    ``chunk_words`` words at a time. Memory: the two sinograms plus two chunks.
+
+    Singles tags are kept per bucket and polling interval (:class:`ListmodeHistogram`; for
+    dead time and the randoms estimate); gantry, gating and control tags are counted and
+    skipped. A header ``%total number of singles blocks`` other than ``scanner.n_buckets`` is
+    refused."""
     chunk_words = _check_chunk_words(chunk_words)
     lm = _open_checked(path, scanner)
     shape = tuple(int(v) for v in scanner.sinogram_shape(span))
@@ -125,6 +167,8 @@ def histogram_listmode(
             f"scanner.span1_to_sinogram({span}) does not map {n_sino1} sinograms into {shape[0]}"
         )
     t = _crystal_tables(scanner)
+    n_buckets = int(scanner.n_buckets)
+    interval_ms, scale = _singles_settings(lm.header, lm.hdr, n_buckets)
     n_sino_bins = shape[0] * plane
     # one allocation: [delayeds | prompts | a dummy slot that tags and out-of-span events hit]
     hist = np.zeros(2 * n_sino_bins + 1, dtype=np.uint32)
@@ -132,11 +176,16 @@ def histogram_listmode(
     prompts = hist[n_sino_bins : 2 * n_sino_bins].reshape(shape)
     fans = np.zeros(int(scanner.n_crystals), dtype=np.int64)
     slots = np.empty(_HIST_BLOCK, dtype=np.int64)
-    totals = np.zeros(4, dtype=np.int64)
-    first_ms = last_ms = -1
+    totals = np.zeros(3, dtype=np.int64)
+    tag_counts = np.zeros(5, dtype=np.int64)  # time, singles, gantry, gating, control
+    sng = _SinglesAccumulator(n_buckets, interval_ms, scale)
+    sng_words = np.empty(_SINGLES_ROOM, dtype=np.uint32)
+    sng_ms = np.empty(_SINGLES_ROOM, dtype=np.int64)
+    first_ms = cur_ms = -1
     offset = 0
     for words in _iter_word_chunks(lm.path, chunk_words):
-        n_p, n_d, n_out, n_time, fm_ms, lm_ms, bad = _histogram_chunk(
+        start_ms = cur_ms
+        n_p, n_d, n_out, fm_ms, cur_ms, bad, n_sng = _histogram_chunk(
             words,
             lm.n_bins,
             plane,
@@ -149,22 +198,31 @@ def histogram_listmode(
             t.dets,
             fans,
             slots,
+            cur_ms,
+            tag_counts,
+            sng_words,
+            sng_ms,
         )
         if bad >= 0:
             raise _bad_bin_error(lm.path, offset + bad, words[bad], lm.n_bins)
         offset += words.size
-        totals += (n_p, n_d, n_out, n_time)
-        if lm_ms >= 0:
-            last_ms = int(lm_ms)
+        totals += (n_p, n_d, n_out)
         if first_ms < 0 and fm_ms >= 0:
             first_ms = int(fm_ms)
-    if totals[3] >= 2:
-        duration = (last_ms - first_ms) / 1000.0
+        if n_sng > sng_words.size:  # more singles in this chunk than room: extract them again
+            sng_words = np.empty(n_sng, dtype=np.uint32)
+            sng_ms = np.empty(n_sng, dtype=np.int64)
+            _singles_kernel(words, start_ms, sng_words, sng_ms)
+        sng.add(sng_words[:n_sng], sng_ms[:n_sng], first_ms)
+    n_time = int(tag_counts[0])
+    if n_time >= 2:
+        duration = (cur_ms - first_ms) / 1000.0
     else:
         try:
             duration = float(header_value(lm.header, _DURATION_KEY) or 0.0)
         except ValueError:
             duration = 0.0
+    singles, reports = sng.result(duration)
     return ListmodeHistogram(
         prompts=prompts,
         delayeds=delayeds,
@@ -174,5 +232,59 @@ def histogram_listmode(
         n_outside_span=int(totals[2]),
         duration_s=duration,
         span=int(span),
+        singles=singles,
+        singles_reports=reports,
+        singles_interval_s=interval_ms / 1000.0,
+        n_time_tags=n_time,
+        n_singles_tags=int(tag_counts[1]),
+        n_singles_skipped=sng.skipped,
+        n_gantry_tags=int(tag_counts[2]),
+        n_gating_tags=int(tag_counts[3]),
+        n_control_tags=int(tag_counts[4]),
         header=lm.header,
     )
+
+
+_SINGLES_ROOM = 1 << 16  # singles tags kept per chunk by the kernel (mMR: 224 per 2 s)
+
+
+class _SinglesAccumulator:
+    """Singles tags -> summed rates and report counts per (polling interval, bucket)."""
+
+    def __init__(self, n_buckets: int, interval_ms: int, scale: int):
+        self.n_buckets = n_buckets
+        self.interval_ms = interval_ms
+        self.scale = scale
+        self.sums = np.zeros((0, n_buckets), dtype=np.int64)
+        self.reports = np.zeros((0, n_buckets), dtype=np.int32)
+        self.skipped = 0
+
+    def add(self, words: np.ndarray, ms: np.ndarray, first_ms: int) -> None:
+        if not words.size:
+            return
+        bucket = (words >> np.uint32(SINGLES_BUCKET_SHIFT)) & np.uint32(SINGLES_BUCKET_MASK)
+        value = (words & np.uint32(SINGLES_VALUE_MASK)).astype(np.int64) * self.scale
+        ok = bucket < self.n_buckets
+        self.skipped += int(ok.size - np.count_nonzero(ok))
+        # ms = -1: before the first time tag (then first_ms may still be -1): interval 0
+        k = np.where(ms >= 0, (ms - max(first_ms, 0)) // self.interval_ms, 0)[ok]
+        bucket = bucket[ok].astype(np.int64)
+        if not k.size:
+            return
+        self._grow(int(k.max()) + 1)
+        np.add.at(self.sums, (k, bucket), value[ok])
+        np.add.at(self.reports, (k, bucket), 1)
+
+    def _grow(self, rows: int) -> None:
+        if rows > self.sums.shape[0]:
+            more = max(rows, 2 * self.sums.shape[0]) - self.sums.shape[0]
+            self.sums = np.concatenate([self.sums, np.zeros((more, self.n_buckets), np.int64)])
+            self.reports = np.concatenate([self.reports, np.zeros((more, self.n_buckets), np.int32)])
+
+    def result(self, duration_s: float) -> tuple[np.ndarray, np.ndarray]:
+        """Rows: ``ceil(duration / P)`` or up to the last report, whichever is more."""
+        used = np.flatnonzero(self.reports.any(axis=1))
+        rows = math.ceil(round(duration_s * 1000.0) / self.interval_ms)
+        rows = max(rows, int(used[-1]) + 1 if used.size else 0)
+        self._grow(rows)
+        return self.sums[:rows].copy(), self.reports[:rows].copy()

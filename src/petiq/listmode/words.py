@@ -19,7 +19,12 @@ PROMPT_BIT = 0x40000000
 BIN_MASK = 0x3FFFFFFF
 TIME_TAG = 0x80000000  # word >> 29 == 0b100
 TIME_MASK = 0x1FFFFFFF
-DEADTIME_TAG = 0xA0000000  # word >> 29 == 0b101
+DEADTIME_TAG = 0xA0000000  # word >> 29 == 0b101: singles ("dead-time") report of one bucket
+# Singles tag fields, as NiftyPET's lm/src/hst.cu decodes them (``ibck = (word & 0x1fffffff) >> 19``,
+# rate ``(word & 0x0007ffff) << 3``; bucket numbers >= NBUCKTS = 224 are skipped there and here):
+SINGLES_BUCKET_SHIFT = 19  # bits 19-28: bucket number
+SINGLES_BUCKET_MASK = 0x3FF
+SINGLES_VALUE_MASK = 0x7FFFF  # bits 0-18: singles rate / scale factor (mMR header: scale factor 8)
 GANTRY_TAG = 0xC0000000  # word >> 29 == 0b110
 GATING_TAG = 0xE0000000  # word >> 28 == 0b1110
 CONTROL_TAG = 0xF0000000  # word >> 28 == 0b1111
@@ -163,7 +168,22 @@ def _prefetch(typingctx, arr, idx):
 
 def _make_histogram_kernel(prefetch: bool):
     def kernel(
-        words, n_bins, plane, inv_plane, sino_map, hist, n_sino_bins, ring_a, ring_b, dets, fans, slots
+        words,
+        n_bins,
+        plane,
+        inv_plane,
+        sino_map,
+        hist,
+        n_sino_bins,
+        ring_a,
+        ring_b,
+        dets,
+        fans,
+        slots,
+        cur_ms,
+        tag_counts,
+        sng_words,
+        sng_ms,
     ):
         """Histogram ``words`` into ``hist`` = [delayeds | prompts | 1 dummy slot] (flat) and the
         delayed fan sums. Works in blocks of ``slots.size`` words: a first pass decodes, adds fan
@@ -171,32 +191,52 @@ def _make_histogram_kernel(prefetch: bool):
         misses into the big sinograms are in flight at once (the sinograms are far larger than
         the caches and events hit them at random).
 
-        Returns (prompts, delayeds, events outside the span, time tags, first ms, last ms, bad
-        word index); first/last ms are the chunk's first and last time tag values (-1: none)."""
+        Tags are counted into ``tag_counts`` += (time, singles, gantry, gating, control). Singles
+        tags are stored as they come, ``sng_words[k]`` = the word and ``sng_ms[k]`` = the time
+        tag before it (``cur_ms`` carries it in from the previous chunk; -1: none yet), while
+        ``k < sng_words.size``; the count returned may exceed the room (the caller extracts that
+        chunk's singles again with :func:`_singles_kernel`).
+
+        Returns (prompts, delayeds, events outside the span, first ms, last ms, bad word index,
+        singles tags); first ms is the chunk's first time tag (-1: none), last ms the time at the
+        end of the chunk (``cur_ms`` if it has no time tag)."""
         dummy = 2 * n_sino_bins
         block = slots.size
         n_words = words.size
+        room = sng_words.size
         n_p = 0
         n_ev = 0
         n_out = 0
-        n_time = 0
+        n_sng = 0
         first_ms = -1
-        last_ms = -1
         for start in range(0, n_words, block):
             m = min(block, n_words - start)
             for j in range(m):
                 w = np.int64(words[start + j])
                 if w >= 0x80000000:
-                    if (w >> 29) == 4:
-                        n_time += 1
-                        last_ms = w & 0x1FFFFFFF
+                    top = w >> 29
+                    if top == 4:
+                        tag_counts[0] += 1
+                        cur_ms = w & 0x1FFFFFFF
                         if first_ms < 0:
-                            first_ms = last_ms
+                            first_ms = cur_ms
+                    elif top == 5:
+                        tag_counts[1] += 1
+                        if n_sng < room:
+                            sng_words[n_sng] = w
+                            sng_ms[n_sng] = cur_ms
+                        n_sng += 1
+                    elif top == 6:
+                        tag_counts[2] += 1
+                    elif (w >> 28) == 0xE:
+                        tag_counts[3] += 1
+                    else:
+                        tag_counts[4] += 1
                     slots[j] = dummy
                     continue
                 b = w & 0x3FFFFFFF
                 if b >= n_bins:
-                    return n_p, n_ev - n_p, n_out, n_time, first_ms, last_ms, start + j
+                    return n_p, n_ev - n_p, n_out, first_ms, cur_ms, start + j, n_sng
                 z = np.int64(b * inv_plane)  # b // plane without the slow integer division
                 r = b - z * plane
                 if r < 0:
@@ -223,9 +263,27 @@ def _make_histogram_kernel(prefetch: bool):
                     fans[ring_b[z] + (d >> 16)] += 1
             for j in range(m):
                 hist[slots[j]] += 1
-        return n_p, n_ev - n_p, n_out, n_time, first_ms, last_ms, -1
+        return n_p, n_ev - n_p, n_out, first_ms, cur_ms, -1, n_sng
 
     return numba.njit(cache=True, nogil=True)(kernel)
+
+
+@numba.njit(cache=True, nogil=True)
+def _singles_kernel(words, cur_ms, sng_words, sng_ms):
+    """Singles tags of ``words`` with the time tag before each (``cur_ms`` before the first;
+    -1: none); returns how many (only the first ``sng_words.size`` are stored)."""
+    n = 0
+    for i in range(words.size):
+        w = np.int64(words[i])
+        top = w >> 29
+        if top == 4:
+            cur_ms = w & 0x1FFFFFFF
+        elif top == 5:
+            if n < sng_words.size:
+                sng_words[n] = w
+                sng_ms[n] = cur_ms
+            n += 1
+    return n
 
 
 _histogram_kernel_prefetch = _make_histogram_kernel(True)
