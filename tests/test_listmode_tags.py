@@ -17,11 +17,13 @@ import pytest
 import petiq.listmode.histogram as histogram_mod
 from petiq.errors import PetiqInputError
 from petiq.listmode import (
+    ListmodeWriter,
     encode_events,
     header_value,
     histogram_listmode,
     read_listmode,
     read_listmode_header,
+    thin_listmode,
     write_listmode_words,
 )
 from petiq.scanner import Scanner
@@ -183,6 +185,52 @@ def test_header_singles_keys_are_checked(tmp_path, tiny):
     sng = (w >> 29) == 5
     ok = sng & (((w & 0x1FFFFFFF) >> 19) < 4)
     assert h.singles_interval_s == 1.0 and h.singles.sum() == int(((w[ok] & 0x7FFFF) * 4).sum())
+
+
+# ------------------------------------------------------------------------ writing like the scanner
+def test_writer_singles_read_back_by_own_decoder(tmp_path, tiny):
+    rng = np.random.default_rng(4)
+    rates = rng.uniform(0, 4e5, size=(3, tiny.n_buckets))
+    with ListmodeWriter(tmp_path / "w.l", {"image duration (sec)": 6}, scanner=tiny) as w:
+        assert (w.singles_interval_ms, w.singles_scale, w.n_buckets) == (2000, 8, 4)
+        for k in range(3):
+            w.write_singles(rates[k], time_ms=2000 * k)
+            w.write_events([5, 6], [True, False], [2000 * k, 2000 * k + 3])
+    words = np.fromfile(tmp_path / "w.l", dtype="<u4").astype(np.int64)
+    sng = np.flatnonzero((words >> 29) == 5)
+    assert sng.size == 3 * tiny.n_buckets
+    bucket = (words[sng] & 0x1FFFFFFF) >> 19
+    value = (words[sng] & 0x7FFFF) << 3
+    np.testing.assert_array_equal(bucket, np.tile(np.arange(tiny.n_buckets), 3))
+    np.testing.assert_array_equal(value, (np.rint(rates / 8) * 8).astype(np.int64).ravel())
+    # each report follows the time tag of its ms: the word before the first report of k is tag 2000k
+    for k in range(3):
+        before = words[sng[k * tiny.n_buckets] - 1]
+        assert before >> 29 == 4 and (before & 0x1FFFFFFF) == 2000 * k
+    hdr = read_listmode_header(tmp_path / "w.l")
+    assert header_value(hdr, "total number of singles blocks") == "4"
+    with pytest.raises(PetiqInputError, match="one per bucket"), ListmodeWriter(tmp_path / "x.l", scanner=tiny) as w:
+        w.write_singles([1.0, 2.0])
+    assert not (tmp_path / "x.l").exists()  # an error inside the writer leaves no file
+    for bad, problem in (([1e9] * 4, "19 bits"), ([-1.0] * 4, "non-negative"), ([np.nan] * 4, "finite")):
+        with pytest.raises(PetiqInputError, match=problem), ListmodeWriter(tmp_path / "y.l", scanner=tiny) as w:
+            w.write_singles(bad)
+    with pytest.raises(PetiqInputError, match="time order"), ListmodeWriter(tmp_path / "z.l", scanner=tiny) as w:
+        w.write_events([1], [True], [50])
+        w.write_singles([0.0] * 4, time_ms=10)
+
+
+def test_thinning_keeps_singles_and_every_tag(tmp_path, tiny):
+    words = tag_stream(tiny, seed=2)
+    src = write_listmode_words(tmp_path / "src.l", words, scanner=tiny)
+    thin_listmode(src, tmp_path / "half.l", 0.3, seed=5)
+    out = np.fromfile(tmp_path / "half.l", dtype="<u4")
+    np.testing.assert_array_equal(out[out >= 0x80000000], words[words >= 0x80000000])
+    a = histogram_listmode(src, tiny, span=11)
+    b = histogram_listmode(tmp_path / "half.l", tiny, span=11)
+    np.testing.assert_array_equal(a.singles, b.singles)
+    np.testing.assert_array_equal(a.singles_reports, b.singles_reports)
+    assert b.n_prompts < a.n_prompts
 
 
 # ------------------------------------------------------------------------ sinogram files
