@@ -11,7 +11,9 @@ prints events/s for each and for both together, and the process's peak RSS.
     /tmp/venv/bin/python benchmarks/bench_listmode.py --events 1e7      # quicker
 
 Files go to a temporary folder under ``--dir`` (default: the system temp dir) that is removed at
-the end. Targets: >= 20 M events/s for thinning + histogramming together; peak RSS < 1 GB.
+the end. Targets (issue 13): >= 30 M events/s for thinning + histogramming together on 2 cores;
+peak RSS < 1 GB. ``--threads`` sets the histogram's threads (default: 2 where 2 CPUs are free to
+this process); on a machine busy with other work, 1 can be faster.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ def main(argv=None) -> int:
     ap.add_argument("--span", type=int, default=11)
     ap.add_argument("--chunk-words", type=int, default=DEFAULT_CHUNK_WORDS)
     ap.add_argument("--dir", default=None, help="where to put the temporary files (default: system temp)")
+    ap.add_argument("--threads", type=int, default=None, help="histogram threads (default: 2 if 2 CPUs)")
     args = ap.parse_args(argv)
     n_events = int(args.events)
     scanner = Scanner.mmr()
@@ -101,7 +104,8 @@ def main(argv=None) -> int:
         )
 
         t0 = time.perf_counter()
-        h = histogram_listmode(src, scanner, span=args.span, chunk_words=args.chunk_words)
+        kw = {} if args.threads is None else {"threads": args.threads}
+        h = histogram_listmode(src, scanner, span=args.span, chunk_words=args.chunk_words, **kw)
         t_hist = time.perf_counter() - t0
         assert h.n_prompts + h.n_delayeds == n_events
         rss_hist = peak_rss_mb()
@@ -114,11 +118,11 @@ def main(argv=None) -> int:
 
         total = t_thin + t_hist
         rate = n_events / total / 1e6
-        print(f"thin + histogram: {total:6.2f} s  {rate:6.1f} M events/s  (target >= 20)")
+        print(f"thin + histogram: {total:6.2f} s  {rate:6.1f} M events/s  (target >= 30)")
         print(
             f"peak RSS: {peak_rss_mb():.0f} MiB (after imports and warm-up: {rss_base:.0f} MiB; limit 1024)"
         )
-        ok = rate >= 20 and peak_rss_mb() < 1024
+        ok = rate >= 30 and peak_rss_mb() < 1024
         print("PASS" if ok else "BELOW TARGET")
         return 0
     finally:

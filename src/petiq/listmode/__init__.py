@@ -69,7 +69,10 @@ Thinning and histogramming
 estimate) and keeps the singles tags per bucket (``Scanner.crystal_buckets``) and polling
 interval. Both stream the file in chunks of :data:`DEFAULT_CHUNK_WORDS` words (a helper thread
 reads the next chunk while a numba kernel works on the current one), so memory stays bounded
-whatever the file size; see ``benchmarks/bench_listmode.py`` for throughput.
+whatever the file size. The thinning kernel draws the uniforms itself (numpy's PCG64, the same
+numbers ``rng.random()`` gives); the histogram adds with two threads where two CPUs are free,
+each owning alternate 4 KiB stretches of the sinograms (``threads=``); results are identical
+whatever the chunk size or thread count. See ``benchmarks/bench_listmode.py`` for throughput.
 
 Modules: :mod:`~petiq.listmode.words` (word layout, numba kernels), :mod:`~petiq.listmode.header`
 (Interfile), :mod:`~petiq.listmode.files` (check, read, write), :mod:`~petiq.listmode.thin`,
