@@ -1,8 +1,8 @@
 """Benchmark: thinning and histogramming a clinical-size mMR list-mode file, streaming.
 
 Makes a PETLINK file of ``--events`` events (default 10^8, about a clinical mMR brain FDG
-acquisition) over ``--duration`` s with one time tag per ms, written chunk-wise (one second per
-chunk) through :class:`petiq.listmode.ListmodeWriter`; bins are uniform over the mMR's 354 M
+acquisition) over ``--duration`` s with one time tag per ms and the singles reports of every bucket
+every 2 s, written chunk-wise (one second per chunk) through :class:`petiq.listmode.ListmodeWriter`; bins are uniform over the mMR's 354 M
 span-1 bins (the worst case for cache locality), 70 % prompts. Then times
 ``thin_listmode`` (``--fraction``, default 0.5) and ``histogram_listmode`` (mMR, span 11) on it and
 prints events/s for each and for both together, and the process's peak RSS.
@@ -52,7 +52,10 @@ def make_file(
     header = {"image duration (sec)": duration_s, "radiopharmaceutical": "Fluorodeoxyglucose"}
     edges = (np.arange(duration_s + 1, dtype=np.int64) * n_events) // duration_s
     with ListmodeWriter(path, header, scanner=scanner) as w:
+        bucket_cps = np.full(scanner.n_buckets, 1.0e5)  # singles reports as the mMR writes them
         for sec in range(duration_s):
+            if (sec * 1000) % w.singles_interval_ms == 0:
+                w.write_singles(bucket_cps, time_ms=sec * 1000)
             n = int(edges[sec + 1] - edges[sec])
             t = sec * 1000 + (np.arange(n, dtype=np.int64) * 1000) // max(n, 1)
             bins = rng.integers(0, n_bins, n, dtype=np.int64)
@@ -108,6 +111,7 @@ def main(argv=None) -> int:
         h = histogram_listmode(src, scanner, span=args.span, chunk_words=args.chunk_words, **kw)
         t_hist = time.perf_counter() - t0
         assert h.n_prompts + h.n_delayeds == n_events
+        assert h.n_singles_tags == h.singles_reports.sum() == scanner.n_buckets * ((args.duration + 1) // 2)
         rss_hist = peak_rss_mb()
         sino_mb = (h.prompts.nbytes + h.delayeds.nbytes) / 2**20
         print(
