@@ -12,8 +12,8 @@ prints events/s for each and for both together, and the process's peak RSS.
 
 Files go to a temporary folder under ``--dir`` (default: the system temp dir) that is removed at
 the end. Targets (issue 13): >= 30 M events/s for thinning + histogramming together on 2 cores;
-peak RSS < 1 GB. ``--threads`` sets the histogram's threads (default: 2 where 2 CPUs are free to
-this process); on a machine busy with other work, 1 can be faster.
+peak RSS < 1 GB. ``--threads`` sets the histogram's threads (default: 2 where a second core is free,
+``petiq.listmode.histogram.histogram_threads``); on a machine busy with other work, 1 is faster.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     ap.add_argument("--span", type=int, default=11)
     ap.add_argument("--chunk-words", type=int, default=DEFAULT_CHUNK_WORDS)
     ap.add_argument("--dir", default=None, help="where to put the temporary files (default: system temp)")
-    ap.add_argument("--threads", type=int, default=None, help="histogram threads (default: 2 if 2 CPUs)")
+    ap.add_argument("--threads", type=int, default=None, help="histogram threads (default: 2 where a second core is free)")
     args = ap.parse_args(argv)
     n_events = int(args.events)
     scanner = Scanner.mmr()

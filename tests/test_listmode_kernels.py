@@ -90,3 +90,14 @@ def test_zeroed_sinogram_buffer():
     assert a.dtype == np.uint32 and a.size == 3 * 1024 + 5 and not a.any()
     a[-1] += 1  # writable
     assert histogram_mod._zeroed_uint32(0).size == 0
+
+
+def test_default_threads_follow_free_cores(monkeypatch):
+    monkeypatch.setattr(histogram_mod.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(histogram_mod.os, "getloadavg", lambda: (0.7, 0.0, 0.0))
+    assert histogram_mod.histogram_threads() == 2
+    monkeypatch.setattr(histogram_mod.os, "getloadavg", lambda: (3.1, 0.0, 0.0))  # both cores busy
+    assert histogram_mod.histogram_threads() == 1
+    monkeypatch.setattr(histogram_mod.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    monkeypatch.setattr(histogram_mod.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert histogram_mod.histogram_threads() == 1
