@@ -114,3 +114,39 @@ def test_norm_scan_fansums_follow_crystal_efficiency():
         assert ratio.std() / ratio.mean() < 0.05
         assert np.corrcoef(fans[ring, ok], eff[ring, ok])[0, 1] > 0.9
     assert scan["sinogram"].sum() == fans.sum() / 2
+
+
+def test_simulated_file_reports_bucket_singles_like_the_scanner(tmp_path):
+    """One singles tag (``word >> 29 == 0b101``, bucket bits 19-28, rate / 8 in bits 0-18) per
+    bucket every 2 s from 0 ms, right after that millisecond's time tag; the rate is the bucket's
+    sum of the model's singles per crystal (NiftyPET bucket ``c // 18 + (crystals/18)·(ring // 8)``,
+    ``c = det - 1``) times the ¹⁸F decay at that moment over its mean."""
+    from petiq.listmode import histogram_listmode
+    from petiq.phantom import F18_HALF_LIFE_MIN
+
+    out, _ = simulate(tmp_path, "a")
+    w = np.fromfile(out, dtype="<u4").astype(np.int64)
+    sng = np.flatnonzero((w >> 29) == 5)
+    nb = 4 * 1  # tiny: 72 / 18 buckets around, 8 rings / 8
+    assert sng.size == 30 * nb
+    before = w[sng.reshape(30, nb)[:, 0] - 1]
+    assert np.all(before >> 29 == 4) and np.array_equal(before & 0x1FFFFFFF, np.arange(30) * 2000)
+    bucket = ((w[sng] & 0x1FFFFFFF) >> 19).reshape(30, nb)
+    assert np.array_equal(bucket, np.tile(np.arange(nb), (30, 1)))
+    # the model's singles, summed per bucket here
+    paths, _, voxel = head(tmp_path)
+    truth = scanner_truth(SCANNER, np.random.default_rng(5))
+    exp = expected_data(np.asarray(nib.load(paths["truth"]).dataobj), np.asarray(nib.load(paths["mumap"]).dataobj), voxel,
+                        SCANNER, truth, AcquisitionSettings(duration_s=60.0))
+    per_bucket = np.zeros(nb)
+    for ring in range(SCANNER.n_rings):
+        for det in range(SCANNER.crystals_per_ring):
+            per_bucket[((det - 1) % 72) // 18 + 4 * (ring // 8)] += exp.singles_cps[ring, det]
+    decay = 0.5 ** ((PARTICIPANT["uptake_min"] + np.arange(60_000) / 60_000) / F18_HALF_LIFE_MIN)
+    want = np.rint(per_bucket[None, :] * (decay[::2000] / decay.mean())[:, None] / 8) * 8
+    value = (w[sng] & 0x7FFFF).reshape(30, nb) << 3
+    assert want.min() > 1000
+    np.testing.assert_array_equal(value, want.astype(np.int64))
+    h = histogram_listmode(out, SCANNER, span=11)
+    np.testing.assert_array_equal(h.singles, value)
+    assert np.all(h.singles_reports == 1) and h.n_singles_tags == 30 * nb

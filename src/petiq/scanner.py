@@ -341,6 +341,38 @@ class Scanner:
         out = (det % self.block_positions) == 0  # NiftyPET (c + 1) % 9 == 0 with c = det - 1
         return bool(out) if out.ndim == 0 else out
 
+    # Singles buckets: 2 blocks transaxially x 8 rings axially. NiftyPET ``src/norm.cu``
+    # (``dev_norm``): ``b = c / Cbt + Bt * (r / Cba)`` with ``Cbt = 18``, ``Cba = 8``, ``Bt = 28``
+    # (= 504 / 18), ``NBUCKTS = 224`` (``include/def.h``); the mMR header says
+    # ``%total number of singles blocks:=224`` (STIR ``examples/samples/mMR_listmode.l.hdr``).
+    #: Transaxial positions per singles bucket, in blocks (NiftyPET ``Cbt = 18`` = 2 x 9 positions).
+    BUCKET_BLOCKS = 2
+    #: Crystal rings per singles bucket (NiftyPET ``Cba = 8``: one mMR block ring).
+    BUCKET_RINGS = 8
+
+    @property
+    def buckets_per_ring(self) -> int:
+        """Singles buckets around the ring (mMR 28: NiftyPET's ``Bt``)."""
+        return -(-self.crystals_per_ring // (self.BUCKET_BLOCKS * self.block_positions))
+
+    @property
+    def n_buckets(self) -> int:
+        """Singles buckets of the scanner (mMR 224 = 28 x 8, NiftyPET ``NBUCKTS``); the reduced
+        presets group their crystals the same way (2 blocks x 8 rings)."""
+        return self.buckets_per_ring * -(-self.n_rings // self.BUCKET_RINGS)
+
+    def crystal_buckets(self) -> np.ndarray:
+        """int64 ``(n_rings, crystals_per_ring)``: the singles bucket of every crystal position.
+
+        NiftyPET's ``b = c // 18 + 28 * (ring // 8)`` with its crystal ``c = det - 1`` (mod
+        ``crystals_per_ring``) in petiq's numbering: bucket ``k`` of a ring group holds positions
+        ``det = 18k + 1 .. 18k + 18``, two whole blocks with their gaps at both ends (gaps have
+        no singles but keep a bucket, as in NiftyPET's LUT)."""
+        c = (np.arange(self.crystals_per_ring, dtype=np.int64) - 1) % self.crystals_per_ring
+        ring = np.arange(self.n_rings, dtype=np.int64)
+        per = self.BUCKET_BLOCKS * self.block_positions
+        return c[None, :] // per + self.buckets_per_ring * (ring[:, None] // self.BUCKET_RINGS)
+
     def crystal_xy(self) -> np.ndarray:
         """float64 ``(crystals_per_ring, 2)``: (x, y) in mm of every position at the mean interaction
         depth, where LORs end, in NiftyPET's frame and numbering (module doc, "Frame and conventions")."""

@@ -31,6 +31,10 @@ over an acquisition of ``D`` seconds::
   real scanner's. Reduced presets scale σ₁ (:func:`singles_scale`) to keep that randoms fraction.
 * Events are shuffled (a Poisson process's events come in uniformly random order) and given
   millisecond times from a multinomial over the acquisition's milliseconds, weighted by ¹⁸F decay.
+* Singles tags as the mMR writes them: every polling interval (header, 2 s) from 0 ms, one tag per
+  bucket (``Scanner.crystal_buckets``) with the bucket's rate ``Σ s`` over its crystals, scaled by
+  the decay at that moment (mean over the acquisition = ``s``), after that millisecond's time tag
+  (:func:`singles_reports`). The rates are the model's expected values (no counting noise).
 
 The normalisation acquisition (:func:`simulate_norm_scan`) is a long scan of a uniform water
 cylinder, kept as span-1 crystal fan sums and a span-``S`` sinogram (a 10⁹-count list-mode file would
@@ -251,27 +255,58 @@ def draw_events(expected: ExpectedData, scanner: Scanner, truth: ScannerTruth, s
     return words, {"prompts": n_prompts, "delayeds": n_delayeds}
 
 
-def event_times_ms(n_events: int, duration_s: float, start_after_injection_min: float, rng: np.random.Generator) -> np.ndarray:
-    """Events per millisecond (int64 counts, one per ms): multinomial, weighted by ¹⁸F decay."""
+def decay_weights(duration_s: float, start_after_injection_min: float) -> np.ndarray:
+    """¹⁸F activity of every millisecond of the acquisition, relative to injection (float64)."""
     n_ms = int(round(duration_s * 1000))
     t_min = start_after_injection_min + np.arange(n_ms) / 60000.0
-    weights = 0.5 ** (t_min / F18_HALF_LIFE_MIN)
+    return 0.5 ** (t_min / F18_HALF_LIFE_MIN)
+
+
+def event_times_ms(n_events: int, duration_s: float, start_after_injection_min: float, rng: np.random.Generator) -> np.ndarray:
+    """Events per millisecond (int64 counts, one per ms): multinomial, weighted by ¹⁸F decay."""
+    weights = decay_weights(duration_s, start_after_injection_min)
     return rng.multinomial(n_events, weights / weights.sum())
+
+
+def bucket_singles_cps(scanner: Scanner, singles_cps: np.ndarray) -> np.ndarray:
+    """Singles rate of every bucket (float64 ``(n_buckets,)``): the sum over its crystals
+    (``Scanner.crystal_buckets``) of ``singles_cps`` ``(n_rings, crystals_per_ring)``."""
+    buckets = scanner.crystal_buckets().ravel()
+    return np.bincount(buckets, weights=np.asarray(singles_cps, dtype=np.float64).ravel(), minlength=scanner.n_buckets)
+
+
+def singles_reports(bucket_cps: np.ndarray, weights: np.ndarray, interval_ms: int) -> tuple[np.ndarray, np.ndarray]:
+    """What the scanner reports: at ``0, P, 2P, ...`` ms (``P = interval_ms``, inside the
+    acquisition of ``weights.size`` ms) the instantaneous singles rate of every bucket,
+    ``bucket_cps`` (the acquisition's mean rate) times the decay ``weights[t] / mean(weights)``.
+    Returns ``(times_ms (n,), rates (n, n_buckets))``."""
+    times = np.arange(0, weights.size, int(interval_ms), dtype=np.int64)
+    scale = weights[times] / weights.mean() if weights.size else np.zeros(0)
+    return times, scale[:, None] * np.asarray(bucket_cps, dtype=np.float64)[None, :]
 
 
 def settings_dict(settings: AcquisitionSettings) -> dict:
     return asdict(settings)
 
 
-def write_events_with_times(writer, words: np.ndarray, per_ms: np.ndarray, chunk_events: int = 8_000_000) -> None:
+def write_events_with_times(writer, words: np.ndarray, per_ms: np.ndarray, chunk_events: int = 8_000_000,
+                            singles: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     """Stream shuffled event words into a :class:`petiq.listmode.ListmodeWriter`, ``per_ms[m]``
-    events in millisecond ``m`` (the writer adds one time tag per millisecond)."""
+    events in millisecond ``m`` (the writer adds one time tag per millisecond). ``singles``:
+    ``(times_ms, rates)`` from :func:`singles_reports`; report ``k`` is written after the time tag
+    of ``times_ms[k]``, before that millisecond's events, as the scanner interleaves them."""
     ends = np.cumsum(per_ms)
+    report_ms, rates = singles if singles is not None else (np.zeros(0, np.int64), None)
+    k = 0
     start_event, start_ms = 0, 0
     while start_ms < per_ms.size:
+        while k < report_ms.size and report_ms[k] <= start_ms:
+            writer.write_singles(rates[k], time_ms=int(report_ms[k]))
+            k += 1
+        limit = int(report_ms[k]) if k < report_ms.size else per_ms.size  # the next report's ms
         stop_ms = int(np.searchsorted(ends, start_event + chunk_events, side="right"))
         stop_ms = max(stop_ms, start_ms + 1)
-        stop_ms = min(stop_ms, per_ms.size)
+        stop_ms = min(stop_ms, limit)
         stop_event = int(ends[stop_ms - 1])
         chunk = words[start_event:stop_event]
         times = np.repeat(np.arange(start_ms, stop_ms, dtype=np.int64), per_ms[start_ms:stop_ms])
@@ -332,6 +367,7 @@ def simulate_patient(
     words, counts = draw_events(expected, scanner, truth, settings, rng, progress)
     per_ms = event_times_ms(words.size, duration_s, float(participant["uptake_min"]), rng)
     uptake_s = 60.0 * float(participant["uptake_min"])
+    weights = decay_weights(duration_s, float(participant["uptake_min"]))
     header = {  # the keys the scanner writes where the simulation knows the value, then petiq's own
         "isotope name": "F-18",
         "radiopharmaceutical": "Fluorodeoxyglucose",
@@ -348,7 +384,8 @@ def simulate_patient(
         "petiq scanner": scanner.name,
     }
     with ListmodeWriter(out_path, header, scanner=scanner) as writer:
-        write_events_with_times(writer, words, per_ms)
+        singles = singles_reports(bucket_singles_cps(scanner, expected.singles_cps), weights, writer.singles_interval_ms)
+        write_events_with_times(writer, words, per_ms, singles=singles)
     expected_trues = float(expected.emission_span1.sum(dtype=np.float64))
     return {
         **expected.summary,

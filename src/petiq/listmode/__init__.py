@@ -19,7 +19,9 @@ Every word is one of::
                                      (span-1) sinogram, offset = (z*n_views + view)*n_radial + tang
     bit 31 = 1          tag, told apart by the top bits:
       word >> 29 == 0b100    elapsed-time tag, bits 0-28 = milliseconds since the start
-      word >> 29 == 0b101    dead-time / singles tag
+      word >> 29 == 0b101    singles ("dead-time") tag: bits 19-28 bucket, bits 0-18 the
+                             bucket's singles rate / %singles scale factor (mMR: 8); one per
+                             bucket every %singles polling interval (mMR: 2 s, 224 buckets)
       word >> 29 == 0b110    gantry / motion tag
       word >> 28 == 0b1110   patient-monitoring (gating) tag
       word >> 28 == 0b1111   control tag
@@ -27,7 +29,9 @@ Every word is one of::
 ``z`` runs over span-1 sinograms, segment by segment in the order 0, -1, +1, -2, +2, ... (the
 segment is the ring difference), each segment holding ``n_rings - |segment|`` axial positions:
 4084 sinograms x 252 views x 344 radial bins = 354 033 792 bins on the mMR. Readers here decode
-events and time tags and skip every other tag; the thinner copies all tags unchanged.
+events and time tags; the histogram also keeps the singles per bucket and polling interval and
+counts the gantry, gating and control tags (otherwise skipped); the thinner copies all tags
+unchanged (the singles rate belongs to the acquisition, not to the dose fraction).
 
 Time: the mMR writes one elapsed-time tag per millisecond. A tag with value ``m`` marks the
 boundary at which ``m`` ms have elapsed: events after it (until the next tag) happened during
@@ -61,10 +65,14 @@ Thinning and histogramming
 (one uniform per word from ``np.random.default_rng(seed)`` in file order; event kept iff
 ``u < p``), copies every tag in place, and is byte-identical whatever the chunk size.
 :func:`histogram_listmode` adds span-1 offsets into span-``s`` sinograms through
-``scanner.span1_to_sinogram(s)`` and counts delayeds per crystal (fan sums, for the randoms
-estimate). Both stream the file in chunks of :data:`DEFAULT_CHUNK_WORDS` words (a helper thread
+``scanner.span1_to_sinogram(s)``, counts delayeds per crystal (fan sums, for the randoms
+estimate) and keeps the singles tags per bucket (``Scanner.crystal_buckets``) and polling
+interval. Both stream the file in chunks of :data:`DEFAULT_CHUNK_WORDS` words (a helper thread
 reads the next chunk while a numba kernel works on the current one), so memory stays bounded
-whatever the file size; see ``benchmarks/bench_listmode.py`` for throughput.
+whatever the file size. The thinning kernel draws the uniforms itself (numpy's PCG64, the same
+numbers ``rng.random()`` gives); the histogram adds with two threads where two CPUs are free,
+each owning alternate 4 KiB stretches of the sinograms (``threads=``); results are identical
+whatever the chunk size or thread count. See ``benchmarks/bench_listmode.py`` for throughput.
 
 Modules: :mod:`~petiq.listmode.words` (word layout, numba kernels), :mod:`~petiq.listmode.header`
 (Interfile), :mod:`~petiq.listmode.files` (check, read, write), :mod:`~petiq.listmode.thin`,
@@ -92,6 +100,9 @@ from petiq.listmode.words import (
     GANTRY_TAG,
     GATING_TAG,
     PROMPT_BIT,
+    SINGLES_BUCKET_MASK,
+    SINGLES_BUCKET_SHIFT,
+    SINGLES_VALUE_MASK,
     TAG_BIT,
     TIME_MASK,
     TIME_TAG,
@@ -107,6 +118,9 @@ __all__ = [
     "GATING_TAG",
     "MMR_HEADER_DEFAULTS",
     "PROMPT_BIT",
+    "SINGLES_BUCKET_MASK",
+    "SINGLES_BUCKET_SHIFT",
+    "SINGLES_VALUE_MASK",
     "TAG_BIT",
     "TIME_MASK",
     "TIME_TAG",

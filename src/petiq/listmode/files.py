@@ -30,14 +30,18 @@ from petiq.listmode.header import (
     _render_header,
     _scanner_defaults,
     _set_items,
+    _singles_settings,
     data_path,
     header_path,
     header_value,
 )
 from petiq.listmode.words import (
     BIN_MASK,
+    DEADTIME_TAG,
     DEFAULT_CHUNK_WORDS,
     MAX_TIME_MS,
+    SINGLES_BUCKET_SHIFT,
+    SINGLES_VALUE_MASK,
     TIME_MASK,
     TIME_TAG,
     _count_kernel,
@@ -313,7 +317,8 @@ class ListmodeWriter:
 
     ``header``: Interfile keys to use (partial or empty; missing keys get mMR-like defaults,
     geometry keys from ``scanner`` when given). ``write_events`` encodes events (time tags
-    added, one per ms); ``write_words`` appends raw PETLINK words as they are (tags included).
+    added, one per ms); ``write_singles`` adds one singles tag per bucket, as the scanner does
+    every polling interval; ``write_words`` appends raw PETLINK words as they are (tags included).
     On ``close`` (end of the ``with`` block) time tags are added up to the acquisition end when
     ``pad_time_tags`` (the header's ``image duration (sec)``, or the last event's time rounded up
     to a whole second), then the header is written with the exact ``%total listmode word
@@ -358,6 +363,14 @@ class ListmodeWriter:
                 )
         self._preset_given = bool(str(header_value(header or {}, "preset value") or "").strip())
         self._sync_given = bool(str(header_value(header or {}, _TIME_SYNC_KEY) or "").strip())
+        #: Singles buckets (the scanner's, else the header's ``%total number of singles blocks``).
+        self.n_buckets = int(
+            scanner.n_buckets if scanner is not None else (_header_int(merged, "total number of singles blocks", self.hdr) or 0)
+        )
+        self.singles_interval_ms, self.singles_scale = _singles_settings(
+            merged, self.hdr, self.n_buckets if scanner is not None else None
+        )
+        self.n_singles_tags = 0
         self._pad = pad_time_tags
         self._opened = False  # the opening time tag (value 0) is written before the first word
         self._first_ms = -1  # first time tag written
@@ -455,6 +468,60 @@ class ListmodeWriter:
         self.n_delayeds += bins_a.size - n_p
         pair.write(out[:n])
 
+    def _advance_to(self, pair: _AtomicPair, end_ms: int) -> None:
+        """Time tags ``cur_ms + 1 .. end_ms`` (none if ``end_ms <= cur_ms``)."""
+        step = 1 << 20
+        tags = np.empty(min(step, max(end_ms - self.cur_ms, 0)), dtype=np.uint32)
+        while self.cur_ms < end_ms:
+            stop = min(end_ms, self.cur_ms + step)
+            n = _time_tags_kernel(self.cur_ms, stop, tags)
+            pair.write(tags[:n])
+            self.cur_ms = stop
+
+    def write_singles(self, rates_cps, time_ms: int | None = None) -> None:
+        """Append one singles tag per bucket ``b`` (``0b101 << 29 | b << 19 | value``, buckets in
+        order), as the mMR reports the singles rate of each bucket once per polling interval
+        (:attr:`singles_interval_ms`). ``value = round(rate / scale)`` with the header's
+        ``%singles scale factor`` (:attr:`singles_scale`, mMR 8; NiftyPET reads ``value << 3``).
+
+        ``rates_cps``: one rate per bucket (``n_buckets``; see ``Scanner.crystal_buckets``).
+        ``time_ms``: time tags are written up to it first (not before the events already
+        written), so the reports follow the time tag of that millisecond and precede its events."""
+        pair = self._live()
+        where = self.path
+        rates = np.asarray(rates_cps, dtype=np.float64)
+        if rates.shape != (self.n_buckets,) or self.n_buckets == 0:
+            raise PetiqInputError(
+                where,
+                f"singles rates have shape {rates.shape}, expected ({self.n_buckets},): one per bucket",
+                "give the singles rate (cps) of every bucket, in bucket order (Scanner.crystal_buckets)",
+            )
+        finite = bool(np.all(np.isfinite(rates)))
+        value = np.rint(rates / self.singles_scale) if finite else rates
+        if not finite or rates.min() < 0 or value.max() > SINGLES_VALUE_MASK:
+            raise PetiqInputError(
+                where,
+                f"singles rates span {rates.min()}..{rates.max()} cps; a tag holds 0 .. "
+                f"{SINGLES_VALUE_MASK * self.singles_scale} cps (19 bits x scale factor {self.singles_scale})",
+                "give finite, non-negative rates within that range",
+            )
+        if time_ms is not None:
+            t = int(time_ms)
+            if t < self.cur_ms or t > MAX_TIME_MS or (self._duration_ms is not None and t > self._duration_ms):
+                raise PetiqInputError(
+                    where,
+                    f"singles at {t} ms, but the stream is at {self.cur_ms} ms"
+                    + (f" and the header's duration is {self._duration_ms} ms" if self._duration_ms is not None else ""),
+                    "write singles in time order, inside the acquisition",
+                )
+        self._open_stream(pair)
+        if time_ms is not None:
+            self._advance_to(pair, int(time_ms))
+        buckets = np.arange(self.n_buckets, dtype=np.uint32)
+        words = np.uint32(DEADTIME_TAG) | (buckets << np.uint32(SINGLES_BUCKET_SHIFT)) | value.astype(np.uint32)
+        pair.write(words)
+        self.n_singles_tags += int(words.size)
+
     def write_words(self, words) -> None:
         """Append raw PETLINK words unchanged (events and any tags). Event bins are checked."""
         pair = self._live()
@@ -500,14 +567,8 @@ class ListmodeWriter:
                 end_ms = self.cur_ms
             if self._pad:
                 self._open_stream(pair)
-            if self._pad and end_ms > self.cur_ms:
-                step = 1 << 20
-                tags = np.empty(step, dtype=np.uint32)
-                while self.cur_ms < end_ms:
-                    stop = min(end_ms, self.cur_ms + step)
-                    n = _time_tags_kernel(self.cur_ms, stop, tags)
-                    pair.write(tags[:n])
-                    self.cur_ms = stop
+            if self._pad:
+                self._advance_to(pair, end_ms)
             items = [list(it) for it in self._items]
             _set_items(items, _WORD_COUNT_KEY, str(pair.n_words))
             _set_items(items, "!name of data file", self.path.name)

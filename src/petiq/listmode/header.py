@@ -117,7 +117,6 @@ _MMR_ONLY_KEYS = {
     "distance between rings (cm)",
     "gantry crystal radius (cm)",
     "bin size (cm)",
-    "total number of singles blocks",
 }
 _SECTION_KEYS = {"general data", "general image data", "image data description", "end of interfile"}
 
@@ -278,6 +277,43 @@ def _header_int(header: Mapping[str, str], key: str, hdr) -> int | None:
         ) from None
 
 
+_SINGLES_INTERVAL_KEY = "%singles polling interval (sec)"
+_SINGLES_SCALE_KEY = "%singles scale factor"
+_SINGLES_BLOCKS_KEY = "%total number of singles blocks"
+
+
+def _singles_settings(header: Mapping[str, str], hdr, n_buckets: int | None = None) -> tuple[int, int]:
+    """``(polling interval in ms, scale factor)`` of the singles tags, from the header (a genuine
+    mMR header: ``%singles polling interval (sec):=2``, ``%singles scale factor:=8``; those are
+    the defaults when a key is missing or empty). With ``n_buckets`` (the scanner's), a header
+    ``%total number of singles blocks`` other than that is refused."""
+    raw = header_value(header, _SINGLES_INTERVAL_KEY)
+    raw = raw.strip() if raw is not None and raw.strip() else MMR_HEADER_DEFAULTS[_SINGLES_INTERVAL_KEY]
+    try:
+        interval_ms = float(raw) * 1000.0
+    except ValueError:
+        interval_ms = math.nan
+    if not (math.isfinite(interval_ms) and interval_ms >= 1 and float(interval_ms).is_integer()):
+        raise PetiqInputError(
+            hdr,
+            f"'{_SINGLES_INTERVAL_KEY}' is {raw!r}",
+            "give the singles polling interval in seconds, a whole number of ms (the mMR writes 2)",
+        )
+    scale = _header_int(header, _SINGLES_SCALE_KEY, hdr)
+    if scale is None:
+        scale = int(MMR_HEADER_DEFAULTS[_SINGLES_SCALE_KEY])
+    if scale < 1:
+        raise PetiqInputError(hdr, f"'{_SINGLES_SCALE_KEY}' is {scale}", "give a positive factor (the mMR writes 8)")
+    blocks = _header_int(header, _SINGLES_BLOCKS_KEY, hdr)
+    if n_buckets is not None and blocks is not None and blocks != n_buckets:
+        raise PetiqInputError(
+            hdr,
+            f"'{_SINGLES_BLOCKS_KEY}' is {blocks} but the scanner has {n_buckets} singles buckets",
+            "use the scanner (and header) the file was acquired with",
+        )
+    return int(interval_ms), int(scale)
+
+
 def _segment_table(header: Mapping[str, str], hdr) -> list[int] | None:
     table = header_value(header, "segment table")
     if table is None or not table.strip():
@@ -404,6 +440,10 @@ def _scanner_defaults(scanner) -> dict[str, str]:
         "number of projections": str(n_radial),
         "number of views": str(n_views),
     }
+    if hasattr(scanner, "n_buckets"):
+        set_["total number of singles blocks"] = str(int(scanner.n_buckets))
+    elif not is_mmr:
+        drop.add("total number of singles blocks")
     if not is_mmr:
         set_["originating system"] = str(getattr(scanner, "name", "") or "petiq simulated scanner")
     pitch = getattr(scanner, "ring_pitch_mm", None)

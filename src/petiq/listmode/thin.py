@@ -27,7 +27,7 @@ from petiq.listmode.header import (
     header_path,
     header_value,
 )
-from petiq.listmode.words import DEFAULT_CHUNK_WORDS, _thin_kernel
+from petiq.listmode.words import DEFAULT_CHUNK_WORDS, _thin_pcg_kernel, pcg64_state
 
 
 @dataclass(frozen=True)
@@ -122,18 +122,16 @@ def thin_listmode(
     except ValueError:
         prev_f = 1.0
 
-    rng = np.random.default_rng(seed)
+    # the kernel draws rng.random() itself, one uniform per word in file order (words.py: PCG64)
+    state = pcg64_state(np.random.default_rng(seed))
     sha = hashlib.sha256()
-    u = np.empty(chunk_words, dtype=np.float64)
     out = np.empty(chunk_words, dtype=np.uint32)
     totals = np.zeros(5, dtype=np.int64)  # p_in, p_out, d_in, d_out, tags
     offset = 0
     pair = _AtomicPair(dst, template=lm.hdr if is_dicom_form(src) else None)
     try:
         for words in _iter_word_chunks(lm.path, chunk_words, sha):
-            uu = u[: words.size]
-            rng.random(out=uu)
-            n, p_in, p_out, d_in, d_out, tags, _, bad = _thin_kernel(words, uu, f, lm.n_bins, out)
+            n, p_in, p_out, d_in, d_out, tags, _, bad = _thin_pcg_kernel(words, state, f, lm.n_bins, out)
             if bad >= 0:
                 raise _bad_bin_error(lm.path, offset + bad, words[bad], lm.n_bins)
             offset += words.size
