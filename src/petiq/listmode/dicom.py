@@ -75,26 +75,26 @@ def is_dicom_form(path: str | Path) -> bool:
     return Path(path).suffix.lower() in (_DICOM_SUFFIX, _DATA_SUFFIX)
 
 
+def _partner(path: str | Path, suffix: str) -> Path:
+    """``path`` itself when it has ``suffix`` (any case), else its stem with ``suffix``; upper case
+    when only that file exists."""
+    p = Path(path)
+    if p.suffix.lower() == suffix:
+        return p
+    lower, upper = p.with_suffix(suffix), p.with_suffix(suffix.upper())
+    return upper if not lower.exists() and upper.exists() else lower
+
+
 def dicom_path(path: str | Path) -> Path:
     """The ``.dcm`` of a DICOM-form path (a ``.bf`` maps to the ``.dcm`` with its stem, ``.DCM``
     when only that exists)."""
-    p = Path(path)
-    if p.suffix.lower() == _DICOM_SUFFIX:
-        return p
-    lower = p.with_suffix(_DICOM_SUFFIX)
-    upper = p.with_suffix(_DICOM_SUFFIX.upper())
-    return upper if not lower.exists() and upper.exists() else lower
+    return _partner(path, _DICOM_SUFFIX)
 
 
 def bf_path(path: str | Path) -> Path:
     """The ``.bf`` of a DICOM-form path: the ``.dcm``'s stem plus ``.bf`` (NiftyPET
     ``dfile[:-4] + '.bf'``), ``.BF`` when only that exists."""
-    p = Path(path)
-    if p.suffix.lower() == _DATA_SUFFIX:
-        return p
-    lower = p.with_suffix(_DATA_SUFFIX)
-    upper = p.with_suffix(_DATA_SUFFIX.upper())
-    return upper if not lower.exists() and upper.exists() else lower
+    return _partner(path, _DATA_SUFFIX)
 
 
 def _decode(raw) -> str:
