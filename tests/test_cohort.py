@@ -17,9 +17,28 @@ def synthetic_sheet(tmp_path, n=21):
 
 
 def real_files(tmp_path):
-    for name in ("a.l", "a.l.hdr", "mu.nii.gz", "norm.n"):
+    """A real patient's files: a small genuine list-mode pair (tiny scanner), dummy μ-map and norm."""
+    from petiq.listmode import write_listmode
+    from petiq.scanner import Scanner
+
+    write_listmode(tmp_path / "a.l", np.array([0, 5, 9]), np.array([True, True, False]), np.array([0, 1, 2]),
+                   scanner=Scanner.tiny())
+    for name in ("mu.nii.gz", "norm.n"):
         (tmp_path / name).write_bytes(b"x")
     return ["a.l", "mu.nii.gz", "norm.n"]
+
+
+def test_real_patient_with_a_truncated_listmode_is_caught_by_the_sheet_check(tmp_path):
+    files = real_files(tmp_path)
+    header = ["participant_id", "source", "listmode", "mumap", "norm", "weight_kg", "injected_mbq"]
+    sheet = write_sheet(tmp_path / "p.tsv", header, [["sub-R1", "real", *files, "70", "200"]])
+    assert list(read_patients(sheet, root=tmp_path)["participant_id"]) == ["sub-R1"]
+    data = (tmp_path / "a.l").read_bytes()
+    (tmp_path / "a.l").write_bytes(data[:-4])  # one word short: a copy that stopped early
+    with pytest.raises(PetiqInputError) as caught:
+        read_patients(sheet, root=tmp_path)
+    text = str(caught.value)
+    assert "row 2 (sub-R1)" in text and "truncated" in text and "Fix:" in text
 
 
 def test_valid_sheet_with_real_and_synthetic_rows(tmp_path):

@@ -139,6 +139,12 @@ def read_patients(path: str | Path, *, root: str | Path | None = None) -> pd.Dat
             ):
                 if not part.is_file():
                     raise PetiqInputError(path, f"{_line(i)} ({pid}): the list-mode {what} {part} does not exist", fix)
+            from .listmode import check_listmode
+
+            try:  # header and size now, not hours later in the histogram job
+                check_listmode(listmode)
+            except PetiqInputError as error:
+                raise PetiqInputError(path, f"{_line(i)} ({pid}): list-mode {error.path}: {error.problem}", error.fix) from None
         else:
             for col in REAL_FILE_COLUMNS:
                 if row[col] != "":

@@ -81,6 +81,7 @@ public is importable from ``petiq.listmode``.
 """
 
 from petiq.listmode.files import (
+    check_listmode,
     Listmode,
     ListmodeChunk,
     ListmodeWriter,
@@ -110,6 +111,7 @@ from petiq.listmode.words import (
 )
 
 __all__ = [
+    "check_listmode",
     "BIN_MASK",
     "CONTROL_TAG",
     "DEADTIME_TAG",

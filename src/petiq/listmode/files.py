@@ -111,6 +111,13 @@ def _open_checked(path: str | Path, scanner=None) -> _LmFile:
     return _LmFile(path, hdr, lines, header, n_words, n_bins)
 
 
+def check_listmode(path: str | Path, scanner=None) -> int:
+    """Check a list-mode pair without reading its events: header as the scanner writes it (and
+    matching ``scanner`` when given), data file present, its size a whole number of words and equal
+    to the header's word count. Returns the number of words; raises :class:`PetiqInputError`."""
+    return _open_checked(path, scanner).n_words
+
+
 def _bad_bin_error(path: Path, word_index: int, word: int, n_bins: int) -> PetiqInputError:
     return PetiqInputError(
         path,
