@@ -81,16 +81,22 @@ public is importable from ``petiq.listmode``.
 """
 
 from petiq.listmode.files import (
-    check_listmode,
     Listmode,
     ListmodeChunk,
     ListmodeWriter,
+    check_listmode,
     iter_listmode_chunks,
     read_listmode,
     write_listmode,
     write_listmode_words,
 )
-from petiq.listmode.header import MMR_HEADER_DEFAULTS, data_path, header_path, header_value, read_listmode_header
+from petiq.listmode.header import (
+    MMR_HEADER_DEFAULTS,
+    data_path,
+    header_path,
+    header_value,
+    read_listmode_header,
+)
 from petiq.listmode.histogram import ListmodeHistogram, histogram_listmode
 from petiq.listmode.thin import ThinSummary, thin_listmode
 from petiq.listmode.words import (
