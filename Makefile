@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 CORES ?= 2
 ANATOMY := resources/anatomy/Hammers.nii.gz
 WEIGHTS := resources/weights/vgg16_keras-imagenet.pth
-# rules call `petiq` and `python`: the environment's, as after `. .venv/bin/activate`
+# script rules call `python`: the environment's, as after `. .venv/bin/activate` (shell rules use
+# the interpreter running snakemake, with this checkout's src/ first)
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: demo test install resources weights lint rulegraph clean

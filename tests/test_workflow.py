@@ -258,7 +258,22 @@ def test_dicom_form_config_writes_and_reads_the_dicom_export(tmp_path):
     out = done.stdout + done.stderr
     assert "--out results/listmode/sub-01/sub-01_acq-full.dcm" in out
     assert "results/listmode/sub-01/sub-01_acq-full.bf" in out  # the pair is an output and an input
-    assert "petiq thin results/listmode/sub-01/sub-01_acq-full.dcm results/listmode/sub-01/sub-01_dose-010.0.dcm" in out
-    assert "petiq histogram results/listmode/sub-01/sub-01_dose-010.0.dcm" in out
-    assert "petiq histogram results/listmode/sub-01/sub-01_acq-full.dcm" in out
+    assert "-m petiq.cli thin results/listmode/sub-01/sub-01_acq-full.dcm results/listmode/sub-01/sub-01_dose-010.0.dcm" in out
+    assert "-m petiq.cli histogram results/listmode/sub-01/sub-01_dose-010.0.dcm" in out
+    assert "-m petiq.cli histogram results/listmode/sub-01/sub-01_acq-full.dcm" in out
     assert ".l.hdr" not in out
+
+
+def test_shell_rules_call_this_workflows_petiq_without_an_activated_venv():
+    """Shell rules run `python -m petiq.cli` with this checkout's src/ first (the same code as the
+    script rules and as in conda mode), under the interpreter running Snakemake: no `petiq` on PATH
+    is needed (a venv that is not activated used to fail with exit status 127)."""
+    for rules in (ROOT / "workflow/rules").glob("*.smk"):
+        assert not re.search(r'^\s*"petiq ', rules.read_text(), flags=re.M), rules
+    env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp")}  # no venv on PATH
+    done = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--cores", "1", "--configfile", "tests/config/config.yaml",
+                           "--forceall"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    calls = [line for line in done.stdout.splitlines() if "-m petiq.cli" in line]
+    assert {"thin", "histogram", "patches"} <= {line.split("-m petiq.cli ")[1].split()[0] for line in calls}
+    assert all(f"PYTHONPATH={ROOT / 'src'}" in line and sys.executable in line for line in calls)

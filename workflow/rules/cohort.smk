@@ -21,9 +21,10 @@ rule anatomy:
         mem_mb=mem_mb(1000),
         runtime=10,
     params:
+        petiq=PETIQ,
         folder=lambda wildcards, output: Path(output[0]).parent,
     shell:
-        "petiq resources fetch --dest {params.folder} > {log} 2>&1"
+        "{params.petiq} resources fetch --dest {params.folder} > {log} 2>&1"
 
 
 rule participants:

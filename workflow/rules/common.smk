@@ -35,6 +35,22 @@ if CONFIG_PROBLEMS:
     stop(CONFIG_PROBLEMS)
 SYNTHETIC = list(PATIENTS.loc[PATIENTS["source"] == "synthetic", "participant_id"])
 ENV = "../../envs/petiq.yaml"
+
+
+def petiq_command():
+    """How shell rules call petiq: this workflow's own library (src/ first on PYTHONPATH) under the
+    job's Python — the interpreter running Snakemake, or the conda environment's `python` in conda
+    mode — so the code is the same in every mode and an unactivated venv works too."""
+    import shlex
+    from snakemake.settings.types import DeploymentMethod
+
+    in_env = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+    python = "python" if in_env else shlex.quote(sys.executable)
+    src = shlex.quote(str(Path(workflow.basedir) / "src"))
+    return f"PYTHONPATH={src}${{PYTHONPATH:+:$PYTHONPATH}} {python} -m petiq.cli"
+
+
+PETIQ = petiq_command()
 COHORT = "results/cohort"
 ANATOMY_FILES = [
     f"{config['cohort']['anatomy_dir']}/{name}"

@@ -190,8 +190,10 @@ rule score_images:
     resources:
         mem_mb=mem_mb(4000),
         runtime=30,
+    params:
+        petiq=PETIQ,
     shell:
-        "petiq predict --model $(dirname {input.model}) {input.folder} --tsv {output.tsv} --force --quiet > {log} 2>&1"
+        "{params.petiq} predict --model $(dirname {input.model}) {input.folder} --tsv {output.tsv} --force --quiet > {log} 2>&1"
 
 
 FIGURE_TARGETS = [

@@ -79,10 +79,11 @@ rule thin:
         mem_mb=mem_mb(1500),
         runtime=30,
     params:
+        petiq=PETIQ,
         fraction=lambda wildcards: float(wildcards.dose) / 100.0,
         seed=lambda wildcards: derive_seed(config["seed"], wildcards.subject, wildcards.dose, "thin"),
     shell:
-        "petiq thin {input.listmode} {output.listmode} --fraction {params.fraction} --seed {params.seed} > {log} 2>&1"
+        "{params.petiq} thin {input.listmode} {output.listmode} --fraction {params.fraction} --seed {params.seed} > {log} 2>&1"
 
 
 rule histogram:
@@ -103,10 +104,11 @@ rule histogram:
         mem_mb=mem_mb(3000),
         runtime=30,
     params:
+        petiq=PETIQ,
         scanner=config["scanner"],
         span=config["span"],
     shell:
-        "petiq histogram {input.listmode} {output.npz} --scanner {params.scanner} --span {params.span} --threads {threads} > {log} 2>&1"
+        "{params.petiq} histogram {input.listmode} {output.npz} --scanner {params.scanner} --span {params.span} --threads {threads} > {log} 2>&1"
 
 
 rule listmode:

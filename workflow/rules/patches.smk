@@ -20,6 +20,7 @@ rule patches:
         mem_mb=mem_mb(2000),
         runtime=10,
     params:
+        petiq=PETIQ,
         size=config["patches"]["size"],
         candidates=config["patches"]["candidates"],
         per_plane=config["patches"]["per_plane"],
@@ -27,6 +28,6 @@ rule patches:
         dtype=config["patches"]["dtype"],
         seed=lambda wildcards: derive_seed(config["seed"], "patches", wildcards.subject, wildcards.dose),
     shell:
-        "petiq patches {input.image} --npy {output.npy} --tsv {output.tsv} --size {params.size}"
+        "{params.petiq} patches {input.image} --npy {output.npy} --tsv {output.tsv} --size {params.size}"
         " --candidates {params.candidates} --per-plane {params.per_plane} --threshold {params.threshold}"
         " --dtype {params.dtype} --seed {params.seed} > {log} 2>&1"
