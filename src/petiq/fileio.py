@@ -81,7 +81,9 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
         raise
 
 
-def _same_path(a: Path, b: Path) -> bool:
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name one file: equal once resolved, or the same inode (hard links)."""
+    a, b = Path(a), Path(b)
     if a.resolve() == b.resolve():
         return True
     return a.exists() and b.exists() and os.path.samefile(a, b)
@@ -102,7 +104,7 @@ def check_output(path: str | Path, inputs: Iterable[str | Path] = (), *, force: 
 
     out = Path(path)
     for given in inputs:
-        if _same_path(out, Path(given)):
+        if same_file(out, given):
             raise PetiqInputError(out, f"the {what} would overwrite the input {given}", f"write the {what} to another path")
     if out.exists() and not force:
         raise PetiqInputError(out, f"the {what} exists already", f"pass {flag} to replace it, or write to another path")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 import math
 import numbers
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from petiq.errors import PetiqInputError
+from petiq.fileio import same_file
 from petiq.listmode.dicom import is_dicom_form
 from petiq.listmode.files import (
     _AtomicPair,
@@ -69,12 +69,6 @@ def _check_seed(seed, where) -> int:
     return int(seed)
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    if a.resolve() == b.resolve():
-        return True
-    return a.exists() and b.exists() and os.path.samefile(a, b)
-
-
 def thin_listmode(
     src: str | Path,
     dst: str | Path,
@@ -112,7 +106,7 @@ def thin_listmode(
         (data_path(dst), lm.hdr),
         (header_path(dst), lm.path),
     ):
-        if _same_file(a, b):
+        if same_file(a, b):
             raise PetiqInputError(
                 dst, f"the output would overwrite the input {b}", "write the thinned copy to another path"
             )
