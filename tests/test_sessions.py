@@ -135,12 +135,12 @@ def test_bad_patients_and_doses():
 
 def test_solver_infeasibility_names_the_constraint_to_blame(monkeypatch):
     """Past the up-front checks, the programme itself names the constraint family that admits no plan."""
-    real_check = sessions._check_settings
+    real_check = sessions.check_session_settings
 
     def lenient(ids, doses, design, rereads, n_sessions, min_images, max_images):
         return real_check(ids, doses, design, 0, n_sessions, 0, 100)  # skip the size checks
 
-    monkeypatch.setattr(sessions, "_check_settings", lenient)
+    monkeypatch.setattr(sessions, "check_session_settings", lenient)
     with pytest.raises(PetiqInputError) as caught:  # 6 images do not fit 3 sessions of 1
         plan_sessions(PATIENTS[:2], (1, 5, 25), design="paper", rereads=0, n_sessions=3, min_images=1, max_images=1, seed=1)
     text = str(caught.value)

@@ -89,7 +89,7 @@ def config_problems(config: Mapping, subjects: list[str], *, root: str | Path = 
     import pandas as pd
 
     from .scanner import Scanner
-    from .sessions import _check_settings
+    from .sessions import check_session_settings
     from .splits import ROLES, check_splits
 
     root = Path(root)
@@ -135,7 +135,7 @@ def config_problems(config: Mapping, subjects: list[str], *, root: str | Path = 
     names = {"n_sessions": "scoring.sessions.count", "min_images": "scoring.sessions.min_size", "max_images": "scoring.sessions.max_size",
              "rereads": "scoring.rereads"}
     try:
-        _check_settings([f"patient-{i}" for i in range(n_rated)], config["doses"], scoring["design"], scoring["rereads"],
+        check_session_settings([f"patient-{i}" for i in range(n_rated)], config["doses"], scoring["design"], scoring["rereads"],
                         scoring["sessions"]["count"], scoring["sessions"]["min_size"], scoring["sessions"]["max_size"], names=names)
     except PetiqInputError as error:
         problems.append(_problem("scoring.sessions", error.problem, error.fix))

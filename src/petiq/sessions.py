@@ -99,7 +99,7 @@ def plan_sessions(
 ) -> pd.DataFrame:
     """Solve the session programme; return the plan (= unblinding key) sorted by session and blinded id."""
     ids = [str(p) for p in participant_ids]
-    groups = _check_settings(ids, doses, design, rereads, n_sessions, min_images, max_images)
+    groups = check_session_settings(ids, doses, design, rereads, n_sessions, min_images, max_images)
     settings = dict(rereads=int(rereads), n_sessions=int(n_sessions), min_images=int(min_images), max_images=int(max_images))
     prob, x, r = _build(ids, groups, design, seed=seed, relax=frozenset(), **settings)
     if not _solve(prob, time_limit_s):
@@ -141,7 +141,7 @@ def blinded_ids(n: int, seed: int) -> list[str]:
     return out
 
 
-def _check_settings(ids, doses, design, rereads, n_sessions, min_images, max_images, names=None) -> dict[str, list[float]]:
+def check_session_settings(ids, doses, design, rereads, n_sessions, min_images, max_images, names=None) -> dict[str, list[float]]:
     """Validate the settings and return the doses to read per category; raise the reason if no plan can exist.
 
     ``names``: what to call the settings in messages (e.g. their config keys); default the argument names.
