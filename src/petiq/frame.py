@@ -102,6 +102,19 @@ def write_nifti(path: str | Path, data: np.ndarray, affine: np.ndarray) -> None:
         nib.save(nifti_image(data, affine), str(tmp))
 
 
+def load_nifti(path: str | Path, what: str, fix: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(data as float32, checked RAS+ affine)`` of a NIfTI; an unreadable file is a
+    :class:`PetiqInputError` naming the ``what`` with ``fix``."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except (OSError, ValueError, nib.filebasedimages.ImageFileError) as error:
+        raise PetiqInputError(path, f"cannot read the {what} ({error})", fix) from None
+    return data, nifti_affine(img, path)
+
+
 def nifti_affine(img, path=None) -> np.ndarray:
     """The checked voxel -> RAS+ mm affine of a nibabel image: its sform, else its qform.
 

@@ -319,19 +319,11 @@ def read_inputs(truth_path, mumap_path) -> tuple[np.ndarray, np.ndarray, tuple[f
     scanner grid (head-first supine, :mod:`petiq.frame`): the activity's own shape and voxel size
     with its axes matched to the scanner's (:func:`petiq.frame.grid_like`), unchanged when it is
     already on such a grid. Returns ``(activity, mu, voxel_size_mm)``."""
-    import nibabel as nib
-
     from . import frame
     from .errors import PetiqInputError
 
-    images = []
-    for path, what in ((truth_path, "activity"), (mumap_path, "μ-map")):
-        try:
-            img = nib.load(str(path))
-            data = np.asarray(img.dataobj, dtype=np.float32)
-        except (OSError, ValueError, nib.filebasedimages.ImageFileError) as error:
-            raise PetiqInputError(path, f"cannot read the {what} ({error})", f"give the {what} as a NIfTI") from None
-        images.append((data, frame.nifti_affine(img, path), path, what))
+    images = [(*frame.load_nifti(path, what, f"give the {what} as a NIfTI"), path, what)
+              for path, what in ((truth_path, "activity"), (mumap_path, "μ-map"))]
     (activity, a_affine, _, _), _ = images
     if activity.ndim != 3:
         raise PetiqInputError(truth_path, f"the activity has shape {activity.shape}, expected a 3-D volume", "give a 3-D NIfTI")

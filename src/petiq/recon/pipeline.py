@@ -184,18 +184,11 @@ def attenuation_file(mumap_nii, out_npz, scanner, span: int) -> dict:
     A μ-map already on a centred scanner grid (:func:`petiq.frame.is_scanner_grid`, e.g. the
     simulated phantoms') is used as it is; any other is mapped by its affine onto the scanner's image
     grid (``scanner.image_shape`` of ``scanner.voxel_size_mm``; linear interpolation)."""
-    import nibabel as nib
-
     from petiq import frame
 
     scanner = _scanner(scanner)
     span = scanner.check_span(int(span))
-    try:
-        img = nib.load(str(mumap_nii))
-        mu = np.asarray(img.dataobj, dtype=np.float32)
-    except (OSError, ValueError, nib.filebasedimages.ImageFileError) as error:
-        raise PetiqInputError(mumap_nii, f"cannot read the μ-map ({error})", "give a NIfTI μ-map in cm⁻¹") from None
-    affine = frame.nifti_affine(img, mumap_nii)
+    mu, affine = frame.load_nifti(mumap_nii, "μ-map", "give a NIfTI μ-map in cm⁻¹")
     voxel = corr.check_mumap(mu, affine, scanner, mumap_nii)
     if not frame.is_scanner_grid(mu.shape, affine):
         voxel = tuple(float(v) for v in scanner.voxel_size_mm)
