@@ -19,8 +19,9 @@ rule norm_scan:
         span=config["span"],
         seed=derive_seed(config["seed"], "norm_scan", config["scanner"]),
         scanner_seed=SCANNER_SEED,
+        petiq=PETIQ,
     shell:
-        "NUMBA_NUM_THREADS={threads} petiq simulate --norm --scanner {params.scanner} --span {params.span}"
+        "NUMBA_NUM_THREADS={threads} {params.petiq} simulate --norm --scanner {params.scanner} --span {params.span}"
         " --seed {params.seed} --scanner-seed {params.scanner_seed} --out {output.npz} > {log} 2>&1"
 
 
@@ -51,8 +52,9 @@ rule simulate:
         duration=config["listmode"]["duration_s"],
         seed=lambda wildcards: derive_seed(config["seed"], wildcards.subject, "simulate"),
         scanner_seed=SCANNER_SEED,
+        petiq=PETIQ,
     shell:
-        "NUMBA_NUM_THREADS={threads} petiq simulate --scanner {params.scanner} --span {params.span}"
+        "NUMBA_NUM_THREADS={threads} {params.petiq} simulate --scanner {params.scanner} --span {params.span}"
         " --seed {params.seed} --scanner-seed {params.scanner_seed} --duration {params.duration}"
         " --truth {input.truth} --mumap {input.mumap} --participants {input.participants}"
         " --subject {wildcards.subject} --out {output.listmode} --summary {output.summary} > {log} 2>&1"
