@@ -276,5 +276,6 @@ def test_shell_rules_call_this_workflows_petiq_without_an_activated_venv():
                            "--forceall"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     calls = [line for line in done.stdout.splitlines() if "-m petiq.cli" in line]
-    assert {"simulate", "thin", "histogram", "patches"} <= {line.split("-m petiq.cli ")[1].split()[0] for line in calls}
+    commands = {re.search(r"-m petiq\.cli --log \S+ (\w+)", line)[1] for line in calls}  # every job logs through --log
+    assert {"simulate", "thin", "histogram", "patches"} <= commands
     assert all(f"PYTHONPATH={ROOT / 'src'}" in line and sys.executable in line for line in calls)

@@ -24,7 +24,7 @@ rule anatomy:
         petiq=PETIQ,
         folder=lambda wildcards, output: Path(output[0]).parent,
     shell:
-        "{params.petiq} resources fetch --dest {params.folder} > {log} 2>&1"
+        "{params.petiq} --log {log} resources fetch --dest {params.folder}"
 
 
 rule participants:

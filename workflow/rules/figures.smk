@@ -193,7 +193,7 @@ rule score_images:
     params:
         petiq=PETIQ,
     shell:
-        "{params.petiq} predict --model $(dirname {input.model}) {input.folder} --tsv {output.tsv} --force --quiet > {log} 2>&1"
+        "{params.petiq} --log {log} predict --model $(dirname {input.model}) {input.folder} --tsv {output.tsv} --force --quiet"
 
 
 FIGURE_TARGETS = [

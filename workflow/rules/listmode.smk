@@ -21,8 +21,8 @@ rule norm_scan:
         scanner_seed=SCANNER_SEED,
         petiq=PETIQ,
     shell:
-        "NUMBA_NUM_THREADS={threads} {params.petiq} simulate --norm --scanner {params.scanner} --span {params.span}"
-        " --seed {params.seed} --scanner-seed {params.scanner_seed} --out {output.npz} > {log} 2>&1"
+        "NUMBA_NUM_THREADS={threads} {params.petiq} --log {log} simulate --norm --scanner {params.scanner} --span {params.span}"
+        " --seed {params.seed} --scanner-seed {params.scanner_seed} --out {output.npz}"
 
 
 rule simulate:
@@ -54,10 +54,10 @@ rule simulate:
         scanner_seed=SCANNER_SEED,
         petiq=PETIQ,
     shell:
-        "NUMBA_NUM_THREADS={threads} {params.petiq} simulate --scanner {params.scanner} --span {params.span}"
+        "NUMBA_NUM_THREADS={threads} {params.petiq} --log {log} simulate --scanner {params.scanner} --span {params.span}"
         " --seed {params.seed} --scanner-seed {params.scanner_seed} --duration {params.duration}"
         " --truth {input.truth} --mumap {input.mumap} --participants {input.participants}"
-        " --subject {wildcards.subject} --out {output.listmode} --summary {output.summary} > {log} 2>&1"
+        " --subject {wildcards.subject} --out {output.listmode} --summary {output.summary}"
 
 
 rule thin:
@@ -85,7 +85,7 @@ rule thin:
         fraction=lambda wildcards: float(wildcards.dose) / 100.0,
         seed=lambda wildcards: derive_seed(config["seed"], wildcards.subject, wildcards.dose, "thin"),
     shell:
-        "{params.petiq} thin {input.listmode} {output.listmode} --fraction {params.fraction} --seed {params.seed} > {log} 2>&1"
+        "{params.petiq} --log {log} thin {input.listmode} {output.listmode} --fraction {params.fraction} --seed {params.seed}"
 
 
 rule histogram:
@@ -110,7 +110,7 @@ rule histogram:
         scanner=config["scanner"],
         span=config["span"],
     shell:
-        "{params.petiq} histogram {input.listmode} {output.npz} --scanner {params.scanner} --span {params.span} --threads {threads} > {log} 2>&1"
+        "{params.petiq} --log {log} histogram {input.listmode} {output.npz} --scanner {params.scanner} --span {params.span} --threads {threads}"
 
 
 rule listmode:

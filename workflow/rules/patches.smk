@@ -28,6 +28,6 @@ rule patches:
         dtype=config["patches"]["dtype"],
         seed=lambda wildcards: derive_seed(config["seed"], "patches", wildcards.subject, wildcards.dose),
     shell:
-        "{params.petiq} patches {input.image} --npy {output.npy} --tsv {output.tsv} --size {params.size}"
+        "{params.petiq} --log {log} patches {input.image} --npy {output.npy} --tsv {output.tsv} --size {params.size}"
         " --candidates {params.candidates} --per-plane {params.per_plane} --threshold {params.threshold}"
-        " --dtype {params.dtype} --seed {params.seed} > {log} 2>&1"
+        " --dtype {params.dtype} --seed {params.seed}"

@@ -101,6 +101,9 @@ def _histogram(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="petiq", description=__doc__)
     parser.add_argument("--version", action="version", version=f"petiq {__version__}")
+    parser.add_argument("--log", metavar="FILE",
+                        help="write output, progress and any traceback to FILE; a failure is reported on the console "
+                             "in one line (how the workflow's jobs call petiq)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     resources = commands.add_parser("resources", help="offline resources (anatomy atlas)")
@@ -151,12 +154,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one sub-command; bad input exits 2 with one line naming the file, the problem and the fix.
+
+    With ``--log FILE`` everything goes to FILE (:func:`petiq.logs.log_to`) and only a failure reaches
+    the console, as one line; an unexpected error exits 1 with its traceback in FILE."""
     args = build_parser().parse_args(argv)
+    console = sys.stderr
+    if args.log:
+        from ..logs import failure_line, log_to
+
+        log_to(args.log).info("petiq %s", " ".join(sys.argv[1:] if argv is None else argv))
     try:
         args.func(args)
     except PetiqInputError as error:
         print(f"petiq: error: {error}", file=sys.stderr)
+        if args.log:
+            print(failure_line(error, args.log), file=console)
         return 2
+    except Exception as error:
+        if not args.log:
+            raise
+        import traceback
+
+        traceback.print_exc()
+        print(failure_line(error, args.log), file=console)
+        return 1
     return 0
 
 
