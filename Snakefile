@@ -14,6 +14,18 @@ min_version("9.0")
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the petiq library, installed or not
 
 
+from petiq.config import read_config_file
+from petiq.errors import PetiqInputError
+
+# Snakemake's message for a broken YAML file names neither the file nor the line. (A broken
+# --configfile is read by Snakemake before this file; `petiq check-config FILE` names its line.)
+try:
+    if Path("config/config.yaml").is_file():
+        read_config_file("config/config.yaml")
+except PetiqInputError as error:
+    raise WorkflowError(f"petiq: {error}") from None
+
+
 configfile: "config/config.yaml"
 
 

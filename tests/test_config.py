@@ -4,9 +4,6 @@
 from __future__ import annotations
 
 import copy
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -115,24 +112,3 @@ def test_user_split_file_is_checked_at_parse(tmp_path, text, words):
     (tmp_path / "splits.tsv").write_text(text)
     problems = config_problems(full({"splits": {"file": str(tmp_path / "splits.tsv")}}), SUBJECTS, root=ROOT)
     assert problems and all(w in str(problems[0]) for w in ["splits.file", *words]), problems
-
-
-@pytest.mark.parametrize("override, words", [
-    ({"training": {"backbone": "vgg17"}}, ["training.backbone", "vgg17", "did you mean"]),
-    ({"splits": {"counts": {"test": 4}}}, ["splits.counts", "has 6"]),
-    ({"scnner": "demo"}, ["scnner is not a petiq setting"]),
-])
-def test_snakemake_dry_run_stops_at_parse(tmp_path, override, words):
-    """Through Snakemake itself: the dry run fails with the one-line message and writes nothing."""
-    config = tmp_path / "bad.yaml"
-    config.write_text(yaml.safe_dump(merged(BASE, override)))
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
-    before = set(tmp_path.rglob("*"))
-    done = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--snakefile", str(ROOT / "Snakefile"),
-                           "--directory", str(ROOT), "--configfile", str(config)], check=False, capture_output=True, text=True, timeout=300, env=env)
-    out = done.stdout + done.stderr
-    assert done.returncode != 0
-    for word in words:
-        assert word in out, (word, out[-2000:])
-    assert "Traceback" not in out and "Failed validating" not in out and len(out) < 4000
-    assert set(tmp_path.rglob("*")) == before

@@ -8,14 +8,13 @@ import subprocess
 import sys
 
 import yaml
-
 from conftest import ANATOMY_DIR, ROOT
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
 
 
 def run(args, cwd):
-    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=300, env=ENV)
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=300, env=ENV, check=False)
 
 
 def test_cli_with_log_reports_bad_input_in_one_console_line(tmp_path):

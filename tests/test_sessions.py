@@ -137,7 +137,7 @@ def test_solver_infeasibility_names_the_constraint_to_blame(monkeypatch):
     """Past the up-front checks, the programme itself names the constraint family that admits no plan."""
     real_check = sessions.check_session_settings
 
-    def lenient(ids, doses, design, rereads, n_sessions, min_images, max_images):
+    def lenient(ids, doses, design, rereads, n_sessions, min_images, max_images, names=None):
         return real_check(ids, doses, design, 0, n_sessions, 0, 100)  # skip the size checks
 
     monkeypatch.setattr(sessions, "check_session_settings", lenient)

@@ -16,6 +16,36 @@ from pathlib import Path
 from .errors import PetiqInputError
 
 
+def read_config_file(path: str | Path) -> dict:
+    """A YAML config file as a dict; a syntax error names the file, the line and the column.
+
+    Snakemake's own message for a broken YAML file names neither the file nor the line (a tab in
+    the indentation is the usual cause)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as error:
+        raise PetiqInputError(path, f"cannot be read as UTF-8 text ({error})", "save the config file as UTF-8 YAML") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        line = text.splitlines()[mark.line] if mark and mark.line < len(text.splitlines()) else ""
+        fix = ("indent with spaces only, YAML does not allow tabs" if "\t" in line[: (mark.column + 1) if mark else None] or "tab" in str(error)
+               else "correct the YAML syntax there (indentation, a missing ':' or an unclosed quote or bracket)")
+        raise PetiqInputError(path, f"{where}not valid YAML ({error.problem})", fix) from None
+    except yaml.YAMLError as error:
+        raise PetiqInputError(path, f"not valid YAML ({error})", "correct the YAML syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise PetiqInputError(path, f"holds a {type(data).__name__}, not a mapping of config keys", "write one `key: value` per line")
+    return data
+
+
 def _key(path: Iterable) -> str:
     """``experiments.backbones[0]``: the config key of a schema path."""
     key = ""
@@ -126,7 +156,12 @@ def config_problems(config: Mapping, subjects: list[str], *, root: str | Path = 
                                  "give the path of an ImageNet checkpoint, or null to use what `petiq weights fetch` wrote"))
 
     scoring = config["scoring"]
-    if scoring.get("ratings") is None:
+    ratings = scoring.get("ratings")
+    if ratings is not None and not (root / ratings).is_file():
+        problems.append(_problem("scoring.ratings", f"{ratings} does not exist",
+                                 f"write it from the filled forms with `petiq ratings import --forms … --key … --out {ratings}`, "
+                                 "or set scoring.ratings: null for the virtual reader"))
+    if ratings is None:
         raters = [str(r + 1) for r in range(scoring["raters"])]
         if str(scoring["label_rater"]) not in raters:
             problems.append(_problem("scoring.label_rater", f"{scoring['label_rater']!r} is not one of the virtual raters {', '.join(raters)}",

@@ -38,7 +38,7 @@ def log_to(path: str | Path, name: str = "petiq") -> logging.Logger:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     console = sys.stderr
-    stream = open(path, "w", buffering=1)
+    stream = open(path, "w", buffering=1)  # noqa: SIM115 (the log stays open for the life of the job)
     sys.stderr = stream
     sys.stdout = stream
     logging.basicConfig(

@@ -96,10 +96,13 @@ def plan_sessions(
     max_images: int = 12,
     seed: int,
     time_limit_s: float = 120.0,
+    names: dict[str, str] | None = None,
 ) -> pd.DataFrame:
-    """Solve the session programme; return the plan (= unblinding key) sorted by session and blinded id."""
+    """Solve the session programme; return the plan (= unblinding key) sorted by session and blinded id.
+
+    ``names``: what to call the settings in messages (:func:`check_session_settings`)."""
     ids = [str(p) for p in participant_ids]
-    groups = check_session_settings(ids, doses, design, rereads, n_sessions, min_images, max_images)
+    groups = check_session_settings(ids, doses, design, rereads, n_sessions, min_images, max_images, names=names)
     settings = dict(rereads=int(rereads), n_sessions=int(n_sessions), min_images=int(min_images), max_images=int(max_images))
     prob, x, r = _build(ids, groups, design, seed=seed, relax=frozenset(), **settings)
     if not _solve(prob, time_limit_s):

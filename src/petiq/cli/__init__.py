@@ -30,6 +30,13 @@ def _check_patients(args) -> None:
     print(f"{args.sheet}: {len(sheet)} patients ({counts}); no problems found")
 
 
+def _check_config(args) -> None:
+    from ..config import read_config_file
+
+    keys = read_config_file(args.config)
+    print(f"{args.config}: valid YAML, {len(keys)} top-level key(s); `snakemake -n --configfile {args.config}` checks the values")
+
+
 def _check_simulate_args(args) -> None:
     """A patient simulation needs its truth, μ-map, participants table and subject, and a duration > 0."""
     from pathlib import Path
@@ -116,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-patients", help="validate a patient sheet and report the first problem")
     check.add_argument("sheet", help="the patient sheet (TSV)")
     check.set_defaults(func=_check_patients)
+    check_config = commands.add_parser("check-config", help="read a config file; a YAML error names its line (Snakemake's does not)")
+    check_config.add_argument("config", help="a YAML config file, e.g. config/demo.yaml")
+    check_config.set_defaults(func=_check_config)
     simulate = commands.add_parser("simulate", help="a cohort patient -> 100 %% list-mode (or the scanner's norm scan)")
     simulate.add_argument("--scanner", default="mmr", help="scanner preset: mmr, demo or tiny")
     simulate.add_argument("--span", type=int, default=11, help="axial compression of the simulated expectation")

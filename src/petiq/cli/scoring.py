@@ -30,6 +30,7 @@ def _plan(args) -> None:
     plan = plan_sessions(
         _rated_patients(args), args.doses, design=args.design, rereads=args.rereads, n_sessions=args.n_sessions,
         min_images=args.min_images, max_images=args.max_images, seed=args.seed, time_limit_s=args.time_limit,
+        names={name: "--" + name.replace("_", "-") for name in ("rereads", "n_sessions", "min_images", "max_images")},
     )
     write_plan(plan, args.out)
     print(session_summary(plan).to_string(index=False))
