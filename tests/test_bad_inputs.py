@@ -99,6 +99,8 @@ CASES = {
     "config: label rater that is no rater": (DRY, ["scoring.label_rater", "'7'"], config(scoring={"label_rater": "7"})),
     "config: too few reading sessions": (DRY, ["scoring.sessions.count"], config(scoring={"sessions": {"count": 2}})),
     "config: reading sessions too small": (DRY, ["scoring.sessions.max_size"], config(scoring={"sessions": {"count": 4, "max_size": 1}})),
+    "config: Fig. 9 count above the transfer patients": (DRY, ["experiments.patient_counts", "[2]", "transfer_train"],
+                                                           config(experiments={"patient_counts": [1, 2]})),
     "config: ratings file missing": (DRY, ["scoring.ratings", "no/ratings.tsv"], config(scoring={"ratings": "no/ratings.tsv"})),
     "config: a dose of 0 %": (DRY, ["doses", "0"], config(doses=[0, 10, 100])),
     "config: a dose above 100 %": (DRY, ["doses", "150"], config(doses=[1, 10, 150])),

@@ -144,6 +144,12 @@ def config_problems(config: Mapping, subjects: list[str], *, root: str | Path = 
         problems.append(_problem("splits.counts", f"the roles add up to {sum(counts.values())} patients but the patient sheet has {n}",
                                  "make the role counts add up to the number of rows of the patient sheet"))
 
+    n_transfer = counts["transfer_train"]  # what plan_experiments sizes Fig. 9's subsets from
+    too_many = [c for c in config["experiments"]["patient_counts"] if c > n_transfer]
+    if too_many:
+        problems.append(_problem("experiments.patient_counts", f"{too_many} exceed the {n_transfer} transfer_train patient(s) "
+                                 "that Fig. 9's subsets are drawn from", f"use counts up to {n_transfer}, or raise splits.counts.transfer_train"))
+
     scanner = Scanner.from_name(config["scanner"])
     size = config["patches"]["size"]
     if size > max(scanner.image_shape):

@@ -130,7 +130,7 @@ def plan_experiments(config: dict, n_transfer_patients: int | None = None) -> Ex
 
     for k in exp["freeze_levels"]:
         transfer("fig08", str(k), "imagenet", int(k))
-    for n in exp["patient_counts"]:
+    for n in exp["patient_counts"]:  # petiq.config refuses counts above n_all before the workflow plans
         if int(n) <= n_all:
             transfer("fig09", str(n), "imagenet", 2, n=int(n))
 

@@ -19,10 +19,11 @@ rule norm_scan:
         span=config["span"],
         seed=derive_seed(config["seed"], "norm_scan", config["scanner"]),
         scanner_seed=SCANNER_SEED,
+        counts_per_bin=config["listmode"]["norm_counts_per_bin"],
         petiq=PETIQ,
     shell:
         "NUMBA_NUM_THREADS={threads} {params.petiq} --log {log} simulate --norm --scanner {params.scanner} --span {params.span}"
-        " --seed {params.seed} --scanner-seed {params.scanner_seed} --out {output.npz}"
+        " --seed {params.seed} --scanner-seed {params.scanner_seed} --norm-counts-per-bin {params.counts_per_bin} --out {output.npz}"
 
 
 rule simulate:

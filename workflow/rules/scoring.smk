@@ -23,7 +23,10 @@ rule sessions_plan:
     params:
         seed=derive_seed(config["seed"], "sessions"),
         doses=config["doses"],
-        scoring=config["scoring"],
+        design=config["scoring"]["design"],
+        rated_roles=config["scoring"]["rated_roles"],
+        rereads=config["scoring"]["rereads"],
+        sessions=config["scoring"]["sessions"],
     script:
         "../scripts/sessions_plan.py"
 

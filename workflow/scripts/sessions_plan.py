@@ -9,14 +9,13 @@ from petiq.logs import log_to  # noqa: E402
 from petiq.sessions import plan_sessions, session_summary, write_plan  # noqa: E402
 
 log = log_to(snakemake.log[0])
-scoring = snakemake.params.scoring
+p = snakemake.params  # only the scoring keys the plan depends on (not the raters or the label rater)
 splits = pd.read_csv(snakemake.input.splits, sep="\t", dtype=str)
-rated = sorted(splits.loc[splits["role"].isin(scoring["rated_roles"]), "participant_id"])
-log.info("rated patients (%s): %s", ", ".join(scoring["rated_roles"]), ", ".join(rated))
+rated = sorted(splits.loc[splits["role"].isin(p.rated_roles), "participant_id"])
+log.info("rated patients (%s): %s", ", ".join(p.rated_roles), ", ".join(rated))
 plan = plan_sessions(
-    rated, snakemake.params.doses, design=scoring["design"], rereads=scoring["rereads"],
-    n_sessions=scoring["sessions"]["count"], min_images=scoring["sessions"]["min_size"],
-    max_images=scoring["sessions"]["max_size"], seed=snakemake.params.seed,
+    rated, p.doses, design=p.design, rereads=p.rereads, n_sessions=p.sessions["count"],
+    min_images=p.sessions["min_size"], max_images=p.sessions["max_size"], seed=p.seed,
 )
 write_plan(plan, snakemake.output.key)
 log.info("sessions:\n%s", session_summary(plan).to_string())

@@ -65,7 +65,10 @@ def _simulate(args) -> None:
 
         from ..fileio import write_npz
 
-        scan = simulate_norm_scan(scanner, args.scanner_seed, args.seed, span=args.span, progress=not args.quiet)
+        if not args.norm_counts_per_bin > 0:
+            raise PetiqInputError(None, f"--norm-counts-per-bin is {args.norm_counts_per_bin:g}", "give the mean trues per span-1 bin, > 0 (default 200)")
+        scan = simulate_norm_scan(scanner, args.scanner_seed, args.seed, span=args.span, counts_per_bin=args.norm_counts_per_bin,
+                                  progress=not args.quiet)
         write_npz(args.out, scanner=np.asarray(scanner.name), **scan)
         print(f"norm scan of {scanner.name}: {int(scan['sinogram'].sum())} counts -> {args.out}")
         return
@@ -133,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--scanner-seed", type=int, required=True, help="seed of the scanner's normalisation truth")
     simulate.add_argument("--out", required=True, help="output .l file (its .l.hdr is written beside it); a .dcm writes the scanner's DICOM form (.dcm + .bf); .npz with --norm")
     simulate.add_argument("--norm", action="store_true", help="simulate the normalisation scan of a uniform cylinder instead")
+    simulate.add_argument("--norm-counts-per-bin", type=float, default=200.0,
+                          help="with --norm: mean trues per span-1 bin inside the cylinder (config listmode.norm_counts_per_bin)")
     simulate.add_argument("--truth", help="the patient's true activity (NIfTI, kBq/mL)")
     simulate.add_argument("--mumap", help="the patient's μ-map (NIfTI, cm^-1)")
     simulate.add_argument("--participants", help="participants.tsv with the patient's metadata")
