@@ -1,6 +1,6 @@
 """The documentation cannot drift from the code: every `snakemake` command in the README's and
-docs/'s fenced blocks plans without error (as a dry run), and every `petiq` sub-command they name
-exists."""
+docs/'s fenced blocks plans without error (as a dry run), and every `petiq` command in them runs,
+in order, on test data laid out where the README says the files are."""
 
 from __future__ import annotations
 
@@ -47,13 +47,42 @@ def test_snakemake_command_plans(doc, command):
     assert "This was a dry-run" in done.stdout + done.stderr
 
 
-def test_petiq_commands_exist():
-    from petiq.cli import build_parser
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A workflow folder as the README's commands expect it: the config and sheet, a filled reading
+    session with its unblinding key, a trained pipeline-(b) run and a new reconstruction to score."""
+    import shutil
 
-    parser = build_parser()
-    for doc, command in commands("petiq"):
-        words = [w for w in shlex.split(command.replace("[", "").replace("]", "").replace("…", ""))[1:]]
-        sub = [w for w in words[:2] if not w.startswith("-")]
-        with pytest.raises(SystemExit) as done:  # --help of the named sub-command exits 0 when it exists
-            parser.parse_args([*sub, "--help"])
-        assert done.value.code == 0, (doc, command)
+    from test_bad_inputs import FORM, KEY
+    from test_predict import brain_volume, save, train_small_run
+
+    site = tmp_path_factory.mktemp("docs")
+    shutil.copytree(ROOT / "config", site / "config")
+    from petiq.cli import main
+    from petiq.sessions import blank_form, read_plan
+
+    assert main(["sessions", "plan", "--patients", "sub-01", "sub-02", "--doses", "1", "10", "100", "--n-sessions", "3",
+                 "--max-images", "10", "--seed", "7", "--out", str(site / "results/scores" / KEY)]) == 0
+    plan = read_plan(site / "results/scores" / KEY)
+    for session in sorted(plan["session"].unique()):
+        form = blank_form(plan, session)
+        form["rater"], form["GQR"], form["PR"], form["DC"] = "dr-a", "2", "2.5", "1.5"
+        path = site / "results/scores" / FORM.replace("session-1", f"session-{session}")
+        path.parent.mkdir(parents=True)
+        form.to_csv(path, sep="\t", index=False)
+    (site / "config/ratings.tsv").unlink(missing_ok=True)
+    train_small_run(site / "results/models/transfer/vgg16_imagenet_k2_lr1e-04_n7")
+    save(site / "new_recon.nii.gz", brain_volume(seed=11))
+    return site
+
+
+PETIQ = commands("petiq")
+
+
+def test_petiq_commands_run_on_test_data(project):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    for doc, command in PETIQ:  # in the order a reader meets them: later ones may use what earlier ones wrote
+        done = subprocess.run([sys.executable, "-m", "petiq.cli", *shlex.split(command)[1:]], cwd=project, capture_output=True,
+                              text=True, timeout=600, check=False, env=env)
+        assert done.returncode == 0, f"{doc}: `{command}` fails:\n{(done.stdout + done.stderr)[-2000:]}"
+    assert len(PETIQ) >= 4 and (project / "config/ratings.tsv").is_file() and (project / "scores.tsv").is_file()

@@ -98,6 +98,10 @@ def test_patch_settings_from_the_card():
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
+    return train_small_run(tmp_path_factory.mktemp("run") / "b_imagenet_last2")
+
+
+def train_small_run(root):
     """A VGG16 run on 32 px patches (head only, one epoch) trained by the real engine, with the card's patch settings."""
     from petiq.patches import extract_patches
     from petiq.train import PatchSet, TrainSpec, train_repeats
@@ -109,7 +113,6 @@ def trained_run(tmp_path_factory):
         return PatchSet(patches, np.tile(scores, (n, 1)), ("GQR", "PR", "DC"), np.full(n, f"sub-{seed:02d}"),
                         np.full(n, 100.0), table["patch_index"].to_numpy())
 
-    root = tmp_path_factory.mktemp("run") / "b_imagenet_last2"
     spec = TrainSpec(backbone="vgg16", init="random", freeze_level=0, epochs=1, device="cpu", precision="fp32")
     train = PatchSet.concat([patch_set(1, (2.5, 2.0, 2.0)), patch_set(2, (1.0, 1.5, 1.0))])
     train_repeats(spec, train, patch_set(3, (2.0, 2.0, 1.5)), {"test": patch_set(4, (3.0, 2.5, 2.5))}, seeds=[7],
