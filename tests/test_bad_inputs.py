@@ -101,6 +101,7 @@ CASES = {
     "config: reading sessions too small": (DRY, ["scoring.sessions.max_size"], config(scoring={"sessions": {"count": 4, "max_size": 1}})),
     "config: Fig. 9 count above the transfer patients": (DRY, ["experiments.patient_counts", "[2]", "transfer_train"],
                                                            config(experiments={"patient_counts": [1, 2]})),
+    "config: no Fig. 9 counts": (DRY, ["experiments.patient_counts", "[] has 0 item(s)", "at least 1"], config(experiments={"patient_counts": []})),
     "config: ratings file missing": (DRY, ["scoring.ratings", "no/ratings.tsv"], config(scoring={"ratings": "no/ratings.tsv"})),
     "config: a dose of 0 %": (DRY, ["doses", "0"], config(doses=[0, 10, 100])),
     "config: a dose above 100 %": (DRY, ["doses", "150"], config(doses=[1, 10, 150])),

@@ -10,6 +10,7 @@ disk and the feasibility of the reading sessions.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -71,8 +72,10 @@ def _describe(schema: Mapping) -> str:
 
 
 def _first_sentence(text: str | None) -> str:
+    """The description's first sentence (``Fig. 9`` and ``e.g.`` do not end one)."""
     text = " ".join((text or "").split())
-    return text.split(". ")[0].rstrip(".") if text else ""
+    sentence = re.split(r"(?<!Fig)(?<!Figs)(?<!e\.g)(?<!i\.e)\. ", text)[0] if text else ""
+    return sentence.rstrip(".")
 
 
 def schema_problems(config: Mapping, schema: Mapping) -> list[str]:
@@ -98,6 +101,9 @@ def schema_problems(config: Mapping, schema: Mapping) -> list[str]:
             near = difflib.get_close_matches(str(error.instance), allowed, n=2, cutoff=0.6)
             problem = f"{error.instance!r} is not one of the choices"
             fix = (f"did you mean {' or '.join(near)}? " if near else "") + f"use one of {', '.join(allowed)}"
+        elif error.validator == "minItems":
+            problem = f"{error.instance!r} has {len(error.instance)} item(s)"
+            fix = f"give at least {error.validator_value}" + (f" ({description})" if description else "")
         elif error.validator in ("anyOf", "oneOf"):
             problem = f"{error.instance!r} is not allowed here"
             fix = "use " + " or ".join(_describe(sub) for sub in error.validator_value)
