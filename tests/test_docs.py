@@ -86,3 +86,14 @@ def test_petiq_commands_run_on_test_data(project):
                               text=True, timeout=600, check=False, env=env)
         assert done.returncode == 0, f"{doc}: `{command}` fails:\n{(done.stdout + done.stderr)[-2000:]}"
     assert len(PETIQ) >= 4 and (project / "config/ratings.tsv").is_file() and (project / "scores.tsv").is_file()
+
+
+def test_every_repository_path_the_docs_name_exists():
+    """A test, script or module the README or docs/ points to (`tests/test_x.py`, `src/petiq/…`,
+    `workflow/…`, `benchmarks/…`) is there: a renamed or deleted file cannot leave a dangling pointer."""
+    missing = []
+    for doc in DOCS:
+        for path in re.findall(r"`((?:tests|src|workflow|benchmarks|envs|profiles|config)/[\w./-]+\.\w+)", doc.read_text()):
+            if not (ROOT / path).exists():
+                missing.append(f"{doc.relative_to(ROOT)}: {path}")
+    assert not missing, "the docs name files that do not exist:\n" + "\n".join(missing)
