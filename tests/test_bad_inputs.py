@@ -51,6 +51,18 @@ def truncated(site: Path) -> None:
     (site / "real/a.l").write_bytes(data[:-4])  # one event short: a copy that stopped early
 
 
+def header_with(key: str, value: str):
+    """The real row's list-mode header with ``key`` set to ``value``."""
+
+    def edit(site: Path) -> None:
+        path = site / "real/a.l.hdr"
+        lines = [line for line in path.read_text().splitlines() if line.split(":=")[0].strip().lower() != key.lower()]
+        lines.insert(2, f"{key} := {value}")
+        path.write_text("\n".join(lines) + "\n")
+
+    return edit
+
+
 def form(*rows: str, header: str = "blinded_id\trater\tGQR\tPR\tDC\tcomment") -> dict:
     return {FORM: "\n".join([header, *rows]) + "\n"}
 
@@ -153,6 +165,9 @@ CASES = {
     "histogram: another scanner's file": (["petiq", "histogram", "real/a.l", "out.npz", "--scanner", "mmr"], ["real/a.l", "tiny"], {}),
     "histogram: span the scanner cannot use": (["petiq", "histogram", "real/a.l", "out.npz", "--scanner", "tiny", "--span", "4"], ["span", "4"], {}),
     "histogram: on 0 threads": (["petiq", "histogram", "real/a.l", "out.npz", "--scanner", "tiny", "--threads", "0"], ["--threads is 0"], {}),
+    "histogram: a branching factor that is no number": (["petiq", "histogram", "real/a.l", "out.npz", "--scanner", "tiny"],
+                                                         ["a.l.hdr", "isotope branching factor", "'0,97'", "not a number"],
+                                                         {"edit": header_with("isotope branching factor", "0,97")}),
     "histogram: header missing": (["petiq", "histogram", "real/a.l", "out.npz", "--scanner", "tiny"], ["a.l.hdr"], {"delete": "real/a.l.hdr"}),
     "thin: fraction 0": (["petiq", "thin", "real/a.l", "out/b.l", "--fraction", "0", "--seed", "1"], ["thinning fraction 0.0", "0 < p <= 1"], {}),
     "thin: fraction above 1": (["petiq", "thin", "real/a.l", "out/b.l", "--fraction", "1.5", "--seed", "1"], ["thinning fraction 1.5", "0 < p <= 1"], {}),

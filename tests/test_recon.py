@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,7 +107,7 @@ def case() -> Case:
     scatter = norm * members * exp.scatter * np.float32(boost)
     randoms = randoms * np.float32(0.25 * trues.sum() / randoms.sum())
     return Case(sc, activity, mu, radius, norm, corr.attenuation_factors(mu, sc.voxel_size_mm, sc, SPAN),
-                trues, scatter, randoms, settings.duration_s * boost, exp.summary["calibration_factor"])
+                trues, scatter, randoms, settings.duration_s * boost, exp.summary["effective_calibration_factor"])
 
 
 # ----------------------------------------------------------------------------- system model
@@ -141,7 +142,7 @@ def test_system_model_matches_the_simulator_span1_expectation():
     att = corr.attenuation_factors(mu, sc.voxel_size_mm, sc, SPAN)
     proj = JosephProjector(sc, span=SPAN)
     members = sc.sinogram_members(SPAN)[:, None, None]
-    mult, _ = system_model(sc, SPAN, duration_s=600.0, calibration_factor=exp.summary["calibration_factor"],
+    mult, _ = system_model(sc, SPAN, duration_s=600.0, calibration_factor=exp.summary["effective_calibration_factor"],
                            norm=norm, attenuation=att)
     randoms = corr.crystal_pair_sums(sc, exp.singles_cps, SPAN) * (2 * settings.coincidence_window_ns * 1e-9 * 600.0)
     model = mult * proj.forward(activity) + norm * members * exp.scatter + randoms
@@ -159,7 +160,7 @@ def test_system_model_matches_the_simulator_span1_expectation():
     proj1 = JosephProjector(sc, span=1)
     line1 = proj1.forward(activity).astype(np.float64)
     att1 = np.exp(-0.1 * proj1.forward(mu).astype(np.float64))
-    kappa_d = exp.summary["calibration_factor"] * 600.0
+    kappa_d = exp.summary["effective_calibration_factor"] * 600.0
     def segment(d):  # span 11: 0 holds -5..5, +-1 holds +-(6..16), ...
         return 0 if abs(d) <= 5 else int(np.sign(d)) * ((abs(d) - 6) // 11 + 1)
 
@@ -202,7 +203,7 @@ def test_uniform_cylinder_with_the_real_gaps_reconstructs_flat():
     assert y[norm == 0].sum() == 0 and (norm == 0).mean() > 0.15  # bins touching a gap record nothing
     att = corr.attenuation_factors(0.096 * cylinder, vox, sc, SPAN)
     image = reconstruct(y.astype(np.float32), sc, SPAN, duration_s=600.0,
-                        calibration_factor=exp.summary["calibration_factor"], norm=norm, attenuation=att,
+                        calibration_factor=exp.summary["effective_calibration_factor"], norm=norm, attenuation=att,
                         n_iterations=3, n_subsets=14, progress=False, backend="cpu")
     roi = (r <= 0.8 * radius_mm)[:, :, None] & (np.abs(z) <= 0.25 * sc.axial_fov_mm)[None, None, :]
     values = image[roi].astype(np.float64)
@@ -510,9 +511,13 @@ def test_reconstruct_file_outputs_and_sidecar(files, case, tmp_path):
     np.testing.assert_allclose(img.affine, grid_affine(data.shape, case.scanner.voxel_size_mm))
     for form in (img.get_qform(coded=True), img.get_sform(coded=True)):  # both set, code 1 (scanner)
         assert form[1] == 1 and np.allclose(form[0], img.affine, atol=1e-5)
-    # quantitative through the estimated norm, randoms and scatter
-    assert data[case.wm_core].mean() == pytest.approx(WM, rel=0.08)
-    assert data[case.gm_mid].mean() == pytest.approx(GM, rel=0.08)
+    # quantitative through the estimated norm, randoms and scatter; these sinograms name no isotope,
+    # so the image is not decay corrected (nor divided by the branching ratio): it is the frame's
+    # mean positron concentration, BR · (1 − e^{−λD}) / (λD) of the activity at the scan start
+    lam_d = math.log(2) / (109.7712 * 60) * 600.0
+    scale = 0.967 * -math.expm1(-lam_d) / lam_d
+    assert data[case.wm_core].mean() == pytest.approx(WM * scale, rel=0.08)
+    assert data[case.gm_mid].mean() == pytest.approx(GM * scale, rel=0.08)
     n01 = np.asarray(nib.load(n01_path).dataobj)
     assert n01.max() == pytest.approx(1.0) and n01.min() >= 0
     np.testing.assert_allclose(n01 * data.max(), data, rtol=1e-5, atol=1e-6 * data.max())
@@ -524,6 +529,7 @@ def test_reconstruct_file_outputs_and_sidecar(files, case, tmp_path):
     assert on_disk["ReconMethodParameterValues"] == [4, 6]
     assert on_disk["ReconFilterType"] == "none" and on_disk["ReconFilterSize"] == 0
     assert on_disk["Units"] == "kBq/mL" and on_disk["ImageDecayCorrected"] is False
+    assert "DecayCorrectionFactor" not in on_disk and "ImageDecayCorrectionTime" not in on_disk
     assert "μ-map" in on_disk["AttenuationCorrection"]
     assert "SSS" in on_disk["ScatterCorrectionMethod"] or "single scatter" in on_disk["ScatterCorrectionMethod"]
     assert on_disk["RandomsCorrectionMethod"].startswith("DLYD")
@@ -626,5 +632,11 @@ def test_listmode_chain_is_quantitative(tmp_path):
                             tmp_path / f"{name}.json", tmp_path / f"{name}_01.nii.gz", scanner=sc, span=SPAN,
                             n_iterations=5, n_subsets=6, backend="cpu", progress=False)
         means[name] = float(np.asarray(nib.load(tmp_path / f"{name}.nii.gz").dataobj)[inner].mean())
-    assert means["full"] == pytest.approx(300.0, rel=0.06)
+    # e7's quantification: decay corrected to the scan start, divided by the branching ratio
+    assert means["full"] == pytest.approx(300.0, rel=0.05)
     assert means["quarter"] / means["full"] == pytest.approx(0.25, rel=0.06)
+    sidecar = json.loads((tmp_path / "full.json").read_text())
+    lam_d = math.log(2) / (109.7712 * 60) * sidecar["FrameDuration"][0]  # NiftyPET riLUT F18 half-life
+    assert sidecar["ImageDecayCorrected"] is True and sidecar["ImageDecayCorrectionTime"] == 0
+    assert sidecar["DecayCorrectionFactor"] == [pytest.approx(lam_d / -math.expm1(-lam_d))]
+    assert sidecar["BranchingRatio"] == pytest.approx(0.967) and sidecar["TracerRadionuclide"] == "F18"

@@ -48,7 +48,7 @@ def _data(scanner: Scanner):
     prompts = np.random.default_rng(1).poisson(trues + scatter + randoms).astype(np.float32)
     att = corr.attenuation_factors(mu, vox, scanner, SPAN)
     return dict(prompts=prompts, norm=norm, attenuation=att, randoms=randoms, scatter=scatter,
-                duration_s=600.0 * boost, calibration_factor=exp.summary["calibration_factor"])
+                duration_s=600.0 * boost, calibration_factor=exp.summary["effective_calibration_factor"])
 
 
 @pytest.mark.parametrize("name", ["tiny", "demo"])

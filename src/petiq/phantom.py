@@ -29,9 +29,10 @@ import numpy as np
 from scipy import ndimage
 
 from .anatomy import VENTRICLE_LABELS, AnatomyTemplate
+from .decay import ISOTOPES
 from .frame import scanner_grid_affine
 
-F18_HALF_LIFE_MIN = 109.771
+F18_HALF_LIFE_MIN = ISOTOPES["F-18"].half_life_s / 60.0  # 109.7712 (NiftyPET riLUT)
 MU_WATER_511 = 0.096  # cm^-1
 
 #: MNI point placed at the scanner's centre (roughly the middle of the head, not the AC).

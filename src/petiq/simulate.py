@@ -15,15 +15,19 @@ over an acquisition of ``D`` seconds::
   radial geometric factor with the interleaving pattern of odd/even radial bins: the scanner's
   normalisation *truth*, drawn once per scanner from the config seed (:func:`scanner_truth`).
 * ``a = exp(−P μ)`` from the μ-map (cm⁻¹; the projector integrates in mm).
-* Count level: ``c_T = κ · D`` with ``κ`` the scanner's calibration factor (counts per second per
-  Bq/mm² of line integral, :func:`scanner_calibration`), fixed so that an unattenuated reference
-  source — a uniform cylinder of radius 100 mm and length 160 mm — gives ``η`` trues per second per
-  MBq (mMR ≈ 15 kcps/MBq, its NEMA sensitivity). For the reduced presets ``η`` is scaled by their
+* Count level: ``c_T = κ · BR · D / DCF`` with ``κ`` the scanner's calibration factor (counts per
+  second per positron-emitting Bq/mm² of line integral, :func:`scanner_calibration`), ``BR`` the
+  ¹⁸F branching ratio and ``DCF`` the decay correction of the ``D``-second scan to its start
+  (:func:`petiq.decay.decay_correction_factor`: the phantom's activity is the one at the scan start,
+  and the scan records the mean over it, 4.6 % less for 15 min of ¹⁸F). ``κ`` is fixed so that an
+  unattenuated reference ¹⁸F source — a uniform cylinder of radius 100 mm and length 160 mm —
+  gives ``η`` trues per second per MBq (mMR ≈ 15 kcps/MBq, its NEMA sensitivity). For the reduced presets ``η`` is scaled by their
   image voxel volume, so that counts *per image voxel* — and so the noise of a reconstruction at a
   given dose — match the mMR's (:func:`trues_sensitivity`). Because
   ``κ`` is a constant of the scanner, the count rate follows the patient's activity and attenuation,
   and a reconstruction with the same ``κ`` (stored with the norm scan, like e7's calibration
-  factor) is quantitative in kBq/mL. Decay during the scan only shapes the time stamps.
+  factor, with the header's branching factor and half-life) is quantitative in kBq/mL at the scan
+  start. Decay during the scan also shapes the time stamps and the singles reports.
 * Scatter: a broad smoothing (σ ≈ 60 mm radially, a few views and planes) of the attenuated emission,
   scaled to a scatter fraction drawn per patient in [0.30, 0.40] of trues + scatter.
 * Randoms: singles per crystal ``s = σ₁ · ε · A`` with σ₁ set so that a typical brain study (≈ 18 MBq
@@ -50,11 +54,14 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
+from .decay import ISOTOPES, mean_decay_fraction
 from .phantom import F18_HALF_LIFE_MIN
 from .recon.projectors import JosephProjector, compress_span1
 from .scanner import Scanner
 
 MMR_TRUES_CPS_PER_MBQ = 15_000.0
+#: The simulated tracer (constants as the header states them: :data:`petiq.decay.ISOTOPES`).
+ISOTOPE = ISOTOPES["F-18"]
 COINCIDENCE_WINDOW_NS = 5.86
 #: Singles per crystal per MBq in the field of view (cps/MBq), for a ~20 % randoms fraction at 18 MBq.
 SINGLES_CPS_PER_MBQ = 4.3
@@ -136,9 +143,11 @@ def uniform_cylinder(radius_mm: float, length_mm: float, voxel_mm: float = 4.0):
 
 @functools.lru_cache(maxsize=8)
 def scanner_calibration(scanner: Scanner, span: int, mmr_cps_per_mbq: float = MMR_TRUES_CPS_PER_MBQ) -> float:
-    """κ: trues per second per (Bq/mm²) of line integral of one span-1 LOR.
+    """κ: trues per second per (positron-emitting Bq/mm²) of line integral of one span-1 LOR.
 
-    Fixed so that the unattenuated reference cylinder gives η trues/s per MBq (:func:`trues_sensitivity`).
+    Fixed so that the unattenuated reference cylinder of ¹⁸F gives η trues/s per MBq of ¹⁸F
+    (:func:`trues_sensitivity`); per positron, κ is that divided by ¹⁸F's branching ratio, which is
+    how e7 keeps one calibration for every isotope.
     A compressed bin's projection is the sum of its members' (:mod:`petiq.recon.projectors`), so
     the total line integral, and κ, are the same at every ``span`` (up to float rounding).
     """
@@ -146,7 +155,7 @@ def scanner_calibration(scanner: Scanner, span: int, mmr_cps_per_mbq: float = MM
     proj = JosephProjector(scanner, image_shape=image.shape, voxel_size_mm=voxel, span=span)
     line_integrals = float(proj.forward(image).sum(dtype=np.float64))  # for 1 Bq/mm³
     activity_mbq = float(image.sum(dtype=np.float64) * np.prod(voxel)) / 1e6
-    return trues_sensitivity(scanner, mmr_cps_per_mbq) * activity_mbq / line_integrals
+    return trues_sensitivity(scanner, mmr_cps_per_mbq) * activity_mbq / line_integrals / ISOTOPE.branching_ratio
 
 
 @dataclass
@@ -181,7 +190,9 @@ def expected_data(
     activity_mbq = float(activity.sum(dtype=np.float64) * voxel_ml / 1000.0)  # kBq/mL · mL → MBq
     total_geometric = float(line_integrals.sum(dtype=np.float64))
     kappa = scanner_calibration(scanner, settings.span, settings.trues_cps_per_mbq)
-    c_t = kappa * settings.duration_s
+    decay = mean_decay_fraction(ISOTOPE.half_life_s, settings.duration_s)  # 1 / DCF
+    counts_factor = kappa * ISOTOPE.branching_ratio * decay  # expected counts / s per Bq/mm² at the scan start
+    c_t = counts_factor * settings.duration_s
     emission1 = attenuation
     emission1 *= line_integrals
     del line_integrals
@@ -195,7 +206,7 @@ def expected_data(
     )
     sf = settings.scatter_fraction
     scatter = (smooth * (sf / (1.0 - sf)) * emission.sum(dtype=np.float64) / max(smooth.sum(), 1e-30)).astype(np.float32)
-    singles = settings.singles_cps_per_mbq * singles_scale(scanner) * activity_mbq * truth.crystal_efficiency
+    singles = settings.singles_cps_per_mbq * singles_scale(scanner) * activity_mbq * decay * truth.crystal_efficiency
     return ExpectedData(
         emission_span1=emission1,
         emission=emission,
@@ -206,6 +217,10 @@ def expected_data(
             "activity_in_fov_mbq": activity_mbq,
             "trues_sensitivity_cps_per_mbq": trues_sensitivity(scanner, settings.trues_cps_per_mbq),
             "calibration_factor": kappa,
+            "branching_ratio": ISOTOPE.branching_ratio,
+            "decay_correction_factor": 1.0 / decay,
+            # κ · BR / DCF: what multiplies D · n · a · P x in the expected counts (x at the scan start)
+            "effective_calibration_factor": counts_factor,
             "scatter_fraction": sf,
             "mean_attenuation_factor": mean_attenuation,
         },
@@ -361,7 +376,9 @@ def simulate_patient(
     uptake_s = 60.0 * float(participant["uptake_min"])
     weights = decay_weights(duration_s, float(participant["uptake_min"]))
     header = {  # the keys the scanner writes where the simulation knows the value, then petiq's own
-        "isotope name": "F-18",
+        "isotope name": ISOTOPE.name,
+        "isotope gamma halflife (sec)": f"{ISOTOPE.half_life_s:g}",
+        "isotope branching factor": f"{ISOTOPE.branching_ratio:g}",
         "radiopharmaceutical": "Fluorodeoxyglucose",
         # seconds from the scan start, negative before it (a real export: -2405 for an injection
         # 40 min before the scan, with the injection and study times it gives)

@@ -11,6 +11,13 @@ and the tag counts ``n_time_tags``, ``n_singles_tags``, ``n_singles_skipped``, `
 ``n_gating_tags``, ``n_control_tags``. Files written before petiq kept the tags lack them: they
 still read (reconstruction does not need them), and :func:`require_singles` says to histogram
 again where singles are needed (dead time, singles-based randoms).
+
+Decay (:data:`DECAY_KEYS`, from the list-mode header through :func:`petiq.decay.isotope_from_header`):
+``isotope`` (name), ``half_life_s``, ``branching_ratio`` and ``frame_start_s`` (the header's
+``image relative start time (sec)``: the frame's start after the scan start). The reconstruction
+decay-corrects to the scan start and divides by the branching ratio with them; a file without them
+(a header naming no isotope, or a file written before petiq kept them) gives an image that is not
+decay corrected, and its sidecar says so.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ KEYS = ("prompts", "delayeds", "delayed_fansums", "span", "duration_s", "n_promp
 SINGLES_KEYS = ("singles", "singles_reports", "singles_interval_s")
 TAG_COUNT_KEYS = ("n_time_tags", "n_singles_tags", "n_singles_skipped", "n_gantry_tags", "n_gating_tags", "n_control_tags")
 TAG_KEYS = SINGLES_KEYS + TAG_COUNT_KEYS
+DECAY_KEYS = ("isotope", "half_life_s", "branching_ratio", "frame_start_s")
 _FIX = "histogram the list-mode again with `petiq histogram`"
 
 
@@ -47,7 +55,30 @@ def write_sinograms(path: str | Path, histogram, scanner_name: str) -> None:
         missing = [key for key in TAG_KEYS if key not in present]
         raise ValueError(f"{path}: the histogram has {present} but not {missing}; give all tag keys or none")
     arrays.update({key: np.asarray(histogram[key]) for key in present})
+    arrays.update({key: np.asarray(value) for key, value in decay_values(histogram).items()})
     write_npz(path, scanner=np.asarray(scanner_name), **arrays)
+
+
+def decay_values(histogram) -> dict:
+    """The :data:`DECAY_KEYS` of a histogram: given directly (all of them), or from its list-mode
+    ``header``; empty when neither names an isotope."""
+    if all(_has(histogram, key) for key in DECAY_KEYS):
+        return {key: histogram[key] for key in DECAY_KEYS}
+    if not _has(histogram, "header"):
+        return {}
+    from .decay import isotope_from_header
+    from .listmode.header import header_value
+
+    header = histogram["header"]
+    isotope = isotope_from_header(header)
+    if isotope is None:
+        return {}
+    try:
+        start = float(header_value(header, "image relative start time (sec)") or 0.0)
+    except ValueError:
+        start = 0.0
+    return {"isotope": isotope.name, "half_life_s": isotope.half_life_s,
+            "branching_ratio": isotope.branching_ratio, "frame_start_s": start}
 
 
 def read_sinograms(path: str | Path) -> dict:
@@ -65,6 +96,10 @@ def read_sinograms(path: str | Path) -> dict:
     for key in ("span", "n_prompts", "n_delayeds", "n_outside_span"):
         out[key] = int(out[key])
     out["duration_s"] = float(out["duration_s"])
+    if "isotope" in out:
+        out["isotope"] = str(out["isotope"])
+        for key in ("half_life_s", "branching_ratio", "frame_start_s"):
+            out[key] = float(out[key])
     tags = [k for k in TAG_KEYS if k in out]
     if tags:
         if len(tags) != len(TAG_KEYS):

@@ -12,6 +12,7 @@ from typing import Iterator, Mapping, NamedTuple
 
 import numpy as np
 
+from petiq.decay import isotope_from_header
 from petiq.errors import PetiqInputError
 from petiq.fileio import atomic_path
 from petiq.listmode.dicom import is_dicom_form, write_dicom_header
@@ -82,6 +83,7 @@ def _open_checked(path: str | Path, scanner=None) -> _LmFile:
     else:
         hdr, lines, header = _read_header_text(path)
     _check_listmode_header(header, hdr)
+    isotope_from_header(header, hdr)  # half-life and branching factor, if given, are numbers
     size = path.stat().st_size
     if size % 4:
         raise PetiqInputError(

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from petiq.decay import frame_quantification
 from petiq.errors import PetiqInputError
 from petiq.fileio import atomic_path, write_npz
 from petiq.recon import corrections as corr
@@ -229,8 +230,8 @@ RANDOMS_METHOD = "DLYD (delayed window, variance-reduced: singles from delayed f
 ATTENUATION_METHOD = "measured μ-map (cm⁻¹), attenuation factors exp(-∫μ) forward-projected in the system model"
 
 
-def _sidecar(*, n_iterations, n_subsets, post_filter_fwhm_mm, backend, scanner, span, sino, kappa, scatter_fraction,
-             image, metadata) -> dict:
+def _sidecar(*, n_iterations, n_subsets, post_filter_fwhm_mm, backend, scanner, span, sino, kappa, quant,
+             scatter_fraction, image, metadata) -> dict:
     own = {
         "Units": "kBq/mL",
         "ReconMethodName": "OP-OSEM",
@@ -242,8 +243,8 @@ def _sidecar(*, n_iterations, n_subsets, post_filter_fwhm_mm, backend, scanner, 
         "AttenuationCorrection": ATTENUATION_METHOD,
         "ScatterCorrectionMethod": SCATTER_METHOD,
         "RandomsCorrectionMethod": RANDOMS_METHOD,
-        "ImageDecayCorrected": False,
-        "FrameTimesStart": [0],
+        **quant.sidecar(),
+        "FrameTimesStart": [quant.frame_start_s],
         "FrameDuration": [float(sino["duration_s"])],
         "ImageVoxelSize": [float(v) for v in scanner.voxel_size_mm],
         "Scanner": scanner.name,
@@ -316,7 +317,13 @@ def reconstruct_file(
         json.dumps(metadata or {}, default=_json_default)
     except TypeError as error:
         raise PetiqInputError(None, f"metadata is not JSON serialisable ({error})", "pass plain numbers and strings") from None
-    mult, add = system_model(scanner, span, duration_s=sino["duration_s"], calibration_factor=kappa,
+    # e7's quantification (NiftyPET prj/mmrrec.py): κ per positron, × branching ratio, decay over the
+    # frame; the image is the activity concentration at the scan start
+    quant = frame_quantification(sino, sino["duration_s"])
+    log.info("quantification: κ %.6g, branching ratio %.4g, decay correction %.5f to the scan start%s", kappa,
+             quant.branching_ratio, quant.decay_correction_factor,
+             "" if quant.decay_corrected else " (the sinograms name no isotope: not decay corrected)")
+    mult, add = system_model(scanner, span, duration_s=sino["duration_s"], calibration_factor=kappa * quant.count_scale,
                              norm=norm_data.pop("norm"), attenuation=att, randoms=randoms,
                              scatter=scat_data.pop("scatter"))
     del att, randoms  # only prompts, mult and add stay in memory (3 x 290 MB at mMR size)
@@ -324,7 +331,7 @@ def reconstruct_file(
     image = osem(prompts, mult, add, scanner, span, n_iterations=n_iterations, n_subsets=n_subsets,
                  post_filter_fwhm_mm=post_filter_fwhm_mm, backend=backend_used, progress=progress)
     sidecar = _sidecar(n_iterations=n_iterations, n_subsets=n_subsets, post_filter_fwhm_mm=post_filter_fwhm_mm,
-                       backend=backend_used, scanner=scanner, span=span, sino=sino, kappa=kappa,
+                       backend=backend_used, scanner=scanner, span=span, sino=sino, kappa=kappa, quant=quant,
                        scatter_fraction=float(scat_data.get("scatter_fraction", np.nan)), image=image,
                        metadata=metadata)
     peak = float(image.max())
