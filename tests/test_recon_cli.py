@@ -166,3 +166,24 @@ def test_bad_inputs_exit_2_with_one_line(acq, tmp_path, capsys, monkeypatch):
 def test_norm01_names():
     assert chain.norm01_path("a/sub-01_dose-010.0_pet.nii.gz") == Path("a/sub-01_dose-010.0_desc-norm01_pet.nii.gz")
     assert chain.norm01_path("img.nii.gz") == Path("img_desc-norm01.nii.gz")
+
+
+def test_steps_logged_with_timings_and_a_failed_step_leaves_nothing(acq, tmp_path, caplog, monkeypatch):
+    """Each step logs its time; a step that fails half-way (here: scatter) leaves no output and no work folder."""
+    import logging
+
+    if "kept" not in acq:
+        pytest.skip("needs the kept step files of the list-mode test")
+    work = acq["kept"]
+    caplog.set_level(logging.INFO, logger="petiq.recon")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("scatter broke")
+
+    monkeypatch.setattr(pl, "scatter_file", broken)
+    with pytest.raises(RuntimeError, match="scatter broke"):
+        chain.reconstruct_acquisition(work / "sinograms.npz", norm=acq["norm_scan"], mumap=acq["mumap"],
+                                      out_nii=tmp_path / "img.nii.gz", scanner="tiny", backend="cpu", progress=False)
+    assert list(tmp_path.iterdir()) == []  # no image, no temporary work folder
+    done = [r.getMessage() for r in caplog.records if " done in " in r.getMessage()]
+    assert [m.split("] ")[1].split(" done")[0] for m in done] == ["norm", "attenuation", "histogram", "randoms"]
