@@ -187,3 +187,23 @@ def test_steps_logged_with_timings_and_a_failed_step_leaves_nothing(acq, tmp_pat
     assert list(tmp_path.iterdir()) == []  # no image, no temporary work folder
     done = [r.getMessage() for r in caplog.records if " done in " in r.getMessage()]
     assert [m.split("] ")[1].split(" done")[0] for m in done] == ["norm", "attenuation", "histogram", "randoms"]
+
+
+def test_inputs_in_the_work_folder_are_never_removed(acq, tmp_path, capsys):
+    """Inputs inside --work-dir survive the clean-up; an input where a step file would go is refused before work."""
+    import shutil
+
+    if "kept" not in acq:
+        pytest.skip("needs the kept step files of the list-mode test")
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(acq["kept"] / "sinograms.npz", work / "my_sino.npz")
+    shutil.copy(acq["kept"] / "norm.npz", work / "my_norm.npz")
+    base = ["recon", "--norm", str(work / "my_norm.npz"), "--mumap", str(acq["mumap"]), "--work-dir", str(work), *FAST]
+    assert main([*base, str(work / "my_sino.npz"), "--out", str(tmp_path / "a.nii.gz")]) == 0
+    assert sorted(p.name for p in work.iterdir()) == ["my_norm.npz", "my_sino.npz"]
+    (work / "my_sino.npz").rename(work / "randoms.npz")
+    capsys.readouterr()
+    assert main([*base, str(work / "randoms.npz"), "--out", str(tmp_path / "b.nii.gz")]) == 2
+    assert "step file randoms.npz" in capsys.readouterr().err
+    assert not (tmp_path / "b.nii.gz").exists() and (work / "randoms.npz").is_file()

@@ -289,6 +289,13 @@ def reconstruct_acquisition(
         work_dir = Path(work_dir)
         if work_dir.exists() and not work_dir.is_dir():
             raise PetiqInputError(work_dir, "the work folder is a file", "give a folder (made if missing)")
+        from petiq.fileio import same_file
+
+        for name in STEP_FILES.values():
+            for given in inputs:
+                if same_file(work_dir / name, given):
+                    raise PetiqInputError(given, f"the input is where the work folder's step file {name} goes",
+                                          "give another --work-dir (the step files there are overwritten)")
     # the pre-pass: every input checked, no step run yet (the work folder does not exist yet)
     kind, sinograms_step = _acquisition(acquisition, scanner, span, threads)
     norm_step = _norm_npz(norm, scanner, span)
@@ -315,8 +322,8 @@ def reconstruct_acquisition(
         log.info("recon: [%d/%d] %s done in %.1f s", i, steps, name, timings[name])
         return result
 
-    def produced(path: Path) -> Path:
-        if path.parent == work:
+    def produced(path: Path) -> Path:  # a step file this run writes (an input passed through is not one)
+        if path.parent == work and not any(path == Path(given) for given in inputs):
             written.append(path)
         return path
 
@@ -334,7 +341,7 @@ def reconstruct_acquisition(
             scanner=scanner, span=span, n_iterations=n_iterations, n_subsets=n_subsets,
             post_filter_fwhm_mm=post_filter_fwhm_mm, backend=backend, metadata=metadata, progress=progress))
     finally:
-        if not keep_intermediate:  # kept after a failure too, to look at
+        if not keep_intermediate:  # with keep_intermediate, the step files stay after a failure too
             for path in written:
                 path.unlink(missing_ok=True)
             if made_dir:
