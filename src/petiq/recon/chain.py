@@ -33,6 +33,7 @@ Intermediate files go to a work folder: a temporary one beside the output, remov
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import math
 import shutil
@@ -281,6 +282,12 @@ def reconstruct_acquisition(
     scatter_options = dict(scatter_options or {})
     scanner, span = _check_options(scanner, span, n_iterations, n_subsets, post_filter_fwhm_mm, backend,
                                    scatter_options, threads)
+    try:
+        from petiq.fileio import _json_default
+
+        json.dumps(metadata or {}, default=_json_default)  # as reconstruct_file checks it, but before any step
+    except TypeError as error:
+        raise PetiqInputError(None, f"metadata is not JSON serialisable ({error})", "pass plain numbers and strings") from None
     inputs = [Path(acquisition), Path(norm), Path(mumap)]
     out_nii, out_json, out_norm01_nii = _check_outputs(out_nii, out_json, out_norm01_nii, inputs, force)
     if work_dir is None and keep_intermediate:
