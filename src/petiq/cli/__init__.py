@@ -96,15 +96,13 @@ def _thin(args) -> None:
 
 
 def _histogram(args) -> None:
-    from ..listmode import histogram_listmode
+    from ..recon.chain import histogram_file
     from ..scanner import Scanner
-    from ..sinograms import write_sinograms
 
     scanner = Scanner.from_name(args.scanner)
     if args.threads is not None and args.threads < 1:
         raise PetiqInputError(None, f"--threads is {args.threads}", "give 1 or more threads, or leave it out")
-    hist = histogram_listmode(args.src, scanner, span=args.span, threads=args.threads)
-    write_sinograms(args.out, hist, scanner.name)
+    hist = histogram_file(args.src, args.out, scanner, args.span, threads=args.threads)  # also `petiq recon`'s step
     print(f"{args.src}: {hist.n_prompts} prompts, {hist.n_delayeds} delayeds, {hist.duration_s:g} s -> {args.out}")
 
 

@@ -18,6 +18,9 @@ Files (NumPy ``.npz``, each with ``kind``, ``scanner`` (preset name) and ``span`
 
 The sinogram file is :mod:`petiq.sinograms`'s; the norm scan file is what ``petiq simulate --norm``
 writes (:func:`petiq.simulate.simulate_norm_scan` plus ``scanner``).
+
+The workflow's rules call these functions one job each; ``petiq recon``
+(:func:`petiq.recon.chain.reconstruct_acquisition`) calls the same ones in one process for one acquisition.
 """
 
 from __future__ import annotations

@@ -1,0 +1,232 @@
+"""`petiq recon`: one simulated acquisition through the whole chain (petiq.recon.chain), on the tiny scanner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import yaml
+
+from petiq.cli import main
+from petiq.errors import PetiqInputError
+from petiq.phantom import grid_affine
+from petiq.recon import chain
+from petiq.recon import pipeline as pl
+from petiq.scanner import Scanner
+from petiq.simulate import simulate_norm_scan, simulate_patient
+
+ROOT = Path(__file__).resolve().parents[1]
+SPAN = 11
+ACTIVITY = 300.0  # kBq/mL, the uniform ball's truth
+FAST = ["--scanner", "tiny", "--iterations", "5", "--subsets", "6", "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def acq(tmp_path_factory) -> dict:
+    """A uniform 300 kBq/mL water ball (radius 40 mm) simulated as list-mode, and the norm scan."""
+    d = tmp_path_factory.mktemp("acq")
+    sc = Scanner.tiny()
+    scan = simulate_norm_scan(sc, scanner_seed=5, seed=1, span=SPAN, counts_per_bin=500.0, progress=False)
+    np.savez_compressed(d / "norm_scan.npz", scanner=np.asarray(sc.name), **scan)
+    shape, voxel = (48, 48, 30), (2.0, 2.0, 2.0)
+    affine = grid_affine(shape, voxel)
+    ijk = np.indices(shape).reshape(3, -1)
+    ball = (np.sqrt(((affine[:3, :3] @ ijk + affine[:3, 3:4]) ** 2).sum(0)) <= 40.0).reshape(shape).astype(np.float32)
+    for name, data in (("truth", ACTIVITY * ball), ("mumap", 0.096 * ball)):
+        nib.save(nib.Nifti1Image(data, affine), d / f"{name}.nii.gz")
+    participant = {"participant_id": "sub-01", "injected_mbq": 200.0, "weight_kg": 70.0, "uptake_min": 40.0}
+    simulate_patient(truth_path=d / "truth.nii.gz", mumap_path=d / "mumap.nii.gz", participant=participant,
+                     scanner=sc, scanner_seed=5, seed=3, out_path=d / "full.l", duration_s=600.0, progress=False)
+    return {"dir": d, "lm": d / "full.l", "norm_scan": d / "norm_scan.npz", "mumap": d / "mumap.nii.gz"}
+
+
+def _inner(scanner: Scanner) -> np.ndarray:
+    """Voxels of the tiny scanner's grid well inside the ball (r < 25 mm of its 40)."""
+    shape, vox = scanner.image_shape, scanner.voxel_size_mm
+    axes = [(np.arange(n) - (n - 1) / 2) * v for n, v in zip(shape, vox)]
+    return np.sqrt(axes[0][:, None, None] ** 2 + axes[1][None, :, None] ** 2 + axes[2][None, None, :] ** 2) < 25.0
+
+
+def test_defaults_are_the_config_schema_defaults():
+    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())["properties"]
+    recon = schema["recon"]["properties"]
+    assert chain.DEFAULTS == {"scanner": schema["scanner"]["default"], "span": schema["span"]["default"],
+                              "n_iterations": recon["iterations"]["default"], "n_subsets": recon["subsets"]["default"],
+                              "post_filter_fwhm_mm": recon["post_filter_fwhm_mm"]["default"],
+                              "backend": schema["device"]["default"]}
+
+
+def test_recon_listmode_image_sidecar_activity_and_kept_steps(acq, tmp_path, capsys):
+    """(a) shape, affine, sidecar; (b) the ball's activity within 6 %; (d) --keep-intermediate keeps the step files."""
+    sc = Scanner.tiny()
+    out = tmp_path / "sub-01_pet.nii.gz"
+    work = tmp_path / "work"
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps({"InjectedRadioactivity": 200.0, "BodyWeight": 70.0}))
+    assert main(["recon", str(acq["lm"]), "--norm", str(acq["norm_scan"]), "--mumap", str(acq["mumap"]),
+                 "--out", str(out), "--work-dir", str(work), "--keep-intermediate", "--metadata", str(meta), *FAST]) == 0
+    printed = capsys.readouterr().out
+    assert "kBq/mL" in printed and "histogram" in printed
+    img = nib.load(out)
+    data = np.asarray(img.dataobj)
+    assert data.shape == sc.image_shape
+    np.testing.assert_allclose(img.affine, grid_affine(data.shape, sc.voxel_size_mm), atol=1e-5)
+    # the simulation's truth is 300 kBq/mL everywhere in the ball; 6 % covers noise at these counts, the
+    # 5 x 6 OSEM convergence inside the ball and the norm/scatter estimates (test_recon's chain uses the same)
+    assert float(data[_inner(sc)].mean()) == pytest.approx(ACTIVITY, rel=0.06)
+    sidecar = json.loads((tmp_path / "sub-01_pet.json").read_text())
+    assert sidecar["Units"] == "kBq/mL" and sidecar["ReconMethodName"] == "OP-OSEM"
+    assert sidecar["ReconMethodParameterValues"] == [5, 6] and sidecar["ReconFilterType"] == "none"
+    assert sidecar["Scanner"] == "tiny" and sidecar["Span"] == SPAN and sidecar["ReconstructionBackend"] == "cpu"
+    assert sidecar["FrameDuration"] == [pytest.approx(600.0, rel=0.01)]
+    assert sidecar["InjectedRadioactivity"] == 200.0 and sidecar["BodyWeight"] == 70.0
+    assert 0.2 < sidecar["EstimatedScatterFraction"] < 0.45  # the simulation draws 0.30-0.40
+    n01 = np.asarray(nib.load(tmp_path / "sub-01_desc-norm01_pet.nii.gz").dataobj)
+    assert n01.max() == pytest.approx(1.0)
+    assert sorted(p.name for p in work.iterdir()) == sorted(chain.STEP_FILES.values())
+    # the kept files are the pipeline's: a sinogram file of the list-mode's counts and each correction kind
+    with np.load(work / "sinograms.npz") as sino:
+        assert int(sino["n_prompts"]) == sidecar["PromptsInSinograms"] > 0
+    for kind in ("norm", "randoms", "attenuation", "scatter"):
+        with np.load(work / f"{kind}.npz") as data:
+            assert str(data["kind"]) == kind
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["meta.json", "sub-01_pet.nii.gz", "sub-01_pet.json", "sub-01_desc-norm01_pet.nii.gz", "work"])
+    acq["kept"] = work
+
+
+def test_recon_default_leaves_no_intermediate_files(acq, tmp_path):
+    """(d) without --keep-intermediate only the three outputs remain; a sinogram .npz and a ready norm .npz
+    are taken as they are (the chain's other entry points)."""
+    if "kept" not in acq:
+        pytest.skip("needs the kept step files of the list-mode test")
+    work = acq["kept"]
+    out = tmp_path / "img.nii.gz"
+    assert main(["recon", str(work / "sinograms.npz"), "--norm", str(work / "norm.npz"), "--mumap", str(acq["mumap"]),
+                 "--out", str(out), *FAST]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img.json", "img.nii.gz", "img_desc-norm01.nii.gz"]
+    data = np.asarray(nib.load(out).dataobj)
+    assert float(data[_inner(Scanner.tiny())].mean()) == pytest.approx(ACTIVITY, rel=0.06)
+
+
+def _bad_inputs(acq, d: Path) -> list:
+    sc = Scanner.tiny()
+    pl.estimate_norm_file(acq["norm_scan"], d / "norm_span3.npz", sc, 3)
+    shape = (20, 20, 10)
+    far = np.zeros(shape, np.float32)
+    far[:, :, :] = 0.096
+    aff = grid_affine(shape, (8.0, 8.0, 8.0))  # 160 mm across: tissue beyond the tiny scanner's ring
+    nib.save(nib.Nifti1Image(far, aff), d / "mu_big.nii.gz")
+    lm, ns, mu = str(acq["lm"]), str(acq["norm_scan"]), str(acq["mumap"])
+    return [  # (arguments, the file the message names, words of the problem or fix)
+        ([lm, "--norm", str(d / "missing.npz"), "--mumap", mu], "missing.npz", "norm file not found"),
+        ([lm, "--norm", str(d / "norm_span3.npz"), "--mumap", mu], "norm_span3.npz", "span 3"),
+        ([lm, "--norm", ns, "--mumap", str(d / "mu_big.nii.gz")], "mu_big.nii.gz", "does not fit scanner"),
+        ([lm, "--norm", ns, "--mumap", str(d / "nope.nii.gz")], "nope.nii.gz", "not found"),
+        ([str(d / "none.l"), "--norm", ns, "--mumap", mu], "none.l", "not found"),
+        ([lm, "--norm", ns, "--mumap", mu, "--scanner", "petmr9"], "", "unknown scanner preset"),
+        ([lm, "--norm", ns, "--mumap", mu, "--iterations", "0"], "", "iterations = 0"),
+        ([lm, "--norm", ns, "--mumap", mu, "--subsets", "999"], "", "subsets"),
+        ([lm, "--norm", ns, "--mumap", mu, "--span", "4"], "", "span 4"),
+        ([lm, "--norm", ns, "--mumap", mu, "--device", "tpu"], "", "tpu"),
+        ([lm, "--norm", ns, "--mumap", mu, "--post-filter-fwhm-mm", "-1"], "", "FWHM"),
+    ]
+
+
+def test_bad_inputs_exit_2_with_one_line(acq, tmp_path, capsys, monkeypatch):
+    """(c) every bad input exits 2 with one line naming the file and the fix, no traceback, no output file
+    and no work folder left, and no step started (histogram and every pipeline step are watched)."""
+    cases = _bad_inputs(acq, tmp_path)
+    started = []
+    for name in ("estimate_norm_file", "randoms_file", "attenuation_file", "scatter_file", "reconstruct_file"):
+        monkeypatch.setattr(pl, name, lambda *a, _n=name, **k: started.append(_n))
+    monkeypatch.setattr(chain, "histogram_file", lambda *a, **k: started.append("histogram"))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    for args, named, words in cases:
+        defaults = [x for flag, value in (("--scanner", "tiny"), ("--device", "cpu")) if flag not in args
+                    for x in (flag, value)]
+        code = main(["recon", *args, "--out", str(out_dir / "img.nii.gz"), "--quiet", *defaults])
+        err = capsys.readouterr().err.strip()
+        assert code == 2, (args, err)
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert err.startswith("petiq: error: ") and named in err and words in err and "Fix: " in err, err
+        assert started == [], (args, started)
+        assert list(out_dir.iterdir()) == [], args
+    # an existing output is refused before any work too, and kept
+    (out_dir / "img.nii.gz").write_text("x")
+    assert main(["recon", str(acq["lm"]), "--norm", str(acq["norm_scan"]), "--mumap", str(acq["mumap"]),
+                 "--out", str(out_dir / "img.nii.gz"), *FAST]) == 2
+    assert "exists already" in capsys.readouterr().err and started == []
+    assert sorted(p.name for p in out_dir.iterdir()) == ["img.nii.gz"]
+
+
+def test_norm01_names():
+    assert chain.norm01_path("a/sub-01_dose-010.0_pet.nii.gz") == Path("a/sub-01_dose-010.0_desc-norm01_pet.nii.gz")
+    assert chain.norm01_path("img.nii.gz") == Path("img_desc-norm01.nii.gz")
+
+
+def test_steps_logged_with_timings_and_a_failed_step_leaves_nothing(acq, tmp_path, caplog, monkeypatch):
+    """Each step logs its time; a step that fails half-way (here: scatter) leaves no output and no work folder."""
+    import logging
+
+    if "kept" not in acq:
+        pytest.skip("needs the kept step files of the list-mode test")
+    work = acq["kept"]
+    caplog.set_level(logging.INFO, logger="petiq.recon")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("scatter broke")
+
+    monkeypatch.setattr(pl, "scatter_file", broken)
+    with pytest.raises(RuntimeError, match="scatter broke"):
+        chain.reconstruct_acquisition(work / "sinograms.npz", norm=acq["norm_scan"], mumap=acq["mumap"],
+                                      out_nii=tmp_path / "img.nii.gz", scanner="tiny", backend="cpu", progress=False)
+    assert list(tmp_path.iterdir()) == []  # no image, no temporary work folder
+    done = [r.getMessage() for r in caplog.records if " done in " in r.getMessage()]
+    assert [m.split("] ")[1].split(" done")[0] for m in done] == ["norm", "attenuation", "histogram", "randoms"]
+
+
+def test_inputs_in_the_work_folder_are_never_removed(acq, tmp_path, capsys):
+    """Inputs inside --work-dir survive the clean-up; an input where a step file would go is refused before work."""
+    import shutil
+
+    if "kept" not in acq:
+        pytest.skip("needs the kept step files of the list-mode test")
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(acq["kept"] / "sinograms.npz", work / "my_sino.npz")
+    shutil.copy(acq["kept"] / "norm.npz", work / "my_norm.npz")
+    base = ["recon", "--norm", str(work / "my_norm.npz"), "--mumap", str(acq["mumap"]), "--work-dir", str(work), *FAST]
+    assert main([*base, str(work / "my_sino.npz"), "--out", str(tmp_path / "a.nii.gz")]) == 0
+    assert sorted(p.name for p in work.iterdir()) == ["my_norm.npz", "my_sino.npz"]
+    (work / "my_sino.npz").rename(work / "randoms.npz")
+    capsys.readouterr()
+    assert main([*base, str(work / "randoms.npz"), "--out", str(tmp_path / "b.nii.gz")]) == 2
+    assert "step file randoms.npz" in capsys.readouterr().err
+    assert not (tmp_path / "b.nii.gz").exists() and (work / "randoms.npz").is_file()
+
+
+def test_recon_of_a_thinned_dicom_export(acq, tmp_path):
+    """The DICOM form (.dcm + .bf) of the acquisition thinned to 50 %: the image is half the ball's activity."""
+    from petiq.listmode import thin_listmode
+
+    thin_listmode(acq["lm"], tmp_path / "half.dcm", 0.5, seed=7, scanner=Scanner.tiny())
+    assert (tmp_path / "half.bf").is_file()
+    out = tmp_path / "out" / "half_pet.nii.gz"
+    assert main(["recon", str(tmp_path / "half.dcm"), "--norm", str(acq["norm_scan"]), "--mumap", str(acq["mumap"]),
+                 "--out", str(out), *FAST]) == 0
+    data = np.asarray(nib.load(out).dataobj)
+    # half the counts: 0.5 x 300 kBq/mL; 8 % (the full-count test's 6 % widened for √2 more noise)
+    assert float(data[_inner(Scanner.tiny())].mean()) == pytest.approx(0.5 * ACTIVITY, rel=0.08)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["half_desc-norm01_pet.nii.gz", "half_pet.json", "half_pet.nii.gz"]
+
+
+def test_unserialisable_metadata_is_refused_before_any_step(acq, tmp_path):
+    with pytest.raises(PetiqInputError, match="JSON"):
+        chain.reconstruct_acquisition(acq["lm"], norm=acq["norm_scan"], mumap=acq["mumap"], out_nii=tmp_path / "x.nii.gz",
+                                      scanner="tiny", metadata={"when": object()})
+    assert list(tmp_path.iterdir()) == []
