@@ -31,7 +31,12 @@ from pathlib import Path
 import numpy as np
 
 from petiq.errors import PetiqInputError
-from petiq.frame import SCANNER_TO_RAS, check_affine, scanner_grid_affine, to_scanner_grid
+from petiq.frame import (
+    SCANNER_TO_RAS,
+    check_affine,
+    scanner_grid_affine,
+    to_scanner_grid,
+)
 from petiq.scanner import Scanner
 
 __all__ = [
@@ -151,7 +156,7 @@ def _read_interfile(path: Path) -> tuple[np.ndarray, dict[str, str], Path]:
         dtype = np.dtype(endian + ("u2" if "unsigned" in fmt else "i2"))
     else:
         raise PetiqInputError(hdr_path, f"number format {fmt!r} with {nbytes} bytes per pixel", "give float μ-maps")
-    name = _ival(hdr, "name of data file", hdr_path, path.name[:-4] if path.name.endswith(".hdr") else path.name)
+    name = _ival(hdr, "name of data file", hdr_path, path.name.removesuffix(".hdr"))
     data_path = hdr_path.parent / Path(name.strip()).name
     if not data_path.is_file():
         raise PetiqInputError(hdr_path, f"data file {data_path.name!r} named by the header is missing",
@@ -209,13 +214,13 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
         if "PixelData" not in ds:
             raise PetiqInputError(f, f"DICOM without pixel data (Modality {modality!r}; raw data such as "
                                      "list-mode or a sinogram?)", _FIX_FORMAT)
-        is_mu = "MUMAP" in image_type.replace("_", "").replace(" ", "") or "UMAP" in description or \
-            "MU" in image_type.split("\\") or "MUMAP" in description.replace("-", "").replace("_", "")
-        if modality == "PT" or units in ("BQML", "CNTS", "SUV") or not (modality in ("MR", "OT", "CT") and (
-                is_mu or modality == "OT")):
-            if not is_mu or modality == "PT":
-                raise PetiqInputError(f, f"DICOM is not a μ-map (Modality {modality!r}, ImageType {image_type!r}, "
-                                         f"Units {units or '(none)'!r}; a PET image in Bq/mL?)", _FIX_FORMAT)
+        marks = (image_type + "\\" + description).replace("_", "").replace("-", "").replace(" ", "")
+        is_mu = any(m in marks for m in ("UMAP", "MRAC", "ATTENUATION"))
+        if modality == "PT" or units in ("BQML", "CNTS", "SUV", "PROPCPS") or not is_mu:
+            raise PetiqInputError(f, f"DICOM is not a μ-map (Modality {modality!r}, ImageType {image_type!r}, "
+                                     f"SeriesDescription {description!r}, Units {units or '(none)'!r}; a PET image in "
+                                     "Bq/mL or an MR image? μ-maps carry UMAP/MRAC in ImageType or SeriesDescription)",
+                                  _FIX_FORMAT)
         slices.append((f, ds))
     if len(slices) == 1 and int(slices[0][1].get("NumberOfFrames", 1) or 1) > 1:
         return _dicom_multiframe(*slices[0])
@@ -293,7 +298,7 @@ def _sniff(path: Path) -> str:
         return "dicom"
     if name.endswith((".nii", ".nii.gz")):
         return "nifti"
-    if name.endswith((".v", ".v.hdr", ".hv", ".h33", ".i.hdr")) or name.endswith(".hdr"):
+    if name.endswith((".v", ".hdr", ".hv", ".h33")):
         return "interfile"
     with open(path, "rb") as fh:
         head = fh.read(132)
@@ -362,7 +367,7 @@ def to_scanner_frame(mu, affine, scanner: Scanner, path=None, *, what: str = "μ
     voxel = np.asarray(scanner.voxel_size_mm, dtype=float)
     half_grid = 0.5 * np.asarray(shape) * voxel
     r_fov = float(min(half_grid[0], half_grid[1]))
-    z_fov = 0.5 * float(scanner.axial_fov_mm)
+    z_fov = min(0.5 * float(scanner.axial_fov_mm), float(half_grid[2]))  # what the image grid can hold
     tissue = mu > _TISSUE_CM
     names = (("-x (patient right)", "+x (patient left)"), ("-y (posterior)", "+y (anterior)"),
              ("-z (head end)", "+z (feet end)"))
@@ -410,6 +415,8 @@ def to_scanner_frame(mu, affine, scanner: Scanner, path=None, *, what: str = "μ
                     gap = z_fov - sign * p[2]
                 else:
                     gap = np.sqrt(np.maximum(r_fov**2 - p[1 - ax] ** 2, 0)) - sign * p[ax]
+                if float(gap.max()) <= 0.5 * voxel[ax] + 1e-6:
+                    continue
                 missing.append(f"{float(gap.max()):.1f} mm missing on the {names[ax][int(sign > 0)]} side")
         if missing:
             raise PetiqInputError(path, f"the {what} does not cover scanner {scanner.name!r}'s field of view where "
