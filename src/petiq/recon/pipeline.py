@@ -182,28 +182,52 @@ def randoms_file(sinograms_npz, out_npz, scanner, span: int) -> dict:
             "expected_randoms_total": float(est.randoms.sum(dtype=np.float64))}
 
 
-def attenuation_file(mumap_nii, out_npz, scanner, span: int) -> dict:
-    """μ-map NIfTI (cm⁻¹, RAS+ affine) → attenuation factor file.
+def attenuation_file(mumap, out_npz, scanner, span: int, *, hardware_mumaps=(), listmode=None,
+                     bed_position_mm: float | None = None) -> dict:
+    """μ-map (NIfTI cm⁻¹ any orientation, e7 Interfile ``.v``/``.v.hdr``, or DICOM series:
+    :func:`petiq.recon.mumap.read_mumap`) [+ hardware μ-maps placed by the bed position] →
+    attenuation factor file.
 
-    A μ-map already on a centred scanner grid (:func:`petiq.frame.is_scanner_grid`, e.g. the
+    A NIfTI μ-map already on a centred scanner grid (:func:`petiq.frame.is_scanner_grid`, e.g. the
     simulated phantoms') is used as it is; any other is mapped by its affine onto the scanner's image
-    grid (``scanner.image_shape`` of ``scanner.voxel_size_mm``; linear interpolation)."""
+    grid (:func:`petiq.recon.mumap.to_scanner_frame`; linear, a truncated μ-map is an error). Hardware
+    μ-maps (:func:`petiq.recon.mumap.hardware_mumap`) need ``bed_position_mm`` or a ``listmode`` whose
+    header holds ``start horizontal bed position (mm)``; they are added to the patient μ-map."""
     from petiq import frame
+    from petiq.recon import mumap as mm
 
     scanner = _scanner(scanner)
     span = scanner.check_span(int(span))
-    mu, affine = frame.load_nifti(mumap_nii, "μ-map", "give a NIfTI μ-map in cm⁻¹")
-    voxel = corr.check_mumap(mu, affine, scanner, mumap_nii)
-    if not frame.is_scanner_grid(mu.shape, affine):
+    hardware_mumaps = [str(p) for p in (hardware_mumaps or ())]
+    if hardware_mumaps and bed_position_mm is None:
+        bed_position_mm = mm.read_bed_position_mm(listmode) if listmode is not None else None
+        if bed_position_mm is None:
+            raise PetiqInputError(listmode if listmode is not None else hardware_mumaps[0],
+                                  "hardware μ-maps need the bed position, but none was given and "
+                                  + ("the list-mode header has no 'start horizontal bed position (mm)'"
+                                     if listmode is not None else "no list-mode was given"),
+                                  "pass the list-mode whose header holds the bed position (or bed_position_mm)")
+    mu, affine, info = mm.read_mumap(mumap)
+    voxel = corr.check_mumap(mu, affine, scanner, mumap)
+    if not (info["format"] == "nifti" and frame.is_scanner_grid(mu.shape, affine)):
         voxel = tuple(float(v) for v in scanner.voxel_size_mm)
-        mu = frame.to_scanner_grid(mu, affine, scanner.image_shape, voxel, order=1, path=mumap_nii, what="μ-map")
+        mu = mm.to_scanner_frame(mu, affine, scanner, mumap)
+    if hardware_mumaps:
+        if tuple(mu.shape) != tuple(scanner.image_shape):
+            voxel = tuple(float(v) for v in scanner.voxel_size_mm)
+            mu = frame.to_scanner_grid(mu, affine, scanner.image_shape, voxel, order=1, path=mumap, what="μ-map")
+        hw, _hw = mm.hardware_mumap(hardware_mumaps, scanner, bed_position_mm)
+        mu = (mu + hw).astype(np.float32)
     att = corr.attenuation_factors(mu, voxel, scanner, span)
+    source = {"mumap_format": info["format"], "hardware_mumaps": hardware_mumaps,
+              "bed_position_mm": bed_position_mm}
     _save_npz(out_npz, {
         "kind": np.asarray("attenuation"), "scanner": np.asarray(scanner.name), "span": np.asarray(span),
         "attenuation": att, "mumap_shape": np.asarray(mu.shape), "mumap_voxel_mm": np.asarray(voxel),
+        "mumap_format": np.asarray(info["format"]), "hardware_mumaps": np.asarray(json.dumps(hardware_mumaps)),
     })
     return {"scanner": scanner.name, "span": span, "min_attenuation_factor": float(att.min()),
-            "mumap_shape": list(mu.shape), "mumap_voxel_mm": list(voxel)}
+            "mumap_shape": list(mu.shape), "mumap_voxel_mm": list(voxel), **source}
 
 
 def scatter_file(sinograms_npz, norm_npz, randoms_npz, attenuation_npz, out_npz, *, scanner, span: int,
