@@ -39,7 +39,12 @@ class Isotope:
     @property
     def decay_constant(self) -> float:
         """λ in 1/s."""
-        return math.log(2.0) / self.half_life_s
+        return decay_constant(self.half_life_s)
+
+
+def decay_constant(half_life_s: float) -> float:
+    """λ = ln 2 / T½ in 1/s."""
+    return math.log(2.0) / half_life_s
 
 
 #: NiftyPET ``resources.riLUT`` (half-lives in s, branching factors), keyed by the mMR header's
@@ -51,6 +56,8 @@ ISOTOPES: dict[str, Isotope] = {
     "Ga-68": Isotope("Ga-68", 67.71 * 60.0, 0.891),
     "Ge-68": Isotope("Ge-68", 270.9516 * 24 * 60 * 60, 0.891),
 }
+#: :data:`ISOTOPES` by the name without its hyphen, upper case (``F18``, ``GA68``): other spellings of a header.
+_BY_PLAIN_NAME = {name.replace("-", "").upper(): isotope for name, isotope in ISOTOPES.items()}
 
 
 def mean_decay_fraction(half_life_s: float, duration_s: float, start_s: float = 0.0) -> float:
@@ -64,8 +71,9 @@ def decay_correction_factor(half_life_s: float, duration_s: float, start_s: floa
     (seconds on one clock): ``e^{λ(t0 − tref)} · λD / (1 − e^{−λD})``; 1 for no decay."""
     if not half_life_s > 0 or not duration_s > 0:
         raise ValueError(f"half-life {half_life_s} s and duration {duration_s} s must be > 0")
-    lam_d = math.log(2.0) / half_life_s * duration_s
-    return math.exp(math.log(2.0) / half_life_s * (start_s - reference_s)) * lam_d / -math.expm1(-lam_d)
+    lam = decay_constant(half_life_s)
+    lam_d = lam * duration_s
+    return math.exp(lam * (start_s - reference_s)) * lam_d / -math.expm1(-lam_d)
 
 
 def isotope_from_header(header: Mapping[str, str], path=None) -> Isotope | None:
@@ -75,7 +83,7 @@ def isotope_from_header(header: Mapping[str, str], path=None) -> Isotope | None:
     from .listmode.header import header_value
 
     name = (header_value(header, "isotope name") or "").strip()
-    known = ISOTOPES.get(name) or ISOTOPES.get(name.upper().replace("F18", "F-18"))
+    known = ISOTOPES.get(name) or _BY_PLAIN_NAME.get(name.replace("-", "").upper())
     fix = "give the header numeric 'isotope gamma halflife (sec)' and 'isotope branching factor' (or a known 'isotope name')"
 
     def number(key: str, fallback):
@@ -128,9 +136,11 @@ class FrameQuantification:
         return out
 
 
-def frame_quantification(sinograms: Mapping, duration_s: float) -> FrameQuantification:
+def frame_quantification(sinograms: Mapping, duration_s: float | None = None) -> FrameQuantification:
     """The decay correction to the scan start and the branching ratio of a sinogram file's frame
-    (keys of :data:`petiq.sinograms.DECAY_KEYS`; without them: not decay corrected, BR 1)."""
+    (keys of :data:`petiq.sinograms.DECAY_KEYS`; without them: not decay corrected, BR 1);
+    ``duration_s`` defaults to the file's ``duration_s``."""
+    duration_s = sinograms["duration_s"] if duration_s is None else duration_s
     if "isotope" not in sinograms:
         return FrameQuantification(None, 1.0, 1.0, 0.0, float(duration_s))
     start = float(sinograms["frame_start_s"])

@@ -411,6 +411,20 @@ def simulate_patient(
     }
 
 
+def scanner_component_norm(scanner: Scanner, scanner_seed: int, span: int = 11):
+    """The simulated scanner's normalisation truth as the mMR's component norm
+    (:class:`petiq.recon.component_norm.ComponentNorm`; ``petiq simulate --norm --out scanner.n``
+    writes it as ``.n`` + ``.n.hdr``), so that the ``norm`` rule reads one format for real and
+    simulated scanners: crystal efficiencies and radial (geometric) factors of
+    :func:`scanner_truth`, no dead time (the simulation has none) and the quantification factor of
+    the calibration ``κ`` of span ``span`` (:func:`scanner_calibration`)."""
+    from .recon.component_norm import component_norm_from_truth
+
+    truth = scanner_truth(scanner, np.random.default_rng(scanner_seed))
+    return component_norm_from_truth(scanner, truth.crystal_efficiency, truth.radial_factor,
+                                     scanner_calibration(scanner, span))
+
+
 NORM_PHANTOM = {"radius_mm": 100.0, "mu_cm": 0.096, "activity_bq_per_ml": 5000.0}
 
 
