@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import yaml
+from helpers import e7_layout, write_e7_interfile, write_mumap_dicom_series
 
 from petiq.cli import main
 from petiq.errors import PetiqInputError
@@ -230,3 +231,181 @@ def test_unserialisable_metadata_is_refused_before_any_step(acq, tmp_path):
         chain.reconstruct_acquisition(acq["lm"], norm=acq["norm_scan"], mumap=acq["mumap"], out_nii=tmp_path / "x.nii.gz",
                                       scanner="tiny", metadata={"when": object()})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_recon_with_the_scanners_component_norm(acq, tmp_path, capsys):
+    """The norm given as the scanner's component norm (.n + .n.hdr): the simulator's truth written as mMR
+    components (petiq.recon.component_norm) reconstructs the ball's activity; a component norm of another
+    scanner is refused before any step, naming the file."""
+    from petiq.recon import component_norm as cnm
+    from petiq.simulate import scanner_calibration, scanner_truth
+
+    sc = Scanner.tiny()
+    truth = scanner_truth(sc, np.random.default_rng(5))  # the acquisition's scanner_seed
+    cn = cnm.component_norm_from_truth(sc, truth.crystal_efficiency, truth.radial_factor, scanner_calibration(sc, SPAN))
+    cnm.write_component_norm(tmp_path / "truth.n", cn, sc)
+    out = tmp_path / "img.nii.gz"
+    assert main(["recon", str(acq["lm"]), "--norm", str(tmp_path / "truth.n"), "--mumap", str(acq["mumap"]),
+                 "--out", str(out), "--keep-intermediate", *FAST]) == 0
+    data = np.asarray(nib.load(out).dataobj)
+    assert float(data[_inner(sc)].mean()) == pytest.approx(ACTIVITY, rel=0.06)
+    with np.load(tmp_path / "img_work" / "norm.npz") as z:
+        assert str(z["kind"]) == "norm" and "component_crystal_efficiency" in z.files
+        np.testing.assert_array_equal(z["norm"], cnm.norm_sinogram(cn, sc, SPAN))
+    demo = Scanner.demo()
+    other = cnm.component_norm_from_truth(demo, np.ones((demo.n_rings, demo.crystals_per_ring)),
+                                          np.ones(demo.n_radial), 1.0)
+    cnm.write_component_norm(tmp_path / "demo.n", other, demo)
+    capsys.readouterr()
+    assert main(["recon", str(acq["lm"]), "--norm", str(tmp_path / "demo.n"), "--mumap", str(acq["mumap"]),
+                 "--out", str(tmp_path / "bad.nii.gz"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "demo.n.hdr" in err and "originating system" in err
+    assert not (tmp_path / "bad.nii.gz").exists()
+
+# ----------------------------------------------------------------------------- μ-maps as a site exports them
+WATER = 0.096
+
+
+def _ball_on_grid(sc: Scanner) -> np.ndarray:
+    """The water ball (r 40 mm) on the tiny scanner's centred grid, cm⁻¹, [x, y, z]."""
+    shape, vox = sc.image_shape, sc.voxel_size_mm
+    axes = [(np.arange(n) - (n - 1) / 2) * v for n, v in zip(shape, vox)]
+    r = np.sqrt(axes[0][:, None, None] ** 2 + axes[1][None, :, None] ** 2 + axes[2][None, None, :] ** 2)
+    return np.where(r <= 40.0, WATER, 0.0).astype(np.float32)
+
+
+#: the table plate of the hardware μ-map: scanner x -30..30 mm, y -50 and -54 mm (grid columns 8..23,
+#: rows 3 and 2 of the tiny grid), every slice; 0.05 cm⁻¹
+PLATE_MU = 0.05
+
+
+def _hardware_plate(d: Path) -> Path:
+    """A hardware μ-map (e7 Interfile with NiftyPET's placement keys) of the plate; with bed position 0
+    NiftyPET ``get_hmupos`` puts its voxel (k, j, i) at x = f1 + 4 i, y = -(f2 + 4 j), z = f3 + 4 k (mm)
+    ($umap origin 0): f = (-30, 50, -28) puts it on the tiny grid's columns 8.., rows 3, 2 and slices 0..14."""
+    plate = np.full((15, 2, 16), PLATE_MU, np.float32)  # [z, y, x]
+    extra = "".join(f"$umap origin (pixels) [{i}] := 0\n" for i in (1, 2, 3)) + (
+        "$origin offset (mm) [1] := -30\n$origin offset (mm) [2] := 50\n$origin offset (mm) [3] := -28\n")
+    return write_e7_interfile(d / "umap_table.v", plate, 4.0, extra)
+
+
+def _plate_on_grid(sc: Scanner) -> np.ndarray:
+    out = np.zeros(sc.image_shape, np.float32)
+    out[8:24, 2:4, :] = PLATE_MU
+    return out
+
+
+@pytest.fixture(scope="module")
+def site_mumaps(tmp_path_factory) -> dict:
+    d = tmp_path_factory.mktemp("site_mu")
+    sc = Scanner.tiny()
+    ball = _ball_on_grid(sc)
+    # e7: [z, row v, column u], column u along +x, row v along -y
+    e7 = write_e7_interfile(d / "mu.v", e7_layout(ball), 4.0)
+    dcm = write_mumap_dicom_series(d / "umap_dicom", ball, 4.0)
+    return {"ball": ball, "e7_v": d / "mu.v", "e7_hdr": e7, "dicom": dcm, "hardware": _hardware_plate(d)}
+
+
+def _recon_attenuation(acq, tmp_path, mumap, *extra) -> np.ndarray:
+    work = acq["kept"]
+    out = tmp_path / "img.nii.gz"
+    assert main(["recon", str(work / "sinograms.npz"), "--norm", str(work / "norm.npz"), "--mumap", str(mumap),
+                 "--out", str(out), "--work-dir", str(tmp_path / "w"), "--keep-intermediate", *extra, *FAST]) == 0
+    data = np.asarray(nib.load(out).dataobj)
+    assert float(data[_inner(Scanner.tiny())].mean()) == pytest.approx(ACTIVITY, rel=0.06)
+    with np.load(tmp_path / "w" / "attenuation.npz") as att:
+        return att["attenuation"], str(att["mumap_format"])
+
+
+@pytest.mark.parametrize("form", ["e7_v", "e7_hdr", "dicom"])
+def test_recon_takes_e7_interfile_and_dicom_mumaps(acq, site_mumaps, tmp_path, form):
+    """The ball's μ-map as e7 Interfile (.v or .v.hdr) and as a DICOM series: the attenuation factors are
+    exp(-∫μ) of the ball on the scanner grid (computed here from the array), the image is the ball's 300 kBq/mL."""
+    from petiq.recon.corrections import attenuation_factors
+
+    if "kept" not in acq:
+        pytest.skip("needs the kept step files of the list-mode test")
+    sc = Scanner.tiny()
+    att, fmt = _recon_attenuation(acq, tmp_path, site_mumaps[form])
+    assert fmt == ("dicom" if form == "dicom" else "interfile")
+    expected = attenuation_factors(site_mumaps["ball"], sc.voxel_size_mm, sc, SPAN)
+    np.testing.assert_allclose(att, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_recon_adds_a_hardware_mumap_placed_by_the_bed_position(acq, site_mumaps, tmp_path):
+    """--hardware-mumap with --bed-position-mm 0 on sinograms: the factors are exp(-P(μ_ball + μ_plate)), the
+    plate placed by NiftyPET's formula (derived in _hardware_plate)."""
+    from petiq.recon.corrections import attenuation_factors
+
+    if "kept" not in acq:
+        pytest.skip("needs the kept step files of the list-mode test")
+    sc = Scanner.tiny()
+    att, _ = _recon_attenuation(acq, tmp_path, site_mumaps["e7_hdr"], "--hardware-mumap",
+                                str(site_mumaps["hardware"]), "--bed-position-mm", "0")
+    # exp(-∫(μ_ball + μ_plate)) per span-1 member, then the member mean (not the product of the two means)
+    expected = attenuation_factors(site_mumaps["ball"] + _plate_on_grid(sc), sc.voxel_size_mm, sc, SPAN)
+    plate = attenuation_factors(_plate_on_grid(sc), sc.voxel_size_mm, sc, SPAN)
+    assert float(plate.min()) < 0.9  # the plate attenuates measurably
+    np.testing.assert_allclose(att, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_hardware_mumap_without_a_bed_position_is_refused_before_any_step(acq, site_mumaps, tmp_path, capsys,
+                                                                         monkeypatch):
+    if "kept" not in acq:
+        pytest.skip("needs the kept step files of the list-mode test")
+    started = []
+    for name in ("estimate_norm_file", "randoms_file", "attenuation_file", "scatter_file", "reconstruct_file"):
+        monkeypatch.setattr(pl, name, lambda *a, _n=name, **k: started.append(_n))
+    work = acq["kept"]
+    code = main(["recon", str(work / "sinograms.npz"), "--norm", str(work / "norm.npz"), "--mumap",
+                 str(site_mumaps["e7_hdr"]), "--hardware-mumap", str(site_mumaps["hardware"]),
+                 "--out", str(tmp_path / "img.nii.gz"), *FAST])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "umap_table.v.hdr" in err and "bed position" in err and "--bed-position-mm" in err, err
+    assert started == [] and list(tmp_path.iterdir()) == []
+
+
+def _with_gantry_offset(folder: Path, gto) -> None:
+    """The DICOM μ-map's first file given a CSA Series Header Info (0029,1020) with GantryTableHomeOffset."""
+    import pydicom
+    from test_mumap import _csa2
+
+    first = min(folder.iterdir())  # the file read_table_offsets_mm reads (the first by name)
+    ds = pydicom.dcmread(str(first))
+    ds.add_new((0x0029, 0x0010), "LO", "SIEMENS CSA HEADER")
+    ds.add_new((0x0029, 0x1020), "OB", _csa2({"GantryTableHomeOffset": list(gto)}))
+    ds.save_as(str(first))
+
+
+def test_recon_places_the_hardware_by_the_dicom_table_offsets(acq, site_mumaps, tmp_path, capsys):
+    """GantryTableHomeOffset from the DICOM μ-map's CSA header and a given TablePositionOrigin move the plate by
+    gto - tpo = (4, 0, -8) mm: x + 4 (one voxel to +x) and z = bed - vpos_z: + 8 (two slices to +z)."""
+    import shutil
+
+    from petiq.recon.corrections import attenuation_factors
+
+    if "kept" not in acq:
+        pytest.skip("needs the kept step files of the list-mode test")
+    sc = Scanner.tiny()
+    dcm = tmp_path / "umap_csa"
+    shutil.copytree(site_mumaps["dicom"], dcm)
+    _with_gantry_offset(dcm, (4.0, 10.0, -1220.0))
+    run = tmp_path / "run"
+    run.mkdir()
+    att, fmt = _recon_attenuation(acq, run, dcm, "--hardware-mumap", str(site_mumaps["hardware"]),
+                                  "--bed-position-mm", "0", "--table-position-origin-mm", "0", "10", "-1212")
+    assert fmt == "dicom"
+    plate = np.zeros(sc.image_shape, np.float32)
+    plate[9:25, 2:4, 2:] = PLATE_MU
+    expected = attenuation_factors(site_mumaps["ball"] + plate, sc.voxel_size_mm, sc, SPAN)
+    np.testing.assert_allclose(att, expected, rtol=1e-5, atol=1e-6)
+    # only one of the two offsets known: refused before any step, naming the μ-map and the missing flag
+    capsys.readouterr()
+    code = main(["recon", str(acq["kept"] / "sinograms.npz"), "--norm", str(acq["kept"] / "norm.npz"), "--mumap",
+                 str(dcm), "--hardware-mumap", str(site_mumaps["hardware"]), "--bed-position-mm", "0",
+                 "--out", str(tmp_path / "x" / "img.nii.gz"), *FAST])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "umap_csa" in err and "--table-position-origin-mm" in err, err
+    assert not (tmp_path / "x").exists()

@@ -25,7 +25,7 @@ def _resources_fetch(args) -> None:
 def _check_patients(args) -> None:
     from ..cohort import read_patients
 
-    sheet = read_patients(args.sheet)
+    sheet = read_patients(args.sheet, scanner=args.scanner)
     counts = sheet["source"].value_counts().to_dict()
     print(f"{args.sheet}: {len(sheet)} patients ({counts}); no problems found")
 
@@ -60,6 +60,13 @@ def _simulate(args) -> None:
     from ..simulate import simulate_norm_scan, simulate_patient
 
     scanner = Scanner.from_name(args.scanner)
+    if args.norm and args.out.lower().endswith((".n", ".dcm", ".ima")):
+        from ..recon.component_norm import write_component_norm
+        from ..simulate import scanner_component_norm
+
+        written = write_component_norm(args.out, scanner_component_norm(scanner, args.scanner_seed, args.span), scanner)
+        print(f"component norm of the simulated {scanner.name}: -> {written}")
+        return
     if args.norm:
         import numpy as np
 
@@ -123,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-patients", help="validate a patient sheet and report the first problem")
     check.add_argument("sheet", help="the patient sheet (TSV)")
+    check.add_argument("--scanner", default="mmr", choices=["mmr", "demo", "tiny"],
+                       help="the scanner real rows' files must be for (config key scanner; default mmr)")
     check.set_defaults(func=_check_patients)
     check_config = commands.add_parser("check-config", help="read a config file; a YAML error names its line (Snakemake's does not)")
     check_config.add_argument("config", help="a YAML config file, e.g. config/demo.yaml")
@@ -132,8 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--span", type=int, default=11, help="axial compression of the simulated expectation")
     simulate.add_argument("--seed", type=int, required=True, help="seed of this acquisition")
     simulate.add_argument("--scanner-seed", type=int, required=True, help="seed of the scanner's normalisation truth")
-    simulate.add_argument("--out", required=True, help="output .l file (its .l.hdr is written beside it); a .dcm writes the scanner's DICOM form (.dcm + .bf); .npz with --norm")
-    simulate.add_argument("--norm", action="store_true", help="simulate the normalisation scan of a uniform cylinder instead")
+    simulate.add_argument("--out", required=True, help="output .l file (its .l.hdr is written beside it); a .dcm writes the scanner's DICOM form (.dcm + .bf); with --norm: .npz the norm scan, .n (+ .n.hdr) or .dcm the scanner's component norm")
+    simulate.add_argument("--norm", action="store_true", help="the scanner's normalisation instead: its norm scan of a uniform cylinder (--out .npz) or its truth as the mMR's component norm file (--out .n or .dcm)")
     simulate.add_argument("--norm-counts-per-bin", type=float, default=200.0,
                           help="with --norm: mean trues per span-1 bin inside the cylinder (config listmode.norm_counts_per_bin)")
     simulate.add_argument("--truth", help="the patient's true activity (NIfTI, kBq/mL)")

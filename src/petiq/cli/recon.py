@@ -44,7 +44,10 @@ def _recon(args) -> None:
             out_norm01_nii=args.norm01, scanner=args.scanner, span=args.span, n_iterations=args.iterations,
             n_subsets=args.subsets, post_filter_fwhm_mm=args.post_filter_fwhm_mm, backend=args.device,
             metadata=_metadata(args.metadata), work_dir=args.work_dir, keep_intermediate=args.keep_intermediate,
-            threads=args.threads, force=args.force, progress=not args.quiet)
+            threads=args.threads, force=args.force, progress=not args.quiet,
+            hardware_mumaps=args.hardware_mumap or (), bed_position_mm=args.bed_position_mm,
+            table_position_origin_mm=args.table_position_origin_mm,
+            gantry_table_home_offset_mm=args.gantry_table_home_offset_mm)
     finally:
         if handler is not None:
             logger.removeHandler(handler)
@@ -71,7 +74,19 @@ def register(commands) -> None:
                             "or a sinogram .npz from `petiq histogram`")
     recon.add_argument("--norm", required=True,
                        help="the norm .npz (rule norm's output) or the norm scan .npz (`petiq simulate --norm`)")
-    recon.add_argument("--mumap", required=True, help="the μ-map NIfTI (cm⁻¹, RAS+ affine)")
+    recon.add_argument("--mumap", required=True,
+                       help="the patient μ-map: NIfTI (cm⁻¹, RAS+ affine), e7 Interfile (.v + .v.hdr, cm⁻¹) or the "
+                            "scanner's DICOM μ-map (file or series folder, 10⁴ x cm⁻¹); see docs/mumaps.md")
+    recon.add_argument("--hardware-mumap", action="append", default=None, metavar="PATH",
+                       help="a hardware μ-map (head coil, table; e7 Interfile .v.hdr or NIfTI), added to the patient "
+                            "μ-map; repeat for each")
+    recon.add_argument("--bed-position-mm", type=float, default=None, metavar="MM",
+                       help="start horizontal bed position (mm) placing the hardware μ-maps (default: the list-mode "
+                            "header's; needed for a sinogram input)")
+    recon.add_argument("--table-position-origin-mm", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                       help="TablePositionOrigin for the hardware μ-maps (default: a list-mode .dcm's CSA header)")
+    recon.add_argument("--gantry-table-home-offset-mm", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                       help="GantryTableHomeOffset for the hardware μ-maps (default: the DICOM μ-map's CSA header)")
     recon.add_argument("--out", required=True, metavar="IMAGE.nii.gz", help="the image (kBq/mL)")
     recon.add_argument("--sidecar", default=None, metavar="JSON", help="the PET-BIDS sidecar (default: IMAGE with .json)")
     recon.add_argument("--norm01", default=None, metavar="NII",

@@ -23,7 +23,9 @@ Before any step, a cheap pre-pass checks every input and option: the values, the
 
 Input formats are told apart in one dispatch function each, so that a new format is one more branch:
 :func:`_acquisition` (``.l``/``.l.hdr``, ``.dcm``/``.bf``, sinogram ``.npz``), :func:`_norm_npz` (a
-norm ``.npz`` or a norm scan ``.npz``) and :func:`_attenuation` (a μ-map NIfTI). Each checks its
+norm ``.npz``, a norm scan ``.npz`` or the scanner's component norm ``.n``/``.dcm``) and
+:func:`_attenuation` (a μ-map in any form :func:`petiq.recon.mumap.read_mumap` reads, and the
+hardware μ-maps). Each checks its
 input at once and returns the step (a callable) that makes the ``.npz`` the pipeline reads.
 
 Intermediate files go to a work folder: a temporary one beside the output, removed at the end
@@ -129,6 +131,12 @@ def _acquisition(path, scanner, span: int, threads: int | None = None) -> tuple[
                           "or a sinogram .npz written by `petiq histogram`")
 
 
+def _listmode_data(path) -> Path:
+    """The list-mode data path of an acquisition given as its ``.l.hdr`` (else the path itself)."""
+    path = Path(path)
+    return path.with_name(path.name[:-4]) if path.name.lower().endswith(".l.hdr") else path
+
+
 def _npz_members(path: Path, what: str, fix: str) -> dict:
     """The small (0-d) members of an ``.npz`` and the names of all, without loading the sinograms."""
     if not path.is_file():
@@ -147,12 +155,24 @@ def _norm_npz(path, scanner, span: int) -> Step:
 
     * a norm ``.npz`` (``rule norm``'s output, ``kind="norm"``): checked in full, used as it is;
     * a norm scan ``.npz`` (``petiq simulate --norm``): its scanner checked now; the step runs
-      :func:`~petiq.recon.pipeline.estimate_norm_file` into the work folder.
-
-    Another format (the scanner's ``.n`` component norm) is one more branch here."""
+      :func:`~petiq.recon.pipeline.estimate_norm_file` into the work folder;
+    * the scanner's component norm (``.n`` or its ``.n.hdr``, or the norm DICOM ``.dcm``/``.IMA``):
+      read and checked in full now (:func:`~petiq.recon.component_norm.read_component_norm`); the
+      step runs :func:`~petiq.recon.component_norm.component_norm_file` into the work folder."""
     path = Path(path)
-    fix = (f"give the norm .npz of scanner {scanner.name!r}, span {span} (rule norm's output), or its norm scan "
-           f"(`petiq simulate --norm --scanner {scanner.name}`)")
+    fix = (f"give the norm .npz of scanner {scanner.name!r}, span {span} (rule norm's output), its norm scan "
+           f"(`petiq simulate --norm --scanner {scanner.name}`), or the scanner's component norm "
+           "(.n with its .n.hdr, or the norm .dcm/.IMA)")
+    from petiq.recon import component_norm as cnm
+
+    if cnm.is_component_norm(path):
+        cnm.read_component_norm(path, scanner)
+
+        def assemble(work: Path) -> Path:
+            cnm.component_norm_file(path, work / STEP_FILES["norm"], scanner, span)
+            return work / STEP_FILES["norm"]
+
+        return assemble
     if path.name.lower().endswith(".npz"):
         members = _npz_members(path, "norm", fix)
         if str(members.get("kind", "")) == "norm":
@@ -171,27 +191,102 @@ def _norm_npz(path, scanner, span: int) -> Step:
     raise PetiqInputError(path, "is not a norm file petiq reads", fix)
 
 
-def _attenuation(mumap, scanner, span: int) -> Step:
-    """Check the μ-map now (readable, 3-D, finite, cm⁻¹, a sound affine, tissue inside the scanner:
-    :func:`petiq.recon.corrections.check_mumap`); the step runs
-    :func:`~petiq.recon.pipeline.attenuation_file`. Other μ-map forms are more branches here."""
+def _attenuation(mumap, scanner, span: int, *, hardware_mumaps=(), bed_position_mm: float | None = None,
+                 listmode=None, table_position_origin_mm=None, gantry_table_home_offset_mm=None) -> Step:
+    """Check the μ-map now; the step runs :func:`~petiq.recon.pipeline.attenuation_file`.
+
+    Every form :func:`petiq.recon.mumap.read_mumap` reads is taken (NIfTI, e7 Interfile ``.v`` /
+    ``.v.hdr`` / ``.hv``, DICOM file or series folder) and checked as the step will use it: readable,
+    3-D, finite, cm⁻¹, a sound affine and tissue inside the scanner
+    (:func:`petiq.recon.corrections.check_mumap`), and, unless it is exactly the scanner's image grid,
+    covering the field of view where the object is (:func:`petiq.recon.mumap.to_scanner_frame`; a
+    centred NIfTI of fewer slices is checked too, though attenuation_file would take it as it is).
+    Hardware μ-maps need a bed position: ``bed_position_mm``, else the ``listmode`` header's
+    ``start horizontal bed position (mm)``; none (sinograms, or a header without it) is an error now.
+    The hardware files are read and placed now too (:func:`petiq.recon.mumap.hardware_mumap`), with
+    the table offsets (x, y, z mm) NiftyPET ``get_hmupos`` uses: ``gantry_table_home_offset_mm``,
+    else the DICOM μ-map's CSA ``GantryTableHomeOffset``; ``table_position_origin_mm``, else a list-mode
+    ``.dcm``'s CSA ``TablePositionOrigin`` (:func:`petiq.recon.mumap.read_table_offsets_mm`). Neither
+    known: both 0; only one known: an error (the hardware would be misplaced by the other)."""
     from petiq import frame
+    from petiq.recon import mumap as mm
     from petiq.recon.corrections import check_mumap
 
     mumap = Path(mumap)
-    fix = "give a NIfTI μ-map in cm⁻¹ (.nii or .nii.gz)"
-    if mumap.name.lower().endswith((".nii", ".nii.gz")):
-        if not mumap.is_file():
-            raise PetiqInputError(mumap, "μ-map file not found", "check the path")
-        mu, affine = frame.load_nifti(mumap, "μ-map", fix)
-        check_mumap(mu, affine, scanner, mumap)
+    if not mumap.exists():
+        raise PetiqInputError(mumap, "μ-map not found", "check the path (a NIfTI, an e7 .v/.v.hdr, or a DICOM "
+                                                        "μ-map file or folder)")
+    mu, affine, info = mm.read_mumap(mumap)
+    check_mumap(mu, affine, scanner, mumap)
+    if not (frame.is_scanner_grid(mu.shape, affine) and tuple(mu.shape) == tuple(scanner.image_shape)):
+        # the FOV coverage rule, also for a NIfTI on a smaller centred grid (which attenuation_file uses as it is)
+        mm.to_scanner_frame(mu, affine, scanner, mumap)
+    hardware_mumaps = [Path(p) for p in (hardware_mumaps or ())]
+    if hardware_mumaps:
+        if bed_position_mm is None:
+            bed_position_mm = mm.read_bed_position_mm(listmode) if listmode is not None else None
+        if bed_position_mm is None:
+            where = listmode if listmode is not None else hardware_mumaps[0]
+            raise PetiqInputError(where, "hardware μ-maps need the bed position, but none was given and "
+                                  + ("the list-mode header has no 'start horizontal bed position (mm)'"
+                                     if listmode is not None else "the acquisition is a sinogram file (no list-mode "
+                                                                  "header to read it from)"),
+                                  "give --bed-position-mm (the list-mode header's 'start horizontal bed position "
+                                  "(mm)'), or reconstruct from the list-mode whose header holds it")
+        if not math.isfinite(float(bed_position_mm)):
+            raise PetiqInputError(None, f"bed position {bed_position_mm!r} mm", "give the bed position in mm")
+        bed_position_mm = float(bed_position_mm)
+        offsets = _table_offsets(mumap, info["format"], listmode, table_position_origin_mm,
+                                 gantry_table_home_offset_mm)
+        mm.hardware_mumap(hardware_mumaps, scanner, bed_position_mm, **offsets)
+    else:
+        offsets = {}
 
-        def attenuation(work: Path) -> Path:
-            pl.attenuation_file(mumap, work / STEP_FILES["attenuation"], scanner, span)
-            return work / STEP_FILES["attenuation"]
+    def attenuation(work: Path) -> Path:
+        pl.attenuation_file(mumap, work / STEP_FILES["attenuation"], scanner, span,
+                            hardware_mumaps=[str(p) for p in hardware_mumaps], bed_position_mm=bed_position_mm,
+                            **offsets)
+        return work / STEP_FILES["attenuation"]
 
-        return attenuation
-    raise PetiqInputError(mumap, "is not a μ-map petiq reads", fix)
+    return attenuation
+
+
+def _triple(value, what: str) -> tuple[float, float, float]:
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        out = ()
+    if len(out) != 3 or not all(math.isfinite(v) for v in out):
+        raise PetiqInputError(None, f"{what} = {value!r}", "give three numbers, x y z in mm")
+    return out
+
+
+def _table_offsets(mumap: Path, mumap_format: str, listmode, tpo, gto) -> dict:
+    """The table offsets for :func:`petiq.recon.mumap.hardware_mumap`: given, else read from the
+    μ-map DICOM (``GantryTableHomeOffset``) and a list-mode ``.dcm`` (``TablePositionOrigin``)."""
+    from petiq.listmode.dicom import dicom_path, is_dicom_form
+    from petiq.recon import mumap as mm
+
+    where = {"gto": "given", "tpo": "given"}
+    if gto is None and mumap_format == "dicom":
+        gto = mm.read_table_offsets_mm(mumap)["gantry_table_home_offset_mm"]
+        where["gto"] = str(mumap)
+    if tpo is None and listmode is not None and is_dicom_form(listmode):
+        tpo = mm.read_table_offsets_mm(dicom_path(listmode))["table_position_origin_mm"]
+        where["tpo"] = str(dicom_path(listmode))
+    if tpo is None and gto is None:
+        return {}
+    if tpo is None or gto is None:
+        have, lack = ("GantryTableHomeOffset", "TablePositionOrigin") if tpo is None else (
+            "TablePositionOrigin", "GantryTableHomeOffset")
+        found = where["gto"] if tpo is None else where["tpo"]
+        raise PetiqInputError(found if found != "given" else None,
+                              f"the hardware μ-maps' table offsets are half known: {have} from {found}, but no "
+                              f"{lack} (NiftyPET places them by GantryTableHomeOffset - TablePositionOrigin)",
+                              f"give --{'table-position-origin-mm' if tpo is None else 'gantry-table-home-offset-mm'}"
+                              " X Y Z (the other DICOM's CSA header), or both as 0 0 0 to place without offsets")
+    return {"table_position_origin_mm": _triple(tpo, "table position origin (mm)"),
+            "gantry_table_home_offset_mm": _triple(gto, "gantry table home offset (mm)")}
 
 
 # ----------------------------------------------------------------------------- options
@@ -259,12 +354,20 @@ def reconstruct_acquisition(
     threads: int | None = None,
     force: bool = False,
     progress: bool = True,
+    hardware_mumaps=(),
+    bed_position_mm: float | None = None,
+    table_position_origin_mm=None,
+    gantry_table_home_offset_mm=None,
 ) -> dict:
     """Reconstruct one acquisition as the workflow does: list-mode or sinograms + norm + μ-map →
     image NIfTI (kBq/mL), PET-BIDS sidecar JSON and the 0–1 image.
 
     ``acquisition``: ``.l`` (or its ``.l.hdr``), ``.dcm`` (or ``.bf``), or a sinogram ``.npz``.
-    ``norm``: a norm ``.npz`` or a norm scan ``.npz`` (:func:`_norm_npz`). ``mumap``: NIfTI, cm⁻¹.
+    ``norm``: a norm ``.npz``, a norm scan ``.npz`` or a component norm ``.n``/``.n.hdr``/``.dcm``/``.IMA``
+    (:func:`_norm_npz`). ``mumap``: NIfTI (cm⁻¹), e7 Interfile or DICOM (:func:`_attenuation`).
+    ``hardware_mumaps``: the site's coil/table μ-maps, placed by ``bed_position_mm`` or, when it is
+    None, the list-mode header's bed position, and by the table offsets (x, y, z mm; None: read from
+    the DICOM μ-map / list-mode ``.dcm``, see :func:`_attenuation`).
     ``out_json`` defaults to the image's name with ``.json``, ``out_norm01_nii`` to
     :func:`norm01_path`. Options as the config keys (``scanner``, ``span``, ``recon.*``, ``device``
     = ``backend``); ``scatter_options`` go to :func:`petiq.recon.corrections.estimate_scatter` (the
@@ -288,7 +391,7 @@ def reconstruct_acquisition(
         json.dumps(metadata or {}, default=_json_default)  # as reconstruct_file checks it, but before any step
     except TypeError as error:
         raise PetiqInputError(None, f"metadata is not JSON serialisable ({error})", "pass plain numbers and strings") from None
-    inputs = [Path(acquisition), Path(norm), Path(mumap)]
+    inputs = [Path(acquisition), Path(norm), Path(mumap), *(Path(p) for p in (hardware_mumaps or ()))]
     out_nii, out_json, out_norm01_nii = _check_outputs(out_nii, out_json, out_norm01_nii, inputs, force)
     if work_dir is None and keep_intermediate:
         work_dir = out_nii.with_name(out_nii.name.split(".nii")[0] + "_work")
@@ -306,7 +409,11 @@ def reconstruct_acquisition(
     # the pre-pass: every input checked, no step run yet (the work folder does not exist yet)
     kind, sinograms_step = _acquisition(acquisition, scanner, span, threads)
     norm_step = _norm_npz(norm, scanner, span)
-    attenuation_step = _attenuation(mumap, scanner, span)
+    attenuation_step = _attenuation(mumap, scanner, span, hardware_mumaps=hardware_mumaps,
+                                    bed_position_mm=bed_position_mm,
+                                    listmode=_listmode_data(acquisition) if kind == "listmode" else None,
+                                    table_position_origin_mm=table_position_origin_mm,
+                                    gantry_table_home_offset_mm=gantry_table_home_offset_mm)
     log.info("recon: inputs checked (%s %s, norm %s, μ-map %s; scanner %s, span %d, %d iterations x %d subsets)",
              kind, acquisition, norm, mumap, scanner.name, span, n_iterations, n_subsets)
 

@@ -45,6 +45,7 @@ __all__ = [
     "hardware_mumap",
     "read_bed_position_mm",
     "read_mumap",
+    "read_table_offsets_mm",
     "to_scanner_frame",
 ]
 
@@ -109,7 +110,7 @@ def _ival(hdr: Mapping[str, str], key: str, path, default=None) -> str:
 
 def _interfile_paths(path: Path) -> tuple[Path, Path]:
     name = path.name
-    if name.endswith(".hdr"):
+    if name.lower().endswith((".hdr", ".hv", ".h33")):
         hdr = path
     elif path.with_name(name + ".hdr").is_file():
         hdr = path.with_name(name + ".hdr")
@@ -441,6 +442,93 @@ def read_bed_position_mm(listmode) -> float | None:
     except ValueError:
         raise PetiqInputError(listmode, f"'start horizontal bed position (mm)' is {value!r}",
                               "give the bed position in mm") from None
+
+
+#: The CSA headers of a Siemens DICOM where NiftyPET finds the table offsets: CSA Series Header Info
+#: (0029,1020) (``hdr_mu`` for the μ-map; ``hdr_lm`` for the list-mode, else (0029,1120)).
+CSA_SERIES_TAGS = ((0x0029, 0x1020), (0x0029, 0x1120))
+_OFFSET_KEYS = {"TablePositionOrigin": "table_position_origin_mm",
+                "GantryTableHomeOffset": "gantry_table_home_offset_mm"}
+
+
+def _csa_elements(blob: bytes) -> dict[str, list[str]]:
+    """Element name -> value strings of a Siemens CSA header (CSA2 ``SV10`` or CSA1), the layout
+    nibabel's ``nicom.csareader`` reads: per element 64-byte name, vm, 4-byte vr, syngodt, n_items,
+    a marker (77 or 205); per item four int32 (CSA2 length: the second) and the value padded to 4."""
+    import struct
+
+    out: dict[str, list[str]] = {}
+    csa2 = blob[:4] == b"SV10"
+    ptr = 8 if csa2 else 0
+    try:
+        n_tags, _ = struct.unpack_from("<2I", blob, ptr)
+        ptr += 8
+        if not 0 < n_tags <= 1000:
+            return out
+        first_n_items = 0
+        for tag_no in range(n_tags):
+            name, vm, _vr, _dt, n_items, _mark = struct.unpack_from("<64si4s3i", blob, ptr)
+            ptr += 84
+            if tag_no == 1:
+                first_n_items = n_items
+            values = []
+            for _ in range(n_items):
+                x0, x1, _x2, _x3 = struct.unpack_from("<4i", blob, ptr)
+                ptr += 16
+                length = x1 if csa2 else x0 - first_n_items
+                if length < 0 or ptr + length > len(blob):
+                    break
+                text = blob[ptr:ptr + length].split(b"\x00")[0].decode("latin-1").strip()
+                if text:
+                    values.append(text)
+                ptr += length + (-length) % 4
+            out[name.split(b"\x00")[0].decode("latin-1")] = values[: vm or None]
+    except struct.error:
+        pass
+    return out
+
+
+def read_table_offsets_mm(dicom) -> dict[str, tuple[float, float, float] | None]:
+    """``TablePositionOrigin`` and ``GantryTableHomeOffset`` (x, y, z mm) from the CSA Series Header
+    Info of a Siemens DICOM (a μ-map file, the first file of a μ-map folder, or a list-mode ``.dcm``),
+    as NiftyPET ``get_hmupos`` takes them (the first from the list-mode's, the second from the
+    μ-map's): keys ``table_position_origin_mm`` / ``gantry_table_home_offset_mm``, None when absent.
+    The CSA elements are read as such; a header that holds the name only as text is searched as
+    NiftyPET searches it (the numbers after the name)."""
+    import pydicom
+
+    path = Path(dicom)
+    f = _dicom_files(path)[0] if path.is_dir() else path
+    try:
+        ds = pydicom.dcmread(str(f), stop_before_pixels=True)
+    except Exception as error:  # noqa: BLE001 - pydicom raises many types for a non-DICOM
+        raise PetiqInputError(f, f"cannot read as DICOM ({type(error).__name__}: {error})",
+                              "give the scanner's DICOM μ-map or list-mode .dcm") from None
+    out: dict[str, tuple[float, float, float] | None] = dict.fromkeys(_OFFSET_KEYS.values())
+    for tag in CSA_SERIES_TAGS:
+        elem = ds.get(tag)
+        if elem is None or not isinstance(elem.value, (bytes, bytearray)):
+            continue
+        blob = bytes(elem.value)
+        elements = _csa_elements(blob)
+        for name, key in _OFFSET_KEYS.items():
+            if out[key] is not None:
+                continue
+            values = elements.get(name)
+            if not values:  # NiftyPET's way: the first three numbers after the name
+                at = blob.find(name.encode())
+                if at < 0:
+                    continue
+                values = re.findall(rb"-?\d+\.\d+|-?\d+", re.sub(rb"[^0-9.\- ]", b" ", blob[at + len(name):at + 400]))
+                values = [v.decode() for v in values]
+            try:
+                triple = tuple(float(v) for v in values[:3])
+            except ValueError:
+                raise PetiqInputError(f, f"CSA {name} is {values[:3]!r}, not numbers",
+                                      "give the DICOM as the scanner exported it") from None
+            if len(triple) == 3:
+                out[key] = triple
+    return out
 
 
 def hardware_affine(hdr: Mapping[str, str], shape_xyz, bed_position_mm: float,
