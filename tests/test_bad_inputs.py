@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import ANATOMY_DIR, ROOT
+from helpers import write_site_files
 
 BASE = yaml.safe_load((ROOT / "tests/config/config.yaml").read_text())
 SHEET = (ROOT / "tests/config/patients.tsv").read_text()
@@ -39,16 +40,22 @@ def config(**override) -> dict:
 
 PROJECT_CONFIG = merged(BASE, {"patients": "config/patients.tsv", "cohort": {"anatomy_dir": str(ANATOMY_DIR)},
                                "training": {"weights_dir": str(ROOT / "resources/weights")}})
-REAL = ["participant_id\tsource\tlistmode\tmumap\tnorm\tweight_kg\tinjected_mbq", "sub-R1\treal\treal/a.l\treal/mu.nii.gz\treal/norm.n\t70\t200"]
+# the real row's files are the test preset's demo scanner's (real/d.l); real/a.l is a tiny-scanner list-mode
+REAL = ["participant_id\tsource\tlistmode\tmumap\tnorm\tweight_kg\tinjected_mbq", "sub-R1\treal\treal/d.l\treal/mu.nii.gz\treal/norm.n\t70\t200"]
+CHECK = ["petiq", "check-patients", "config/patients.tsv", "--scanner", "demo"]
 
 
 def sheet(*rows: str, header: str = REAL[0]) -> dict:
     return {"config/patients.tsv": "\n".join([header, *rows]) + "\n"}
 
 
-def truncated(site: Path) -> None:
-    data = (site / "real/a.l").read_bytes()
-    (site / "real/a.l").write_bytes(data[:-4])  # one event short: a copy that stopped early
+def truncated(site: Path, name: str = "real/a.l") -> None:
+    data = (site / name).read_bytes()
+    (site / name).write_bytes(data[:-4])  # one event short: a copy that stopped early
+
+
+def truncated_row(site: Path) -> None:
+    truncated(site, "real/d.l")
 
 
 def header_with(key: str, value: str):
@@ -59,6 +66,17 @@ def header_with(key: str, value: str):
         lines = [line for line in path.read_text().splitlines() if line.split(":=")[0].strip().lower() != key.lower()]
         lines.insert(2, f"{key} := {value}")
         path.write_text("\n".join(lines) + "\n")
+
+    return edit
+
+
+def header_without(name: str, key: str):
+    """An edit: the list-mode header ``name`` without ``key``."""
+
+    def edit(site: Path) -> None:
+        path = site / name
+        path.write_text("".join(line + "\n" for line in path.read_text().splitlines()
+                                if line.split(":=")[0].strip().lower() != key.lower()))
 
     return edit
 
@@ -136,13 +154,29 @@ CASES = {
     "sheet: id not BIDS-style": (DRY, ["'01' is not BIDS-style"], sheet("01\tsynthetic", header="participant_id\tsource")),
     "sheet: unknown source": (DRY, ["source is 'simulated'"], sheet("sub-01\tsimulated", header="participant_id\tsource")),
     "sheet: unknown diagnosis": (DRY, ["diagnosis is 'flu'"], sheet("sub-01\tsynthetic\tflu", header="participant_id\tsource\tdiagnosis")),
-    "sheet: real row without weight": (["petiq", "check-patients", "config/patients.tsv"], ["sub-R1", "needs weight_kg"],
-                                       sheet("sub-R1\treal\treal/a.l\treal/mu.nii.gz\treal/norm.n\t\t200")),
-    "sheet: real row's list-mode missing": (["petiq", "check-patients", "config/patients.tsv"], ["sub-R1", "real/b.l"],
+    "sheet: real row without weight": (CHECK, ["sub-R1", "needs weight_kg"],
+                                       sheet("sub-R1\treal\treal/d.l\treal/mu.nii.gz\treal/norm.n\t\t200")),
+    "sheet: real row's list-mode missing": (CHECK, ["sub-R1", "real/b.l"],
                                             sheet("sub-R1\treal\treal/b.l\treal/mu.nii.gz\treal/norm.n\t70\t200")),
-    "sheet: real row's list-mode truncated": (["petiq", "check-patients", "config/patients.tsv"], ["sub-R1", "truncated"],
-                                              {**sheet(REAL[1]), "truncate": truncated}),
-    "sheet: real row's list-mode truncated, in the workflow": (DRY, ["sub-R1", "truncated"], {**sheet(REAL[1]), "truncate": truncated}),
+    "sheet: real row's list-mode truncated": (CHECK, ["sub-R1", "truncated"], {**sheet(REAL[1]), "truncate": truncated_row}),
+    "sheet: real row's list-mode truncated, in the workflow": (DRY, ["sub-R1", "truncated"], {**sheet(REAL[1]), "truncate": truncated_row}),
+    "sheet: real row's list-mode of another scanner": (CHECK, ["sub-R1", "real/a.l", "64 span-1 sinograms"],
+                                                       sheet("sub-R1\treal\treal/a.l\treal/mu.nii.gz\treal/norm.n\t70\t200")),
+    "sheet: real row's norm of another scanner": (CHECK, ["sub-R1", "real/tiny/norm.n.hdr", "originating system 'tiny'", "demo"],
+                                                  sheet("sub-R1\treal\treal/d.l\treal/mu.nii.gz\treal/tiny/norm.n\t70\t200")),
+    "sheet: real row's norm not a component norm": (CHECK, ["sub-R1", "real/mu.nii.gz", "not a component norm"],
+                                                    sheet("sub-R1\treal\treal/d.l\treal/mu.nii.gz\treal/mu.nii.gz\t70\t200")),
+    "sheet: real row's norm without its header": (CHECK, ["sub-R1", "norm.n.hdr", "missing"],
+                                                  {**sheet(REAL[1]), "delete": "real/norm.n.hdr"}),
+    "sheet: real row's μ-map not covering the field of view, in the workflow": (
+        DRY, ["sub-R1", "real/cut.nii.gz", "does not cover", "mm missing"],
+        sheet("sub-R1\treal\treal/d.l\treal/cut.nii.gz\treal/norm.n\t70\t200")),
+    "sheet: real row's hardware μ-map without a bed position": (
+        CHECK, ["sub-R1", "real/d.l", "no 'start horizontal bed position (mm)'"],
+        {**sheet("sub-R1\treal\treal/d.l\treal/mu.nii.gz\treal/norm.n\t70\t200\treal/mu.nii.gz",
+                 header=REAL[0] + "\thardware_mumaps"), "edit": header_without("real/d.l.hdr", "start horizontal bed position (mm)")}),
+    "sheet: a synthetic row with hardware μ-maps": (CHECK, ["sub-01", "hardware_mumaps"],
+                                                    sheet("sub-01\tsynthetic\treal/mu.nii.gz", header="participant_id\tsource\thardware_mumaps")),
     "sheet: 0-byte file": (["petiq", "check-patients", "config/patients.tsv"], ["is empty"], {"config/patients.tsv": b""}),
     "sheet: Latin-1 text": (["petiq", "check-patients", "config/patients.tsv"], ["not UTF-8"],
                             {"config/patients.tsv": "participant_id\tsource\nsub-01\tsynth\xe9tic\n".encode("latin-1")}),
@@ -222,8 +256,12 @@ def project(tmp_path_factory) -> Path:
     (site / "config/patients.tsv").write_text(SHEET)
     (site / "real").mkdir()
     write_listmode(site / "real/a.l", np.array([0, 5, 9]), np.array([True, True, False]), np.array([0, 1, 2]), scanner=Scanner.tiny())
-    for name in ("mu.nii.gz", "norm.n"):
-        (site / "real" / name).write_bytes(b"x")
+    write_site_files(site / "real", "demo", listmode="d.l")
+    write_site_files(site / "real/tiny", "tiny")
+    import nibabel as nib
+
+    cut = nib.load(site / "real/mu.nii.gz")  # the head cut at the top of its μ-map, inside the field of view
+    nib.save(nib.Nifti1Image(np.asarray(cut.dataobj)[:, :, 3:], cut.affine @ np.diag([1, 1, 1, 1.0]) @ _shift(3)), site / "real/cut.nii.gz")
     cwd = Path.cwd()
     os.chdir(site)
     try:
@@ -263,6 +301,13 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 def _folders(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_dir() and ".snakemake" not in p.parts}
+
+
+def _shift(k: int):
+    """The affine step that drops the first ``k`` slices of an image (its voxel (0, 0, k) becomes (0, 0, 0))."""
+    out = np.eye(4)
+    out[2, 3] = k
+    return out
 
 
 def test_the_table_covers_every_group():
@@ -305,3 +350,80 @@ def test_force_lets_a_table_be_replaced(project, tmp_path):
                           cwd=site, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, check=False)
     assert done.returncode == 2 and "model" in done.stderr
     assert "exists already" not in done.stderr and "overwrite" not in done.stderr  # past the guard, stopped at the model check
+
+
+# --- μ-maps and raw-data DICOMs given to `petiq recon` / `petiq histogram` (one block, run as the table above)
+RECON = ["petiq", "recon", "real/a.l", "--norm", "real/norm_scan.npz", "--scanner", "tiny", "--span", "11",
+         "--device", "cpu", "--quiet", "--out", "out/img.nii.gz"]
+
+
+def _mu_site(site: Path) -> None:
+    """A norm scan that passes the pre-pass (its keys and scanner), a μ-map on the tiny grid cut axially to
+    slices 4..10 of 15 (the object reaches its edge inside the field of view), a whole one, a hardware
+    μ-map (e7 Interfile) and a DICOM μ-map slice."""
+    import nibabel as nib
+
+    from petiq.frame import scanner_grid_affine
+
+    np.savez(site / "real/norm_scan.npz", scanner=np.asarray("tiny"), span=np.asarray(11), **{k: np.asarray(0.0) for k
+             in ("fansums", "sinogram", "phantom_radius_mm", "phantom_mu_cm", "phantom_activity_bq_per_ml",
+                 "duration_s", "calibration_factor")})
+    shape, vox = (32, 32, 15), (4.0, 4.0, 4.0)
+    axes = [(np.arange(n) - (n - 1) / 2) * v for n, v in zip(shape, vox)]
+    r = np.sqrt(axes[0][:, None, None] ** 2 + axes[1][None, :, None] ** 2 + axes[2][None, None, :] ** 2)
+    ball = np.where(r <= 40.0, 0.096, 0.0).astype(np.float32)
+    affine = scanner_grid_affine(shape, vox)
+    nib.save(nib.Nifti1Image(ball, affine), site / "real/mu_whole.nii.gz")
+    cut = affine.copy()
+    cut[:3, 3] += affine[:3, 2] * 4
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(ball[:, :, 4:11]), cut), site / "real/mu_cut.nii.gz")
+    np.zeros((2, 2, 2), "<f4").tofile(site / "real/umap_coil.v")
+    (site / "real/umap_coil.v.hdr").write_text(
+        "!INTERFILE :=\n!name of data file := umap_coil.v\nnumber format := float\n!number of bytes per pixel := 4\n"
+        + "".join(f"matrix size [{i}] := 2\nscale factor (mm/pixel) [{i}] := 4\n" for i in (1, 2, 3))
+        + "!END OF INTERFILE :=\n")
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.4", generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.SeriesDescription, ds.ImageType = "MR", "Head_MRAC_PET_UMAP", ["DERIVED", "PRIMARY", "MRAC"]
+    ds.Rows = ds.Columns = 4
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.PixelData = np.zeros((4, 4), "<u2").tobytes()
+    ds.save_as(str(site / "real/umap.dcm"), enforce_file_format=True)
+
+
+def _no_bed_position(site: Path) -> None:
+    _mu_site(site)
+    path = site / "real/a.l.hdr"
+    path.write_text("".join(line for line in path.read_text().splitlines(keepends=True)
+                            if "start horizontal bed position" not in line.lower()))
+
+
+MUMAP_CASES = {
+    "recon: a μ-map that does not cover the field of view": (
+        [*RECON, "--mumap", "real/mu_cut.nii.gz"], ["real/mu_cut.nii.gz", "does not cover", "mm missing on the -z",
+                                                   "whole field of view"], {"make": _mu_site}),
+    "recon: a hardware μ-map without a bed position": (
+        [*RECON, "--mumap", "real/mu_whole.nii.gz", "--hardware-mumap", "real/umap_coil.v.hdr"],
+        ["real/a.l", "bed position", "start horizontal bed position (mm)", "--bed-position-mm"], {"make": _no_bed_position}),
+    "histogram: a μ-map DICOM given as list-mode": (
+        ["petiq", "histogram", "real/umap.dcm", "out.npz", "--scanner", "tiny"],
+        ["real/umap.dcm", "no list-mode Interfile header", "MRPETLM_LARGE"], {"make": _mu_site}),
+    "recon: a μ-map DICOM given as list-mode": (
+        [*RECON[:2], "real/umap.dcm", *RECON[3:], "--mumap", "real/mu_whole.nii.gz"],
+        ["real/umap.dcm", "no list-mode Interfile header"], {"make": _mu_site}),
+}
+
+
+@pytest.mark.parametrize("case", MUMAP_CASES)
+def test_bad_mumap_input_is_refused_clearly_and_changes_nothing(case, project, tmp_path, monkeypatch):
+    monkeypatch.setitem(CASES, case, MUMAP_CASES[case])  # the table's test, on this block's case
+    test_bad_input_is_refused_clearly_and_changes_nothing(case, project, tmp_path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import write_sheet
+from helpers import write_sheet, write_site_files
 
 from petiq.cohort import allocate_diagnoses, plan_cohort, read_patients
 from petiq.errors import PetiqInputError
@@ -17,26 +17,20 @@ def synthetic_sheet(tmp_path, n=21):
 
 
 def real_files(tmp_path):
-    """A real patient's files: a small genuine list-mode pair (tiny scanner), dummy μ-map and norm."""
-    from petiq.listmode import write_listmode
-    from petiq.scanner import Scanner
-
-    write_listmode(tmp_path / "a.l", np.array([0, 5, 9]), np.array([True, True, False]), np.array([0, 1, 2]),
-                   scanner=Scanner.tiny())
-    for name in ("mu.nii.gz", "norm.n"):
-        (tmp_path / name).write_bytes(b"x")
-    return ["a.l", "mu.nii.gz", "norm.n"]
+    """A real patient's files (tiny scanner): a small genuine list-mode pair, the scanner's component norm, a μ-map."""
+    files = write_site_files(tmp_path, "tiny")
+    return [files["listmode"], files["mumap"], files["norm"]]
 
 
 def test_real_patient_with_a_truncated_listmode_is_caught_by_the_sheet_check(tmp_path):
     files = real_files(tmp_path)
     header = ["participant_id", "source", "listmode", "mumap", "norm", "weight_kg", "injected_mbq"]
     sheet = write_sheet(tmp_path / "p.tsv", header, [["sub-R1", "real", *files, "70", "200"]])
-    assert list(read_patients(sheet, root=tmp_path)["participant_id"]) == ["sub-R1"]
+    assert list(read_patients(sheet, root=tmp_path, scanner="tiny")["participant_id"]) == ["sub-R1"]
     data = (tmp_path / "a.l").read_bytes()
     (tmp_path / "a.l").write_bytes(data[:-4])  # one word short: a copy that stopped early
     with pytest.raises(PetiqInputError) as caught:
-        read_patients(sheet, root=tmp_path)
+        read_patients(sheet, root=tmp_path, scanner="tiny")
     text = str(caught.value)
     assert "row 2 (sub-R1)" in text and "truncated" in text and "Fix:" in text
 
@@ -48,7 +42,7 @@ def test_valid_sheet_with_real_and_synthetic_rows(tmp_path):
         ["participant_id", "source", "listmode", "mumap", "norm", "weight_kg", "injected_mbq"],
         [["sub-01", "synthetic", "", "", "", "", ""], ["sub-R1", "real", *files, "70", "210"]],
     )
-    table = read_patients(sheet, root=tmp_path)
+    table = read_patients(sheet, root=tmp_path, scanner="tiny")
     assert list(table["participant_id"]) == ["sub-01", "sub-R1"]
     plan = plan_cohort(table, 1, MIX)
     real = plan.set_index("participant_id").loc["sub-R1"]
@@ -72,7 +66,7 @@ def test_valid_sheet_with_real_and_synthetic_rows(tmp_path):
 def test_bad_sheet_names_row_problem_and_fix(tmp_path, header, rows, message):
     sheet = write_sheet(tmp_path / "p.tsv", header, rows)
     with pytest.raises(PetiqInputError) as caught:
-        read_patients(sheet, root=tmp_path)
+        read_patients(sheet, root=tmp_path, scanner="tiny")
     text = str(caught.value)
     assert str(sheet) in text and message in text and "Fix:" in text
 
@@ -82,14 +76,14 @@ def test_real_patient_missing_file_and_weight(tmp_path):
     header = ["participant_id", "source", "listmode", "mumap", "norm", "weight_kg", "injected_mbq"]
     sheet = write_sheet(tmp_path / "p.tsv", header, [["sub-R1", "real", files[0], "missing.nii.gz", files[2], "70", "200"]])
     with pytest.raises(PetiqInputError, match=r"row 2 \(sub-R1\): mumap file .*missing.nii.gz does not exist"):
-        read_patients(sheet, root=tmp_path)
+        read_patients(sheet, root=tmp_path, scanner="tiny")
     sheet = write_sheet(tmp_path / "p.tsv", header, [["sub-R1", "real", *files, "", "200"]])
     with pytest.raises(PetiqInputError, match="a real patient needs weight_kg"):
-        read_patients(sheet, root=tmp_path)
+        read_patients(sheet, root=tmp_path, scanner="tiny")
     (tmp_path / "a.l.hdr").unlink()
     sheet = write_sheet(tmp_path / "p.tsv", header, [["sub-R1", "real", *files, "70", "200"]])
     with pytest.raises(PetiqInputError, match=r"list-mode header .*a.l.hdr does not exist"):
-        read_patients(sheet, root=tmp_path)
+        read_patients(sheet, root=tmp_path, scanner="tiny")
 
 
 def test_missing_sheet(tmp_path):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pydicom
 import pytest
-from helpers import write_sheet
+from helpers import write_sheet, write_site_files
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 from test_mmr_export import MMR_HEADER, decode
@@ -191,15 +191,16 @@ def test_bf_size_disagrees_with_the_header(both_forms, tmp_path):
 def test_patient_sheet_takes_a_dicom_export(both_forms, tmp_path):
     _, src, _, _ = both_forms
     dcm = _copy_pair(src, tmp_path, "lm")
-    (tmp_path / "mu.nii.gz").write_bytes(b"x")
-    (tmp_path / "norm.n").write_bytes(b"x")
+    write_site_files(tmp_path / "site", "mmr")
+    for name in ("mu.nii.gz", "norm.n", "norm.n.hdr"):
+        (tmp_path / "site" / name).rename(tmp_path / name)
     cols = ["participant_id", "source", "listmode", "mumap", "norm", "weight_kg", "injected_mbq"]
     row = ["sub-01", "real", "lm.dcm", "mu.nii.gz", "norm.n", "70", "200"]
     sheet = write_sheet(tmp_path / "patients.tsv", cols, [row])
-    assert read_patients(sheet, root=tmp_path)["listmode"].tolist() == ["lm.dcm"]
+    assert read_patients(sheet, root=tmp_path, scanner="mmr")["listmode"].tolist() == ["lm.dcm"]
     dcm.with_suffix(".bf").unlink()
     with pytest.raises(PetiqInputError, match=r"row 2 \(sub-01\): the list-mode data file .*lm\.bf does not exist"):
-        read_patients(sheet, root=tmp_path)
+        read_patients(sheet, root=tmp_path, scanner="mmr")
 
 
 # --------------------------------------------------------------------------------------------

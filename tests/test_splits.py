@@ -92,3 +92,28 @@ def test_bad_user_splits(tmp_path, participants, splits, edit, message):
     with pytest.raises(PetiqInputError) as caught:
         check_splits(path, participants, COUNTS)
     assert message in str(caught.value) and str(path) in str(caught.value)
+
+
+RATED = ("transfer_train", "transfer_val", "test")
+
+
+def test_patients_nobody_can_rate_take_unrated_roles_only(participants, splits):
+    """Real patients under the virtual reader: every one lands in a pretext role, whatever the seed;
+    more of them than the unrated roles hold is a clear error."""
+    ids = list(participants["participant_id"])
+    real = [pid for pid, role in zip(ids, splits["role"]) if role in RATED][:5]  # rated in the free split
+    for seed in (3, 4):
+        got = assign_roles(participants, COUNTS, seed, unrated=real, rated_roles=RATED)
+        assert got["role"].value_counts().to_dict() == COUNTS
+        assert set(got.set_index("participant_id").loc[real, "role"]) <= {"pretext_train", "pretext_val"}
+    with pytest.raises(PetiqInputError, match="10 real patients cannot be read.*unrated roles hold 9"):
+        assign_roles(participants, COUNTS, 3, unrated=ids[:10], rated_roles=RATED)
+
+
+def test_user_splits_with_a_real_patient_in_a_rated_role_are_refused(tmp_path, participants, splits):
+    path = tmp_path / "splits.tsv"
+    splits.to_csv(path, sep="\t", index=False)
+    rated = splits.loc[splits["role"] == "test", "participant_id"].iloc[0]
+    assert len(check_splits(path, participants, COUNTS, unrated=[], rated_roles=RATED)) == len(splits)
+    with pytest.raises(PetiqInputError, match=f"{rated} \\(real, no ratings\\) in a rated role \\(test\\)"):
+        check_splits(path, participants, COUNTS, unrated=[rated], rated_roles=RATED)

@@ -9,6 +9,10 @@ good splits reproducible and seed-dependent.
 
 A user may edit the written ``splits.tsv`` and point config key ``splits.file`` at the copy;
 :func:`check_splits` then validates it against the participants and the counts, and it is used as is.
+
+Patients nobody can rate (``unrated``: real patients while the virtual reader scores the cohort,
+which knows only synthetic patients' truth) take no role in ``rated_roles``: a constraint of the
+programme, and an error in a user's file.
 """
 
 from __future__ import annotations
@@ -26,8 +30,10 @@ from .seeding import rng_for
 ROLES = ("pretext_train", "pretext_val", "transfer_train", "transfer_val", "test")
 
 
-def assign_roles(participants: pd.DataFrame, counts: dict[str, int], seed: int) -> pd.DataFrame:
-    """Solve the split programme; return a table (participant_id, role) in participant order."""
+def assign_roles(participants: pd.DataFrame, counts: dict[str, int], seed: int, *, unrated=(), rated_roles=()) -> pd.DataFrame:
+    """Solve the split programme; return a table (participant_id, role) in participant order.
+
+    ``unrated``: ids that must not take any role of ``rated_roles`` (see the module docstring)."""
     _check_counts(counts, len(participants), None)
     ids = list(participants["participant_id"])
     roles = [r for r in ROLES if counts.get(r, 0) > 0]
@@ -48,6 +54,17 @@ def assign_roles(participants: pd.DataFrame, counts: dict[str, int], seed: int) 
     dev = {}
     for p in range(n):
         prob += pulp.lpSum(x[p, r] for r in range(len(roles))) == 1
+    unrated, rated = set(unrated), set(rated_roles)
+    free = sum(counts.get(role, 0) for role in roles if role not in rated)
+    if len(unrated & set(ids)) > free:
+        raise PetiqInputError(None, f"{len(unrated & set(ids))} real patients cannot be read by the virtual reader, but the "
+                                    f"unrated roles hold {free}", "give their ratings (scoring.ratings), or more "
+                                    "pretext patients in splits.counts, or fewer rated roles in scoring.rated_roles")
+    for p, pid in enumerate(ids):
+        if pid in unrated:
+            for r, role in enumerate(roles):
+                if role in rated:
+                    prob += x[p, r] == 0
     for r, role in enumerate(roles):
         prob += pulp.lpSum(x[p, r] for p in range(n)) == counts[role]
         share = counts[role] / n
@@ -88,8 +105,10 @@ def _check_counts(counts: dict[str, int], n: int, path) -> None:
         )
 
 
-def check_splits(path: str | Path, participants: pd.DataFrame, counts: dict[str, int]) -> pd.DataFrame:
-    """Validate a user-edited ``splits.tsv``: each patient once, known roles, counts as configured."""
+def check_splits(path: str | Path, participants: pd.DataFrame, counts: dict[str, int], *, unrated=(),
+                 rated_roles=()) -> pd.DataFrame:
+    """Validate a user-edited ``splits.tsv``: each patient once, known roles, counts as configured, and
+    no ``unrated`` patient in a rated role."""
     path = Path(path)
     if not path.is_file():
         raise PetiqInputError(path, "the splits file does not exist", "correct config key splits.file, or set it to null to have petiq choose")
@@ -115,6 +134,11 @@ def check_splits(path: str | Path, participants: pd.DataFrame, counts: dict[str,
             raise PetiqInputError(
                 path, f"role {role} has {found.get(role, 0)} patients, the config asks for {counts.get(role, 0)}", "edit the roles or config key splits.counts so they agree"
             )
+    wrong = splits[splits["participant_id"].isin(set(unrated)) & splits["role"].isin(set(rated_roles))]
+    if len(wrong):
+        raise PetiqInputError(path, f"{', '.join(wrong['participant_id'])} (real, no ratings) in a rated role "
+                                    f"({', '.join(sorted(set(wrong['role'])))}): the virtual reader scores synthetic "
+                                    "patients only", "give real patients a pretext role, or give their ratings (scoring.ratings)")
     order = {pid: i for i, pid in enumerate(participants["participant_id"])}
     return splits.sort_values("participant_id", key=lambda s: s.map(order)).reset_index(drop=True)
 
