@@ -12,10 +12,12 @@ from typing import NamedTuple
 
 class Together(NamedTuple):
     """A key's walk value that needs other keys changed with it for a valid config (a role count
-    moves a patient to another role; Fig. 9's counts need the transfer patients)."""
+    moves a patient to another role; Fig. 9's counts need the transfer patients; another scanner
+    cannot read the real patient's files); ``gone``: steps the change takes out of the workflow."""
 
     value: object
     others: dict
+    gone: frozenset = frozenset()
 
 
 def _get(config: dict, key: str):
@@ -39,6 +41,17 @@ def _copy(src, dst):
     return make
 
 
+def _synthetic_sheet(site, config):
+    """The patient sheet with its real rows made synthetic (the same ids)."""
+    lines = (site / config["patients"]).read_text().splitlines()
+    header = lines[0].split("\t")
+    rows = [line.split("\t") for line in lines[1:] if line.strip()]
+    out = ["participant_id\tsource"] + [f"{r[0]}\tsynthetic" for r in rows]
+    assert header[:2] == ["participant_id", "source"]
+    (site / "config/patients-synthetic.tsv").write_text("\n".join(out) + "\n")
+    return "config/patients-synthetic.tsv"
+
+
 def _folder_of_one_image(site, config):
     (site / "to-score").mkdir(exist_ok=True)
     shutil.copy(site / "results/recon/sub-01/sub-01_dose-100.0_pet.nii.gz", site / "to-score/a.nii.gz")
@@ -49,15 +62,17 @@ VALUES = {
     "seed": 8,
     "patients": _copy("config/patients.tsv", "config/patients-copy.tsv"),
     "doses": [1, 10, 50, 100],
-    "scanner": "mmr",
+    # the real patient's files are the demo scanner's: with the mMR, the sheet is all synthetic
+    "scanner": Together("mmr", {"patients": _synthetic_sheet}, frozenset({"site_norm"})),
     "span": 1,
     "listmode.duration_s": 600,
     "listmode.form": "dicom",
-    "listmode.norm_counts_per_bin": 100,
+    "listmode.norm_counts_per_bin": Together(100, {"recon.norm": "norm_scan"}),
     "device": "auto",
     "recon.iterations": 3,
     "recon.subsets": 7,
     "recon.post_filter_fwhm_mm": 4.0,
+    "recon.norm": "norm_scan",
     "figures.fig01_subjects": ["sub-03", "sub-04"],
     "cohort.anatomy_dir": _copy("{cohort.anatomy_dir}", "anatomy-copy"),
     "cohort.shape": [40, 40, 38],
@@ -77,7 +92,9 @@ VALUES = {
     "splits.counts.transfer_train": Together(2, {"splits.counts.pretext_train": 1}),
     "splits.counts.transfer_val": Together(2, {"splits.counts.pretext_train": 1}),
     "splits.counts.test": Together(2, {"splits.counts.pretext_train": 1}),
-    "scoring.ratings": _copy("results/scores/ratings.tsv", "config/ratings.tsv"),
+    # real ratings: no virtual reader (and the split may rate real patients)
+    "scoring.ratings": Together(_copy("results/scores/ratings.tsv", "config/ratings.tsv"), {},
+                                frozenset({"reader_truth", "virtual_reader"})),
     "scoring.design": "all_doses",
     "scoring.rated_roles": ["pretext_val", "transfer_train", "transfer_val", "test"],
     "scoring.rereads": 1,
@@ -121,6 +138,11 @@ def schema_keys(schema: dict, prefix: str = "") -> dict[str, list[str]]:
         else:
             keys[key] = node.get("x-reruns")
     return keys
+
+
+def gone_steps(key: str) -> frozenset:
+    """Steps the walk's change of ``key`` takes out of the workflow."""
+    return VALUES[key].gone if isinstance(VALUES[key], Together) else frozenset()
 
 
 def changed_keys(key: str) -> list[str]:

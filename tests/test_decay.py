@@ -50,6 +50,9 @@ def test_isotope_from_header_prefers_the_header_and_falls_back_on_the_name():
     iso = isotope_from_header({"isotope name": "F-18"})
     assert (iso.half_life_s, iso.branching_ratio) == (6586.272, 0.967)
     assert isotope_from_header({"isotope name": "C-11"}).half_life_s == pytest.approx(1222.8)
+    # NiftyPET's own spellings (riLUT keys 'F18', 'Ga68') name the same isotopes
+    assert isotope_from_header({"isotope name": "F18"}).half_life_s == pytest.approx(109.7712 * 60)
+    assert isotope_from_header({"isotope name": "Ga68"}).branching_ratio == pytest.approx(0.891)
     assert isotope_from_header({}) is None  # nothing to decay-correct with
 
 
@@ -82,7 +85,7 @@ def test_sinogram_files_carry_the_headers_isotope_and_frame_start(tmp_path):
     write_sinograms(tmp_path / "s.npz", _histogram(header), "tiny")
     sino = read_sinograms(tmp_path / "s.npz")
     assert (sino["isotope"], sino["half_life_s"], sino["branching_ratio"], sino["frame_start_s"]) == ("F-18", 6586.2, 0.97, 120.0)
-    quant = frame_quantification(sino, sino["duration_s"])
+    quant = frame_quantification(sino)
     lam = math.log(2) / 6586.2
     assert quant.decay_correction_factor == pytest.approx(math.exp(lam * 120) * lam * 600 / (1 - math.exp(-lam * 600)))
     assert quant.count_scale == pytest.approx(0.97 / quant.decay_correction_factor)

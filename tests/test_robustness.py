@@ -26,7 +26,7 @@ RUN_TIMEOUT = runs.LOCAL_RUN_TIMEOUT
 DRY_TIMEOUT = 300
 # rules of the test preset's targets, by what they are made from
 COHORT_RULES = {"participants", "phantom", "splits", "cohort_figure", "cohort_table"}
-SCANNER_RULES = {"norm_scan", "norm"}
+SCANNER_RULES = {"norm_scan", "scanner_norm", "norm"}
 PER_ACQUISITION = {"simulate", "thin", "histogram", "randoms", "scatter", "osem"}
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 from helpers import write_sheet
+from scipy import ndimage
 
 from conftest import ANATOMY_DIR, ROOT
 
@@ -36,7 +36,7 @@ def test_dry_run_lists_cohort_jobs(preset):
     stats = done.stdout + done.stderr
     counts = {line.split()[0]: int(line.split()[1]) for line in stats.splitlines() if len(line.split()) == 2 and line.split()[1].isdigit()}
     assert counts["phantom"] == (sheet["source"] == "synthetic").sum()
-    for rule in ("participants", "splits", "cohort_figure", "cohort_table", "norm_scan", "norm", "fig01_dose_examples"):
+    for rule in ("participants", "splits", "cohort_figure", "cohort_table", "scanner_norm", "norm", "fig01_dose_examples"):
         assert counts[rule] == 1
     n_doses = len(yaml.safe_load((ROOT / PRESETS[preset]).read_text())["doses"])
     assert counts["simulate"] == counts["phantom"] and counts["attenuation"] == len(sheet)
@@ -108,12 +108,50 @@ def test_bad_config_value_is_refused(tmp_path):
     assert done.returncode != 0 and "petrace" in done.stdout + done.stderr
 
 
+REAL_ID = "sub-R1"
+REAL_ACTIVITY = 20.0  # kBq/mL in the real patient's ball
+
+
+def _demo_site_export(folder: Path) -> dict[str, str]:
+    """A site's export on the test preset's demo scanner, in the mMR's formats: a simulated
+    20 kBq/mL water ball (radius 60 mm) as PETLINK list-mode, the scanner's ``.n`` and the μ-map as
+    e7 Interfile (tests/helpers.py writes the layout from its definition)."""
+    import nibabel as nib
+    from helpers import e7_layout, write_e7_interfile
+
+    from petiq.frame import scanner_grid_affine
+    from petiq.recon.component_norm import write_component_norm
+    from petiq.scanner import Scanner
+    from petiq.simulate import scanner_component_norm, simulate_patient
+
+    sc = Scanner.demo()
+    folder.mkdir()
+    axes = [(np.arange(n) - (n - 1) / 2) * v for n, v in zip(sc.image_shape, sc.voxel_size_mm)]
+    r2 = axes[0][:, None, None] ** 2 + axes[1][None, :, None] ** 2 + (axes[2][None, None, :] * 60 / 50) ** 2
+    ball = r2 < 60.0**2
+    affine = scanner_grid_affine(sc.image_shape, sc.voxel_size_mm)
+    for name, data in (("truth", REAL_ACTIVITY * ball), ("mu", 0.096 * ball)):
+        nib.save(nib.Nifti1Image(data.astype(np.float32), affine), folder / f"{name}.nii.gz")
+    simulate_patient(truth_path=folder / "truth.nii.gz", mumap_path=folder / "mu.nii.gz",
+                     participant={"participant_id": REAL_ID, "injected_mbq": 200.0, "weight_kg": 70.0, "uptake_min": 40.0},
+                     scanner=sc, scanner_seed=11, seed=12, out_path=folder / "acq.l", duration_s=900.0, progress=False)
+    write_component_norm(folder / "norm.n", scanner_component_norm(sc, 11, 11), sc)
+    write_e7_interfile(folder / "umap.v", e7_layout((0.096 * ball).astype(np.float32)), sc.voxel_size_mm[0])
+    (folder / "truth.nii.gz").rename(folder.parent / "real-truth.nii.gz")  # not part of an export
+    return {"listmode": str(folder / "acq.l"), "mumap": str(folder / "umap.v.hdr"), "norm": str(folder / "norm.n")}
+
+
 @pytest.mark.slow
 def test_cohort_figure_target_runs_only_what_it_needs(tmp_path):
     """`snakemake results/figures/cohort.png` on the test preset: phantoms and the figure, no table;
-    then the whole preset: list-mode, reconstruction and Fig. 1."""
+    then the whole preset: list-mode, reconstruction and Fig. 1. One patient is real: a site's export
+    in the mMR's formats (list-mode, .n, e7 μ-map), which goes through every figure."""
     (tmp_path / "config").mkdir()
-    shutil.copy(ROOT / "tests/config/patients.tsv", tmp_path / "config/patients.tsv")
+    export = _demo_site_export(tmp_path / "export")
+    rows = (ROOT / "tests/config/patients.tsv").read_text().splitlines()[1:-1]  # the last synthetic row makes way
+    (tmp_path / "config/patients.tsv").write_text(
+        "participant_id\tsource\tlistmode\tmumap\tnorm\tweight_kg\tinjected_mbq\n" + "".join(f"{r}\t\t\t\t\t\n" for r in rows)
+        + f"{REAL_ID}\treal\t{export['listmode']}\t{export['mumap']}\t{export['norm']}\t70\t200\n")
     config = yaml.safe_load((ROOT / "tests/config/config.yaml").read_text())
     config["patients"] = "config/patients.tsv"
     config["cohort"].update(anatomy_dir=str(ANATOMY_DIR), shape=[40, 40, 36], voxel_size_mm=[7.0, 7.0, 7.0])
@@ -125,7 +163,9 @@ def test_cohort_figure_target_runs_only_what_it_needs(tmp_path):
     assert (tmp_path / "results/figures/cohort.png").stat().st_size > 10_000
     assert not (tmp_path / "results/tables/cohort.tsv").exists()
     participants = pd.read_csv(tmp_path / "results/cohort/participants.tsv", sep="\t")
-    for pid in participants["participant_id"]:
+    assert participants.set_index("participant_id").loc[REAL_ID, "source"] == "real"
+    assert not (tmp_path / f"results/cohort/{REAL_ID}").exists()
+    for pid in participants.loc[participants["source"] == "synthetic", "participant_id"]:
         for suffix in ("pet-truth.nii.gz", "mumap.nii.gz", "T1w.nii.gz", "brainmask.nii.gz"):
             assert (tmp_path / f"results/cohort/{pid}/{pid}_{suffix}").is_file()
         assert (tmp_path / f"results/logs/cohort/phantom_{pid}.log").read_text().strip()
@@ -134,6 +174,10 @@ def test_cohort_figure_target_runs_only_what_it_needs(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     splits = pd.read_csv(tmp_path / "results/cohort/splits.tsv", sep="\t")
     assert splits["role"].value_counts().to_dict() == {"pretext_train": 2, "pretext_val": 1, "transfer_train": 1, "transfer_val": 1, "test": 1}
+    # the real patient: no rated role (the virtual reader reads synthetic patients only), its own norm
+    assert splits.set_index("participant_id").loc[REAL_ID, "role"] in ("pretext_train", "pretext_val")
+    assert (tmp_path / f"results/sinograms/{REAL_ID}/{REAL_ID}_norm.npz").is_file()
+    assert "umap.v.hdr (interfile)" in (tmp_path / f"results/logs/recon/attenuation_{REAL_ID}.log").read_text()
     # list-mode stage: every dose histogrammed; thinned counts follow the binomial law
     from petiq.sinograms import read_sinograms
 
@@ -146,7 +190,7 @@ def test_cohort_figure_target_runs_only_what_it_needs(tmp_path):
             for key in ("n_prompts", "n_delayeds"):
                 sigma = (full[key] * p * (1 - p)) ** 0.5
                 assert abs(low[key] - p * full[key]) < 4 * sigma + 1, (pid, dose, key)
-            header = (tmp_path / f"results/listmode/{pid}/{pid}_dose-{dose}.l.hdr").read_text()
+            header = (tmp_path / f"results/listmode/{pid}/{pid}_dose-{dose}.l.hdr").read_text()  # the real one's too
             assert "petiq thinning seed" in header and "petiq source file sha256" in header
     # reconstruction stage: every patient and dose, quantitative, with its sidecar; Fig. 1 drawn
     import json
@@ -163,6 +207,10 @@ def test_cohort_figure_target_runs_only_what_it_needs(tmp_path):
             norm01 = np.asarray(nib.load(tmp_path / f"results/recon/{pid}/{pid}_dose-{dose}_desc-norm01_pet.nii.gz").dataobj)
             assert norm01.min() >= 0 and norm01.max() == pytest.approx(1.0)
         assert means["010.0"] == pytest.approx(0.1 * means["100.0"], rel=0.15)
+    real = np.asarray(nib.load(tmp_path / f"results/recon/{REAL_ID}/{REAL_ID}_dose-100.0_pet.nii.gz").dataobj)
+    truth = np.asarray(nib.load(tmp_path / "real-truth.nii.gz").dataobj)
+    inner = ndimage.binary_erosion(truth > 0, iterations=4)  # the ball well inside its edge
+    assert float(real[inner].mean()) == pytest.approx(REAL_ACTIVITY, rel=0.05)
     assert (tmp_path / "results/figures/fig01_dose_examples.png").stat().st_size > 10_000
     _check_scores_training_and_figures(tmp_path, participants, splits)
     done = snakemake(*args, "-n")
@@ -197,7 +245,7 @@ def _check_every_key_reruns_the_steps_that_read_it(tmp_path, args, config):
     back would plan nothing; a rule taking a whole config section would plan too much."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from schema_walk import VALUES, changed_config, changed_keys, schema_keys
+    from schema_walk import VALUES, changed_config, changed_keys, gone_steps, schema_keys
 
     keys = schema_keys(yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text()))
     assert set(keys) == set(VALUES), "every schema key needs a walk value in tests/schema_walk.py"
@@ -205,10 +253,10 @@ def _check_every_key_reruns_the_steps_that_read_it(tmp_path, args, config):
     children = _rule_graph(args)
     parents = {rule: {p for p, cs in children.items() if rule in cs} for rule in children}
 
-    def downstream(rules):
+    def downstream(rules, without=frozenset()):
         seen, todo = set(rules), list(rules)
         while todo:
-            for child in children.get(todo.pop(), set()) - seen:  # a rule the base run lacks (e.g. score_images) has none
+            for child in children.get(todo.pop(), set()) - seen - without:  # a rule the base run lacks (e.g. score_images) has none
                 seen.add(child)
                 todo.append(child)
         return seen
@@ -224,8 +272,9 @@ def _check_every_key_reruns_the_steps_that_read_it(tmp_path, args, config):
         planned = dict(pool.map(dry_run, keys))
     wrong = {}
     for key, rules in planned.items():
-        declared = {rule for name in changed_keys(key) for rule in keys[name]}
-        expected = {r for r in declared if not any(r in downstream(children.get(d, set())) for d in declared - {r})}
+        gone = gone_steps(key)  # steps the change takes out: no path through them
+        declared = {rule for name in changed_keys(key) for rule in keys[name]} - gone
+        expected = {r for r in declared if not any(r in downstream(children.get(d, set()) - gone, gone) for d in declared - {r})}
         first = {r for r in rules if not parents.get(r, set()) & rules}
         if first != expected or not rules <= downstream(declared):
             wrong[key] = {"x-reruns": sorted(expected), "planned first": sorted(first), "planned, not downstream": sorted(rules - downstream(declared))}

@@ -101,6 +101,7 @@ rule splits:
     params:
         seed=config["seed"],
         counts=config["splits"]["counts"],
+        unrated=unrated_patients(),
     script:
         "../scripts/splits.py"
 

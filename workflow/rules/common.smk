@@ -23,7 +23,7 @@ except WorkflowError:
     stop(schema_problems(config, yaml.safe_load((Path(workflow.basedir) / "workflow/schemas/config.schema.yaml").read_text())) or ["see above"])
 
 try:
-    PATIENTS = read_patients(config["patients"])
+    PATIENTS = read_patients(config["patients"], scanner=config["scanner"])
 except PetiqInputError as error:
     raise WorkflowError(f"petiq: {error}") from None
 
@@ -34,6 +34,17 @@ CONFIG_PROBLEMS = config_problems(config, SUBJECTS)
 if CONFIG_PROBLEMS:
     stop(CONFIG_PROBLEMS)
 SYNTHETIC = list(PATIENTS.loc[PATIENTS["source"] == "synthetic", "participant_id"])
+
+
+def unrated_patients():
+    """Real patients while the virtual reader scores (it knows synthetic patients' truth only), with the
+    rated roles they must not take; None when there are none (then the split does not read the scoring keys)."""
+    real = list(PATIENTS.loc[PATIENTS["source"] == "real", "participant_id"])
+    if not real or config["scoring"]["ratings"] is not None:
+        return None
+    return {"ids": real, "roles": list(config["scoring"]["rated_roles"])}
+
+
 ENV = "../../envs/petiq.yaml"
 
 
@@ -98,6 +109,56 @@ def patient_mumap(wildcards):
     if row["source"] == "real":
         return row["mumap"]
     return f"{COHORT}/{wildcards.subject}/{wildcards.subject}_mumap.nii.gz"
+
+
+def patient_hardware_mumaps(wildcards):
+    """A real patient's hardware μ-maps (head-and-neck coil, table) as the sheet names them; none for synthetic ones."""
+    from petiq.site import hardware_paths
+
+    row = PATIENTS.set_index("participant_id").loc[wildcards.subject]
+    return [str(p) for p in hardware_paths(row["hardware_mumaps"])] if row["source"] == "real" else []
+
+
+def hardware_listmode(wildcards):
+    """The list-mode whose header's bed position places the hardware μ-maps (none without hardware)."""
+    return [source_listmode(wildcards)] if patient_hardware_mumaps(wildcards) else []
+
+
+def synthetic_norm_source(wildcards=None):
+    """The simulated scanner's norm: its component norm file, or its norm scan (config recon.norm)."""
+    if config["recon"]["norm"] == "norm_scan":
+        return f"{LISTMODE}/norm_scan.npz"
+    return f"{LISTMODE}/scanner_norm.n"
+
+
+def _real_row(wildcards):
+    row = PATIENTS.set_index("participant_id").loc[wildcards.subject]
+    if row["source"] != "real":
+        raise ValueError(f"{wildcards.subject} is synthetic: its norm is the simulated scanner's ({SINOGRAMS}/norm.npz)")
+    return row
+
+
+def site_norm_source(wildcards):
+    """A real patient's norm file as the sheet names it (.n, .n.hdr, .dcm/.IMA)."""
+    return _real_row(wildcards)["norm"]
+
+
+def site_norm_pair(wildcards):
+    """The other file of a real patient's norm: the .n.hdr of a .n (the .n of a .n.hdr); a DICOM norm has none."""
+    path = site_norm_source(wildcards)
+    if path.lower().endswith(".n.hdr"):
+        return [path[: -len(".hdr")]]
+    if path.lower().endswith(".n"):
+        return [f"{path}.hdr"]
+    return []
+
+
+def subject_norm(wildcards):
+    """The normalisation sinograms of a patient: the site's for a real patient, the simulated scanner's otherwise."""
+    row = PATIENTS.set_index("participant_id").loc[wildcards.subject]
+    if row["source"] == "real":
+        return f"{SINOGRAMS}/{wildcards.subject}/{wildcards.subject}_norm.npz"
+    return f"{SINOGRAMS}/norm.npz"
 
 
 # Reconstruction asks the scheduler for a GPU unless the config pins it to the CPU; it falls back

@@ -26,6 +26,32 @@ rule norm_scan:
         " --seed {params.seed} --scanner-seed {params.scanner_seed} --norm-counts-per-bin {params.counts_per_bin} --out {output.npz}"
 
 
+rule scanner_norm:
+    """The simulated scanner's normalisation truth as the mMR writes its norm: a component norm
+    file (.n + .n.hdr), read by rule norm as a site's own .n is."""
+    output:
+        n=f"{LISTMODE}/scanner_norm.n",
+        hdr=f"{LISTMODE}/scanner_norm.n.hdr",
+    log:
+        log_path("listmode", "scanner_norm"),
+    benchmark:
+        benchmark_path("listmode", "scanner_norm")
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=mem_mb(2000),
+        runtime=10,
+    params:
+        scanner=config["scanner"],
+        span=config["span"],
+        scanner_seed=SCANNER_SEED,
+        petiq=PETIQ,
+    shell:
+        "{params.petiq} --log {log} simulate --norm --scanner {params.scanner} --span {params.span}"
+        " --seed 0 --scanner-seed {params.scanner_seed} --out {output.n}"
+
+
 rule simulate:
     """A synthetic patient's 100 % acquisition: trues, scatter and randoms as PETLINK list-mode
     (an Interfile or a DICOM export, config listmode.form)."""
@@ -115,7 +141,7 @@ rule histogram:
 
 
 rule listmode:
-    """Every sinogram of every patient and dose, and the norm scan."""
+    """Every sinogram of every patient and dose, and the simulated scanner's norm."""
     input:
-        rules.norm_scan.output,
+        synthetic_norm_source,
         expand(rules.histogram.output.npz, subject=SUBJECTS, dose=DOSES),

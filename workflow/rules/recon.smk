@@ -5,15 +5,41 @@ RECON = "results/recon"
 
 
 rule norm:
-    """Component-based normalisation (crystal efficiencies, radial factors) from the norm scan."""
+    """The simulated scanner's normalisation sinograms: from its component norm file (config
+    recon.norm: component) or estimated from its norm scan (norm_scan)."""
     input:
-        norm_scan=rules.norm_scan.output.npz,
+        src=synthetic_norm_source,
     output:
         npz=f"{SINOGRAMS}/norm.npz",
     log:
         log_path("recon", "norm"),
     benchmark:
         benchmark_path("recon", "norm")
+    conda:
+        ENV
+    threads: 2
+    resources:
+        mem_mb=mem_mb(8000),
+        runtime=30,
+    params:
+        scanner=config["scanner"],
+        span=config["span"],
+    script:
+        "../scripts/recon_norm.py"
+
+
+rule site_norm:
+    """A real patient's normalisation sinograms from the site's component norm (.n + .n.hdr, or
+    the norm DICOM) named in the patient sheet."""
+    input:
+        src=site_norm_source,
+        pair=site_norm_pair,
+    output:
+        npz=f"{SINOGRAMS}/{{subject}}/{{subject}}_norm.npz",
+    log:
+        log_path("recon", "site_norm_{subject}"),
+    benchmark:
+        benchmark_path("recon", "site_norm_{subject}")
     conda:
         ENV
     threads: 2
@@ -51,9 +77,12 @@ rule randoms:
 
 
 rule attenuation:
-    """Attenuation factors exp(−P μ) from the patient's μ-map (the same for every dose)."""
+    """Attenuation factors exp(−P μ) from the patient's μ-map [+ the site's hardware μ-maps, placed
+    by the list-mode's bed position] (the same for every dose)."""
     input:
         mumap=patient_mumap,
+        hardware=patient_hardware_mumaps,
+        listmode=hardware_listmode,
     output:
         npz=f"{SINOGRAMS}/{{subject}}/{{subject}}_attenuation.npz",
     log:
@@ -77,7 +106,7 @@ rule scatter:
     """Scatter estimate: smoothed emission inside the head, scaled to the emission tails."""
     input:
         sinograms=rules.histogram.output.npz,
-        norm=rules.norm.output.npz,
+        norm=subject_norm,
         randoms=rules.randoms.output.npz,
         attenuation=rules.attenuation.output.npz,
     output:
@@ -103,7 +132,7 @@ rule osem:
     """OP-OSEM with every correction in the system model; image in kBq/mL and normalised 0–1."""
     input:
         sinograms=rules.histogram.output.npz,
-        norm=rules.norm.output.npz,
+        norm=subject_norm,
         randoms=rules.randoms.output.npz,
         attenuation=rules.attenuation.output.npz,
         scatter=rules.scatter.output.npz,

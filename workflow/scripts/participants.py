@@ -8,7 +8,7 @@ from petiq.fileio import write_tsv  # noqa: E402
 from petiq.logs import log_to  # noqa: E402
 
 log = log_to(snakemake.log[0])
-sheet = read_patients(snakemake.input.sheet)
+sheet = read_patients(snakemake.input.sheet, check_files=False)  # checked when the workflow was parsed
 participants = plan_cohort(sheet, snakemake.params.seed, snakemake.params.mix, snakemake.params.clinic)
 write_tsv(snakemake.output.tsv, participants)
 log.info("%d participants (%s)", len(participants), participants["diagnosis"].value_counts().to_dict())

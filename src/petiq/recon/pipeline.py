@@ -8,7 +8,9 @@ Files (NumPy ``.npz``, each with ``kind``, ``scanner`` (preset name) and ``span`
 
 * norm (``kind="norm"``): ``norm`` (float32 span-S sinogram, mean of the members' ``ε_a ε_b g_t``),
   ``crystal_efficiency``, ``radial_factor``, ``radial_measured``, ``calibration_factor`` κ,
-  ``summary`` (JSON text).
+  ``summary`` (JSON text); one made from the scanner's component norm (``.n``) also keeps the
+  components (``component_*``, :func:`petiq.recon.component_norm.component_norm_file`), from which
+  :func:`read_norm` adds the dead time of each acquisition's bucket singles.
 * randoms (``kind="randoms"``): ``singles`` (relative singles per crystal) and ``scale``; the
   randoms sinogram is ``scale · Σ_members s_a s_b`` (:func:`read_randoms` expands it; storing the
   singles instead of the sinogram keeps the file a few kB, not 290 MB at mMR size), ``n_delayeds``.
@@ -42,8 +44,10 @@ from petiq.scanner import Scanner
 __all__ = [
     "attenuation_file",
     "estimate_norm_file",
+    "norm_file",
     "randoms_file",
     "read_correction",
+    "read_norm",
     "read_randoms",
     "reconstruct_file",
     "scatter_file",
@@ -167,6 +171,50 @@ def estimate_norm_file(norm_scan_npz, out_npz, scanner, span: int) -> dict:
     return summary
 
 
+def norm_file(src, out_npz, scanner, span: int) -> dict:
+    """The ``norm`` step for any source: the scanner's component norm (``.n`` + ``.n.hdr`` or its
+    DICOM form: :func:`petiq.recon.component_norm.component_norm_file`, what real scanners and
+    petiq's simulated scanner both give) or a norm scan ``.npz`` (:func:`estimate_norm_file`, for
+    scanners without a component norm)."""
+    from petiq.recon.component_norm import component_norm_file, is_component_norm
+
+    if is_component_norm(src):
+        return component_norm_file(src, out_npz, _scanner(scanner), span)
+    return estimate_norm_file(src, out_npz, scanner, span)
+
+
+def read_norm(path, scanner, span: int, sino: dict | None = None, sinograms_path=None) -> tuple[np.ndarray, float, dict]:
+    """(norm sinogram, κ, info) of a norm file for one acquisition.
+
+    When the norm keeps the scanner's components and they have dead-time parameters (a real mMR
+    norm), the sinogram is assembled again with the dead time of the acquisition's mean bucket
+    singles (``sino``'s ``singles``/``singles_reports``, NiftyPET ``mmrhist`` ``buckets``), as NiftyPET's
+    ``norm.cu`` does for every frame; otherwise it is the file's ``norm``. ``info`` says which
+    (``dead_time``: False, or the mean and range of the crystals' dead-time factors)."""
+    from petiq.recon import component_norm as cnm
+
+    scanner = _scanner(scanner)
+    data = read_correction(path, "norm", scanner, span, ("norm", "calibration_factor"))
+    kappa = float(data["calibration_factor"])
+    components = cnm.components_from_npz(data, scanner)
+    if components is None or not cnm.has_dead_time(components) or sino is None:
+        return data["norm"], kappa, {"dead_time": False}
+    from petiq.sinograms import require_singles
+
+    singles, reports, _interval = require_singles(sino, sinograms_path, scanner.n_buckets)
+    buckets = cnm.mean_bucket_singles(singles, reports)
+    norm = cnm.norm_sinogram(components, scanner, span, buckets)
+    factor = cnm.dead_time_factor(components, scanner, buckets)
+    live = ~scanner.is_gap(np.arange(scanner.crystals_per_ring))
+    info = {"dead_time": True, "mean_bucket_singles_cps": float(np.mean(buckets)),
+            "crystal_dead_time_factor_mean": float(factor[:, live].mean()),
+            "crystal_dead_time_factor_range": [float(factor[:, live].min()), float(factor[:, live].max())]}
+    log.info("dead time from the bucket singles (mean %.4g cps): crystal factors %.4f (%.4f–%.4f)",
+             info["mean_bucket_singles_cps"], info["crystal_dead_time_factor_mean"],
+             *info["crystal_dead_time_factor_range"])
+    return norm, kappa, info
+
+
 def randoms_file(sinograms_npz, out_npz, scanner, span: int) -> dict:
     """Delayeds of a sinogram file → variance-reduced randoms file (singles from delayed fan sums)."""
     scanner = _scanner(scanner)
@@ -183,7 +231,8 @@ def randoms_file(sinograms_npz, out_npz, scanner, span: int) -> dict:
 
 
 def attenuation_file(mumap, out_npz, scanner, span: int, *, hardware_mumaps=(), listmode=None,
-                     bed_position_mm: float | None = None) -> dict:
+                     bed_position_mm: float | None = None, table_position_origin_mm=(0.0, 0.0, 0.0),
+                     gantry_table_home_offset_mm=(0.0, 0.0, 0.0)) -> dict:
     """μ-map (NIfTI cm⁻¹ any orientation, e7 Interfile ``.v``/``.v.hdr``, or DICOM series:
     :func:`petiq.recon.mumap.read_mumap`) [+ hardware μ-maps placed by the bed position] →
     attenuation factor file.
@@ -192,7 +241,8 @@ def attenuation_file(mumap, out_npz, scanner, span: int, *, hardware_mumaps=(), 
     simulated phantoms') is used as it is; any other is mapped by its affine onto the scanner's image
     grid (:func:`petiq.recon.mumap.to_scanner_frame`; linear, a truncated μ-map is an error). Hardware
     μ-maps (:func:`petiq.recon.mumap.hardware_mumap`) need ``bed_position_mm`` or a ``listmode`` whose
-    header holds ``start horizontal bed position (mm)``; they are added to the patient μ-map."""
+    header holds ``start horizontal bed position (mm)``, and the table offsets (x, y, z mm) go to it;
+    they are added to the patient μ-map."""
     from petiq import frame
     from petiq.recon import mumap as mm
 
@@ -209,18 +259,22 @@ def attenuation_file(mumap, out_npz, scanner, span: int, *, hardware_mumaps=(), 
                                   "pass the list-mode whose header holds the bed position (or bed_position_mm)")
     mu, affine, info = mm.read_mumap(mumap)
     voxel = corr.check_mumap(mu, affine, scanner, mumap)
-    if not (info["format"] == "nifti" and frame.is_scanner_grid(mu.shape, affine)):
+    on_centred_grid = info["format"] == "nifti" and frame.is_scanner_grid(mu.shape, affine)
+    if not on_centred_grid or (hardware_mumaps and tuple(mu.shape) != tuple(scanner.image_shape)):
+        # onto the scanner's image grid: any μ-map not on a centred grid (checked for truncation), and a
+        # centred grid of its own when hardware μ-maps (on the scanner's grid) are added to it
         voxel = tuple(float(v) for v in scanner.voxel_size_mm)
-        mu = mm.to_scanner_frame(mu, affine, scanner, mumap)
+        mu = (mm.to_scanner_frame(mu, affine, scanner, mumap) if not on_centred_grid else
+              frame.to_scanner_grid(mu, affine, scanner.image_shape, voxel, order=1, path=mumap, what="μ-map"))
+    hardware_info = []
     if hardware_mumaps:
-        if tuple(mu.shape) != tuple(scanner.image_shape):
-            voxel = tuple(float(v) for v in scanner.voxel_size_mm)
-            mu = frame.to_scanner_grid(mu, affine, scanner.image_shape, voxel, order=1, path=mumap, what="μ-map")
-        hw, _hw = mm.hardware_mumap(hardware_mumaps, scanner, bed_position_mm)
+        hw, hardware_info = mm.hardware_mumap(hardware_mumaps, scanner, bed_position_mm,
+                                              table_position_origin_mm=table_position_origin_mm,
+                                              gantry_table_home_offset_mm=gantry_table_home_offset_mm)
         mu = (mu + hw).astype(np.float32)
     att = corr.attenuation_factors(mu, voxel, scanner, span)
     source = {"mumap_format": info["format"], "hardware_mumaps": hardware_mumaps,
-              "bed_position_mm": bed_position_mm}
+              "bed_position_mm": bed_position_mm, "hardware": hardware_info}
     _save_npz(out_npz, {
         "kind": np.asarray("attenuation"), "scanner": np.asarray(scanner.name), "span": np.asarray(span),
         "attenuation": att, "mumap_shape": np.asarray(mu.shape), "mumap_voxel_mm": np.asarray(voxel),
@@ -237,7 +291,7 @@ def scatter_file(sinograms_npz, norm_npz, randoms_npz, attenuation_npz, out_npz,
     scanner = _scanner(scanner)
     span = scanner.check_span(int(span))
     sino = _read_sinograms_checked(sinograms_npz, scanner, span)
-    norm = read_correction(norm_npz, "norm", scanner, span, ("norm",))["norm"]
+    norm, _kappa, _dead_time = read_norm(norm_npz, scanner, span, sino, sinograms_npz)
     att = read_correction(attenuation_npz, "attenuation", scanner, span, ("attenuation",))["attenuation"]
     randoms = read_randoms(randoms_npz, scanner, span)
     est = corr.estimate_scatter(sino["prompts"], randoms, norm, att, scanner, span, **scatter_options)
@@ -258,7 +312,7 @@ ATTENUATION_METHOD = "measured μ-map (cm⁻¹), attenuation factors exp(-∫μ)
 
 
 def _sidecar(*, n_iterations, n_subsets, post_filter_fwhm_mm, backend, scanner, span, sino, kappa, quant,
-             scatter_fraction, image, metadata) -> dict:
+             dead_time, scatter_fraction, image, metadata) -> dict:
     own = {
         "Units": "kBq/mL",
         "ReconMethodName": "OP-OSEM",
@@ -270,6 +324,10 @@ def _sidecar(*, n_iterations, n_subsets, post_filter_fwhm_mm, backend, scanner, 
         "AttenuationCorrection": ATTENUATION_METHOD,
         "ScatterCorrectionMethod": SCATTER_METHOD,
         "RandomsCorrectionMethod": RANDOMS_METHOD,
+        "DeadTimeCorrection": (f"bucket singles (mean {dead_time['mean_bucket_singles_cps']:.4g} cps) through the "
+                               f"norm's ring dead-time parameters (NiftyPET norm.cu); mean crystal factor "
+                               f"{dead_time['crystal_dead_time_factor_mean']:.4f}") if dead_time.get("dead_time")
+                              else "none (the norm has no dead-time parameters)",
         **quant.sidecar(),
         "FrameTimesStart": [quant.frame_start_s],
         "FrameDuration": [float(sino["duration_s"])],
@@ -335,8 +393,7 @@ def reconstruct_file(
     if not sino["duration_s"] > 0:
         raise PetiqInputError(sinograms_npz, f"acquisition duration {sino['duration_s']} s",
                               "the list-mode needs time tags or an 'image duration (sec)' header key")
-    norm_data = read_correction(norm_npz, "norm", scanner, span, ("norm", "calibration_factor"))
-    kappa = float(norm_data["calibration_factor"])
+    norm, kappa, dead_time = read_norm(norm_npz, scanner, span, sino, sinograms_npz)
     att = read_correction(attenuation_npz, "attenuation", scanner, span, ("attenuation",))["attenuation"]
     randoms = read_randoms(randoms_npz, scanner, span)
     scat_data = read_correction(scatter_npz, "scatter", scanner, span, ("scatter",))
@@ -346,20 +403,20 @@ def reconstruct_file(
         raise PetiqInputError(None, f"metadata is not JSON serialisable ({error})", "pass plain numbers and strings") from None
     # e7's quantification (NiftyPET prj/mmrrec.py): κ per positron, × branching ratio, decay over the
     # frame; the image is the activity concentration at the scan start
-    quant = frame_quantification(sino, sino["duration_s"])
+    quant = frame_quantification(sino)
     log.info("quantification: κ %.6g, branching ratio %.4g, decay correction %.5f to the scan start%s", kappa,
              quant.branching_ratio, quant.decay_correction_factor,
              "" if quant.decay_corrected else " (the sinograms name no isotope: not decay corrected)")
     mult, add = system_model(scanner, span, duration_s=sino["duration_s"], calibration_factor=kappa * quant.count_scale,
-                             norm=norm_data.pop("norm"), attenuation=att, randoms=randoms,
+                             norm=norm, attenuation=att, randoms=randoms,
                              scatter=scat_data.pop("scatter"))
-    del att, randoms  # only prompts, mult and add stay in memory (3 x 290 MB at mMR size)
+    del att, randoms, norm  # only prompts, mult and add stay in memory (3 x 290 MB at mMR size)
     sino.pop("delayeds")
     image = osem(prompts, mult, add, scanner, span, n_iterations=n_iterations, n_subsets=n_subsets,
                  post_filter_fwhm_mm=post_filter_fwhm_mm, backend=backend_used, progress=progress)
     sidecar = _sidecar(n_iterations=n_iterations, n_subsets=n_subsets, post_filter_fwhm_mm=post_filter_fwhm_mm,
                        backend=backend_used, scanner=scanner, span=span, sino=sino, kappa=kappa, quant=quant,
-                       scatter_fraction=float(scat_data.get("scatter_fraction", np.nan)), image=image,
+                       dead_time=dead_time, scatter_fraction=float(scat_data.get("scatter_fraction", np.nan)), image=image,
                        metadata=metadata)
     peak = float(image.max())
     norm01 = (image / peak if peak > 0 else np.zeros_like(image)).astype(np.float32)
