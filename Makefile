@@ -14,7 +14,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,lint]'
 	touch $@
 
 install: $(BIN)/.installed
@@ -39,8 +39,12 @@ demo: install resources weights
 test: install resources weights
 	$(BIN)/python -m pytest
 
+# the checks CI runs before the tests (settings in pyproject.toml; .pre-commit-config.yaml runs the same)
 lint: install
-	$(BIN)/snakemake --lint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/snakemake --lint --configfile config/demo.yaml
 
 rulegraph: install
 	$(BIN)/snakemake --rulegraph --configfile config/demo.yaml | dot -Tpng > docs/rulegraph.png
