@@ -48,7 +48,7 @@ def test_dry_run_lists_cohort_jobs(preset):
 
     config = yaml.safe_load((ROOT / PRESETS[preset]).read_text())
     plan = plan_experiments(config)
-    assert counts["patches"] == len(sheet) * n_doses
+    assert counts["extract_patches"] == len(sheet) * n_doses
     assert counts["reader_truth"] == counts["phantom"]
     for stage in ("pretext", "transfer", "survey", "baseline"):
         assert counts.get(f"train_{stage}", 0) == len(plan.runs_of(stage)), stage
@@ -76,6 +76,28 @@ def test_figure_target_trains_only_its_runs():
     for rule in ("train_pretext", "train_baseline", "fig09_patients", "paper_comparison", "reading_sheets", "diagrams"):
         assert rule not in counts, rule
 
+
+STAGE_RULES = {  # stage target: rules it must plan, rules of later stages it must not
+    "cohort": ({"participants", "splits", "cohort_figure"}, {"histogram", "osem"}),
+    "listmode": ({"simulate", "thin", "histogram"}, {"osem", "extract_patches"}),
+    "recon": ({"osem", "fig01_dose_examples"}, {"extract_patches", "virtual_reader"}),
+    "scoring": ({"virtual_reader", "reader_calibration", "reading_sheets", "scoring_figures"}, {"extract_patches"}),
+    "patches": ({"extract_patches"}, {"virtual_reader", "train_transfer"}),
+    "training": ({"train_pretext", "train_transfer", "train_baseline"}, {"fig08_freeze_levels"}),
+    "figures": ({"fig08_freeze_levels", "fig04_backbones", "table2_pretext", "paper_comparison"}, {"reading_sheets"}),
+}
+
+
+@pytest.mark.parametrize("stage", STAGE_RULES)
+def test_every_stage_has_a_target_that_stops_at_that_stage(stage):
+    """`snakemake <stage>` plans that stage's rules (and what they need), and no later stage's."""
+    done = snakemake("-n", "--cores", "2", "--configfile", PRESETS["test"], "--forceall", stage)
+    assert done.returncode == 0, done.stderr
+    counts = _job_counts(done)
+    planned, later = STAGE_RULES[stage]
+    assert planned <= set(counts), planned - set(counts)
+    assert not later & set(counts), later & set(counts)
+    assert counts[stage] == 1
 
 def test_paper_preset_asks_a_gpu_for_every_training_job():
     """The paper's grid (~150 runs of 1000 epochs): every network-training job declares gpu=1."""

@@ -207,3 +207,9 @@ FIGURE_TARGETS = [
     f"{TABLES}/paper_comparison.tsv",
     *([f"{TABLES}/scored_images.tsv"] if config["score_images"] else []),
 ]
+
+
+rule figures:
+    """Every figure and table of the paper: ``snakemake figures``."""
+    input:
+        FIGURE_TARGETS,

@@ -2,7 +2,7 @@
 # and sagittal planes of every normalised reconstruction, background rejected at 1/8 of the mean.
 
 
-rule patches:
+rule extract_patches:
     """Random in-brain patches of one reconstruction, with the coordinates of every patch kept."""
     input:
         image=rules.osem.output.norm01,
@@ -31,3 +31,9 @@ rule patches:
         "{params.petiq} --log {log} patches {input.image} --npy {output.npy} --tsv {output.tsv} --size {params.size}"
         " --candidates {params.candidates} --per-plane {params.per_plane} --threshold {params.threshold}"
         " --dtype {params.dtype} --seed {params.seed}"
+
+
+rule patches:
+    """Every patch table of every patient and dose: the patch stage (``snakemake patches``)."""
+    input:
+        ALL_PATCHES,

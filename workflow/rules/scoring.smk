@@ -157,3 +157,9 @@ SCORING_TARGETS = [
     rules.reader_calibration.output.tsv,
     *rules.reading_sheets.output.pdfs,
 ]
+
+
+rule scoring:
+    """The reading sheets, the virtual reader's calibration and the scoring figures: ``snakemake scoring``."""
+    input:
+        SCORING_TARGETS,

@@ -44,3 +44,14 @@ for _stage in ("pretext", "transfer", "survey", "baseline"):
             **training_params(_stage),
         script:
             "../scripts/train.py"
+
+
+rule training:
+    """Every repeat of every planned model (pretext, transfer, survey, baseline): ``snakemake training``."""
+    input:
+        [
+            run_files(run, name)
+            for stage in ("pretext", "transfer", "survey", "baseline")
+            for run in PLAN.runs_of(stage)
+            for name in RUN_FILES
+        ],
