@@ -409,3 +409,19 @@ def test_recon_places_the_hardware_by_the_dicom_table_offsets(acq, site_mumaps, 
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "umap_csa" in err and "--table-position-origin-mm" in err, err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_span_stored_as_a_one_element_array_is_read_and_two_spans_are_refused(acq, tmp_path):
+    """Other writers save scalars as arrays of one element; a file with several spans is an input error."""
+    sc = Scanner.tiny()
+    norm = tmp_path / "norm.npz"
+    pl.estimate_norm_file(acq["norm_scan"], norm, sc, SPAN)
+    members = dict(np.load(norm))
+    for stored, ok in (([SPAN], True), ([SPAN, SPAN], False), ([11.5], False)):
+        path = tmp_path / f"norm-{len(stored)}-{stored[0]}.npz"
+        np.savez(path, **{**members, "span": np.asarray(stored)})
+        if ok:
+            assert pl.read_correction(path, "norm", sc, SPAN, ("norm",))["norm"].shape == members["norm"].shape
+        else:
+            with pytest.raises(PetiqInputError, match=r"stores span .* not one whole number"):
+                pl.read_correction(path, "norm", sc, SPAN, ("norm",))

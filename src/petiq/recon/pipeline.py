@@ -80,8 +80,17 @@ def _check_scanner_span(path, data: dict, scanner: Scanner, span: int, what: str
     if got_scanner != scanner.name:
         raise PetiqInputError(path, f"{what} is for scanner {got_scanner or '(unknown)'!r}, this reconstruction uses "
                                     f"{scanner.name!r}", fix)
-    if "span" in data and int(data["span"]) != span:
-        raise PetiqInputError(path, f"{what} has span {int(data['span'])}, this reconstruction uses span {span}", fix)
+    if "span" in data and _stored_span(path, data["span"], what, fix) != span:
+        raise PetiqInputError(path, f"{what} has span {_stored_span(path, data['span'], what, fix)}, this "
+                                    f"reconstruction uses span {span}", fix)
+
+
+def _stored_span(path, value, what: str, fix: str) -> int:
+    """The span a file stores: one whole number (0-d, or an array of one element as other writers save it)."""
+    stored = np.asarray(value)
+    if stored.size != 1 or stored.dtype.kind not in "iuf" or not float(stored.ravel()[0]).is_integer():
+        raise PetiqInputError(path, f"{what} stores span {stored.tolist()!r}, not one whole number", fix)
+    return int(stored.ravel()[0])
 
 
 def read_correction(path, kind: str, scanner, span: int, keys: tuple[str, ...] = ()) -> dict:
