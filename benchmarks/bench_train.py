@@ -168,8 +168,8 @@ def main(argv: list[str] | None = None) -> None:
         p = statistics.median(p_rates) if p_rates else float("nan")
         e = statistics.median(e_rates)
         rows.append((k, p, e, engine.config, engine.cache_s_per_patch))
-        print(f"  level {k}: plain {p:.1f}/s {['%.1f' % v for v in p_rates]}, engine {e:.1f}/s "
-              f"{['%.1f' % v for v in e_rates]}", flush=True)
+        print(f"  level {k}: plain {p:.1f}/s {[f'{v:.1f}' for v in p_rates]}, engine {e:.1f}/s "
+              f"{[f'{v:.1f}' for v in e_rates]}", flush=True)
         del plain, engine
     print(f"\n{args.patch}×{args.patch} VGG16, batch {args.batch}, random weights; median of {args.rounds} rounds × "
           f"{args.steps} steps; {time.perf_counter() - t_all:.0f} s in all\n")

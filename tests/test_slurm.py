@@ -106,7 +106,7 @@ def slurm(tmp_path_factory):
             if values.get("STARTED") == "1":  # only what this test started
                 stop = runs.run(["bash", str(CLUSTER), "stop"], timeout=120)
                 if stop.returncode != 0:
-                    warnings.warn(f"tests/slurm/cluster.sh stop failed:\n{stop.tail()}")
+                    warnings.warn(f"tests/slurm/cluster.sh stop failed:\n{stop.tail()}", stacklevel=2)
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +228,7 @@ def test_gpu_rules_were_granted_a_gpu(slurm, slurm_run):
     if not gpu_jobs:
         rules = sorted({j.rule for j in runs.parse_jobs(done.output)})
         warnings.warn(f"no rule of this run declares gpu>0 (rules: {', '.join(rules)}); only "
-                      "test_slurm_grants_fake_gpus shows that SLURM grants GPUs here")
+                      "test_slurm_grants_fake_gpus shows that SLURM grants GPUs here", stacklevel=2)
         return
     for job in gpu_jobs:
         record = slurm.job(submitted[job.jobid][0])

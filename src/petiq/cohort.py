@@ -290,7 +290,7 @@ def synthesize_patient(
         "t1w": (phantom.t1, "arbitrary", "T1-weighted-looking MR image"),
         "brainmask": (phantom.brain_mask, "", "brain mask (1 = brain)"),
     }
-    for key, (array, unit, description) in images.items():
+    for key, (array, _unit, description) in images.items():
         img = nib.Nifti1Image(array, phantom.affine)
         img.header.set_xyzt_units("mm")
         img.header["descrip"] = description.encode()[:79]

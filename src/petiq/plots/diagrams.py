@@ -254,7 +254,7 @@ def plot_fig05_vgg16(blocks, freeze_levels: int | Sequence[int], path: str | Pat
         grid = fig.add_axes((0.12, 0.04, 0.66, 0.34))
         names = [b["name"] for b in description["blocks"]] + ["FC head"]
         for r, k in enumerate(levels):
-            for c, name in enumerate(names):
+            for c in range(len(names)):
                 trained = True if c == N_BLOCKS else masks[k][c]
                 grid.add_patch(plt.Rectangle((c, len(levels) - 1 - r), 0.96, 0.9, facecolor=TRAINED if trained else FROZEN,
                                              edgecolor="black", linewidth=0.6))
