@@ -120,7 +120,7 @@ def _task(card: Mapping) -> str:
     if targets == ["dose_per_kg"]:
         return ("pretext regression of the dose per kg from 2-D patches of brain FDG PET reconstructions "
                 "(the paper's pretext task)")
-    return (f"regression of clinicians' image-quality scores ({', '.join(targets)}; 0-3) from 2-D patches of brain "
+    return (f"regression of clinical image-quality scores ({', '.join(targets)}; 0-3) from 2-D patches of brain "
             "FDG PET reconstructions; an image's score is the mean over its patches")
 
 
