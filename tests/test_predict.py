@@ -101,8 +101,9 @@ def trained_run(tmp_path_factory):
     return train_small_run(tmp_path_factory.mktemp("run") / "b_imagenet_last2")
 
 
-def train_small_run(root):
-    """A VGG16 run on 32 px patches (head only, one epoch) trained by the real engine, with the card's patch settings."""
+def train_small_run(root, extra_card=None):
+    """A VGG16 run on 32 px patches (head only, one epoch) trained by the real engine, with the card's patch settings
+    (and ``extra_card``'s keys)."""
     from petiq.patches import extract_patches
     from petiq.train import PatchSet, TrainSpec, train_repeats
 
@@ -116,7 +117,7 @@ def train_small_run(root):
     spec = TrainSpec(backbone="vgg16", init="random", freeze_level=0, epochs=1, device="cpu", precision="fp32")
     train = PatchSet.concat([patch_set(1, (2.5, 2.0, 2.0)), patch_set(2, (1.0, 1.5, 1.0))])
     train_repeats(spec, train, patch_set(3, (2.0, 2.0, 1.5)), {"test": patch_set(4, (3.0, 2.5, 2.5))}, seeds=[7],
-                  out_dirs=[root / "rep-0"], extra_card={"patch": PATCH}, progress=False)
+                  out_dirs=[root / "rep-0"], extra_card={"patch": PATCH, **(extra_card or {})}, progress=False)
     return root
 
 

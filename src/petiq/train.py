@@ -53,6 +53,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from . import __version__
+from .card import METADATA_KEYS, card_metadata, validate_card
 from .errors import PetiqInputError
 from .fileio import atomic_path, write_json, write_tsv
 from .models import (
@@ -83,7 +84,7 @@ CARD_KEYS = frozenset({
     "kind", "backbone", "patch_size", "targets", "n_outputs", "head", "head_note", "init", "weights_origin",
     "preprocessing", "freeze_level", "trained_blocks", "blocks", "n_params", "training", "seed", "repeat", "data",
     "engine", "epochs_run", "best_epoch", "best_val_loss", "final_train_loss", "resumed_from_epoch",
-    "training_seconds", "versions", "metrics", "model", "input"})
+    "training_seconds", "versions", "metrics", "model", "input"}) | METADATA_KEYS
 DEVICES = ("auto", "cpu", "cuda")
 ADAM_BETAS = (0.9, 0.999)
 
@@ -772,9 +773,13 @@ def _check_extra_card(extra: Mapping | None) -> None:
         raise ValueError(f"extra_card may not replace the engine's keys {clash}")
 
 
-def _merge_card(card: dict, extra: Mapping | None) -> dict:
+def _merge_card(card: dict, extra: Mapping | None, out_dir: Path) -> dict:
+    """The engine's provenance, the caller's keys, then the descriptive keys derived from both (schema-checked)."""
     assert set(card) <= CARD_KEYS, sorted(set(card) - CARD_KEYS)
-    return {**card, **dict(extra or {})}
+    card = {**card, **dict(extra or {})}
+    card = {**card_metadata(card, out_dir), **card}
+    validate_card(card, out_dir / "card.json")
+    return card
 
 
 def _write_curve(out_dir: Path, curve: list[dict], best_epoch: int, title: str) -> pd.DataFrame:
@@ -965,12 +970,12 @@ def _finish_run(out_dir: Path, rep: _Repeat, title: str, sets: Mapping[str, Patc
         metrics[name] = _metrics(patches, images, ps.target_names)
     write_tsv(out_dir / "predictions_patches.tsv", pd.concat(patch_tables, ignore_index=True))
     write_tsv(out_dir / "predictions_images.tsv", pd.concat(image_tables, ignore_index=True))
-    _save_checkpoint(out_dir / "model.pt", checkpoint)
     card = _merge_card({**card, "epochs_run": int(curve["epoch"].max()), "best_epoch": int(rep.best["epoch"]),
                         "best_val_loss": float(rep.best["val_loss"]),
                         "final_train_loss": float(curve["train_loss"].iloc[-1]),
                         "resumed_from_epoch": rep.resumed_from, "training_seconds": float(curve["seconds"].iloc[-1]),
-                        "versions": _versions(), "metrics": metrics}, extra_card)
+                        "versions": _versions(), "metrics": metrics}, extra_card, out_dir)
+    _save_checkpoint(out_dir / "model.pt", checkpoint)  # after the card passed its schema
     write_json(out_dir / "card.json", card)
     return card
 

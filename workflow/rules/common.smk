@@ -278,6 +278,8 @@ def training_params(stage):
         "doses": config["doses"],
         "seed": config["seed"],
         "label_rater": None if stage == "pretext" else config["scoring"]["label_rater"],
+        # real clinicians' ratings file, or None for the virtual reader (recorded in the model card)
+        "ratings": None if stage == "pretext" else config["scoring"]["ratings"],
     }
 
 

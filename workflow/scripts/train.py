@@ -24,8 +24,9 @@ run = Run(**p.run)
 stage = p.stage
 patches_dir = Path(i.patches[0]).parents[1]  # results/patches
 ratings = None if stage == "pretext" else pd.read_csv(i.ratings, sep="\t", dtype={"rater": str})
+participants = read_participants(i.participants)
 tables = run_tables(
-    run, splits=pd.read_csv(i.splits, sep="\t", dtype=str), participants=read_participants(i.participants),
+    run, splits=pd.read_csv(i.splits, sep="\t", dtype=str), participants=participants,
     ratings=ratings, doses=p.doses, label_rater=p.label_rater, seed=p.seed,
     patch_paths=partial(patch_paths, patches_dir),
 )
@@ -63,6 +64,18 @@ patch = dict(p.patches, voxel_size_mm=[float(z) for z in zooms])
 card = {"run": run.as_dict(), "experiment_stage": stage, "patch": patch,
         "images": {role: table[["participant_id", "dose"]].to_dict("records") for role, table in tables.items()},
         "label_rater": p.label_rater}
+# where the images and labels came from: the model card's intended use and data source are derived from this
+if "source" in participants.columns:
+    source_of = dict(zip(participants["participant_id"].astype(str), participants["source"].astype(str)))
+    used = sorted({str(pid) for table in tables.values() for pid in table["participant_id"]})
+    images = {}
+    for pid in used:
+        images.setdefault(source_of[pid], []).append(pid)
+    card["sources"] = {"images": images,
+                       "labels": "dose_per_kg" if stage == "pretext" else "virtual_reader" if p.ratings is None else "clinicians",
+                       "ratings_file": None if stage == "pretext" else p.ratings, "label_rater": p.label_rater}
+else:
+    log.warning("%s has no source column: the model card cannot say whether the data are real or synthetic", i.participants)
 evaluate = [] if stage == "pretext" else ["test"]  # Table II judges the pretext validation patient
 if stage == "baseline":
     train_dose_baseline(spec, tables["train"], tables["val"], {k: tables[k] for k in evaluate}, seeds, out_dirs,
