@@ -7,6 +7,27 @@ from pathlib import Path
 import numpy as np
 
 
+def bids_validator_errors(root: Path) -> list[dict]:
+    """The errors the official BIDS validator (``bids-validator-deno``, the ``test`` extra) reports for
+    the dataset at ``root`` and its derivatives (``-r``); skips the test when it is not installed."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    import pytest
+
+    exe = shutil.which("bids-validator-deno") or shutil.which("bids-validator-deno", path=str(Path(sys.executable).parent))
+    if exe is None:
+        pytest.skip("bids-validator-deno is not installed (pip install -e '.[test]' installs it)")
+    done = subprocess.run([exe, "-r", "--format", "json", str(root)], capture_output=True, text=True, timeout=600, check=False)
+    try:
+        report = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        raise AssertionError(f"bids-validator-deno {root}: no JSON report (exit {done.returncode}): {done.stderr[-2000:]}") from None
+    return [issue for issue in report["issues"]["issues"] if issue["severity"] == "error"]
+
+
 def write_sheet(path: Path, header: list[str], rows: list[list[str]]) -> Path:
     path.write_text("\t".join(header) + "\n" + "".join("\t".join(r) + "\n" for r in rows))
     return path

@@ -54,7 +54,7 @@ def _synthetic_sheet(site, config):
 
 def _folder_of_one_image(site, config):
     (site / "to-score").mkdir(exist_ok=True)
-    shutil.copy(site / "results/recon/sub-01/sub-01_dose-100.0_pet.nii.gz", site / "to-score/a.nii.gz")
+    shutil.copy(site / "results/bids/sub-01/pet/sub-01_rec-dose100p0_pet.nii.gz", site / "to-score/a.nii.gz")
     return "to-score"
 
 

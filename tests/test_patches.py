@@ -134,7 +134,7 @@ def test_bad_arguments_are_refused_before_work(volume, change, words):
 
 
 def test_files_round_trip_and_mismatches(volume, tmp_path):
-    img = tmp_path / "sub-01_dose-010.0_desc-norm01_pet.nii.gz"
+    img = tmp_path / "sub-01_rec-dose010p0_desc-norm01_pet.nii.gz"
     nib.save(nib.Nifti1Image(volume, np.diag([2.0, 2.0, 2.0, 1.0])), img)
     npy, tsv = tmp_path / "out" / "p.npy", tmp_path / "out" / "p.tsv"
     summary = extract_patches_file(img, npy, tsv, **ARGS, dtype="float16")

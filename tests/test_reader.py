@@ -118,15 +118,23 @@ def test_measures_follow_noise_resolution_and_pattern(truths):
 
 def test_measure_image_reads_the_sidecar(tmp_path, truths):
     affine = grid_affine(REF_SHAPE, REF_VOXEL)
-    pet = tmp_path / "sub-01_dose-025.0_pet.nii.gz"
-    nib.save(nib.Nifti1Image(toy_recon("FTD", 1.0, 25.0), affine), pet)
-    (tmp_path / "sub-01_dose-025.0_pet.json").write_text(json.dumps(
+    from petiq import bids
+
+    root = tmp_path / "bids"
+    pet = bids.recon_image_path(root, "sub-01", 25)
+    pet.parent.mkdir(parents=True)
+    image = toy_recon("FTD", 1.0, 25.0)
+    nib.save(nib.Nifti1Image(image, affine), pet)
+    bids.recon_sidecar_path(root, "sub-01", 25).write_text(json.dumps(
         {"participant_id": "sub-01", "DoseFractionPercent": 25.0, "InjectedRadioactivity": 50.0, "BodyWeight": 80.0}))
+    norm01 = bids.norm01_path(root, "sub-01", 25)  # in the derivatives: its sidecar is the reconstruction's
+    norm01.parent.mkdir(parents=True)
+    nib.save(nib.Nifti1Image(image / image.max(), affine), norm01)
     np.savez(tmp_path / "truth.npz", **truths["FTD"])
-    frame = reader.measure_images([pet], [tmp_path / "truth.npz"], progress=False)
-    row = frame.iloc[0]
-    assert (row["participant_id"], row["dose"], row["diagnosis"]) == ("sub-01", 25.0, "FTD")
-    assert row["dose_per_kg"] == pytest.approx(50.0 / 80.0)
+    frame = reader.measure_images([pet, norm01], [tmp_path / "truth.npz"] * 2, progress=False)
+    for _, row in frame.iterrows():
+        assert (row["participant_id"], row["dose"], row["diagnosis"]) == ("sub-01", 25.0, "FTD")
+        assert row["dose_per_kg"] == pytest.approx(50.0 / 80.0)
     wrong = tmp_path / "wrong_pet.nii.gz"
     nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.float32), affine), wrong)
     with pytest.raises(PetiqInputError, match="wrong_pet.nii.gz: the image has shape"):

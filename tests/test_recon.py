@@ -11,6 +11,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from helpers import bids_validator_errors
 
 from petiq.errors import PetiqInputError
 from petiq.phantom import grid_affine
@@ -529,7 +530,10 @@ def test_reconstruct_file_outputs_and_sidecar(files, case, tmp_path):
     assert on_disk["ReconMethodParameterValues"] == [4, 6]
     assert on_disk["ReconFilterType"] == "none" and on_disk["ReconFilterSize"] == 0
     assert on_disk["Units"] == "kBq/mL" and on_disk["ImageDecayCorrected"] is False
-    assert "DecayCorrectionFactor" not in on_disk and "ImageDecayCorrectionTime" not in on_disk
+    assert "DecayCorrectionFactor" not in on_disk
+    assert on_disk["ImageDecayCorrectionTime"] == 0.0  # BIDS requires it: the scan start
+    assert on_disk["ScanStart"] == 0.0 and on_disk["AcquisitionMode"] == "list mode"
+    assert "InjectionStart" not in on_disk  # these sinograms name no injection time
     assert "μ-map" in on_disk["AttenuationCorrection"]
     assert "SSS" in on_disk["ScatterCorrectionMethod"] or "single scatter" in on_disk["ScatterCorrectionMethod"]
     assert on_disk["RandomsCorrectionMethod"].startswith("DLYD")
@@ -640,3 +644,41 @@ def test_listmode_chain_is_quantitative(tmp_path):
     assert sidecar["ImageDecayCorrected"] is True and sidecar["ImageDecayCorrectionTime"] == 0
     assert sidecar["DecayCorrectionFactor"] == [pytest.approx(lam_d / -math.expm1(-lam_d))]
     assert sidecar["BranchingRatio"] == pytest.approx(0.967) and sidecar["TracerRadionuclide"] == "F18"
+
+
+def test_reconstructions_form_a_valid_bids_dataset(files, tmp_path):
+    """petiq's own writers (dataset files, paths, sidecar keys) give a dataset the official BIDS
+    validator accepts with no error, for a real reconstruction from sinograms that name the isotope
+    and the injection time as a list-mode header does."""
+    import pandas as pd
+
+    from petiq import bids
+    from petiq.sinograms import read_sinograms, write_sinograms
+
+    sino = read_sinograms(files["sino"])
+    sino.update(isotope="F-18", half_life_s=6586.2, branching_ratio=0.9673, frame_start_s=0.0,
+                injection_start_s=-2400.0)
+    write_sinograms(tmp_path / "sino.npz", sino, sino["scanner"])
+    root = tmp_path / "bids"
+    participants = pd.DataFrame([
+        {"participant_id": "sub-01", "source": "synthetic", "diagnosis": "AD", "severity": 0.6, "age": 71.0, "sex": "F",
+         "weight_kg": 70.0, "injected_mbq": 200.0, "uptake_min": 40.0, "dose_per_kg": 2.8571},
+        {"participant_id": "sub-R1", "source": "real", "diagnosis": "unknown", "severity": np.nan, "age": np.nan,
+         "sex": "", "weight_kg": 80.0, "injected_mbq": 190.0, "uptake_min": np.nan, "dose_per_kg": 2.375}])
+    bids.write_dataset_files(root, participants)
+    row = participants.iloc[0].to_dict()
+    for dose in (5, 100):
+        metadata = bids.pet_metadata(row, dose, "tiny")
+        sidecar, _ = _recon_files(files, tmp_path, sino=tmp_path / "sino.npz", metadata=metadata)
+        for src, dst in zip(("img.nii.gz", "img.json", "img_norm01.nii.gz"),
+                            (bids.recon_image_path(root, "sub-01", dose), bids.recon_sidecar_path(root, "sub-01", dose),
+                             bids.norm01_path(root, "sub-01", dose))):
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / src).replace(dst)
+    assert sidecar["InjectionStart"] == -2400.0 and sidecar["TracerRadionuclide"] == "F18"
+    assert sidecar["InjectedRadioactivity"] == 200.0 and sidecar["ImageDecayCorrected"] is True
+    assert bids.pet_metadata(participants.iloc[1].to_dict(), 5, "mmr")["Manufacturer"] == "Siemens"
+    assert "InjectionStart" not in bids.pet_metadata(participants.iloc[1].to_dict(), 5, "mmr")
+    table = pd.read_csv(root / "participants.tsv", sep="\t", dtype=str, keep_default_na=False)
+    assert table.loc[1, "age"] == "n/a" and table.loc[1, "sex"] == "n/a"
+    assert bids_validator_errors(root) == []

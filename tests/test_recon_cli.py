@@ -166,7 +166,7 @@ def test_bad_inputs_exit_2_with_one_line(acq, tmp_path, capsys, monkeypatch):
 
 
 def test_norm01_names():
-    assert chain.norm01_path("a/sub-01_dose-010.0_pet.nii.gz") == Path("a/sub-01_dose-010.0_desc-norm01_pet.nii.gz")
+    assert chain.norm01_path("a/sub-01_rec-dose010p0_pet.nii.gz") == Path("a/sub-01_rec-dose010p0_desc-norm01_pet.nii.gz")
     assert chain.norm01_path("img.nii.gz") == Path("img_desc-norm01.nii.gz")
 
 

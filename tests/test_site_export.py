@@ -119,7 +119,7 @@ def test_the_workflow_reconstructs_the_export_named_in_the_patient_sheet(export,
     config["cohort"]["anatomy_dir"] = str(ROOT / "resources/anatomy")
     config["training"]["weights_dir"] = str(ROOT / "resources/weights")
     (site / "config/config.yaml").write_text(yaml.safe_dump(config))
-    target = "results/recon/sub-R1/sub-R1_dose-100.0_pet.nii.gz"
+    target = "results/bids/sub-R1/pet/sub-R1_rec-dose100p0_pet.nii.gz"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
     done = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--snakefile", str(ROOT / "Snakefile"),
                            "--directory", str(site), target], cwd=site, capture_output=True, text=True, timeout=900,

@@ -12,10 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from helpers import write_sheet
+from helpers import bids_validator_errors, write_sheet
 from scipy import ndimage
 
 from conftest import ANATOMY_DIR, ROOT
+
+from petiq.bids import norm01_path, recon_image_path
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 PRESETS = {"paper": "config/config.yaml", "demo": "config/demo.yaml", "test": "tests/config/config.yaml"}
@@ -222,14 +224,16 @@ def test_cohort_figure_target_runs_only_what_it_needs(tmp_path):
     for pid in participants["participant_id"]:
         means = {}
         for dose in ("001.0", "010.0", "100.0"):
-            image = tmp_path / f"results/recon/{pid}/{pid}_dose-{dose}_pet.nii.gz"
+            image = recon_image_path(tmp_path / "results/bids", pid, float(dose))
             means[dose] = float(np.asarray(nib.load(image).dataobj).mean())
             sidecar = json.loads(image.with_name(image.name.replace(".nii.gz", ".json")).read_text())
             assert sidecar["ReconMethodParameterValues"] == [2, 21] and sidecar["DoseFractionPercent"] == float(dose)
-            norm01 = np.asarray(nib.load(tmp_path / f"results/recon/{pid}/{pid}_dose-{dose}_desc-norm01_pet.nii.gz").dataobj)
+            norm01 = np.asarray(nib.load(norm01_path(tmp_path / "results/bids", pid, float(dose))).dataobj)
             assert norm01.min() >= 0 and norm01.max() == pytest.approx(1.0)
         assert means["010.0"] == pytest.approx(0.1 * means["100.0"], rel=0.15)
-    real = np.asarray(nib.load(tmp_path / f"results/recon/{REAL_ID}/{REAL_ID}_dose-100.0_pet.nii.gz").dataobj)
+    real = np.asarray(nib.load(recon_image_path(tmp_path / "results/bids", REAL_ID, 100)).dataobj)
+    # the reconstructions and their 0-1 derivatives are a BIDS dataset the official validator accepts
+    assert bids_validator_errors(tmp_path / "results/bids") == []
     truth = np.asarray(nib.load(tmp_path / "real-truth.nii.gz").dataobj)
     inner = ndimage.binary_erosion(truth > 0, iterations=4)  # the ball well inside its edge
     assert float(real[inner].mean()) == pytest.approx(REAL_ACTIVITY, rel=0.05)
@@ -345,7 +349,7 @@ def _check_scores_training_and_figures(tmp_path, participants, splits):
         assert len(pd.read_csv(results / f"tables/{name}.tsv", sep="\t")) > 0, name
     # a reconstruction no score model has seen (a pretext patient), scored by pipeline (b)'s model
     outsider = splits.loc[splits["role"] == "pretext_train", "participant_id"].iloc[0]
-    image = results / f"recon/{outsider}/{outsider}_dose-100.0_pet.nii.gz"
+    image = recon_image_path(results / "bids", outsider, 100)
     model = results / f"models/transfer/{plan.arms['fig10'][2].run}"
     done = subprocess.run([str(Path(sys.executable).parent / "petiq"), "predict", "--model", str(model), str(image), "--tsv",
                            str(tmp_path / "scored.tsv")], capture_output=True, text=True, cwd=tmp_path)

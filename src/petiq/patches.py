@@ -222,7 +222,7 @@ def load_volume(path: str | Path) -> nib.Nifti1Image:
     """Open a 3-D NIfTI image (a 4-D image with one frame is accepted), or explain what is wrong."""
     path = Path(path)
     if not path.is_file():
-        raise PetiqInputError(path, "the image does not exist", "reconstruct it first (results/recon/...) or fix the path")
+        raise PetiqInputError(path, "the image does not exist", "reconstruct it first (results/bids/derivatives/petiq/...) or fix the path")
     try:
         img = nib.load(path)
     except Exception as error:  # nibabel raises several types for bad files

@@ -356,19 +356,19 @@ def measure_array(image: np.ndarray, truth: Mapping[str, np.ndarray], *, reader_
 
 
 def _pet_sidecar(pet_path: Path) -> dict:
-    name = pet_path.name
-    for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-    name = name.replace("_desc-norm01_pet", "_pet")
-    side = pet_path.with_name(name + ".json")
-    return json.loads(side.read_text()) if side.is_file() else {}
+    """The reconstruction's sidecar of an image: beside it, or for a 0–1 image of petiq's BIDS
+    derivatives, its reconstruction's in the raw dataset (:func:`petiq.bids.recon_sidecar_of`)."""
+    from .bids import recon_sidecar_of
+
+    side = recon_sidecar_of(pet_path)
+    return json.loads(side.read_text()) if side is not None and side.is_file() else {}
 
 
 def measure_image(pet_path: str | Path, truth_npz: str | Path | Mapping[str, np.ndarray], *, reader_fwhm_mm: float = READER_FWHM_MM) -> dict:
     """Measures of one reconstruction (kBq/mL or 0–1) with its patient, dose and dose per kg.
 
-    Patient and dose come from the image's JSON sidecar when it lies beside it (``..._pet.json``).
+    Patient and dose come from the image's JSON sidecar when it lies beside it (``..._pet.json``), or, for a
+    0–1 image in petiq's BIDS derivatives, from its reconstruction's sidecar in the raw dataset.
     """
     pet_path = Path(pet_path)
     if not pet_path.is_file():

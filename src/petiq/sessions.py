@@ -354,12 +354,15 @@ def blank_form(plan: pd.DataFrame, session: int) -> pd.DataFrame:
 
 
 def norm01_path(recon_dir: str | Path, participant_id: str, dose: float) -> Path:
-    """The 0–1 scaled reconstruction that readers see.
+    """The 0–1 scaled reconstruction that readers see (:func:`petiq.bids.norm01_path`: the
+    derivatives of the BIDS dataset at ``recon_dir``).
 
-    >>> norm01_path("results/recon", "sub-01", 5).as_posix()
-    'results/recon/sub-01/sub-01_dose-005.0_desc-norm01_pet.nii.gz'
+    >>> norm01_path("results/bids", "sub-01", 5).as_posix()
+    'results/bids/derivatives/petiq/sub-01/pet/sub-01_rec-dose005p0_desc-norm01_pet.nii.gz'
     """
-    return Path(recon_dir) / participant_id / f"{participant_id}_dose-{dose_label(dose)}_desc-norm01_pet.nii.gz"
+    from .bids import norm01_path as bids_norm01_path
+
+    return bids_norm01_path(recon_dir, participant_id, dose)
 
 
 def session_dir(out_dir: str | Path, session: int) -> Path:
@@ -376,7 +379,7 @@ def write_session_materials(
     """Write, per session, the reading sheets (PNG per image, one PDF) and the blank form; return the session folders.
 
     ``image_path(participant_id, dose)`` gives the image to show (e.g. :func:`norm01_path` bound to
-    ``results/recon``). Every image is checked to exist before anything is written. The key is not
+    ``results/bids``). Every image is checked to exist before anything is written. The key is not
     written here (see :func:`write_plan`): the session folders hold nothing but blinded ids.
     """
     from .plots.sheets import write_session_sheets

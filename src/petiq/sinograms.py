@@ -18,6 +18,9 @@ Decay (:data:`DECAY_KEYS`, from the list-mode header through :func:`petiq.decay.
 decay-corrects to the scan start and divides by the branching ratio with them; a file without them
 (a header naming no isotope, or a file written before petiq kept them) gives an image that is not
 decay corrected, and its sidecar says so.
+
+Injection (optional, :data:`INJECTION_KEY`): ``injection_start_s``, the header's ``relative time of
+tracer injection (sec)`` (seconds from the scan start, negative before it) when the header gives it.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ SINGLES_KEYS = ("singles", "singles_reports", "singles_interval_s")
 TAG_COUNT_KEYS = ("n_time_tags", "n_singles_tags", "n_singles_skipped", "n_gantry_tags", "n_gating_tags", "n_control_tags")
 TAG_KEYS = SINGLES_KEYS + TAG_COUNT_KEYS
 DECAY_KEYS = ("isotope", "half_life_s", "branching_ratio", "frame_start_s")
+INJECTION_KEY = "injection_start_s"
 _FIX = "histogram the list-mode again with `petiq histogram`"
 
 
@@ -56,6 +60,9 @@ def write_sinograms(path: str | Path, histogram, scanner_name: str) -> None:
         raise ValueError(f"{path}: the histogram has {present} but not {missing}; give all tag keys or none")
     arrays.update({key: np.asarray(histogram[key]) for key in present})
     arrays.update({key: np.asarray(value) for key, value in decay_values(histogram).items()})
+    injection = injection_start(histogram)
+    if injection is not None:
+        arrays[INJECTION_KEY] = np.asarray(injection)
     write_npz(path, scanner=np.asarray(scanner_name), **arrays)
 
 
@@ -81,6 +88,22 @@ def decay_values(histogram) -> dict:
             "branching_ratio": isotope.branching_ratio, "frame_start_s": start}
 
 
+def injection_start(histogram) -> float | None:
+    """The injection time in s from the scan start: given directly, or from the list-mode ``header``'s
+    ``relative time of tracer injection (sec)``; None when neither gives a number."""
+    if _has(histogram, INJECTION_KEY):
+        return float(histogram[INJECTION_KEY])
+    if not _has(histogram, "header"):
+        return None
+    from .listmode.header import header_value
+
+    try:
+        value = float(header_value(histogram["header"], "relative time of tracer injection (sec)"))
+    except (TypeError, ValueError):
+        return None
+    return value if np.isfinite(value) else None
+
+
 def read_sinograms(path: str | Path) -> dict:
     """Read a sinogram file; the :data:`TAG_KEYS` are in the dict only if the file has them."""
     path = Path(path)
@@ -100,6 +123,8 @@ def read_sinograms(path: str | Path) -> dict:
         out["isotope"] = str(out["isotope"])
         for key in ("half_life_s", "branching_ratio", "frame_start_s"):
             out[key] = float(out[key])
+    if INJECTION_KEY in out:
+        out[INJECTION_KEY] = float(out[INJECTION_KEY])
     tags = [k for k in TAG_KEYS if k in out]
     if tags:
         if len(tags) != len(TAG_KEYS):

@@ -36,14 +36,14 @@ def targets() -> list[str]:
         return []
     import pandas as pd
 
-    from petiq.doses import dose_label
+    from petiq.bids import recon_image_path
 
     config = yaml.safe_load(PRESET.read_text())
     sheet = pd.read_csv(SHEET, sep="\t", dtype=str)
     subject = sheet.loc[sheet["source"] == "synthetic", "participant_id"].iloc[0]
     doses = sorted({min(config["doses"]), 100})
     return ["results/figures/cohort.png", "results/tables/cohort.tsv",
-            *(f"results/recon/{subject}/{subject}_dose-{dose_label(d)}_pet.nii.gz" for d in doses)]
+            *(recon_image_path("results/bids", subject, d).as_posix() for d in doses)]
 
 
 # --- working folders --------------------------------------------------------------------------------

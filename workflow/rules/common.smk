@@ -2,6 +2,7 @@
 # checked while the workflow is parsed: bad input stops the run before any job starts.
 from snakemake.utils import validate
 
+from petiq import bids
 from petiq.cohort import read_patients
 from petiq.doses import dose_label
 from petiq.seeding import derive_seed
@@ -70,6 +71,27 @@ ANATOMY_FILES = [
 
 DOSES = [dose_label(d) for d in config["doses"]]
 FULL_DOSE = dose_label(100)
+# The reconstructions form a BIDS dataset, the 0-1 images its derivatives (petiq.bids spells every
+# path in them); the osem rule's {rec} wildcard is a dose's reconstruction label (rec-dose005p0).
+RECON = "results/bids"
+RECON_PATHS = bids.patterns(RECON)
+
+
+def recon_image(subject, dose):
+    """The reconstruction (kBq/mL) of a patient at a dose (label or percent)."""
+    return bids.recon_image_path(RECON, subject, float(dose)).as_posix()
+
+
+def norm01_image(subject, dose):
+    """The 0-1 image of a patient at a dose (label or percent), in the BIDS derivatives."""
+    return bids.norm01_path(RECON, subject, float(dose)).as_posix()
+
+
+def at_rec_dose(pattern):
+    """An input function: ``pattern`` ({subject}, {dose}) at the dose of the job's {rec} wildcard."""
+    return lambda wildcards: pattern.format(subject=wildcards.subject, dose=bids.dose_label_from_rec_label(wildcards.rec))
+
+
 LISTMODE = "results/listmode"
 # The form list-mode is written in (config listmode.form): the file the tools are given, and the
 # other file of the pair (Interfile: .l + .l.hdr; DICOM export: .dcm + .bf).
@@ -181,10 +203,7 @@ def fig01_doses():
 def fig01_examples(wildcards=None):
     """{subject: {dose label: normalised image}} for the two patients of Fig. 1."""
     subjects = config["figures"]["fig01_subjects"] or SUBJECTS[:2]
-    return {
-        s: {d: f"results/recon/{s}/{s}_dose-{d}_desc-norm01_pet.nii.gz" for d in fig01_doses()}
-        for s in subjects
-    }
+    return {s: {d: norm01_image(s, d) for d in fig01_doses()} for s in subjects}
 
 
 def fig01_inputs(wildcards):
@@ -198,6 +217,7 @@ def fig01_inputs(wildcards):
 wildcard_constraints:
     subject=r"sub-[A-Za-z0-9]+",
     dose=r"\d{3}\.\d",
+    rec=r"dose\d{3}p\d",
 
 
 def log_path(stage, name):

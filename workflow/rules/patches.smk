@@ -5,7 +5,7 @@
 rule extract_patches:
     """Random in-brain patches of one reconstruction, with the coordinates of every patch kept."""
     input:
-        image=rules.osem.output.norm01,
+        image=lambda wildcards: norm01_image(wildcards.subject, wildcards.dose),
     output:
         npy=f"{PATCHES}/{{subject}}/{{subject}}_dose-{{dose}}_patches.npy",
         tsv=f"{PATCHES}/{{subject}}/{{subject}}_dose-{{dose}}_patches.tsv",

@@ -1,7 +1,7 @@
 # Stage 3 — e7-style reconstruction (petiq.recon: corrections, osem): normalisation from the norm
 # scan, randoms from the delayeds, attenuation from the μ-map, scatter scaled to the tails, then
-# OP-OSEM (2 iterations × 21 subsets by default) for every patient and dose.
-RECON = "results/recon"
+# OP-OSEM (2 iterations × 21 subsets by default) for every patient and dose, written as a BIDS
+# dataset (RECON, common.smk) with the 0-1 images as its derivatives.
 
 
 rule norm:
@@ -131,20 +131,20 @@ rule scatter:
 rule osem:
     """OP-OSEM with every correction in the system model; image in kBq/mL and normalised 0–1."""
     input:
-        sinograms=rules.histogram.output.npz,
+        sinograms=at_rec_dose(rules.histogram.output.npz),
         norm=subject_norm,
-        randoms=rules.randoms.output.npz,
+        randoms=at_rec_dose(rules.randoms.output.npz),
         attenuation=rules.attenuation.output.npz,
-        scatter=rules.scatter.output.npz,
+        scatter=at_rec_dose(rules.scatter.output.npz),
         participants=rules.participants.output.tsv,
     output:
-        image=f"{RECON}/{{subject}}/{{subject}}_dose-{{dose}}_pet.nii.gz",
-        sidecar=f"{RECON}/{{subject}}/{{subject}}_dose-{{dose}}_pet.json",
-        norm01=f"{RECON}/{{subject}}/{{subject}}_dose-{{dose}}_desc-norm01_pet.nii.gz",
+        image=RECON_PATHS["image"],
+        sidecar=RECON_PATHS["sidecar"],
+        norm01=RECON_PATHS["norm01"],
     log:
-        log_path("recon", "osem_{subject}_dose-{dose}"),
+        log_path("recon", "osem_{subject}_rec-{rec}"),
     benchmark:
-        benchmark_path("recon", "osem_{subject}_dose-{dose}")
+        benchmark_path("recon", "osem_{subject}_rec-{rec}")
     conda:
         ENV
     threads: 2
@@ -189,8 +189,35 @@ rule fig01_dose_examples:
         "../scripts/fig01_dose_examples.py"
 
 
-rule recon:
-    """Every reconstruction of every patient and dose, and Fig. 1."""
+rule bids_dataset:
+    """The BIDS dataset's own files: dataset_description.json, README, participants.tsv/.json, and
+    the derivatives' dataset_description.json and shared 0-1 sidecar."""
     input:
-        expand(rules.osem.output.image, subject=SUBJECTS, dose=DOSES),
+        participants=rules.participants.output.tsv,
+    output:
+        description=f"{RECON}/dataset_description.json",
+        readme=f"{RECON}/README",
+        participants=f"{RECON}/participants.tsv",
+        participants_json=f"{RECON}/participants.json",
+        derivatives=f"{RECON}/{bids.DERIVATIVES.as_posix()}/dataset_description.json",
+        norm01_json=f"{RECON}/{bids.DERIVATIVES.as_posix()}/desc-norm01_pet.json",
+    log:
+        log_path("recon", "bids_dataset"),
+    benchmark:
+        benchmark_path("recon", "bids_dataset")
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=mem_mb(1000),
+        runtime=5,
+    script:
+        "../scripts/bids_dataset.py"
+
+
+rule recon:
+    """Every reconstruction of every patient and dose as a BIDS dataset, and Fig. 1."""
+    input:
+        [recon_image(s, d) for s in SUBJECTS for d in DOSES],
+        rules.bids_dataset.output,
         rules.fig01_dose_examples.output,

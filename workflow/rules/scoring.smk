@@ -35,7 +35,7 @@ rule reading_sheets:
     """Per session: a PDF of blinded reading sheets (greyscale and the 20-colour scale) and a blank form."""
     input:
         key=rules.sessions_plan.output.key,
-        images=[f"{RECON}/{s}/{s}_dose-{d}_desc-norm01_pet.nii.gz" for s in SUBJECTS for d in DOSES],
+        images=[norm01_image(s, d) for s in SUBJECTS for d in DOSES],
     output:
         pdfs=expand(f"{SCORES}/sessions/session-{{session}}/session-{{session}}.pdf", session=SESSIONS),
         forms=expand(f"{SCORES}/sessions/session-{{session}}/session-{{session}}_ratings-form.tsv", session=SESSIONS),
@@ -58,7 +58,7 @@ rule reader_truth:
     input:
         sidecar=f"{COHORT}/{{subject}}/{{subject}}.json",
         anatomy=ANATOMY_FILES,
-        reference=f"{RECON}/{{subject}}/{{subject}}_dose-{DOSES[-1]}_pet.nii.gz",
+        reference=lambda wildcards: recon_image(wildcards.subject, DOSES[-1]),
         truth=f"{COHORT}/{{subject}}/{{subject}}_pet-truth.nii.gz",
     output:
         npz=f"{SCORES}/truth/{{subject}}_reader-truth.npz",
@@ -82,7 +82,7 @@ rule virtual_reader:
         key=rules.sessions_plan.output.key,
         participants=rules.participants.output.tsv,
         truths=[f"{SCORES}/truth/{s}_reader-truth.npz" for s in SYNTHETIC],
-        images=[f"{RECON}/{s}/{s}_dose-{d}_pet.nii.gz" for s in SYNTHETIC for d in DOSES],
+        images=[recon_image(s, d) for s in SYNTHETIC for d in DOSES],
     output:
         ratings=f"{SCORES}/ratings.tsv",
         measures=f"{SCORES}/image_measures.tsv",
@@ -130,7 +130,7 @@ rule scoring_figures:
     input:
         ratings=RATINGS,
         participants=rules.participants.output.tsv,
-        images=[f"{RECON}/{s}/{s}_dose-{d}_desc-norm01_pet.nii.gz" for s in SUBJECTS for d in DOSES],
+        images=[norm01_image(s, d) for s in SUBJECTS for d in DOSES],
     output:
         fig02=report(f"{FIGURES}/fig02_intersession.png", caption="../report/fig02_intersession.rst", category="Scores"),
         fig03=report(f"{FIGURES}/fig03_colour_scale.png", caption="../report/fig03_colour_scale.rst", category="Scores"),

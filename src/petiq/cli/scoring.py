@@ -93,7 +93,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     sheets = sessions_sub.add_parser("sheets", help="reading sheets (PNG, PDF) and blank ratings forms per session")
     sheets.add_argument("--key", required=True, help="the unblinding key from `petiq sessions plan`")
-    sheets.add_argument("--recon-dir", default="results/recon", help="folder of the reconstructions")
+    sheets.add_argument("--recon-dir", default="results/bids", help="the BIDS dataset of the reconstructions (0-1 images in its derivatives/petiq)")
     sheets.add_argument("--out-dir", required=True, help="sessions folder, e.g. results/scores/sessions")
     sheets.add_argument("--quiet", action="store_true", help="no progress bar")
     sheets.add_argument("--force", action="store_true", help="replace existing (perhaps filled) ratings forms")

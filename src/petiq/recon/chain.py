@@ -84,10 +84,11 @@ def histogram_file(src, out_npz, scanner, span: int, *, threads: int | None = No
 
 
 def norm01_path(image) -> Path:
-    """Where the 0–1 image goes beside ``image``, named as the workflow names it.
+    """Where the 0–1 image goes beside ``image``, with the BIDS ``desc-norm01`` entity (the workflow
+    puts it in the BIDS derivatives instead: :func:`petiq.bids.norm01_path`).
 
-    >>> norm01_path("r/sub-01_dose-100.0_pet.nii.gz").as_posix(), norm01_path("x/img.nii").as_posix()
-    ('r/sub-01_dose-100.0_desc-norm01_pet.nii.gz', 'x/img_desc-norm01.nii')
+    >>> norm01_path("r/sub-01_rec-dose100p0_pet.nii.gz").as_posix(), norm01_path("x/img.nii").as_posix()
+    ('r/sub-01_rec-dose100p0_desc-norm01_pet.nii.gz', 'x/img_desc-norm01.nii')
     """
     image = Path(image)
     suffix = ".nii.gz" if image.name.endswith(".nii.gz") else image.suffix

@@ -337,7 +337,13 @@ def _sidecar(*, n_iterations, n_subsets, post_filter_fwhm_mm, backend, scanner, 
                                f"norm's ring dead-time parameters (NiftyPET norm.cu); mean crystal factor "
                                f"{dead_time['crystal_dead_time_factor_mean']:.4f}") if dead_time.get("dead_time")
                               else "none (the norm has no dead-time parameters)",
+        # BIDS PET times are seconds from TimeZero, which petiq takes to be the scan start; an image
+        # that is not decay corrected names the scan start too (the key is required either way)
+        "ImageDecayCorrectionTime": 0.0,
         **quant.sidecar(),
+        "AcquisitionMode": "list mode",
+        "ScanStart": 0.0,
+        **({"InjectionStart": float(sino["injection_start_s"])} if "injection_start_s" in sino else {}),
         "FrameTimesStart": [quant.frame_start_s],
         "FrameDuration": [float(sino["duration_s"])],
         "ImageVoxelSize": [float(v) for v in scanner.voxel_size_mm],
