@@ -97,3 +97,57 @@ def test_every_repository_path_the_docs_name_exists():
             if not (ROOT / path).exists():
                 missing.append(f"{doc.relative_to(ROOT)}: {path}")
     assert not missing, "the docs name files that do not exist:\n" + "\n".join(missing)
+
+
+def test_readme_is_short_and_every_page_it_links_exists():
+    """The README is read in five minutes (≤ 200 lines); every relative link in it and in docs/ (and the
+    pages beside the README) points to a file that is there."""
+    readme = ROOT / "README.md"
+    assert len(readme.read_text().splitlines()) <= 200
+    pages = [*DOCS, *(ROOT / name for name in ("CONTRIBUTING.md", "CHANGELOG.md"))]
+    broken = []
+    for doc in pages:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text()):
+            if re.match(r"[a-z]+://", target):
+                continue
+            if not (doc.parent / target).exists():
+                broken.append(f"{doc.relative_to(ROOT)}: {target}")
+    assert not broken, "links to files that do not exist:\n" + "\n".join(broken)
+    linked = set(re.findall(r"\]\(docs/([\w.-]+\.md)\)", readme.read_text()))
+    assert {p.name for p in (ROOT / "docs").glob("*.md")} - linked <= {"frame.md", "norm.md", "mumaps.md"}
+
+
+def _documented_keys(text: str) -> set[str]:
+    """Config keys named in the first column of docs/configuration.md's key table (`a.b`, `.c` for a
+    sibling of the previous key, `a.{b,c}` for several)."""
+    keys: set[str] = set()
+    for line in text.splitlines():
+        if not line.startswith("| `"):
+            continue
+        previous = None
+        for name in re.findall(r"`([^`]+)`", line.split("|")[1]):
+            several = re.fullmatch(r"(.*)\.\{(.*)\}", name)
+            if several:
+                keys |= {f"{several.group(1)}.{leaf}" for leaf in several.group(2).split(",")}
+                continue
+            if name.startswith(".") and previous:
+                name = previous.rsplit(".", 1)[0] + name
+            keys.add(name)
+            previous = name
+    return keys
+
+
+def test_configuration_page_documents_exactly_the_schemas_keys():
+    """docs/configuration.md and workflow/schemas/config.schema.yaml agree: every key of the schema is in
+    the table (itself or a parent, e.g. `splits.counts`), and the table names no key the schema lacks."""
+    import yaml
+    from schema_walk import schema_keys
+
+    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+    leaves = set(schema_keys(schema))
+    parents = {leaf.rsplit(".", n)[0] for leaf in leaves for n in range(1, leaf.count(".") + 1)}
+    documented = _documented_keys((ROOT / "docs/configuration.md").read_text())
+    undocumented = sorted(leaf for leaf in leaves
+                          if not any(leaf == key or leaf.startswith(key + ".") for key in documented))
+    assert not undocumented, f"schema keys missing from docs/configuration.md: {undocumented}"
+    assert not documented - leaves - parents, f"not schema keys: {sorted(documented - leaves - parents)}"
