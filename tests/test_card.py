@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_predict import brain_volume, save, train_small_run
 
 from petiq.card import CARD_SCHEMA, IMAGE_PLACEHOLDER, METADATA_KEYS, card_metadata, card_problems, validate_card
 from petiq.errors import PetiqInputError
-from test_predict import brain_volume, save, train_small_run
 
 SYNTHETIC = {"images": {"synthetic": ["sub-01", "sub-02", "sub-03", "sub-04"]}, "labels": "virtual_reader",
              "ratings_file": None, "label_rater": "1"}

@@ -11,8 +11,17 @@ from scipy.stats import spearmanr
 
 from petiq.errors import PetiqInputError
 from petiq.evaluate import (
-    comparison_table, dose_metrics, for_comparison, image_metrics, paper_table, quantise, read_reference,
-    run_dose_metrics, run_metrics, spearman, summarise,
+    comparison_table,
+    dose_metrics,
+    for_comparison,
+    image_metrics,
+    paper_table,
+    quantise,
+    read_reference,
+    run_dose_metrics,
+    run_metrics,
+    spearman,
+    summarise,
 )
 
 

@@ -7,7 +7,6 @@ import sys
 import tomllib
 
 import yaml
-
 from conftest import ROOT
 
 

@@ -6,7 +6,13 @@ import pandas as pd
 import pytest
 
 from petiq.ratings import (
-    METRICS, RATINGS_COLUMNS, RatingsFormError, check_ratings_table, import_ratings, parse_score, rater_summary,
+    METRICS,
+    RATINGS_COLUMNS,
+    RatingsFormError,
+    check_ratings_table,
+    import_ratings,
+    parse_score,
+    rater_summary,
 )
 from petiq.sessions import FORM_COLUMNS, blank_form, plan_sessions, write_plan
 

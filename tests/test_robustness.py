@@ -14,7 +14,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "tests" / "slurm"))

@@ -13,8 +13,16 @@ import petiq.sessions as sessions
 from petiq.doses import PAPER_DOSES, dose_category
 from petiq.errors import PetiqInputError
 from petiq.sessions import (
-    ALPHABET, FORM_COLUMNS, PLAN_COLUMNS, blank_form, norm01_path, plan_sessions, read_plan, session_summary,
-    write_plan, write_session_materials,
+    ALPHABET,
+    FORM_COLUMNS,
+    PLAN_COLUMNS,
+    blank_form,
+    norm01_path,
+    plan_sessions,
+    read_plan,
+    session_summary,
+    write_plan,
+    write_session_materials,
 )
 
 PATIENTS = [f"sub-{i:02d}" for i in range(1, 7)]

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from petiq.listmode import read_listmode
+from petiq.phantom import grid_affine
 from petiq.scanner import Scanner
 from petiq.simulate import AcquisitionSettings, expected_data, scanner_truth, simulate_norm_scan, simulate_patient
-from petiq.phantom import grid_affine
 
 SCANNER = Scanner.tiny()
 

@@ -12,10 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import ANATOMY_DIR, ROOT
 from helpers import bids_validator_errors, write_sheet
 from scipy import ndimage
-
-from conftest import ANATOMY_DIR, ROOT
 
 from petiq.bids import norm01_path, recon_image_path
 

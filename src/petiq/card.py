@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Mapping
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Mapping
 
 from .errors import PetiqInputError
 

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -178,7 +178,7 @@ class PatchRegressor(nn.Module):
             x = block(x)
         return self.head(x)
 
-    def train(self, mode: bool = True) -> "PatchRegressor":
+    def train(self, mode: bool = True) -> PatchRegressor:
         super().train(mode)
         for block in self.blocks[: N_BLOCKS - self.freeze_level]:
             block.train(False)

@@ -31,8 +31,8 @@ Outputs per (patient, dose): ``*_patches.npy`` (N × size × size, float32 or fl
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import nibabel as nib
 import numpy as np

@@ -13,8 +13,8 @@ brain (voxels above one eighth of the image mean, the paper's background rule).
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import nibabel as nib
 import numpy as np

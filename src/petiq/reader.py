@@ -41,9 +41,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -464,7 +464,7 @@ class ReaderModel:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> "ReaderModel":
+    def from_dict(cls, data: Mapping) -> ReaderModel:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -477,7 +477,7 @@ class ReaderModel:
         write_json(path, self.to_dict())
 
     @classmethod
-    def read(cls, path: str | Path) -> "ReaderModel":
+    def read(cls, path: str | Path) -> ReaderModel:
         path = Path(path)
         if not path.is_file():
             raise PetiqInputError(path, "the reader parameters do not exist", "run the reader calibration step first")

@@ -206,7 +206,7 @@ class Scanner:
 
     # ------------------------------------------------------------------ presets
     @classmethod
-    def mmr(cls) -> "Scanner":
+    def mmr(cls) -> Scanner:
         """Siemens Biograph mMR (published numbers; see ``shared/design/PET.md``)."""
         return cls(
             name="mmr",
@@ -226,7 +226,7 @@ class Scanner:
         )
 
     @classmethod
-    def demo(cls) -> "Scanner":
+    def demo(cls) -> Scanner:
         """Reduced mMR for the 2-core laptop demo: same code, about half the sampling everywhere.
 
         * 32 rings of 8.125 mm pitch (twice the mMR crystal size axially; same 260 mm axial FOV).
@@ -266,7 +266,7 @@ class Scanner:
         )
 
     @classmethod
-    def tiny(cls) -> "Scanner":
+    def tiny(cls) -> Scanner:
         """A toy scanner for unit tests: projections take milliseconds.
 
         8 rings of 8 mm pitch, 72 positions per ring (8 blocks x 9, first of each a gap), radius
@@ -290,7 +290,7 @@ class Scanner:
         )
 
     @classmethod
-    def from_name(cls, name: str) -> "Scanner":
+    def from_name(cls, name: str) -> Scanner:
         """The preset called ``name`` (the ``scanner`` config key): "mmr", "demo" or "tiny"."""
         key = str(name).strip().lower()
         if key not in PRESETS:
@@ -545,7 +545,7 @@ def _crystal_xy(sc: Scanner) -> np.ndarray:
     return xy
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _layout(sc: Scanner, span: int):
     """(segments, ring_a per span-1 z, ring_b per span-1 z, span-1 z -> span sinogram)."""
     n, dmax = sc.n_rings, sc.max_ring_difference
@@ -584,7 +584,7 @@ def _layout(sc: Scanner, span: int):
     return tuple(segments), ring_a, ring_b, to_sino
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _inverse_tables(sc: Scanner):
     n = sc.crystals_per_ring
     view_of = np.full((n, n), -1, dtype=np.int64)
@@ -610,7 +610,7 @@ def _inverse_tables(sc: Scanner):
     return view_of, t_of, swap_of, z_of
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _geometry(sc: Scanner, span: int) -> SinogramGeometry:
     view = np.arange(sc.n_views)[:, None]
     t = np.arange(sc.n_radial)[None, :]

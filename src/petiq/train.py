@@ -42,9 +42,9 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -217,7 +217,7 @@ class PatchSet:
         return h.hexdigest()
 
     @classmethod
-    def concat(cls, sets: Sequence["PatchSet"]) -> "PatchSet":
+    def concat(cls, sets: Sequence[PatchSet]) -> PatchSet:
         if not sets:
             raise ValueError("nothing to concatenate")
         names = sets[0].target_names
@@ -229,7 +229,7 @@ class PatchSet:
 
     @classmethod
     def from_table(cls, table: pd.DataFrame | str | Path, targets: Sequence[str],
-                   base_dir: str | Path | None = None) -> "PatchSet":
+                   base_dir: str | Path | None = None) -> PatchSet:
         """Load the images listed in a table with columns ``participant_id, dose, patches_npy, patches_tsv``
         and one column per target (a path to a TSV, or a DataFrame); relative paths are taken from
         ``base_dir``. Patches are read with :func:`petiq.patches.read_patches`."""
@@ -345,7 +345,7 @@ class _Compute:
     channels_last: bool
 
     @classmethod
-    def make(cls, device: torch.device, precision: str, freeze_level: int = N_BLOCKS) -> "_Compute":
+    def make(cls, device: torch.device, precision: str, freeze_level: int = N_BLOCKS) -> _Compute:
         """bf16 with channels-last activations on CUDA, and on the CPU when block 1 or 2 is retrained (there the
         large activations gain; for the deep blocks alone the weight-gradient layout copies cost more)."""
         bf16 = precision == "bf16"

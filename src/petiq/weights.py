@@ -27,9 +27,9 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -82,12 +82,12 @@ class Preprocessing:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Preprocessing":
+    def from_dict(cls, d: dict) -> Preprocessing:
         return cls(str(d["name"]), str(d["channel_order"]), float(d["scale"]),
                    tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"]))
 
     @classmethod
-    def from_name(cls, name: str) -> "Preprocessing":
+    def from_name(cls, name: str) -> Preprocessing:
         """One of ``caffe_bgr``, ``torchvision_rgb``, ``none``.
 
         >>> Preprocessing.from_name("caffe_bgr").channel_order
@@ -176,8 +176,8 @@ def _check_backbone(backbone: str, fetchable: bool = True) -> None:
     if backbone in BACKBONES:
         return
     if not fetchable:
-        from torchvision.models import list_models
         import torchvision.models
+        from torchvision.models import list_models
 
         if backbone in list_models(module=torchvision.models):
             return

@@ -6,8 +6,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 import nibabel as nib  # noqa: E402
-import torch  # noqa: E402
 import pandas as pd  # noqa: E402
+import torch  # noqa: E402
 
 from petiq.cohort import read_participants  # noqa: E402
 from petiq.experiments import Run, run_tables  # noqa: E402

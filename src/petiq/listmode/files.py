@@ -6,9 +6,10 @@ import concurrent.futures
 import contextlib
 import numbers
 import sys
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -389,7 +390,7 @@ class ListmodeWriter:
         self._pair: _AtomicPair | None = _AtomicPair(path)
 
     # -- context manager
-    def __enter__(self) -> "ListmodeWriter":
+    def __enter__(self) -> ListmodeWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

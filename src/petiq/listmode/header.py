@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 import numbers
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 

@@ -91,7 +91,7 @@ class _CrystalTables:
     dets: np.ndarray  # (n_views*n_radial,) uint32: det_a | det_b << 16 (one load per event)
 
 
-_TABLE_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_TABLE_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _crystal_tables(scanner) -> _CrystalTables:

@@ -9,8 +9,9 @@ max-pool, output sizes from a zero patch). Which blocks are retrained at freeze 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import matplotlib
 

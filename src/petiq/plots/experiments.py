@@ -6,8 +6,8 @@ Inputs are the long tables of :mod:`petiq.evaluate` (one row per repeat and scor
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
