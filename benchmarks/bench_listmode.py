@@ -43,9 +43,7 @@ def peak_rss_mb() -> float:
     return kb / 1024.0
 
 
-def make_file(
-    path: Path, n_events: int, duration_s: int, scanner, seed: int = 0, prompt_fraction: float = 0.7
-) -> None:
+def make_file(path: Path, n_events: int, duration_s: int, scanner, seed: int = 0, prompt_fraction: float = 0.7) -> None:
     """Write ``n_events`` events spread evenly over ``duration_s`` seconds, one second per chunk."""
     rng = np.random.default_rng(seed)
     n_bins = scanner.n_bins(1)
@@ -71,7 +69,9 @@ def main(argv=None) -> int:
     ap.add_argument("--span", type=int, default=11)
     ap.add_argument("--chunk-words", type=int, default=DEFAULT_CHUNK_WORDS)
     ap.add_argument("--dir", default=None, help="where to put the temporary files (default: system temp)")
-    ap.add_argument("--threads", type=int, default=None, help="histogram threads (default: 2 where a second core is free)")
+    ap.add_argument(
+        "--threads", type=int, default=None, help="histogram threads (default: 2 where a second core is free)"
+    )
     args = ap.parse_args(argv)
     n_events = int(args.events)
     scanner = Scanner.mmr()
@@ -123,9 +123,7 @@ def main(argv=None) -> int:
         total = t_thin + t_hist
         rate = n_events / total / 1e6
         print(f"thin + histogram: {total:6.2f} s  {rate:6.1f} M events/s  (target >= 30)")
-        print(
-            f"peak RSS: {peak_rss_mb():.0f} MiB (after imports and warm-up: {rss_base:.0f} MiB; limit 1024)"
-        )
+        print(f"peak RSS: {peak_rss_mb():.0f} MiB (after imports and warm-up: {rss_base:.0f} MiB; limit 1024)")
         ok = rate >= 30 and peak_rss_mb() < 1024
         print("PASS" if ok else "BELOW TARGET")
         return 0

@@ -41,8 +41,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def write_dicom_series(folder: Path, n_slices: int, n: int = 192, pixel_mm: float = 2.6042,
-                       slice_mm: float = 2.03125) -> None:
+def write_dicom_series(
+    folder: Path, n_slices: int, n: int = 192, pixel_mm: float = 2.6042, slice_mm: float = 2.03125
+) -> None:
     import pydicom
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -93,7 +94,9 @@ def write_coil(path: Path, shape_xyz=(300, 300, 140), vs=(2.08626, 2.08626, 2.03
         + "".join(f"scale factor (mm/pixel) [{i + 1}] := {v}\n" for i, v in enumerate(vs))
         + f"$umap origin (pixels) [1] := {(nx - 1) / 2}\n$umap origin (pixels) [2] := {(ny - 1) / 2}\n"
         f"$umap origin (pixels) [3] := {(nz - 1) / 2}\n"
-        + "".join(f"$origin offset (mm) [{i}] := 0\n" for i in (1, 2, 3)) + "!END OF INTERFILE :=\n")
+        + "".join(f"$origin offset (mm) [{i}] := 0\n" for i in (1, 2, 3))
+        + "!END OF INTERFILE :=\n"
+    )
     return hdr
 
 
@@ -129,13 +132,17 @@ def main(argv=None) -> int:
             return on_grid + hw
 
         t_hw, total = best(add_hw, args.repeat)
-        print(f"DICOM μ-map {info['shape']} ({info['n_files']} files) -> mMR grid {tuple(sc.image_shape)}; "
-              f"best of {args.repeat}")
+        print(
+            f"DICOM μ-map {info['shape']} ({info['n_files']} files) -> mMR grid {tuple(sc.image_shape)}; "
+            f"best of {args.repeat}"
+        )
         print(f"read_mumap        {t_read:7.2f} s   peak RSS {rss_read:6.0f} MB")
         print(f"to_scanner_frame  {t_frame:7.2f} s   peak RSS {rss_frame:6.0f} MB")
         print(f"+ hardware (coil) {t_hw:7.2f} s   peak RSS {peak_rss_mb():6.0f} MB")
-        print(f"total             {t_read + t_frame + t_hw:7.2f} s   (RSS before reading {rss0:.0f} MB); "
-              f"μ sum patient {float(on_grid.sum()):.0f}, with coil {float(total.sum()):.0f} cm⁻¹·voxels")
+        print(
+            f"total             {t_read + t_frame + t_hw:7.2f} s   (RSS before reading {rss0:.0f} MB); "
+            f"μ sum patient {float(on_grid.sum()):.0f}, with coil {float(total.sum()):.0f} cm⁻¹·voxels"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -102,12 +102,28 @@ def make_data(scanner: Scanner, span: int, total_counts: float, seed: int = 0) -
     lam += scatter
     prompts = np.empty_like(lam)
     for p0 in range(0, lam.shape[0], 16):  # Poisson by blocks of planes: no full int64 copy
-        prompts[p0:p0 + 16] = rng.poisson(lam[p0:p0 + 16])
+        prompts[p0 : p0 + 16] = rng.poisson(lam[p0 : p0 + 16])
     del lam, trues
-    mult, add = osem_mod.system_model(scanner, span, duration_s=duration, calibration_factor=kappa, norm=norm,
-                                      attenuation=att, randoms=randoms, scatter=scatter)
-    return {"prompts": prompts, "mult": mult, "add": add, "norm": norm, "att": att, "randoms": randoms,
-            "singles": truth.crystal_efficiency.astype(np.float64), "activity": activity}
+    mult, add = osem_mod.system_model(
+        scanner,
+        span,
+        duration_s=duration,
+        calibration_factor=kappa,
+        norm=norm,
+        attenuation=att,
+        randoms=randoms,
+        scatter=scatter,
+    )
+    return {
+        "prompts": prompts,
+        "mult": mult,
+        "add": add,
+        "norm": norm,
+        "att": att,
+        "randoms": randoms,
+        "singles": truth.crystal_efficiency.astype(np.float64),
+        "activity": activity,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,9 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     t_data = time.perf_counter() - t0
     rss_data = _peak_rss_mb()
     backend = osem_mod.resolve_backend(args.backend)
-    print(f"scanner {scanner.name}: image {scanner.image_shape}, sinogram {scanner.sinogram_shape(args.span)} "
-          f"(span {args.span}), {data['prompts'].sum():.3g} prompts; backend {backend} "
-          f"(numba threads {numba.get_num_threads()}); data made in {t_data:.1f} s, peak RSS {rss_data:.0f} MB")
+    print(
+        f"scanner {scanner.name}: image {scanner.image_shape}, sinogram {scanner.sinogram_shape(args.span)} "
+        f"(span {args.span}), {data['prompts'].sum():.3g} prompts; backend {backend} "
+        f"(numba threads {numba.get_num_threads()}); data made in {t_data:.1f} s, peak RSS {rss_data:.0f} MB"
+    )
 
     if not args.corrections:
         for key in ("norm", "att", "randoms", "singles"):
@@ -147,8 +165,17 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     tiny = Scanner.tiny()
     warm = make_data(tiny, args.span, 1e5)
-    osem_mod.osem(warm["prompts"], warm["mult"], warm["add"], tiny, args.span, n_iterations=1, n_subsets=4,
-                  backend=backend, progress=False)
+    osem_mod.osem(
+        warm["prompts"],
+        warm["mult"],
+        warm["add"],
+        tiny,
+        args.span,
+        n_iterations=1,
+        n_subsets=4,
+        backend=backend,
+        progress=False,
+    )
     del warm
     t_warm = time.perf_counter() - t0
     print(f"warm-up on the tiny scanner (numba cache / CUDA context): {t_warm:.1f} s")
@@ -166,25 +193,38 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(max(1, args.repeat)):
         with RssSampler() as rss:
             t0 = time.perf_counter()
-            image = osem_mod.osem(data["prompts"], data["mult"], data["add"], scanner, args.span,
-                                  n_iterations=args.iterations, n_subsets=args.subsets, backend=backend,
-                                  progress=False, stop_after=n_run if n_run < n_total else None)
+            image = osem_mod.osem(
+                data["prompts"],
+                data["mult"],
+                data["add"],
+                scanner,
+                args.span,
+                n_iterations=args.iterations,
+                n_subsets=args.subsets,
+                backend=backend,
+                progress=False,
+                stop_after=n_run if n_run < n_total else None,
+            )
             if cuda:
                 torch.cuda.synchronize()
             best = min(best, time.perf_counter() - t0)
         rss_osem = max(rss_osem, rss.peak)
-    region = (data["activity"] == 8.0)
+    region = data["activity"] == 8.0
     label = f"OSEM {args.iterations}x{args.subsets} ({backend})"
     if n_run < n_total:
         # set-up (sensitivity = 1 full back projection) + n_run sub-iterations measured; extrapolate linearly
-        print(f"{label}: {n_run} of {n_total} sub-iterations in {best:.1f} s (incl. sensitivity images); "
-              f"extrapolated full run ~{best * n_total / n_run:.0f} s (upper bound: the sensitivity images "
-              f"are counted {n_total / n_run:.0f}x)")
+        print(
+            f"{label}: {n_run} of {n_total} sub-iterations in {best:.1f} s (incl. sensitivity images); "
+            f"extrapolated full run ~{best * n_total / n_run:.0f} s (upper bound: the sensitivity images "
+            f"are counted {n_total / n_run:.0f}x)"
+        )
     else:
         print(f"{label}: {best:.2f} s; mean in the 'white matter' {image[region].mean():.2f} kBq/mL (truth 8)")
     held = sum(a.nbytes for a in data.values()) / 2**20
-    print(f"peak RSS during OSEM {rss_osem:.0f} MB (the benchmark holds {held:.0f} MB of data arrays; "
-          f"peak while making the data {rss_data:.0f} MB)")
+    print(
+        f"peak RSS during OSEM {rss_osem:.0f} MB (the benchmark holds {held:.0f} MB of data arrays; "
+        f"peak while making the data {rss_data:.0f} MB)"
+    )
     if cuda:
         print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MB")
 
@@ -199,8 +239,10 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         corr.estimate_scatter(prompts, est.randoms, data["norm"], data["att"], scanner, args.span)
         t_s = time.perf_counter() - t0
-        print(f"randoms estimate (fan-sum singles, 12 iterations): {t_r:.1f} s; scatter estimate: {t_s:.1f} s; "
-              f"peak RSS {_peak_rss_mb():.0f} MB")
+        print(
+            f"randoms estimate (fan-sum singles, 12 iterations): {t_r:.1f} s; scatter estimate: {t_s:.1f} s; "
+            f"peak RSS {_peak_rss_mb():.0f} MB"
+        )
     return 0
 
 

@@ -37,9 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="numba threads (default: all)")
     ap.add_argument("--views", type=int, default=None, help="project only this many evenly spaced views")
     ap.add_argument("--repeat", type=int, default=1, help="timed repetitions (best is reported)")
-    ap.add_argument("--sparse-back", action="store_true",
-                    help="back-project the forward projection itself (bins missing the object are 0 and "
-                         "skipped) instead of a dense sinogram (the default, worst case: no bin skipped)")
+    ap.add_argument(
+        "--sparse-back",
+        action="store_true",
+        help="back-project the forward projection itself (bins missing the object are 0 and "
+        "skipped) instead of a dense sinogram (the default, worst case: no bin skipped)",
+    )
     args = ap.parse_args(argv)
 
     if args.threads:
@@ -55,8 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     x = (np.arange(nx) - (nx - 1) / 2) * proj.voxel_size_mm[0]
     y = (np.arange(ny) - (ny - 1) / 2) * proj.voxel_size_mm[1]
     z = (np.arange(nz) - (nz - 1) / 2) * proj.voxel_size_mm[2]
-    image = ((x[:, None, None] / 80) ** 2 + (y[None, :, None] / 100) ** 2
-             + (z[None, None, :] / 90) ** 2 <= 1).astype(np.float32)
+    image = ((x[:, None, None] / 80) ** 2 + (y[None, :, None] / 100) ** 2 + (z[None, None, :] / 90) ** 2 <= 1).astype(
+        np.float32
+    )
 
     t0 = time.perf_counter()
     warm_views = np.arange(2, dtype=np.int64)
@@ -78,10 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     total = best_f + best_b
 
     n_views_done = scanner.n_views if views is None else views.size
-    print(f"scanner={scanner.name} span={args.span} threads={numba.get_num_threads()} "
-          f"layer={numba.threading_layer()}")
-    print(f"image={proj.image_shape} voxel_mm={proj.voxel_size_mm} sinogram={proj.sinogram_shape} "
-          f"views_projected={n_views_done}/{scanner.n_views}")
+    print(f"scanner={scanner.name} span={args.span} threads={numba.get_num_threads()} layer={numba.threading_layer()}")
+    print(
+        f"image={proj.image_shape} voxel_mm={proj.voxel_size_mm} sinogram={proj.sinogram_shape} "
+        f"views_projected={n_views_done}/{scanner.n_views}"
+    )
     print(f"warm-up (compile or cache load) s: {warm:.2f}")
     print(f"forward s: {best_f:.3f}")
     print(f"back    s: {best_b:.3f} ({'sparse: zero bins skipped' if args.sparse_back else 'dense sinogram'})")

@@ -40,15 +40,40 @@ def main() -> None:
         summary = simulate_patient(
             truth_path=cohort / args.subject / f"{args.subject}_pet-truth.nii.gz",
             mumap_path=cohort / args.subject / f"{args.subject}_mumap.nii.gz",
-            participant=row, scanner=scanner, scanner_seed=1, seed=2, out_path=Path(tmp) / "acq.l",
-            duration_s=args.duration, progress=False,
+            participant=row,
+            scanner=scanner,
+            scanner_seed=1,
+            seed=2,
+            out_path=Path(tmp) / "acq.l",
+            duration_s=args.duration,
+            progress=False,
         )
         seconds = time.perf_counter() - start
         size_mb = (Path(tmp) / "acq.l").stat().st_size / 2**20
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"scanner": scanner.name, "seconds": round(seconds, 1), "peak_rss_mb": round(peak_mb), "file_mb": round(size_mb),
-                      **{k: summary[k] for k in ("prompts", "delayeds", "randoms_fraction_of_prompts", "scatter_fraction",
-                                                 "activity_in_fov_mbq", "mean_attenuation_factor")}}, indent=1, default=float))
+    print(
+        json.dumps(
+            {
+                "scanner": scanner.name,
+                "seconds": round(seconds, 1),
+                "peak_rss_mb": round(peak_mb),
+                "file_mb": round(size_mb),
+                **{
+                    k: summary[k]
+                    for k in (
+                        "prompts",
+                        "delayeds",
+                        "randoms_fraction_of_prompts",
+                        "scatter_fraction",
+                        "activity_in_fov_mbq",
+                        "mean_attenuation_factor",
+                    )
+                },
+            },
+            indent=1,
+            default=float,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -91,11 +91,15 @@ class Plain:
 class Engine:
     """petiq's step: cached frozen blocks, bf16/channels-last when chosen, R repeats stacked."""
 
-    def __init__(self, k: int, patches: torch.Tensor, targets: torch.Tensor, device: torch.device, batch: int, stack: int):
+    def __init__(
+        self, k: int, patches: torch.Tensor, targets: torch.Tensor, device: torch.device, batch: int, stack: int
+    ):
         self.precision = resolve_precision("auto", device, k)
         compute = _Compute.make(device, self.precision, k)
-        models = [set_freeze_level(build_model("vgg16", 3, patch_size=patches.shape[-1], seed=1 + r), k).to(device)
-                  for r in range(stack)]
+        models = [
+            set_freeze_level(build_model("vgg16", 3, patch_size=patches.shape[-1], seed=1 + r), k).to(device)
+            for r in range(stack)
+        ]
         cut = N_BLOCKS - k
         self.cache_s_per_patch = 0.0
         if cut:
@@ -111,8 +115,11 @@ class Engine:
         self.stack = _Stack([_Tail(m, cut) for m in models], compute, 1e-4, 1e-7)
         self.targets, self.batch, self.R, self.device = targets, batch, stack, device
         self.rng = np.random.default_rng(0)
-        self.config = f"{self.precision}{', channels-last' if compute.channels_last else ''}" + \
-                      (f", cache of blocks 1–{cut}" if cut else "") + (f", {stack} stacked" if stack > 1 else "")
+        self.config = (
+            f"{self.precision}{', channels-last' if compute.channels_last else ''}"
+            + (f", cache of blocks 1–{cut}" if cut else "")
+            + (f", {stack} stacked" if stack > 1 else "")
+        )
 
     def step(self) -> None:
         idx = torch.from_numpy(self.rng.integers(0, len(self.targets), (self.R, self.batch))).to(self.device)
@@ -148,7 +155,9 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     rng = np.random.default_rng(0)
-    patches = torch.from_numpy(rng.random((args.pool, args.patch, args.patch), dtype=np.float32).astype(np.float16)).to(device)
+    patches = torch.from_numpy(rng.random((args.pool, args.patch, args.patch), dtype=np.float32).astype(np.float16)).to(
+        device
+    )
     targets = torch.from_numpy(rng.uniform(0, 3, (args.pool, 3)).astype(np.float32)).to(device)
     print(f"machine: {machine(device)}")
     rows = []
@@ -168,12 +177,19 @@ def main(argv: list[str] | None = None) -> None:
         p = statistics.median(p_rates) if p_rates else float("nan")
         e = statistics.median(e_rates)
         rows.append((k, p, e, engine.config, engine.cache_s_per_patch))
-        print(f"  level {k}: plain {p:.1f}/s {[f'{v:.1f}' for v in p_rates]}, engine {e:.1f}/s "
-              f"{[f'{v:.1f}' for v in e_rates]}", flush=True)
+        print(
+            f"  level {k}: plain {p:.1f}/s {[f'{v:.1f}' for v in p_rates]}, engine {e:.1f}/s "
+            f"{[f'{v:.1f}' for v in e_rates]}",
+            flush=True,
+        )
         del plain, engine
-    print(f"\n{args.patch}×{args.patch} VGG16, batch {args.batch}, random weights; median of {args.rounds} rounds × "
-          f"{args.steps} steps; {time.perf_counter() - t_all:.0f} s in all\n")
-    print("| freeze level | plain fp32 (patches/s) | engine (patches/s) | speed-up | target | engine | cache (ms/patch, once) |")
+    print(
+        f"\n{args.patch}×{args.patch} VGG16, batch {args.batch}, random weights; median of {args.rounds} rounds × "
+        f"{args.steps} steps; {time.perf_counter() - t_all:.0f} s in all\n"
+    )
+    print(
+        "| freeze level | plain fp32 (patches/s) | engine (patches/s) | speed-up | target | engine | cache (ms/patch, once) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for k, p, e, config, cache in rows:
         target = f"≥ {TARGETS[k]:g}×" if k in TARGETS else ""
@@ -181,8 +197,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {k} | {plain} | {e:.1f} | {ratio} | {target} | {config} | {cache * 1e3:.1f} |")
     for k, _, e, _, _ in rows:
         if k == 2:
-            print(f"\nThe paper's grid (~{PAPER_PATCH_STEPS / 1e6:.0f} M patch-steps) at the level-2 rate: "
-                  f"{PAPER_PATCH_STEPS / e / 3600:.0f} h on this device.")
+            print(
+                f"\nThe paper's grid (~{PAPER_PATCH_STEPS / 1e6:.0f} M patch-steps) at the level-2 rate: "
+                f"{PAPER_PATCH_STEPS / e / 3600:.0f} h on this device."
+            )
 
 
 if __name__ == "__main__":

@@ -17,14 +17,20 @@ def bids_validator_errors(root: Path) -> list[dict]:
 
     import pytest
 
-    exe = shutil.which("bids-validator-deno") or shutil.which("bids-validator-deno", path=str(Path(sys.executable).parent))
+    exe = shutil.which("bids-validator-deno") or shutil.which(
+        "bids-validator-deno", path=str(Path(sys.executable).parent)
+    )
     if exe is None:
         pytest.skip("bids-validator-deno is not installed (pip install -e '.[test]' installs it)")
-    done = subprocess.run([exe, "-r", "--format", "json", str(root)], capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(
+        [exe, "-r", "--format", "json", str(root)], capture_output=True, text=True, timeout=600, check=False
+    )
     try:
         report = json.loads(done.stdout)
     except json.JSONDecodeError:
-        raise AssertionError(f"bids-validator-deno {root}: no JSON report (exit {done.returncode}): {done.stderr[-2000:]}") from None
+        raise AssertionError(
+            f"bids-validator-deno {root}: no JSON report (exit {done.returncode}): {done.stderr[-2000:]}"
+        ) from None
     return [issue for issue in report["issues"]["issues"] if issue["severity"] == "error"]
 
 
@@ -47,8 +53,9 @@ def write_site_files(folder: Path, scanner_name: str = "tiny", *, listmode: str 
 
     scanner = Scanner.from_name(scanner_name)
     folder.mkdir(parents=True, exist_ok=True)
-    write_listmode(folder / listmode, np.array([0, 5, 9]), np.array([True, True, False]), np.array([0, 1, 2]),
-                   scanner=scanner)
+    write_listmode(
+        folder / listmode, np.array([0, 5, 9]), np.array([True, True, False]), np.array([0, 1, 2]), scanner=scanner
+    )
     write_component_norm(folder / "norm.n", scanner_component_norm(scanner, 5, 11 if scanner.name == "mmr" else 3))
     shape, voxel = scanner.image_shape, scanner.voxel_size_mm
     x = (np.arange(shape[0]) - (shape[0] - 1) / 2) * voxel[0]
@@ -78,13 +85,16 @@ def write_e7_interfile(path, im_zyx: np.ndarray, voxel_mm: float, extra: str = "
         "!type of data := PET\nnumber format := float\n!number of bytes per pixel := 4\n"
         "imagedata byte order := LITTLEENDIAN\nnumber of dimensions := 3\n"
         f"matrix size [1] := {nx}\nmatrix size [2] := {ny}\nmatrix size [3] := {nz}\n"
-        + "".join(f"scale factor (mm/pixel) [{i}] := {voxel_mm:.5f}\n" for i in (1, 2, 3)) + extra
-        + "!END OF INTERFILE :=\n")
+        + "".join(f"scale factor (mm/pixel) [{i}] := {voxel_mm:.5f}\n" for i in (1, 2, 3))
+        + extra
+        + "!END OF INTERFILE :=\n"
+    )
     return hdr
 
 
-def write_mumap_dicom_slice(path, pixels, ipp, *, voxel_mm: float = 4.0, modality="MR", desc="Head_MRAC_PET_UMAP",
-                            units=None, slope=1.0) -> Path:
+def write_mumap_dicom_slice(
+    path, pixels, ipp, *, voxel_mm: float = 4.0, modality="MR", desc="Head_MRAC_PET_UMAP", units=None, slope=1.0
+) -> Path:
     """One axial slice of an mMR DICOM μ-map (IOP 1\\0\\0\\0\\1\\0): uint16 ``pixels`` [row, column] at
     ImagePositionPatient ``ipp`` (LPS mm), ``voxel_mm`` square pixels and slice thickness."""
     import pydicom
@@ -127,6 +137,7 @@ def write_mumap_dicom_series(folder, mu_xyz: np.ndarray, voxel_mm: float) -> Pat
     z0 = -(nz - 1) / 2 * voxel_mm  # S of slice 0 (scanner z = +(nz-1)/2 v)
     for s in range(nz):
         plane = mu_xyz[:, ::-1, nz - 1 - s].T  # [row r, column c] = mu[c, ny-1-r]
-        write_mumap_dicom_slice(folder / f"MR.{s:04d}.dcm", np.rint(plane * 1e4), (x0, y0, z0 + voxel_mm * s),
-                                voxel_mm=voxel_mm)
+        write_mumap_dicom_slice(
+            folder / f"MR.{s:04d}.dcm", np.rint(plane * 1e4), (x0, y0, z0 + voxel_mm * s), voxel_mm=voxel_mm
+        )
     return folder

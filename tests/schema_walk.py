@@ -93,8 +93,9 @@ VALUES = {
     "splits.counts.transfer_val": Together(2, {"splits.counts.pretext_train": 1}),
     "splits.counts.test": Together(2, {"splits.counts.pretext_train": 1}),
     # real ratings: no virtual reader (and the split may rate real patients)
-    "scoring.ratings": Together(_copy("results/scores/ratings.tsv", "config/ratings.tsv"), {},
-                                frozenset({"reader_truth", "virtual_reader"})),
+    "scoring.ratings": Together(
+        _copy("results/scores/ratings.tsv", "config/ratings.tsv"), {}, frozenset({"reader_truth", "virtual_reader"})
+    ),
     "scoring.design": "all_doses",
     "scoring.rated_roles": ["pretext_val", "transfer_train", "transfer_val", "test"],
     "scoring.rereads": 1,
@@ -118,7 +119,9 @@ VALUES = {
     "training.imagenet_weights": _copy("{training.weights_dir}/vgg16_keras-imagenet.pth", "config/vgg16.pth"),
     "training.weights_dir": _copy("{training.weights_dir}", "weights-copy"),
     "experiments.freeze_levels": [0, 1],
-    "experiments.patient_counts": Together([1, 2], {"splits.counts.transfer_train": 2, "splits.counts.pretext_train": 1}),
+    "experiments.patient_counts": Together(
+        [1, 2], {"splits.counts.transfer_train": 2, "splits.counts.pretext_train": 1}
+    ),
     "experiments.pretext_repeats": 2,
     "experiments.pretext_transfer_freeze_level": 2,
     "experiments.dose_baseline_learning_rates": [1.0e-3],

@@ -40,8 +40,13 @@ B_FIRST = {
     ("sub-02", 50.0): (2.5, 2.5, 2.5),
     ("sub-03", 1.0): (1.0, 1.5, 1.0),
 }
-PARTICIPANTS = pd.DataFrame({"participant_id": ["sub-01", "sub-02", "sub-03"], "injected_mbq": [200.0, 180.0, 220.0],
-                             "weight_kg": [80.0, 60.0, 110.0]})
+PARTICIPANTS = pd.DataFrame(
+    {
+        "participant_id": ["sub-01", "sub-02", "sub-03"],
+        "injected_mbq": [200.0, 180.0, 220.0],
+        "weight_kg": [80.0, 60.0, 110.0],
+    }
+)
 
 
 def _ratings() -> pd.DataFrame:
@@ -94,7 +99,9 @@ def test_image_dose_per_kg_from_participants_or_image_table():
     from_participants = image_dose_per_kg(r, PARTICIPANTS)
     row = r.index[(r["participant_id"] == "sub-02") & (r["dose"] == 50.0)][0]
     assert from_participants[row] == pytest.approx(180.0 * 0.5 / 60.0)
-    per_image = r[["participant_id", "dose"]].drop_duplicates().assign(dose_per_kg=lambda f: image_dose_per_kg(f, PARTICIPANTS))
+    per_image = (
+        r[["participant_id", "dose"]].drop_duplicates().assign(dose_per_kg=lambda f: image_dose_per_kg(f, PARTICIPANTS))
+    )
     assert np.allclose(image_dose_per_kg(r, per_image), from_participants)
     with pytest.raises(PetiqInputError, match="no dose per kg for sub-09"):
         image_dose_per_kg(pd.DataFrame({"participant_id": ["sub-09"], "dose": [5.0]}), PARTICIPANTS)
@@ -103,8 +110,15 @@ def test_image_dose_per_kg_from_participants_or_image_table():
 def test_score_dose_fits_match_linregress():
     fits = score_dose_fits(_ratings(), PARTICIPANTS).set_index("metric")
     keys = sorted(A_FIRST)
-    x = np.array([PARTICIPANTS.set_index("participant_id").loc[p, "injected_mbq"] * d / 100
-                  / PARTICIPANTS.set_index("participant_id").loc[p, "weight_kg"] for p, d in keys])
+    x = np.array(
+        [
+            PARTICIPANTS.set_index("participant_id").loc[p, "injected_mbq"]
+            * d
+            / 100
+            / PARTICIPANTS.set_index("participant_id").loc[p, "weight_kg"]
+            for p, d in keys
+        ]
+    )
     for m in METRICS:
         lr = stats.linregress(x, _column(A_FIRST, m))
         assert fits.loc[m, "slope"] == pytest.approx(lr.slope)
@@ -145,10 +159,12 @@ def test_calibration_table_rules():
     assert achieved["dose.pct_full_dose_2.5_to_3"] == pytest.approx(100.0)  # both raters' 100 % scores are 2.5–3
     assert achieved["dose.pct_lowest_dose_0_to_1"] == pytest.approx(100.0)
     targets = pd.DataFrame(
-        [("intra_rater.pct_reread_differing_ge_0.5", 44.0, 5.0, "abs", "t"),
-         ("intra_rater.pct_reread_differing_ge_0.5", 40.0, 20.0, "abs", "t"),
-         ("dose.pct_full_dose_2.5_to_3", 60.0, np.nan, "min", "t"),
-         ("no.such_quantity", 1.0, 1.0, "abs", "t")],
+        [
+            ("intra_rater.pct_reread_differing_ge_0.5", 44.0, 5.0, "abs", "t"),
+            ("intra_rater.pct_reread_differing_ge_0.5", 40.0, 20.0, "abs", "t"),
+            ("dose.pct_full_dose_2.5_to_3", 60.0, np.nan, "min", "t"),
+            ("no.such_quantity", 1.0, 1.0, "abs", "t"),
+        ],
         columns=["quantity", "target", "tolerance", "rule", "source"],
     )
     table = calibration_table(r, PARTICIPANTS, targets)

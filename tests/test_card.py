@@ -18,10 +18,18 @@ from test_predict import brain_volume, save, train_small_run
 from petiq.card import CARD_SCHEMA, IMAGE_PLACEHOLDER, METADATA_KEYS, card_metadata, card_problems, validate_card
 from petiq.errors import PetiqInputError
 
-SYNTHETIC = {"images": {"synthetic": ["sub-01", "sub-02", "sub-03", "sub-04"]}, "labels": "virtual_reader",
-             "ratings_file": None, "label_rater": "1"}
-REAL = {"images": {"real": ["sub-01", "sub-02", "sub-03", "sub-04"]}, "labels": "clinicians",
-        "ratings_file": "config/ratings.tsv", "label_rater": "AH"}
+SYNTHETIC = {
+    "images": {"synthetic": ["sub-01", "sub-02", "sub-03", "sub-04"]},
+    "labels": "virtual_reader",
+    "ratings_file": None,
+    "label_rater": "1",
+}
+REAL = {
+    "images": {"real": ["sub-01", "sub-02", "sub-03", "sub-04"]},
+    "labels": "clinicians",
+    "ratings_file": "config/ratings.tsv",
+    "label_rater": "AH",
+}
 
 
 def read_card(run):
@@ -81,8 +89,15 @@ def test_the_inference_command_runs(synthetic_run, tmp_path):
     assert shlex.split(inference["command"]) == argv and argv[:3] == ["petiq", "predict", "--model"]
     assert Path(argv[3]) == synthetic_run / "rep-0"
     image = save(tmp_path / "new.nii.gz", brain_volume(seed=31))
-    command = [sys.executable, "-m", "petiq.cli", *[str(image) if a == IMAGE_PLACEHOLDER else a for a in argv[1:]],
-               "--device", "cpu", "--quiet"]
+    command = [
+        sys.executable,
+        "-m",
+        "petiq.cli",
+        *[str(image) if a == IMAGE_PLACEHOLDER else a for a in argv[1:]],
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     src = str(Path(__file__).resolve().parents[1] / "src")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
@@ -96,13 +111,17 @@ def test_cards_written_before_the_schema_still_predict(synthetic_run, tmp_path):
     old = tmp_path / "old" / "rep-0"
     shutil.copytree(synthetic_run / "rep-0", old)
     card = read_card(synthetic_run)
-    (old / "card.json").write_text(json.dumps({k: v for k, v in card.items() if k not in METADATA_KEYS and k != "sources"}))
+    (old / "card.json").write_text(
+        json.dumps({k: v for k, v in card.items() if k not in METADATA_KEYS and k != "sources"})
+    )
     image = save(tmp_path / "img.nii.gz", brain_volume(seed=32))
     table = predict_images(old, [image], device="cpu", progress=False)
     assert table["GQR"].notna().all()
 
 
-@pytest.mark.parametrize("key", ["intended_use", "network_data_format", "inference", "weights_license", "schema", "seed"])
+@pytest.mark.parametrize(
+    "key", ["intended_use", "network_data_format", "inference", "weights_license", "schema", "seed"]
+)
 def test_a_card_missing_a_key_fails_naming_it(synthetic_run, key):
     card = read_card(synthetic_run)
     del card[key]
@@ -127,12 +146,28 @@ def test_the_schema_checks_inside_the_keys(synthetic_run):
 def test_weights_licence_names_the_source():
     from petiq.weights import FETCH
 
-    card = {"backbone": "vgg16", "init": {"kind": "imagenet", "weights": {"origin": "petiq_fetch", "backbone": "vgg16",
-                                                                             "path": "resources/weights/x.pth"}}}
+    card = {
+        "backbone": "vgg16",
+        "init": {
+            "kind": "imagenet",
+            "weights": {"origin": "petiq_fetch", "backbone": "vgg16", "path": "resources/weights/x.pth"},
+        },
+    }
     assert FETCH["vgg16"].licence in card_metadata_license(card)
-    hub = {"backbone": "mobilenet_v2", "init": {"kind": "imagenet", "weights": {
-        "origin": "torch_hub", "backbone": "mobilenet_v2", "path": "/hub/checkpoints/mobilenet_v2-b0353104.pth"}}}
-    assert card_metadata_license(hub).startswith("see source:") and "mobilenet_v2-b0353104.pth" in card_metadata_license(hub)
+    hub = {
+        "backbone": "mobilenet_v2",
+        "init": {
+            "kind": "imagenet",
+            "weights": {
+                "origin": "torch_hub",
+                "backbone": "mobilenet_v2",
+                "path": "/hub/checkpoints/mobilenet_v2-b0353104.pth",
+            },
+        },
+    }
+    assert card_metadata_license(hub).startswith(
+        "see source:"
+    ) and "mobilenet_v2-b0353104.pth" in card_metadata_license(hub)
     config = {"backbone": "vgg16", "init": {"kind": "imagenet", "weights": {"origin": "config", "path": "my/vgg.pth"}}}
     assert card_metadata_license(config).startswith("see source:") and "my/vgg.pth" in card_metadata_license(config)
 

@@ -13,7 +13,11 @@ MIX = {"CN": 0.3, "AD": 0.4, "FTD": 0.15, "DLB": 0.15}
 
 
 def synthetic_sheet(tmp_path, n=21):
-    return write_sheet(tmp_path / "patients.tsv", ["participant_id", "source"], [[f"sub-{i:02d}", "synthetic"] for i in range(1, n + 1)])
+    return write_sheet(
+        tmp_path / "patients.tsv",
+        ["participant_id", "source"],
+        [[f"sub-{i:02d}", "synthetic"] for i in range(1, n + 1)],
+    )
 
 
 def real_files(tmp_path):
@@ -52,11 +56,27 @@ def test_valid_sheet_with_real_and_synthetic_rows(tmp_path):
 @pytest.mark.parametrize(
     "header, rows, message",
     [
-        (["participant_id", "source"], [["sub-01", "synthetic"], ["sub-01", "synthetic"]], "row 3: participant_id sub-01 repeats row 2"),
+        (
+            ["participant_id", "source"],
+            [["sub-01", "synthetic"], ["sub-01", "synthetic"]],
+            "row 3: participant_id sub-01 repeats row 2",
+        ),
         (["participant_id", "source", "shoe_size"], [["sub-01", "synthetic", "9"]], "unknown column(s) ['shoe_size']"),
-        (["participant_id", "source", "weight_kg"], [["sub-01", "synthetic", "-70"]], "row 2 (sub-01): weight_kg is -70, not positive"),
-        (["participant_id", "source", "injected_mbq"], [["sub-01", "synthetic", "0"]], "row 2 (sub-01): injected_mbq is 0, not positive"),
-        (["participant_id", "source", "weight_kg"], [["sub-01", "synthetic", "heavy"]], "weight_kg is 'heavy', not a number"),
+        (
+            ["participant_id", "source", "weight_kg"],
+            [["sub-01", "synthetic", "-70"]],
+            "row 2 (sub-01): weight_kg is -70, not positive",
+        ),
+        (
+            ["participant_id", "source", "injected_mbq"],
+            [["sub-01", "synthetic", "0"]],
+            "row 2 (sub-01): injected_mbq is 0, not positive",
+        ),
+        (
+            ["participant_id", "source", "weight_kg"],
+            [["sub-01", "synthetic", "heavy"]],
+            "weight_kg is 'heavy', not a number",
+        ),
         (["participant_id", "source"], [["01", "synthetic"]], "participant_id '01' is not BIDS-style"),
         (["participant_id", "source"], [["sub-01", "phantom"]], "source is 'phantom'"),
         (["participant_id"], [["sub-01"]], "column 'source' is missing"),
@@ -74,7 +94,9 @@ def test_bad_sheet_names_row_problem_and_fix(tmp_path, header, rows, message):
 def test_real_patient_missing_file_and_weight(tmp_path):
     files = real_files(tmp_path)
     header = ["participant_id", "source", "listmode", "mumap", "norm", "weight_kg", "injected_mbq"]
-    sheet = write_sheet(tmp_path / "p.tsv", header, [["sub-R1", "real", files[0], "missing.nii.gz", files[2], "70", "200"]])
+    sheet = write_sheet(
+        tmp_path / "p.tsv", header, [["sub-R1", "real", files[0], "missing.nii.gz", files[2], "70", "200"]]
+    )
     with pytest.raises(PetiqInputError, match=r"row 2 \(sub-R1\): mumap file .*missing.nii.gz does not exist"):
         read_patients(sheet, root=tmp_path, scanner="tiny")
     sheet = write_sheet(tmp_path / "p.tsv", header, [["sub-R1", "real", *files, "", "200"]])
@@ -109,7 +131,11 @@ def test_adding_a_patient_changes_nobody_elses_demographics(tmp_path):
 
 
 def test_sheet_values_override_draws(tmp_path):
-    sheet = write_sheet(tmp_path / "p.tsv", ["participant_id", "source", "diagnosis", "weight_kg"], [["sub-01", "synthetic", "DLB", "55"]])
+    sheet = write_sheet(
+        tmp_path / "p.tsv",
+        ["participant_id", "source", "diagnosis", "weight_kg"],
+        [["sub-01", "synthetic", "DLB", "55"]],
+    )
     row = plan_cohort(read_patients(sheet), 1, MIX).iloc[0]
     assert row["diagnosis"] == "DLB" and row["weight_kg"] == 55
 

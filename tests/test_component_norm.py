@@ -25,8 +25,16 @@ from petiq.scanner import Scanner
 def niftypet_sizes(nrng: int, ncrs: int, nsbins: int, nsn11: int) -> list[tuple[str, int]]:
     """(name, float32 count) in ``get_components``' reading order."""
     nseg0 = 2 * nrng - 1
-    return [("geo", nsbins * nseg0), ("cinf", 9 * nsbins), ("ceff", ncrs * nrng), ("axe1", nsn11),
-            ("dtp", nrng), ("dtnp", nrng), ("dtc", 9), ("axe2", nsn11)]
+    return [
+        ("geo", nsbins * nseg0),
+        ("cinf", 9 * nsbins),
+        ("ceff", ncrs * nrng),
+        ("axe1", nsn11),
+        ("dtp", nrng),
+        ("dtnp", nrng),
+        ("dtc", 9),
+        ("axe2", nsn11),
+    ]
 
 
 def niftypet_transaxial(ncrs: int, nsbins: int, nangles: int):
@@ -109,8 +117,12 @@ def dev_norm_lor(cn, sc, ia, iw, sni, rno, sn11, bckts=None, geo_row=None):
     c1, c2 = c1s[ia, iw], c2s[ia, iw]
     r0, r1 = rno[sni]
     row = 0 if geo_row is None else geo_row
-    v = (float(cn.geometric[row, iw]) * float(cn.interference[iw, ia % 9])
-         * float(cn.crystal_efficiency[r0, c1]) * float(cn.crystal_efficiency[r1, c2]))
+    v = (
+        float(cn.geometric[row, iw])
+        * float(cn.interference[iw, ia % 9])
+        * float(cn.crystal_efficiency[r0, c1])
+        * float(cn.crystal_efficiency[r1, c2])
+    )
     if bckts is not None:
         bt = -(-sc.crystals_per_ring // 18)
         b1 = c1 // 18 + bt * (r0 // 8)
@@ -125,14 +137,22 @@ def random_components(sc: Scanner, seed: int = 0, dead_time: bool = False) -> cn
     lay = cnm.component_layout(sc)
     arr = {f: rng.uniform(0.5, 1.5, shape).astype(np.float32) for f, shape in lay.items()}
     if dead_time:
-        arr["ring_dead_time_paralysing"] = rng.uniform(-3e-6, -1e-6, lay["ring_dead_time_paralysing"]).astype(np.float32)
-        arr["ring_dead_time_nonparalysing"] = rng.uniform(1e-7, 5e-7, lay["ring_dead_time_nonparalysing"]).astype(np.float32)
+        arr["ring_dead_time_paralysing"] = rng.uniform(-3e-6, -1e-6, lay["ring_dead_time_paralysing"]).astype(
+            np.float32
+        )
+        arr["ring_dead_time_nonparalysing"] = rng.uniform(1e-7, 5e-7, lay["ring_dead_time_nonparalysing"]).astype(
+            np.float32
+        )
     else:
         arr["ring_dead_time_paralysing"][:] = 0
         arr["ring_dead_time_nonparalysing"][:] = 0
-    return cnm.ComponentNorm(**arr, quantification_factor=12345.678, scanner=sc.name,
-                             originating_system=sc.name if sc.name != "mmr" else "2008",
-                             n_buckets=sc.n_buckets)
+    return cnm.ComponentNorm(
+        **arr,
+        quantification_factor=12345.678,
+        scanner=sc.name,
+        originating_system=sc.name if sc.name != "mmr" else "2008",
+        n_buckets=sc.n_buckets,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -290,8 +310,13 @@ def test_reads_a_hand_written_mmr_norm(tmp_path, mmr):
     assert cn.crystal_efficiency[3, 17] == parts["ceff"][3 * 504 + 17]
     assert cn.geometric[5, 200] == parts["geo"][5 * 344 + 200]
     assert cn.interference[100, 4] == parts["cinf"][100 * 9 + 4]
-    for field, name in (("axial", "axe1"), ("ring_dead_time_paralysing", "dtp"),
-                        ("ring_dead_time_nonparalysing", "dtnp"), ("crystal_dead_time", "dtc"), ("axial_2", "axe2")):
+    for field, name in (
+        ("axial", "axe1"),
+        ("ring_dead_time_paralysing", "dtp"),
+        ("ring_dead_time_nonparalysing", "dtnp"),
+        ("crystal_dead_time", "dtc"),
+        ("axial_2", "axe2"),
+    ):
         assert getattr(cn, field).tobytes() == parts[name].tobytes(), field
 
 
@@ -311,16 +336,19 @@ def _check_bins(cn, sc, span, picks, bckts=None, by_plane=False):
         else:
             members = np.nonzero(sn11 == s)[0]
             assert len(members) == sn11no[members[0]]
-            want = sum(dev_norm_lor(cn, sc, ia, iw, m, rno, sn11, bckts, rno[m].sum() if by_plane else None)
-                       / sn11no[m] for m in members)
+            want = sum(
+                dev_norm_lor(cn, sc, ia, iw, m, rno, sn11, bckts, rno[m].sum() if by_plane else None) / sn11no[m]
+                for m in members
+            )
         assert out[s, ia, iw] == pytest.approx(want, rel=2e-6, abs=1e-30), (span, s, ia, iw)
     return out
 
 
 def _picks(sc, n_sino, seed=3, n=40):
     rng = np.random.default_rng(seed)
-    picks = [(int(rng.integers(n_sino)), int(rng.integers(sc.n_views)), int(rng.integers(sc.n_radial)))
-             for _ in range(n)]
+    picks = [
+        (int(rng.integers(n_sino)), int(rng.integers(sc.n_views)), int(rng.integers(sc.n_radial))) for _ in range(n)
+    ]
     _, _, live = niftypet_transaxial(sc.crystals_per_ring, sc.n_radial, sc.n_views)
     dead = np.argwhere(~live)
     picks += [(n_sino - 1, int(a), int(w)) for a, w in dead[:3]]  # gap LORs
@@ -435,7 +463,7 @@ def test_missing_header(tmp_path, tiny):
 def test_truncated_data(tmp_path, mmr):
     path, _ = write_mmr_by_hand(tmp_path)
     raw = path.read_bytes()
-    path.write_bytes(raw[:-4 * 837])
+    path.write_bytes(raw[: -4 * 837])
     with pytest.raises(PetiqInputError) as e:
         cnm.read_component_norm(path, mmr)
     _raises(e, path, "bytes", "323404")
@@ -465,8 +493,10 @@ def test_header_without_quantification_factor(tmp_path, mmr):
 def test_listmode_dicom_is_not_a_norm(tmp_path, tiny):
     from petiq.listmode.dicom import write_dicom_header
 
-    lm_hdr = ("!INTERFILE:=\n!originating system:=2008\n!PET data type:=list mode\n"
-              "!name of data file:=lm.bf\n%study date (yyyy:mm:dd):=2020:01:01\n")
+    lm_hdr = (
+        "!INTERFILE:=\n!originating system:=2008\n!PET data type:=list mode\n"
+        "!name of data file:=lm.bf\n%study date (yyyy:mm:dd):=2020:01:01\n"
+    )
     dcm = tmp_path / "lm.dcm"
     write_dicom_header(dcm, lm_hdr)
     with pytest.raises(PetiqInputError) as e:
@@ -520,7 +550,9 @@ def test_mean_bucket_singles_is_mmrhists():
     rng = np.random.default_rng(20)
     reports = rng.integers(0, 3, (50, 224)).astype(np.int32)
     reports[::3] = 0  # intervals without any report
-    singles = np.where(reports > 0, reports * rng.integers(10_000, 400_000, (50, 224)) + rng.integers(0, 5, (50, 224)), 0)
+    singles = np.where(
+        reports > 0, reports * rng.integers(10_000, 400_000, (50, 224)) + rng.integers(0, 5, (50, 224)), 0
+    )
     got = cnm.mean_bucket_singles(singles.astype(np.int64), reports)
     np.testing.assert_array_equal(got, niftypet_buckets(singles, reports))
     with pytest.raises(PetiqInputError, match="no report"):
@@ -621,13 +653,18 @@ def test_reconstruction_norm_carries_the_acquisitions_dead_time(tmp_path, tiny):
 
     cn = random_components(tiny, 4)
     p, n = -2.0e-6, 4.0e-7
-    cn = cn.replace(ring_dead_time_paralysing=np.full(tiny.n_rings, p, np.float32),
-                    ring_dead_time_nonparalysing=np.full(tiny.n_rings, n, np.float32))
+    cn = cn.replace(
+        ring_dead_time_paralysing=np.full(tiny.n_rings, p, np.float32),
+        ring_dead_time_nonparalysing=np.full(tiny.n_rings, n, np.float32),
+    )
     cnm.write_component_norm(tmp_path / "dt.n", cn, tiny)
     pl.norm_file(tmp_path / "dt.n", tmp_path / "norm.npz", tiny, 11)
     s = 200_000
-    sino = {"singles": np.full((3, tiny.n_buckets), 2 * s, np.int64), "singles_reports": np.full((3, tiny.n_buckets), 2),
-            "singles_interval_s": 1.0}
+    sino = {
+        "singles": np.full((3, tiny.n_buckets), 2 * s, np.int64),
+        "singles_reports": np.full((3, tiny.n_buckets), 2),
+        "singles_interval_s": 1.0,
+    }
     plain, _, no_dt = pl.read_norm(tmp_path / "norm.npz", tiny, 11)
     with_dt, kappa, info = pl.read_norm(tmp_path / "norm.npz", tiny, 11, sino, "sino.npz")
     d = math.exp(0.5 * s * p / (1 + 0.5 * s * n)) / (1 + 0.5 * s * n)

@@ -38,7 +38,8 @@ def test_a_later_frame_is_also_corrected_for_the_decay_before_it():
     assert late == pytest.approx(2 * decay_correction_factor(6586.272, 60.0), rel=1e-12)
     # correcting to a reference 1 half-life *later* than the frame halves it instead
     assert decay_correction_factor(6586.272, 60.0, reference_s=6586.272) == pytest.approx(
-        0.5 * decay_correction_factor(6586.272, 60.0), rel=1e-12)
+        0.5 * decay_correction_factor(6586.272, 60.0), rel=1e-12
+    )
 
 
 def test_short_frames_need_almost_no_correction():
@@ -56,12 +57,15 @@ def test_isotope_from_header_prefers_the_header_and_falls_back_on_the_name():
     assert isotope_from_header({}) is None  # nothing to decay-correct with
 
 
-@pytest.mark.parametrize("header, words", [
-    ({"isotope name": "F-18", "isotope branching factor": "abc"}, ["branching factor", "not a number"]),
-    ({"isotope name": "F-18", "isotope gamma halflife (sec)": "-5"}, ["halflife", "> 0"]),
-    ({"isotope name": "Xx-1", "isotope gamma halflife (sec)": "100"}, ["branching factor"]),
-    ({"isotope name": "F-18", "isotope branching factor": "1.5"}, ["branching factor", "(0, 1]"]),
-])
+@pytest.mark.parametrize(
+    "header, words",
+    [
+        ({"isotope name": "F-18", "isotope branching factor": "abc"}, ["branching factor", "not a number"]),
+        ({"isotope name": "F-18", "isotope gamma halflife (sec)": "-5"}, ["halflife", "> 0"]),
+        ({"isotope name": "Xx-1", "isotope gamma halflife (sec)": "100"}, ["branching factor"]),
+        ({"isotope name": "F-18", "isotope branching factor": "1.5"}, ["branching factor", "(0, 1]"]),
+    ],
+)
 def test_bad_isotope_header_values_are_clear_errors(tmp_path, header, words):
     with pytest.raises(PetiqInputError) as info:
         isotope_from_header(header, tmp_path / "scan.l.hdr")
@@ -71,20 +75,36 @@ def test_bad_isotope_header_values_are_clear_errors(tmp_path, header, words):
 
 def _histogram(header=None):
     shape = (3, 4, 5)
-    out = {"prompts": np.ones(shape, np.uint32), "delayeds": np.zeros(shape, np.uint32),
-           "delayed_fansums": np.zeros(8, np.int64), "span": 1, "duration_s": 600.0, "n_prompts": 60,
-           "n_delayeds": 0, "n_outside_span": 0}
+    out = {
+        "prompts": np.ones(shape, np.uint32),
+        "delayeds": np.zeros(shape, np.uint32),
+        "delayed_fansums": np.zeros(8, np.int64),
+        "span": 1,
+        "duration_s": 600.0,
+        "n_prompts": 60,
+        "n_delayeds": 0,
+        "n_outside_span": 0,
+    }
     if header is not None:
         out["header"] = header
     return out
 
 
 def test_sinogram_files_carry_the_headers_isotope_and_frame_start(tmp_path):
-    header = {"isotope name": "F-18", "isotope gamma halflife (sec)": "6586.2", "isotope branching factor": "0.97",
-              "image relative start time (sec)": "120"}
+    header = {
+        "isotope name": "F-18",
+        "isotope gamma halflife (sec)": "6586.2",
+        "isotope branching factor": "0.97",
+        "image relative start time (sec)": "120",
+    }
     write_sinograms(tmp_path / "s.npz", _histogram(header), "tiny")
     sino = read_sinograms(tmp_path / "s.npz")
-    assert (sino["isotope"], sino["half_life_s"], sino["branching_ratio"], sino["frame_start_s"]) == ("F-18", 6586.2, 0.97, 120.0)
+    assert (sino["isotope"], sino["half_life_s"], sino["branching_ratio"], sino["frame_start_s"]) == (
+        "F-18",
+        6586.2,
+        0.97,
+        120.0,
+    )
     quant = frame_quantification(sino)
     lam = math.log(2) / 6586.2
     assert quant.decay_correction_factor == pytest.approx(math.exp(lam * 120) * lam * 600 / (1 - math.exp(-lam * 600)))

@@ -15,7 +15,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-NOT_DRY_RUNNABLE = ("--unlock", "--report", "|", "/tmp/petiq-slurm")  # need a finished run or the test cluster (tests/test_slurm.py)
+NOT_DRY_RUNNABLE = (
+    "--unlock",
+    "--report",
+    "|",
+    "/tmp/petiq-slurm",
+)  # need a finished run or the test cluster (tests/test_slurm.py)
 
 
 def commands(prefix: str) -> list[tuple[str, str]]:
@@ -41,8 +46,15 @@ def test_the_docs_have_commands():
 def test_snakemake_command_plans(doc, command):
     args = shlex.split(command)[1:]
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    done = subprocess.run([sys.executable, "-m", "snakemake", *args, "-n"], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          check=False, env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "PATH": path})
+    done = subprocess.run(
+        [sys.executable, "-m", "snakemake", *args, "-n"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src"), "PATH": path},
+    )
     assert done.returncode == 0, f"{doc}: `{command}` fails:\n{(done.stdout + done.stderr)[-2000:]}"
     assert "This was a dry-run" in done.stdout + done.stderr
 
@@ -61,8 +73,30 @@ def project(tmp_path_factory):
     from petiq.cli import main
     from petiq.sessions import blank_form, read_plan
 
-    assert main(["sessions", "plan", "--patients", "sub-01", "sub-02", "--doses", "1", "10", "100", "--n-sessions", "3",
-                 "--max-images", "10", "--seed", "7", "--out", str(site / "results/scores" / KEY)]) == 0
+    assert (
+        main(
+            [
+                "sessions",
+                "plan",
+                "--patients",
+                "sub-01",
+                "sub-02",
+                "--doses",
+                "1",
+                "10",
+                "100",
+                "--n-sessions",
+                "3",
+                "--max-images",
+                "10",
+                "--seed",
+                "7",
+                "--out",
+                str(site / "results/scores" / KEY),
+            ]
+        )
+        == 0
+    )
     plan = read_plan(site / "results/scores" / KEY)
     for session in sorted(plan["session"].unique()):
         form = blank_form(plan, session)
@@ -82,8 +116,15 @@ PETIQ = commands("petiq")
 def test_petiq_commands_run_on_test_data(project):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     for doc, command in PETIQ:  # in the order a reader meets them: later ones may use what earlier ones wrote
-        done = subprocess.run([sys.executable, "-m", "petiq.cli", *shlex.split(command)[1:]], cwd=project, capture_output=True,
-                              text=True, timeout=600, check=False, env=env)
+        done = subprocess.run(
+            [sys.executable, "-m", "petiq.cli", *shlex.split(command)[1:]],
+            cwd=project,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+            env=env,
+        )
         assert done.returncode == 0, f"{doc}: `{command}` fails:\n{(done.stdout + done.stderr)[-2000:]}"
     assert len(PETIQ) >= 4 and (project / "config/ratings.tsv").is_file() and (project / "scores.tsv").is_file()
 
@@ -93,7 +134,9 @@ def test_every_repository_path_the_docs_name_exists():
     `workflow/…`, `benchmarks/…`) is there: a renamed or deleted file cannot leave a dangling pointer."""
     missing = []
     for doc in DOCS:
-        for path in re.findall(r"`((?:tests|src|workflow|benchmarks|envs|profiles|config)/[\w./-]+\.\w+)", doc.read_text()):
+        for path in re.findall(
+            r"`((?:tests|src|workflow|benchmarks|envs|profiles|config)/[\w./-]+\.\w+)", doc.read_text()
+        ):
             if not (ROOT / path).exists():
                 missing.append(f"{doc.relative_to(ROOT)}: {path}")
     assert not missing, "the docs name files that do not exist:\n" + "\n".join(missing)
@@ -147,7 +190,8 @@ def test_configuration_page_documents_exactly_the_schemas_keys():
     leaves = set(schema_keys(schema))
     parents = {leaf.rsplit(".", n)[0] for leaf in leaves for n in range(1, leaf.count(".") + 1)}
     documented = _documented_keys((ROOT / "docs/configuration.md").read_text())
-    undocumented = sorted(leaf for leaf in leaves
-                          if not any(leaf == key or leaf.startswith(key + ".") for key in documented))
+    undocumented = sorted(
+        leaf for leaf in leaves if not any(leaf == key or leaf.startswith(key + ".") for key in documented)
+    )
     assert not undocumented, f"schema keys missing from docs/configuration.md: {undocumented}"
     assert not documented - leaves - parents, f"not schema keys: {sorted(documented - leaves - parents)}"

@@ -47,11 +47,14 @@ def test_quantise_rounds_to_half_steps_and_clips():
     assert quantise(grid).tolist() == grid.tolist()  # scores on the scale are kept
 
 
-@pytest.mark.parametrize("case", [
-    ([1, 2, 3, 4, 5], [5, 6, 7, 8, 7]),
-    ([0, 0.5, 0.5, 1, 2, 2, 3], [0.2, 0.1, 0.9, 1.4, 1.4, 2.8, 2.1]),  # ties on both sides
-    ([3, 2, 1, 0], [0.1, 0.2, 0.3, 0.4]),  # perfectly reversed
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        ([1, 2, 3, 4, 5], [5, 6, 7, 8, 7]),
+        ([0, 0.5, 0.5, 1, 2, 2, 3], [0.2, 0.1, 0.9, 1.4, 1.4, 2.8, 2.1]),  # ties on both sides
+        ([3, 2, 1, 0], [0.1, 0.2, 0.3, 0.4]),  # perfectly reversed
+    ],
+)
 def test_spearman_matches_scipy(case):
     x, y = case
     assert spearman(x, y) == pytest.approx(spearmanr(x, y).statistic, abs=1e-12)
@@ -151,15 +154,28 @@ def write_run(root, experiment, run, repeats, rng, *, pretext=False, backbone="v
                 row = {"set": s, "participant_id": pid, "dose": dose, "n_patches": 30}
                 if pretext:
                     truth = 3.0 * dose / 100
-                    row |= {"target_dose_per_kg": truth, "pred_dose_per_kg": truth + rng.normal(0, 0.02), "sd_dose_per_kg": 0.1}
+                    row |= {
+                        "target_dose_per_kg": truth,
+                        "pred_dose_per_kg": truth + rng.normal(0, 0.02),
+                        "sd_dose_per_kg": 0.1,
+                    }
                 else:
                     scored = dose in (1, 10, 100)
                     for m in ("GQR", "PR", "DC"):
                         truth = min(3.0, 0.5 * d) if scored else np.nan
-                        row |= {f"target_{m}": truth, f"pred_{m}": min(3.0, 0.5 * d) + rng.normal(0, 0.4), f"sd_{m}": 0.3}
+                        row |= {
+                            f"target_{m}": truth,
+                            f"pred_{m}": min(3.0, 0.5 * d) + rng.normal(0, 0.4),
+                            f"sd_{m}": 0.3,
+                        }
                 rows.append(row)
         pd.DataFrame(rows).to_csv(rep / "predictions_images.tsv", sep="\t", index=False)
-        card = {"backbone": backbone, "weights_origin": "random", "freeze_level": 5, "best_val_loss": val_loss + 0.01 * r}
+        card = {
+            "backbone": backbone,
+            "weights_origin": "random",
+            "freeze_level": 5,
+            "best_val_loss": val_loss + 0.01 * r,
+        }
         (rep / "card.json").write_text(json.dumps(card))
         dirs.append(rep)
     return root / experiment / run
@@ -175,7 +191,9 @@ def test_run_metrics_and_summary_over_repeats(tmp_path):
     assert set(df["backbone"]) == {"vgg16"} and df["best_val_loss"].notna().all()
     # one rep folder alone gives the same numbers as that repeat within the run
     alone = run_metrics(run / "rep-1")
-    pd.testing.assert_frame_equal(alone.drop(columns="repeat"), df[df["repeat"] == 1].drop(columns="repeat").reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        alone.drop(columns="repeat"), df[df["repeat"] == 1].drop(columns="repeat").reset_index(drop=True)
+    )
 
     summary = summarise(df)
     mae_all = df.loc[df["score"] == "all", "mae"].to_numpy()
@@ -206,11 +224,13 @@ def test_run_metrics_errors(tmp_path):
 
 def test_dose_metrics_nearest_level_hand_made():
     levels = {"sub-01": [0.015, 0.03, 0.15, 0.3, 0.75, 1.5, 3.0]}
-    df = pd.DataFrame({
-        "participant_id": "sub-01",
-        "target_dose_per_kg": [0.015, 0.03, 0.3, 1.5, 3.0],
-        "pred_dose_per_kg": [0.02, 0.10, 0.20, 1.2, 2.0],
-    })
+    df = pd.DataFrame(
+        {
+            "participant_id": "sub-01",
+            "target_dose_per_kg": [0.015, 0.03, 0.3, 1.5, 3.0],
+            "pred_dose_per_kg": [0.02, 0.10, 0.20, 1.2, 2.0],
+        }
+    )
     # nearest levels: 0.015 (yes), 0.15 (no, true 0.03), 0.15 (no, true 0.3), 1.5 (yes), 1.5 (no, true 3.0)
     row = dose_metrics(df, levels).iloc[0]
     assert row["pct_exact"] == pytest.approx(40.0)
@@ -240,14 +260,31 @@ def test_comparison_table_puts_every_published_number_next_to_ours(tmp_path):
     rng = np.random.default_rng(2)
     runs = [write_run(tmp_path, "pipelines", name, 2, rng) for name in ("b", "c")]
     summary = summarise(run_metrics(runs))
-    ours = pd.concat([
-        for_comparison(summary, "table_IV", {"b": "b_imagenet_last2", "c": "c_pretext_random"}),
-        for_comparison(summary[summary["score"] == "all"], "fig_10", {"b": "b_imagenet_last2"}),
-    ])
+    ours = pd.concat(
+        [
+            for_comparison(summary, "table_IV", {"b": "b_imagenet_last2", "c": "c_pretext_random"}),
+            for_comparison(summary[summary["score"] == "all"], "fig_10", {"b": "b_imagenet_last2"}),
+        ]
+    )
     out = comparison_table(ours)
-    assert list(out.columns) == ["table", "row", "metric", "score", "paper", "paper_sd", "petiq", "petiq_sd", "n_repeats"]
+    assert list(out.columns) == [
+        "table",
+        "row",
+        "metric",
+        "score",
+        "paper",
+        "paper_sd",
+        "petiq",
+        "petiq_sd",
+        "n_repeats",
+    ]
     assert len(out) == len(ref)  # every published number, once
-    cell = out[(out["table"] == "table_IV") & (out["row"] == "b_imagenet_last2") & (out["metric"] == "mae") & (out["score"] == "GQR")].iloc[0]
+    cell = out[
+        (out["table"] == "table_IV")
+        & (out["row"] == "b_imagenet_last2")
+        & (out["metric"] == "mae")
+        & (out["score"] == "GQR")
+    ].iloc[0]
     assert (cell["paper"], cell["paper_sd"]) == (0.22, 0.06)
     expected = summary[(summary["run"] == "b") & (summary["metric"] == "mae") & (summary["score"] == "GQR")].iloc[0]
     assert cell["petiq"] == pytest.approx(expected["mean"]) and cell["petiq_sd"] == pytest.approx(expected["sd"])
@@ -293,10 +330,22 @@ def test_backbones_ranked_by_validation_loss_and_random_weights_marked(tmp_path)
     from petiq.plots.experiments import plot_backbones
 
     rows = []
-    for name, origin, loss in (("vgg16", "keras_onnx", 0.30), ("resnet18", "torch_hub", 0.20), ("densenet121", "random", 0.25)):
+    for name, origin, loss in (
+        ("vgg16", "keras_onnx", 0.30),
+        ("resnet18", "torch_hub", 0.20),
+        ("densenet121", "random", 0.25),
+    ):
         for r in range(3):
-            rows.append({"backbone": name, "repeat": r, "score": "all", "mae": 0.5 + 0.01 * r, "best_val_loss": loss + 0.001 * r,
-                         "weights_origin": origin})
+            rows.append(
+                {
+                    "backbone": name,
+                    "repeat": r,
+                    "score": "all",
+                    "mae": 0.5 + 0.01 * r,
+                    "best_val_loss": loss + 0.001 * r,
+                    "weights_origin": origin,
+                }
+            )
     out = tmp_path / "fig04.png"
     table = plot_backbones(pd.DataFrame(rows), out)
     assert is_png(out)
@@ -322,8 +371,13 @@ def test_fig05_reads_the_network_from_the_model(vgg16, tmp_path):
     info = describe_network(vgg16, patch_size=80)
     blocks = info["blocks"]
     assert [b["out_shape"] for b in blocks] == [(64, 40, 40), (128, 20, 20), (256, 10, 10), (512, 5, 5), (512, 2, 2)]
-    assert [b["layers"][0] for b in blocks] == ["2 × conv 3×3, 64", "2 × conv 3×3, 128", "3 × conv 3×3, 256",
-                                                "3 × conv 3×3, 512", "3 × conv 3×3, 512"]
+    assert [b["layers"][0] for b in blocks] == [
+        "2 × conv 3×3, 64",
+        "2 × conv 3×3, 128",
+        "3 × conv 3×3, 256",
+        "3 × conv 3×3, 512",
+        "3 × conv 3×3, 512",
+    ]
     assert sum(b["n_params"] for b in blocks) == sum(p.numel() for p in vgg16.features.parameters())
     for k in range(6):
         assert trained_blocks(None, k) == [i >= 5 - k for i in range(5)]
@@ -340,7 +394,13 @@ def test_fig05_from_the_training_engines_model(tmp_path):
 
     model = build_model("vgg16", 3, head="relu", patch_size=32, device="meta")
     info = describe_network(model)
-    assert [b["out_shape"] for b in info["blocks"]] == [(64, 16, 16), (128, 8, 8), (256, 4, 4), (512, 2, 2), (512, 1, 1)]
+    assert [b["out_shape"] for b in info["blocks"]] == [
+        (64, 16, 16),
+        (128, 8, 8),
+        (256, 4, 4),
+        (512, 2, 2),
+        (512, 1, 1),
+    ]
     assert info["head"] == "flatten 512 → FC 3 + ReLU" and info["input"].startswith("32×32")
     for k in range(6):  # the engine's own freeze rule, read from its block descriptions
         assert trained_blocks(model, k) == [b["trained"] for b in describe_blocks(model, k)[:5]]
@@ -362,7 +422,11 @@ def test_fig07_pipelines_from_the_configuration(tmp_path):
     }
     stages = pipeline_stages(pipelines, runs=pretext)
     assert stages["a"]["pretext"] is None and stages["a"]["transfer"]["learning_rate"] == 1e-3
-    assert stages["c"]["init"] == "random" and stages["c"]["pretext"]["freeze_level"] == 5 and stages["c"]["transfer"]["freeze_level"] == 0
+    assert (
+        stages["c"]["init"] == "random"
+        and stages["c"]["pretext"]["freeze_level"] == 5
+        and stages["c"]["transfer"]["freeze_level"] == 0
+    )
     assert stages["d"]["init"] == "imagenet"
     out = tmp_path / "fig07.png"
     plot_fig07_pipelines(pipelines, out, runs=pretext)

@@ -47,7 +47,9 @@ def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
 
     from petiq.fileio import _temp_prefix, write_text
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     pid = int(dead.stdout)
     path = tmp_path / "a.nii.gz"
     stale = tmp_path / f"{_temp_prefix(path)}{pid}.x1y2.tmp.nii.gz"

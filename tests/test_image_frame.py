@@ -364,8 +364,18 @@ def test_cube_reconstructs_where_the_input_affine_put_it(tmp_path):
         nib.save(nib.Nifti1Image(cube * (5.0 if name == "act" else 0.0), a), tmp_path / f"{name}.nii.gz")
     act, _, voxel = read_inputs(tmp_path / "act.nii.gz", tmp_path / "mu.nii.gz")
     y = JosephProjector(sc, image_shape=act.shape, voxel_size_mm=voxel, span=3).forward(act)
-    image = reconstruct(y, sc, 3, duration_s=1.0, calibration_factor=1.0, norm=np.ones_like(y),
-                        n_iterations=10, n_subsets=4, progress=False, backend="cpu")
+    image = reconstruct(
+        y,
+        sc,
+        3,
+        duration_s=1.0,
+        calibration_factor=1.0,
+        norm=np.ones_like(y),
+        n_iterations=10,
+        n_subsets=4,
+        progress=False,
+        backend="cpu",
+    )
     write_nifti(tmp_path / "rec.nii.gz", image, scanner_grid_affine(image.shape, sc.voxel_size_mm))
     img = nib.load(tmp_path / "rec.nii.gz")
     data = np.asarray(img.dataobj)

@@ -252,9 +252,7 @@ def test_bad_files_fail_clearly(tmp_path, tiny):
     notinter = make("notinter.l", data, "hello world\nthis is not a header\n")
     sino = make("sino.l", data, hdr_text.replace("data format:=CoincidenceList", "data format:=sinogram"))
     space = make("space.l", data, hdr_text.replace("PETLINK bin address", "sinogram subheader"))
-    nocount = make(
-        "nocount.l", data, "\n".join(ln for ln in hdr_text.splitlines() if "word counts" not in ln)
-    )
+    nocount = make("nocount.l", data, "\n".join(ln for ln in hdr_text.splitlines() if "word counts" not in ln))
     bits = make("bits.l", data, hdr_text.replace("(bits):=32", "(bits):=64"))
     for read in readers:
         _expect("odd.l", "not a multiple of 4", read, odd)
@@ -326,9 +324,7 @@ def test_thinning_keeps_every_tag_in_place_and_matches_spec(thinned, big_file):
     assert hdr["%petiq source file sha256"] == s.source_sha256 == sha(big_file)
     assert hdr["%petiq dose fraction"] == "0.3" and hdr["%petiq thinning seed"] == "2024"
     assert hdr["%petiq source prompts"] == str(s.prompts_in) and hdr["%petiq prompts"] == str(s.prompts_out)
-    assert hdr["%petiq source delayeds"] == str(s.delayeds_in) and hdr["%petiq delayeds"] == str(
-        s.delayeds_out
-    )
+    assert hdr["%petiq source delayeds"] == str(s.delayeds_in) and hdr["%petiq delayeds"] == str(s.delayeds_out)
     assert hdr["lab note"] == "kept" and hdr["!name of data file"] == "t30.l"
     # every source header line is kept, in order; only changed values differ
     src_lines = header_path(big_file).read_text().splitlines()
@@ -387,9 +383,7 @@ def test_histogram_matches_numpy(tmp_path, tiny, span):
     # fan sums: each delayed adds 1 to both its crystals
     ra, da, rb, db = tiny.bin_crystals(b[~p])
     cpr = tiny.crystals_per_ring
-    ref = np.bincount(ra * cpr + da, minlength=tiny.n_crystals) + np.bincount(
-        rb * cpr + db, minlength=tiny.n_crystals
-    )
+    ref = np.bincount(ra * cpr + da, minlength=tiny.n_crystals) + np.bincount(rb * cpr + db, minlength=tiny.n_crystals)
     assert h.delayed_fansums.shape == (tiny.n_crystals,)
     assert np.array_equal(h.delayed_fansums, ref)
     assert h.delayed_fansums.sum() == 2 * h.n_delayeds

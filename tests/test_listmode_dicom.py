@@ -269,8 +269,17 @@ def synthetic_export(tmp_path_factory):
     paths, _, _ = head(d)
     outs = {}
     for name in ("sub-01_acq-full.l", "sub-01_acq-full.dcm"):
-        simulate_patient(truth_path=paths["truth"], mumap_path=paths["mumap"], participant=PARTICIPANT,
-                         scanner=SCANNER, scanner_seed=5, seed=3, out_path=d / name, duration_s=5.0, progress=False)
+        simulate_patient(
+            truth_path=paths["truth"],
+            mumap_path=paths["mumap"],
+            participant=PARTICIPANT,
+            scanner=SCANNER,
+            scanner_seed=5,
+            seed=3,
+            out_path=d / name,
+            duration_s=5.0,
+            progress=False,
+        )
         outs[name.rsplit(".", 1)[1]] = d / name
     return outs, SCANNER
 
@@ -299,7 +308,9 @@ def test_synthetic_export_histograms_identically_in_both_forms(synthetic_export,
     assert np.array_equal(h1.delayeds.reshape(-1), np.bincount(offsets[~prompt], minlength=int(np.prod(shape1))))
     # the command line takes the .dcm as it takes the .l
     for form in ("l", "dcm"):
-        assert main(["histogram", str(outs[form]), str(tmp_path / f"{form}.npz"), "--scanner", "tiny", "--span", "3"]) == 0
+        assert (
+            main(["histogram", str(outs[form]), str(tmp_path / f"{form}.npz"), "--scanner", "tiny", "--span", "3"]) == 0
+        )
     a, b = read_sinograms(tmp_path / "l.npz"), read_sinograms(tmp_path / "dcm.npz")
     assert np.array_equal(a["prompts"], b["prompts"]) and np.array_equal(a["delayeds"], b["delayeds"])
 

@@ -71,15 +71,21 @@ def test_histogram_threads_give_identical_results(tmp_path):
     ra, da, rb, db = tiny.bin_crystals(b[~p])
     cpr = tiny.crystals_per_ring
     want_fans = np.bincount(np.concatenate([ra * cpr + da, rb * cpr + db]), minlength=tiny.n_crystals)
-    results = [histogram_listmode(path, tiny, span=11, chunk_words=c, threads=th)
-               for th, c in ((1, 1 << 22), (2, 1 << 22), (4, 4097), (2, 333))]
+    results = [
+        histogram_listmode(path, tiny, span=11, chunk_words=c, threads=th)
+        for th, c in ((1, 1 << 22), (2, 1 << 22), (4, 4097), (2, 333))
+    ]
     for h in results:
         np.testing.assert_array_equal(h.prompts.ravel(), want_p)
         np.testing.assert_array_equal(h.delayed_fansums, want_fans)
         for key in ("delayeds", "singles", "singles_reports"):
             np.testing.assert_array_equal(h[key], results[0][key])
         assert [h.n_prompts, h.n_delayeds, h.n_gating_tags, h.n_singles_tags] == [
-            results[0].n_prompts, results[0].n_delayeds, results[0].n_gating_tags, results[0].n_singles_tags]
+            results[0].n_prompts,
+            results[0].n_delayeds,
+            results[0].n_gating_tags,
+            results[0].n_singles_tags,
+        ]
     for bad in (0, 3, True, "2"):
         with pytest.raises(PetiqInputError, match="threads"):
             histogram_listmode(path, tiny, threads=bad)

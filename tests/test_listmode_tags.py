@@ -174,12 +174,21 @@ def test_header_singles_keys_are_checked(tmp_path, tiny):
         with pytest.raises(PetiqInputError, match=problem):
             write_listmode_words(tmp_path / "bad.l", words, header, scanner=tiny)
     # a header with another polling interval and scale (written without a scanner) is followed
-    path = write_listmode_words(tmp_path / "p1.l", words, {"%singles polling interval (sec)": "1", "%singles scale factor": "4",
-                                                          "%number of projections": "28", "%number of views": "36",
-                                                          "number of rings": "8", "%maximum ring difference": "7",
-                                                          "%total number of singles blocks": "4",
-                                                          "%number of segments": "15",
-                                                          "%segment table": "{8,7,7,6,6,5,5,4,4,3,3,2,2,1,1}"})
+    path = write_listmode_words(
+        tmp_path / "p1.l",
+        words,
+        {
+            "%singles polling interval (sec)": "1",
+            "%singles scale factor": "4",
+            "%number of projections": "28",
+            "%number of views": "36",
+            "number of rings": "8",
+            "%maximum ring difference": "7",
+            "%total number of singles blocks": "4",
+            "%number of segments": "15",
+            "%segment table": "{8,7,7,6,6,5,5,4,4,3,3,2,2,1,1}",
+        },
+    )
     h = histogram_listmode(path, tiny, span=1)
     w = words.astype(np.int64)
     sng = (w >> 29) == 5
@@ -247,8 +256,19 @@ def test_sinogram_file_keeps_singles_and_old_files_still_read(tmp_path, tiny):
     with pytest.raises(PetiqInputError, match="buckets"):
         require_singles(got, tmp_path / "s.npz", 224)
     # a file from before the tags were kept: reads, and says what to do where singles are needed
-    old = {k: h[k] for k in ("prompts", "delayeds", "delayed_fansums", "span", "duration_s", "n_prompts", "n_delayeds",
-                             "n_outside_span")}
+    old = {
+        k: h[k]
+        for k in (
+            "prompts",
+            "delayeds",
+            "delayed_fansums",
+            "span",
+            "duration_s",
+            "n_prompts",
+            "n_delayeds",
+            "n_outside_span",
+        )
+    }
     write_sinograms(tmp_path / "old.npz", old, tiny.name)
     got_old = read_sinograms(tmp_path / "old.npz")
     assert "singles" not in got_old and got_old["n_prompts"] == h.n_prompts

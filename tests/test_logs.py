@@ -59,8 +59,21 @@ def test_a_failing_workflow_job_names_its_problem_on_the_console(tmp_path):
     config["patients"] = "config/patients.tsv"
     config["cohort"]["anatomy_dir"] = str(anatomy)
     (tmp_path / "config/config.yaml").write_text(yaml.safe_dump(config))
-    done = run([sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
-                "--cores", "1", "results/figures/cohort.png"], tmp_path)
+    done = run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--cores",
+            "1",
+            "results/figures/cohort.png",
+        ],
+        tmp_path,
+    )
     assert done.returncode != 0
     console = done.stdout + done.stderr
     ours = [line for line in console.splitlines() if line.startswith("petiq: ")]

@@ -182,8 +182,11 @@ def test_genuine_export_histograms_to_the_span11_sum(export):
     "line, new, message",
     [
         ("!originating system:=2008", "!originating system:=1104", "another scanner"),
-        ("%segment table:={127,115,115,93,93,71,71,49,49,27,27}", "%segment table:={127,115,115,93,93}",
-         "not the segment layout"),
+        (
+            "%segment table:={127,115,115,93,93,71,71,49,49,27,27}",
+            "%segment table:={127,115,115,93,93}",
+            "not the segment layout",
+        ),
         ("%number of segments:=11", "%number of segments:=9", "number of segments"),
         ("%maximum ring difference:=60", "%maximum ring difference:=49", "span-1 sinograms"),
     ],

@@ -51,8 +51,12 @@ def test_vgg16_freeze_levels_train_exactly_the_last_k_blocks_and_the_head():
     for k in range(6):
         set_freeze_level(model, k)
         trained = {n for n, p in model.named_parameters() if p.requires_grad}
-        expected = head | {f"blocks.{b - 1}.features_{i}.{w}" for b in range(6 - k, 6) for i in VGG16_CONVS[b]
-                           for w in ("weight", "bias")}
+        expected = head | {
+            f"blocks.{b - 1}.features_{i}.{w}"
+            for b in range(6 - k, 6)
+            for i in VGG16_CONVS[b]
+            for w in ("weight", "bias")
+        }
         assert trained == expected, k
         assert model.freeze_level == k
     assert len(list(model.named_parameters())) == 28  # 13 convolutions and the head, weight and bias each

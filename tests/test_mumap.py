@@ -46,8 +46,9 @@ def test_nifti_flipped_or_permuted_resamples_to_the_ras_original(tiny, tmp_path)
     np.testing.assert_allclose(got, mu, atol=1e-6)
     # permute axes (z, x, y)
     perm = np.eye(4)[:, [2, 0, 1, 3]]
-    got = mm.to_scanner_frame(*mm.read_mumap(_nii(tmp_path / "perm.nii.gz", np.transpose(mu, (2, 0, 1)),
-                                                  aff @ perm))[:2], tiny)
+    got = mm.to_scanner_frame(
+        *mm.read_mumap(_nii(tmp_path / "perm.nii.gz", np.transpose(mu, (2, 0, 1)), aff @ perm))[:2], tiny
+    )
     np.testing.assert_allclose(got, mu, atol=1e-6)
 
 
@@ -72,7 +73,8 @@ def _interfile(tmp_path, name, shape_xyz, voxel_mm, voxels: dict, extra=""):
         "imagedata byte order := LITTLEENDIAN\nnumber of dimensions := 3\n"
         f"matrix size [1] := {nx}\nmatrix size [2] := {ny}\nmatrix size [3] := {nz}\n"
         f"scale factor (mm/pixel) [1] := {voxel_mm:.5f}\nscale factor (mm/pixel) [2] := {voxel_mm:.5f}\n"
-        f"scale factor (mm/pixel) [3] := {voxel_mm:.5f}\n" + extra + "!END OF INTERFILE :=\n")
+        f"scale factor (mm/pixel) [3] := {voxel_mm:.5f}\n" + extra + "!END OF INTERFILE :=\n"
+    )
     return tmp_path / name, hdr
 
 
@@ -115,7 +117,8 @@ def test_dicom_series_at_1e4_per_cm_gives_water_at_the_right_place(tiny, tmp_pat
 def test_hardware_mumap_lands_where_niftypet_formula_says(tiny, tmp_path):
     o, f = (2.0, 2.0, 1.0), (2.0, -2.0, 0.0)  # $umap origin (pixels), $origin offset (mm)
     extra = "".join(f"$umap origin (pixels) [{i + 1}] := {o[i]:.4f}\n" for i in range(3)) + "".join(
-        f"$origin offset (mm) [{i + 1}] := {f[i]:.4f}\n" for i in range(3))
+        f"$origin offset (mm) [{i + 1}] := {f[i]:.4f}\n" for i in range(3)
+    )
     _, hdr = _interfile(tmp_path, "umap_coil.v", (4, 4, 4), 4.0, {(1, 2, 1): 0.1}, extra)
     bed = 8.0
     # NiftyPET get_hmupos, in cm and (z, y, x): vpos = -org*vs + off + gto - tpo, org = (-o3, o2, o1)
@@ -146,8 +149,9 @@ def test_bad_inputs_name_the_file(tiny, tmp_path):
         assert name in str(err.value)
     pet = tmp_path / "pet"
     pet.mkdir()
-    write_mumap_dicom_slice(pet / "pet.dcm", np.ones((32, 32), np.uint16), (0, 0, 0), modality="PT", desc="PET AC",
-                 units="BQML")
+    write_mumap_dicom_slice(
+        pet / "pet.dcm", np.ones((32, 32), np.uint16), (0, 0, 0), modality="PT", desc="PET AC", units="BQML"
+    )
     with pytest.raises(PetiqInputError, match="not a μ-map") as err:
         mm.read_mumap(pet)
     assert "pet.dcm" in str(err.value)
@@ -179,7 +183,8 @@ def _hw_block(tmp_path):
     """A hardware block (4 x 2 x 3 voxels of 4 mm, 0.1 cm⁻¹) with non-zero $umap origin and $origin offset."""
     o, f = (1.0, 2.0, 2.0), (-10.0, -2.0, 0.0)
     extra = "".join(f"$umap origin (pixels) [{i + 1}] := {o[i]:.4f}\n" for i in range(3)) + "".join(
-        f"$origin offset (mm) [{i + 1}] := {f[i]:.4f}\n" for i in range(3))
+        f"$origin offset (mm) [{i + 1}] := {f[i]:.4f}\n" for i in range(3)
+    )
     voxels = {(k, j, i): 0.1 for k in range(3) for j in range(2) for i in range(4)}
     _, hdr = _interfile(tmp_path, "umap_coil.v", (4, 2, 3), 4.0, voxels, extra)
     return hdr, o, f
@@ -208,8 +213,9 @@ def _niftypet_indices(o, f, bed_mm, shape_xyz, sc):
 def _listmode_with_bed(tmp_path, bed):
     from petiq.listmode import write_listmode
 
-    lm = write_listmode(tmp_path / "scan.l", np.array([0, 5]), np.array([True, True]), np.array([0, 1]),
-                        scanner=Scanner.tiny())
+    lm = write_listmode(
+        tmp_path / "scan.l", np.array([0, 5]), np.array([True, True]), np.array([0, 1]), scanner=Scanner.tiny()
+    )
     hdr = tmp_path / "scan.l.hdr"
     lines = [ln for ln in hdr.read_text().splitlines() if "start horizontal bed position" not in ln.lower()]
     if bed is not None:
@@ -238,8 +244,9 @@ def test_attenuation_file_adds_the_hardware_placed_by_the_listmode_bed_position(
     assert info["bed_position_mm"] == 12.0 and info["hardware_mumaps"] == [str(hdr)]
     with np.load(tmp_path / "att.npz") as data:
         att = data["attenuation"]
-    np.testing.assert_allclose(att, attenuation_factors(expected_mu, tiny.voxel_size_mm, tiny, SPAN),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        att, attenuation_factors(expected_mu, tiny.voxel_size_mm, tiny, SPAN), rtol=1e-5, atol=1e-6
+    )
     # the μ sum: the hardware adds 24 voxels x 0.1 cm⁻¹ (the line integrals grow by exactly that block's)
     hw, _ = mm.hardware_mumap([hdr], tiny, 12.0)
     assert float(hw.sum()) == pytest.approx(24 * 0.1, rel=1e-5)
@@ -250,8 +257,9 @@ def test_attenuation_file_adds_the_hardware_placed_by_the_listmode_bed_position(
     for ijk in _niftypet_indices(o, f, -8.0, (4, 2, 3), tiny):
         moved[ijk] += 0.1
     with np.load(tmp_path / "att0.npz") as data:
-        np.testing.assert_allclose(data["attenuation"], attenuation_factors(moved, tiny.voxel_size_mm, tiny, SPAN),
-                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            data["attenuation"], attenuation_factors(moved, tiny.voxel_size_mm, tiny, SPAN), rtol=1e-5, atol=1e-6
+        )
 
 
 def test_bed_position_missing_from_the_listmode_header_is_an_error_naming_it(tiny, tmp_path):
@@ -276,8 +284,9 @@ def _csa2(elements: dict) -> bytes:
     out = b"SV10\x04\x03\x02\x01" + struct.pack("<2I", len(elements), 77)
     for name, values in elements.items():
         items = [f"{v:.8f}".encode() + b"\x00" for v in values] if values else []
-        out += struct.pack("<64si4s3i", name.encode().ljust(64, b"\x00"), len(values), b"FD\x00\x00", 4,
-                           len(items) or 1, 77)
+        out += struct.pack(
+            "<64si4s3i", name.encode().ljust(64, b"\x00"), len(values), b"FD\x00\x00", 4, len(items) or 1, 77
+        )
         for item in items or [b""]:
             out += struct.pack("<4i", len(item), len(item), 77, len(item)) + item + b"\x00" * ((-len(item)) % 4)
     return out
@@ -294,15 +303,30 @@ def test_table_offsets_read_from_the_mumap_dicom_csa_header_move_the_hardware(ti
     ds = pydicom.dcmread(str(f))
     ds.add_new((0x0029, 0x0010), "LO", "SIEMENS CSA HEADER")
     gto, tpo = (0.0, 8.0, -1220.0), (4.0, 0.0, -1212.0)
-    ds.add_new((0x0029, 0x1020), "OB", _csa2({"UsedPatientWeight": [70.0], "GantryTableHomeOffset": list(gto),
-                                               "TablePositionOrigin": list(tpo), "Empty": []}))
+    ds.add_new(
+        (0x0029, 0x1020),
+        "OB",
+        _csa2(
+            {
+                "UsedPatientWeight": [70.0],
+                "GantryTableHomeOffset": list(gto),
+                "TablePositionOrigin": list(tpo),
+                "Empty": [],
+            }
+        ),
+    )
     ds.save_as(str(f))
     got = mm.read_table_offsets_mm(folder)
     assert got == {"table_position_origin_mm": tpo, "gantry_table_home_offset_mm": gto}
     hdr, _, _ = _hw_block(tmp_path)
     base, _ = mm.hardware_mumap([hdr], tiny, 12.0)
-    moved, _ = mm.hardware_mumap([hdr], tiny, 12.0, table_position_origin_mm=got["table_position_origin_mm"],
-                                 gantry_table_home_offset_mm=got["gantry_table_home_offset_mm"])
+    moved, _ = mm.hardware_mumap(
+        [hdr],
+        tiny,
+        12.0,
+        table_position_origin_mm=got["table_position_origin_mm"],
+        gantry_table_home_offset_mm=got["gantry_table_home_offset_mm"],
+    )
     # vpos (x, y, z) grows by gto - tpo = (-4, 8, -8) mm: x -4 (one voxel to -x), y = -(vpos_y): -8 (two
     # voxels to -y), z = bed - vpos_z: +8 (two voxels to +z)
     np.testing.assert_allclose(moved, np.roll(base, (-1, -2, 2), axis=(0, 1, 2)), atol=1e-6)

@@ -162,8 +162,22 @@ def test_cli(volume, tmp_path, capsys):
     img = tmp_path / "v.nii.gz"
     nib.save(nib.Nifti1Image(volume, np.eye(4)), img)
     npy, tsv = tmp_path / "p.npy", tmp_path / "p.tsv"
-    argv = ["patches", str(img), "--npy", str(npy), "--tsv", str(tsv), "--size", "12", "--candidates", "300",
-            "--per-plane", "20", "--seed", "11"]
+    argv = [
+        "patches",
+        str(img),
+        "--npy",
+        str(npy),
+        "--tsv",
+        str(tsv),
+        "--size",
+        "12",
+        "--candidates",
+        "300",
+        "--per-plane",
+        "20",
+        "--seed",
+        "11",
+    ]
     assert main(argv) == 0
     array, table = read_patches(npy, tsv)
     assert array.dtype == np.float16 and len(table) == 60

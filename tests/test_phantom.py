@@ -16,8 +16,18 @@ KEYS = ("truth", "mumap", "t1w", "brainmask")
 
 
 def participant(pid="sub-01", diagnosis="AD", severity=0.8, age=72.0):
-    return {"participant_id": pid, "source": "synthetic", "diagnosis": diagnosis, "severity": severity, "age": age,
-            "sex": "F", "weight_kg": 70.0, "injected_mbq": 200.0, "uptake_min": 35.0, "dose_per_kg": 200 / 70}
+    return {
+        "participant_id": pid,
+        "source": "synthetic",
+        "diagnosis": diagnosis,
+        "severity": severity,
+        "age": age,
+        "sex": "F",
+        "weight_kg": 70.0,
+        "injected_mbq": 200.0,
+        "uptake_min": 35.0,
+        "dose_per_kg": 200 / 70,
+    }
 
 
 def write(tmp_path, tag, row, seed):
@@ -60,8 +70,17 @@ def test_images_share_one_centred_affine(tmp_path):
 
 def make(template, diagnosis, severity, seed, age=70.0):
     anat = draw_anatomy(np.random.default_rng(seed), age, diagnosis, severity)
-    return make_phantom(template, anat, SHAPE, VOXEL, diagnosis=diagnosis, severity=severity,
-                        injected_mbq=200.0, weight_kg=70.0, uptake_min=35.0)
+    return make_phantom(
+        template,
+        anat,
+        SHAPE,
+        VOXEL,
+        diagnosis=diagnosis,
+        severity=severity,
+        injected_mbq=200.0,
+        weight_kg=70.0,
+        uptake_min=35.0,
+    )
 
 
 def test_values_in_physical_range(template):
@@ -104,18 +123,39 @@ def test_patients_differ_in_anatomy(template):
 
 def test_atrophy_widens_ventricles(template):
     anat = draw_anatomy(np.random.default_rng(4), 70.0, "CN", 0.0)
-    young = make_phantom(template, anat.__class__(**{**anat.__dict__, "ventricle_growth_mm": 0.0, "sulcal_widening_mm": 0.0}),
-                         SHAPE, VOXEL, diagnosis="CN", severity=0.0, injected_mbq=200, weight_kg=70, uptake_min=35)
-    old = make_phantom(template, anat.__class__(**{**anat.__dict__, "ventricle_growth_mm": 5.0, "sulcal_widening_mm": 2.5}),
-                       SHAPE, VOXEL, diagnosis="CN", severity=0.0, injected_mbq=200, weight_kg=70, uptake_min=35)
+    young = make_phantom(
+        template,
+        anat.__class__(**{**anat.__dict__, "ventricle_growth_mm": 0.0, "sulcal_widening_mm": 0.0}),
+        SHAPE,
+        VOXEL,
+        diagnosis="CN",
+        severity=0.0,
+        injected_mbq=200,
+        weight_kg=70,
+        uptake_min=35,
+    )
+    old = make_phantom(
+        template,
+        anat.__class__(**{**anat.__dict__, "ventricle_growth_mm": 5.0, "sulcal_widening_mm": 2.5}),
+        SHAPE,
+        VOXEL,
+        diagnosis="CN",
+        severity=0.0,
+        injected_mbq=200,
+        weight_kg=70,
+        uptake_min=35,
+    )
     assert (old.gm + old.wm).sum() < 0.93 * (young.gm + young.wm).sum()
 
 
-@pytest.mark.parametrize("diagnosis, affected, spared", [
-    ("AD", "CG posterior cingulate gyrus", "OL cuneus"),
-    ("FTD", "FL middle frontal gyrus", "OL cuneus"),
-    ("DLB", "OL cuneus", "CG posterior cingulate gyrus"),
-])
+@pytest.mark.parametrize(
+    "diagnosis, affected, spared",
+    [
+        ("AD", "CG posterior cingulate gyrus", "OL cuneus"),
+        ("FTD", "FL middle frontal gyrus", "OL cuneus"),
+        ("DLB", "OL cuneus", "CG posterior cingulate gyrus"),
+    ],
+)
 def test_disease_pattern_lowers_its_regions(template, diagnosis, affected, spared):
     """Same anatomy, with and without disease: the pattern's regions lose uptake, others do not."""
     anat = draw_anatomy(np.random.default_rng(9), 70.0, diagnosis, 1.0)

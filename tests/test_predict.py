@@ -13,7 +13,14 @@ from petiq.errors import PetiqInputError
 from petiq.predict import check_image, find_images, model_dir, patch_settings, predict_images
 
 VOXEL = (4.0, 4.0, 4.0)
-PATCH = {"size": 32, "voxel_size_mm": list(VOXEL), "candidates": 60, "per_plane": 4, "threshold_fraction": 0.125, "dtype": "float32"}
+PATCH = {
+    "size": 32,
+    "voxel_size_mm": list(VOXEL),
+    "candidates": 60,
+    "per_plane": 4,
+    "threshold_fraction": 0.125,
+    "dtype": "float32",
+}
 
 
 def brain_volume(shape=(40, 44, 36), seed=0, noise=0.1) -> np.ndarray:
@@ -50,7 +57,9 @@ def test_bad_images_are_refused_with_file_problem_and_fix(tmp_path):
         if data is not None:
             save(path, data)
         with pytest.raises(PetiqInputError, match=problem) as info:
-            predict_images(tmp_path / "no-model-here", [good, path])  # images are checked before the model is looked for
+            predict_images(
+                tmp_path / "no-model-here", [good, path]
+            )  # images are checked before the model is looked for
         assert name in str(info.value) and "Fix:" in str(info.value)
     (tmp_path / "text.nii").write_text("not an image")
     with pytest.raises(PetiqInputError, match="not a readable NIfTI"):
@@ -84,7 +93,10 @@ def test_model_dir_picks_the_best_repeat(tmp_path):
 
 
 def test_patch_settings_from_the_card():
-    card_patch = {k: v for k, v in PATCH.items() if k != "threshold_fraction"} | {"voxel_size_mm": 4.0, "threshold": 0.2}
+    card_patch = {k: v for k, v in PATCH.items() if k != "threshold_fraction"} | {
+        "voxel_size_mm": 4.0,
+        "threshold": 0.2,
+    }
     settings = patch_settings({"patch": card_patch})
     assert settings["voxel_size_mm"] == VOXEL and settings["threshold_fraction"] == 0.2 and settings["size"] == 32
     with pytest.raises(PetiqInputError, match="no patch settings"):
@@ -111,13 +123,27 @@ def train_small_run(root, extra_card=None):
         vol = brain_volume(seed=seed)
         patches, table = extract_patches(vol / vol.max(), size=32, candidates=60, per_plane=4, seed=seed)
         n = len(patches)
-        return PatchSet(patches, np.tile(scores, (n, 1)), ("GQR", "PR", "DC"), np.full(n, f"sub-{seed:02d}"),
-                        np.full(n, 100.0), table["patch_index"].to_numpy())
+        return PatchSet(
+            patches,
+            np.tile(scores, (n, 1)),
+            ("GQR", "PR", "DC"),
+            np.full(n, f"sub-{seed:02d}"),
+            np.full(n, 100.0),
+            table["patch_index"].to_numpy(),
+        )
 
     spec = TrainSpec(backbone="vgg16", init="random", freeze_level=0, epochs=1, device="cpu", precision="fp32")
     train = PatchSet.concat([patch_set(1, (2.5, 2.0, 2.0)), patch_set(2, (1.0, 1.5, 1.0))])
-    train_repeats(spec, train, patch_set(3, (2.0, 2.0, 1.5)), {"test": patch_set(4, (3.0, 2.5, 2.5))}, seeds=[7],
-                  out_dirs=[root / "rep-0"], extra_card={"patch": PATCH, **(extra_card or {})}, progress=False)
+    train_repeats(
+        spec,
+        train,
+        patch_set(3, (2.0, 2.0, 1.5)),
+        {"test": patch_set(4, (3.0, 2.5, 2.5))},
+        seeds=[7],
+        out_dirs=[root / "rep-0"],
+        extra_card={"patch": PATCH, **(extra_card or {})},
+        progress=False,
+    )
     return root
 
 
@@ -129,8 +155,14 @@ def manual_prediction(run_dir, path, seed=0):
 
     model, card, prep = load_run(run_dir)
     vol = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
-    patches, _ = extract_patches(vol / vol.max(), size=32, candidates=60, per_plane=4, threshold_fraction=0.125,
-                                 seed=derive_seed(seed, "predict", path.name))
+    patches, _ = extract_patches(
+        vol / vol.max(),
+        size=32,
+        candidates=60,
+        per_plane=4,
+        threshold_fraction=0.125,
+        seed=derive_seed(seed, "predict", path.name),
+    )
     pred = predict_patches(model, patches, prep, "cpu")
     return pred.mean(axis=0), pred.std(axis=0)
 
@@ -182,8 +214,22 @@ def test_folder_and_command_line(trained_run, tmp_path, capsys):
     assert written["GQR"].to_numpy() == pytest.approx(table["GQR"].to_numpy())
 
     cli_tsv = tmp_path / "cli.tsv"
-    assert main(["predict", "--model", str(trained_run), str(folder / "img-21.nii.gz"), "--tsv", str(cli_tsv),
-                 "--device", "cpu", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(trained_run),
+                str(folder / "img-21.nii.gz"),
+                "--tsv",
+                str(cli_tsv),
+                "--device",
+                "cpu",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "GQR (± patch SD)" in printed and "img-21.nii.gz" in printed
     assert pd.read_csv(cli_tsv, sep="\t")["GQR"].iloc[0] == pytest.approx(table["GQR"].iloc[0])

@@ -71,8 +71,12 @@ def test_all_bins_equals_bins_mode_span1(tiny):
     lm = proj.forward(x, bins=bins)
     np.testing.assert_allclose(sino.ravel(), lm, rtol=1e-5, atol=1e-4 * float(lm.max()))
     y = rng.random(bins.size, dtype=np.float32)
-    np.testing.assert_allclose(proj.back(y.reshape(proj.sinogram_shape)), proj.back(y, bins=bins),
-                               rtol=1e-5, atol=1e-5 * float(proj.back(y, bins=bins).max()))
+    np.testing.assert_allclose(
+        proj.back(y.reshape(proj.sinogram_shape)),
+        proj.back(y, bins=bins),
+        rtol=1e-5,
+        atol=1e-5 * float(proj.back(y, bins=bins).max()),
+    )
 
 
 def test_stencil_runs_equal_generic_planes(tiny, monkeypatch):
@@ -94,8 +98,11 @@ def test_uniform_ball_chord_lengths(tiny):
     centre = np.array([4.0, -3.0, 1.5])
     n = int(np.ceil(2 * (radius + 8) / vox))
     axis = (np.arange(n) - (n - 1) / 2) * vox
-    r = np.sqrt((axis[:, None, None] - centre[0]) ** 2 + (axis[None, :, None] - centre[1]) ** 2
-                + (axis[None, None, :] - centre[2]) ** 2)
+    r = np.sqrt(
+        (axis[:, None, None] - centre[0]) ** 2
+        + (axis[None, :, None] - centre[1]) ** 2
+        + (axis[None, None, :] - centre[2]) ** 2
+    )
     ball = np.clip(0.5 - (r - radius) / vox, 0, 1).astype(np.float32)  # partial-volume edge
     del r
     proj = JosephProjector(tiny, image_shape=ball.shape, voxel_size_mm=(vox, vox, vox), span=1)
@@ -140,6 +147,7 @@ def _span11_planes_from_definition(n_rings: int, max_rd: int):
     """The mMR span-11 layout re-derived from its published definition: segment 0 holds ring
     differences -5..5, segment +-k holds +-(6 + 11(k-1) .. 16 + 11(k-1)); sinograms ordered by
     segment 0, -1, +1, -2, ... and by ring sum within a segment. Returns {(r1, r2): sinogram}."""
+
     def segment(d):
         return 0 if abs(d) <= 5 else int(np.sign(d)) * ((abs(d) - 6) // 11 + 1)
 
@@ -205,8 +213,9 @@ def test_span11_bins_are_member_sums_and_attenuation_member_means(tiny):
     p11 = JosephProjector(tiny, span=11)
     np.testing.assert_allclose(p11.forward(x), summed, rtol=1e-5, atol=1e-5 * summed.max())
     y = rng.random(p11.sinogram_shape, dtype=np.float32)
-    np.testing.assert_allclose(p11.back(y), JosephProjector(tiny, span=1).back(y[k_of_z]), rtol=1e-4,
-                               atol=1e-5 * float(p11.back(y).max()))
+    np.testing.assert_allclose(
+        p11.back(y), JosephProjector(tiny, span=1).back(y[k_of_z]), rtol=1e-4, atol=1e-5 * float(p11.back(y).max())
+    )
     mu = 0.01 * x
     a1 = np.exp(-0.1 * JosephProjector(tiny, span=1).forward(mu).astype(np.float64))
     mean = np.zeros_like(summed)

@@ -77,14 +77,22 @@ def test_round_trip_plan_forms_import(tmp_path, plan, key, forms):
     assert len(written) == 2 * len(plan)
     # every reading of the key comes back once per rater, unblinded to its patient, dose, session and reading
     expected = pd.concat([plan.assign(rater=r) for r in ("A", "B")])
-    merged = written.merge(expected, on=["participant_id", "dose", "rater", "session", "reading"], how="outer", indicator=True)
+    merged = written.merge(
+        expected, on=["participant_id", "dose", "rater", "session", "reading"], how="outer", indicator=True
+    )
     assert (merged["_merge"] == "both").all()
     assert (written["reading"] == "repeat").sum() == 4
     for _, row in merged.iterrows():
         score = score_of(plan, row["rater"])
         assert row["GQR"] == score(row["blinded_id"], "GQR") and row["DC"] == score(row["blinded_id"], "DC")
     summary = rater_summary(ratings)
-    assert summary.to_dict("records")[0] == {"rater": "A", "readings": len(plan), "first": 9, "repeat": 2, "sessions": "1,2,3,4"}
+    assert summary.to_dict("records")[0] == {
+        "rater": "A",
+        "readings": len(plan),
+        "first": 9,
+        "repeat": 2,
+        "sessions": "1,2,3,4",
+    }
 
 
 def test_one_form_with_two_raters_lowercase_ids_bom_and_blank_lines(tmp_path, plan, key):
@@ -245,7 +253,14 @@ def test_check_ratings_table(tmp_path, key, forms):
     with pytest.raises(RatingsFormError) as caught:
         check_ratings_table(out)
     found = {(p.line, p.column) for p in caught.value.problems}
-    assert {(2, "participant_id"), (2, "rater"), (2, "session"), (2, "reading"), (2, "GQR"), (len(lines), None)} <= found
+    assert {
+        (2, "participant_id"),
+        (2, "rater"),
+        (2, "session"),
+        (2, "reading"),
+        (2, "GQR"),
+        (len(lines), None),
+    } <= found
 
 
 def test_cli_import_reports_problems_then_imports(tmp_path, key, forms, capsys):

@@ -20,8 +20,13 @@ from petiq.phantom import PatientAnatomy, grid_affine
 from petiq.reader import ReaderModel, calibrate_reader, internal_scores, measure_array, reader_truth, virtual_ratings
 
 #: A toy atlas: frontal (FTD's pattern), cuneus (DLB's), two regions no pattern touches, white matter.
-NAMES = {1: "FL superior frontal gyrus L", 2: "PL postcentral gyrus L", 3: "OL cuneus L",
-         4: "TL superior temporal gyrus middle part L", 44: "corpus callosum"}
+NAMES = {
+    1: "FL superior frontal gyrus L",
+    2: "PL postcentral gyrus L",
+    3: "OL cuneus L",
+    4: "TL superior temporal gyrus middle part L",
+    44: "corpus callosum",
+}
 PH_SHAPE, PH_VOXEL = (40, 44, 36), (2.5, 2.5, 2.5)
 REF_SHAPE, REF_VOXEL = (30, 34, 28), (3.4, 3.4, 3.3)
 RECON_FWHM_MM = 6.0
@@ -59,11 +64,21 @@ def toy_phantom(diagnosis: str, severity: float) -> ToyPhantom:
 
 
 def toy_truth(diagnosis: str, severity: float, pid: str = "sub-01") -> dict:
-    return reader_truth(toy_phantom(diagnosis, severity), toy_phantom("CN", 0.0), NAMES, diagnosis=diagnosis, severity=severity,
-                        ref_shape=REF_SHAPE, ref_affine=grid_affine(REF_SHAPE, REF_VOXEL), participant_id=pid)
+    return reader_truth(
+        toy_phantom(diagnosis, severity),
+        toy_phantom("CN", 0.0),
+        NAMES,
+        diagnosis=diagnosis,
+        severity=severity,
+        ref_shape=REF_SHAPE,
+        ref_affine=grid_affine(REF_SHAPE, REF_VOXEL),
+        participant_id=pid,
+    )
 
 
-def toy_recon(diagnosis: str, severity: float, dose: float, noise_seed: int = 0, counts_scale: float = 1.0) -> np.ndarray:
+def toy_recon(
+    diagnosis: str, severity: float, dose: float, noise_seed: int = 0, counts_scale: float = 1.0
+) -> np.ndarray:
     """A 'reconstruction': the truth blurred to RECON_FWHM_MM on the scanner grid, plus correlated
     noise whose relative SD grows as 1/sqrt(counts); one noise field per patient, scaled per dose."""
     ph = toy_phantom(diagnosis, severity)
@@ -125,8 +140,11 @@ def test_measure_image_reads_the_sidecar(tmp_path, truths):
     pet.parent.mkdir(parents=True)
     image = toy_recon("FTD", 1.0, 25.0)
     nib.save(nib.Nifti1Image(image, affine), pet)
-    bids.recon_sidecar_path(root, "sub-01", 25).write_text(json.dumps(
-        {"participant_id": "sub-01", "DoseFractionPercent": 25.0, "InjectedRadioactivity": 50.0, "BodyWeight": 80.0}))
+    bids.recon_sidecar_path(root, "sub-01", 25).write_text(
+        json.dumps(
+            {"participant_id": "sub-01", "DoseFractionPercent": 25.0, "InjectedRadioactivity": 50.0, "BodyWeight": 80.0}
+        )
+    )
     norm01 = bids.norm01_path(root, "sub-01", 25)  # in the derivatives: its sidecar is the reconstruction's
     norm01.parent.mkdir(parents=True)
     nib.save(nib.Nifti1Image(image / image.max(), affine), norm01)
@@ -149,20 +167,45 @@ def test_write_reader_truth_rebuilds_and_checks_the_phantom(tmp_path, monkeypatc
         names = NAMES
 
     monkeypatch.setattr(petiq.anatomy, "load_template", lambda _dir: Template())
-    monkeypatch.setattr(petiq.phantom, "make_phantom", lambda tpl, anat, shape, voxel, *, diagnosis, severity, **kw: toy_phantom(diagnosis, severity))
-    anatomy = PatientAnatomy((1, 1, 1), (0, 0, 0), (0, 0, 0), 2.0, 0.3, 1.0, 1.0, 6.0, 5.0, 0.15, 1.0, 0.0, 0.1, {"warp": 1})
-    sidecar = {"participant_id": "sub-07", "diagnosis": "FTD", "severity": 1.0, "injected_mbq": 200.0, "weight_kg": 70.0,
-               "uptake_min": 35.0, "ImageShape": list(PH_SHAPE), "VoxelSizeMM": list(PH_VOXEL), "Phantom": {"anatomy": asdict(anatomy)}}
+    monkeypatch.setattr(
+        petiq.phantom,
+        "make_phantom",
+        lambda tpl, anat, shape, voxel, *, diagnosis, severity, **kw: toy_phantom(diagnosis, severity),
+    )
+    anatomy = PatientAnatomy(
+        (1, 1, 1), (0, 0, 0), (0, 0, 0), 2.0, 0.3, 1.0, 1.0, 6.0, 5.0, 0.15, 1.0, 0.0, 0.1, {"warp": 1}
+    )
+    sidecar = {
+        "participant_id": "sub-07",
+        "diagnosis": "FTD",
+        "severity": 1.0,
+        "injected_mbq": 200.0,
+        "weight_kg": 70.0,
+        "uptake_min": 35.0,
+        "ImageShape": list(PH_SHAPE),
+        "VoxelSizeMM": list(PH_VOXEL),
+        "Phantom": {"anatomy": asdict(anatomy)},
+    }
     (tmp_path / "sub-07.json").write_text(json.dumps(sidecar))
-    nib.save(nib.Nifti1Image(np.zeros(REF_SHAPE, np.float32), grid_affine(REF_SHAPE, REF_VOXEL)), tmp_path / "ref.nii.gz")
-    nib.save(nib.Nifti1Image(toy_phantom("FTD", 1.0).activity, grid_affine(PH_SHAPE, PH_VOXEL)), tmp_path / "truth.nii.gz")
+    nib.save(
+        nib.Nifti1Image(np.zeros(REF_SHAPE, np.float32), grid_affine(REF_SHAPE, REF_VOXEL)), tmp_path / "ref.nii.gz"
+    )
+    nib.save(
+        nib.Nifti1Image(toy_phantom("FTD", 1.0).activity, grid_affine(PH_SHAPE, PH_VOXEL)), tmp_path / "truth.nii.gz"
+    )
     out = tmp_path / "sub-07_reader-truth.npz"
-    reader.write_reader_truth(tmp_path / "sub-07.json", "anatomy", tmp_path / "ref.nii.gz", out, truth_image=tmp_path / "truth.nii.gz")
+    reader.write_reader_truth(
+        tmp_path / "sub-07.json", "anatomy", tmp_path / "ref.nii.gz", out, truth_image=tmp_path / "truth.nii.gz"
+    )
     saved = reader.load_truth(out)
     assert str(saved["participant_id"]) == "sub-07" and saved["affected"].any()
-    nib.save(nib.Nifti1Image(toy_phantom("FTD", 0.5).activity, grid_affine(PH_SHAPE, PH_VOXEL)), tmp_path / "other.nii.gz")
+    nib.save(
+        nib.Nifti1Image(toy_phantom("FTD", 0.5).activity, grid_affine(PH_SHAPE, PH_VOXEL)), tmp_path / "other.nii.gz"
+    )
     with pytest.raises(PetiqInputError, match="does not reproduce"):
-        reader.write_reader_truth(tmp_path / "sub-07.json", "anatomy", tmp_path / "ref.nii.gz", out, truth_image=tmp_path / "other.nii.gz")
+        reader.write_reader_truth(
+            tmp_path / "sub-07.json", "anatomy", tmp_path / "ref.nii.gz", out, truth_image=tmp_path / "other.nii.gz"
+        )
     del sidecar["Phantom"]
     (tmp_path / "bad.json").write_text(json.dumps(sidecar))
     with pytest.raises(PetiqInputError, match="bad.json: the sidecar has no Phantom.anatomy"):
@@ -179,7 +222,9 @@ def toy_measures(truths) -> pd.DataFrame:
         truth = truths[diagnosis]
         for dose in PAPER_DOSES:
             m = measure_array(toy_recon(diagnosis, severity, dose, noise_seed=int(pid[-1])), truth)
-            rows.append({"participant_id": pid, "dose": dose, "dose_per_kg": 2.8 * dose / 100, "diagnosis": diagnosis, **m})
+            rows.append(
+                {"participant_id": pid, "dose": dose, "dose_per_kg": 2.8 * dose / 100, "diagnosis": diagnosis, **m}
+            )
     return pd.DataFrame(rows)
 
 
@@ -193,7 +238,10 @@ def test_internal_scores_rise_with_dose(toy_measures):
 
 
 def _plan(pids, doses_per_pid, rereads=()):
-    rows = [(f"x{i}", p, d, dose_category(d), 1 + i % 3, "first") for i, (p, d) in enumerate((p, d) for p in pids for d in doses_per_pid[p])]
+    rows = [
+        (f"x{i}", p, d, dose_category(d), 1 + i % 3, "first")
+        for i, (p, d) in enumerate((p, d) for p in pids for d in doses_per_pid[p])
+    ]
     rows += [(f"r{i}", p, d, dose_category(d), 4, "repeat") for i, (p, d) in enumerate(rereads)]
     return pd.DataFrame(rows, columns=list(reader.PLAN_COLUMNS))
 
@@ -227,7 +275,9 @@ def test_virtual_ratings_reject_unmeasured_images(toy_measures):
     with pytest.raises(PetiqInputError, match="no image measures for 1 planned image"):
         virtual_ratings(toy_measures, None, plan, ReaderModel(), raters=2, seed=0)
     with pytest.raises(PetiqInputError, match="re-reads without a first reading"):
-        virtual_ratings(toy_measures, None, _plan(["sub-01"], {"sub-01": (5.0,)}, rereads=[("sub-01", 50.0)]), ReaderModel(), 2, 0)
+        virtual_ratings(
+            toy_measures, None, _plan(["sub-01"], {"sub-01": (5.0,)}, rereads=[("sub-01", 50.0)]), ReaderModel(), 2, 0
+        )
 
 
 def test_reader_model_json_round_trip(tmp_path):
@@ -278,13 +328,22 @@ def synthetic_measures(seed: int = 5) -> pd.DataFrame:
         patient = np.exp(rng.normal(0, 0.1))
         for dose in PAPER_DOSES:
             counts = dose / 100 * full_per_kg / 2.8
-            rows.append({
-                "participant_id": pid, "dose": dose, "dose_per_kg": full_per_kg * dose / 100, "diagnosis": diagnosis,
-                "gw_cnr": 4.0 * patient * np.sqrt(counts) / (1 + 0.3 / np.sqrt(counts * 200)) * np.exp(rng.normal(0, 0.05)),
-                "pattern_contrast_expected": contrast,
-                "pattern_noise": np.hypot(0.05 / np.sqrt(counts), 0.01) * np.exp(rng.normal(0, 0.05)),
-                "pattern_extent": extent,
-            })
+            rows.append(
+                {
+                    "participant_id": pid,
+                    "dose": dose,
+                    "dose_per_kg": full_per_kg * dose / 100,
+                    "diagnosis": diagnosis,
+                    "gw_cnr": 4.0
+                    * patient
+                    * np.sqrt(counts)
+                    / (1 + 0.3 / np.sqrt(counts * 200))
+                    * np.exp(rng.normal(0, 0.05)),
+                    "pattern_contrast_expected": contrast,
+                    "pattern_noise": np.hypot(0.05 / np.sqrt(counts), 0.01) * np.exp(rng.normal(0, 0.05)),
+                    "pattern_extent": extent,
+                }
+            )
     return pd.DataFrame(rows)
 
 

@@ -28,7 +28,15 @@ def saved(text: str, how: str) -> bytes:
     }[how]
 
 
-HOW = ["utf-8", "utf-8 with BOM", "CRLF", "UTF-16 (Excel Unicode text)", "blank lines", "trailing tabs", "trailing spaces"]
+HOW = [
+    "utf-8",
+    "utf-8 with BOM",
+    "CRLF",
+    "UTF-16 (Excel Unicode text)",
+    "blank lines",
+    "trailing tabs",
+    "trailing spaces",
+]
 
 
 @pytest.mark.parametrize("how", HOW)
@@ -53,7 +61,7 @@ BAD = {
     "only blank lines": (b"\n\n  \n", ["is empty"]),
     "Latin-1 text": ("participant_id\tsource\nsub-01\tsynth\xe9tic\n".encode("latin-1"), ["not UTF-8", "byte", "Fix:"]),
     "UTF-16 without a byte-order mark": (SHEET.encode("utf-16-le"), ["NUL bytes", "UTF-16"]),
-    "a ragged row": (b"participant_id\tsource\nsub-01\tsynthetic\textra\tmore\n", ["line 2" , "cells"]),
+    "a ragged row": (b"participant_id\tsource\nsub-01\tsynthetic\textra\tmore\n", ["line 2", "cells"]),
     "a column with no name": (b"participant_id\t\tsource\nsub-01\tDLB\tsynthetic\n", ["column 2", "no name"]),
     "a value under no header": (b"participant_id\tsource\t\nsub-01\tsynthetic\tDLB\n", ["line 2", "under no header"]),
 }

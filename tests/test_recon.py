@@ -58,9 +58,18 @@ class Case:
     def recon(self, y=None, *, scale=1.0, attenuation=True, scatter=True, **kw) -> np.ndarray:
         y = self.prompts_mean if y is None else y
         kw = {"n_iterations": 10, "n_subsets": 4, "progress": False, "backend": "cpu", **kw}
-        return reconstruct(y, self.scanner, SPAN, duration_s=self.duration_s, calibration_factor=self.kappa,
-                           norm=self.norm, attenuation=self.attenuation if attenuation else None,
-                           randoms=scale * self.randoms, scatter=scale * self.scatter if scatter else None, **kw)
+        return reconstruct(
+            y,
+            self.scanner,
+            SPAN,
+            duration_s=self.duration_s,
+            calibration_factor=self.kappa,
+            norm=self.norm,
+            attenuation=self.attenuation if attenuation else None,
+            randoms=scale * self.randoms,
+            scatter=scale * self.scatter if scatter else None,
+            **kw,
+        )
 
     # regions
     @property
@@ -101,14 +110,26 @@ def case() -> Case:
     norm = corr.norm_sinogram(sc, truth.crystal_efficiency, truth.radial_factor, SPAN)
     members = sc.sinogram_members(SPAN).astype(np.float32)[:, None, None]
     randoms = corr.crystal_pair_sums(sc, exp.singles_cps, SPAN) * np.float32(
-        2 * settings.coincidence_window_ns * 1e-9 * settings.duration_s)
+        2 * settings.coincidence_window_ns * 1e-9 * settings.duration_s
+    )
     # a long acquisition (high counts) with a 20 % randoms level; D carries the count scale
     boost = 4e6 / float((norm * members * (exp.emission + exp.scatter)).sum())
     trues = norm * members * exp.emission * np.float32(boost)
     scatter = norm * members * exp.scatter * np.float32(boost)
     randoms = randoms * np.float32(0.25 * trues.sum() / randoms.sum())
-    return Case(sc, activity, mu, radius, norm, corr.attenuation_factors(mu, sc.voxel_size_mm, sc, SPAN),
-                trues, scatter, randoms, settings.duration_s * boost, exp.summary["effective_calibration_factor"])
+    return Case(
+        sc,
+        activity,
+        mu,
+        radius,
+        norm,
+        corr.attenuation_factors(mu, sc.voxel_size_mm, sc, SPAN),
+        trues,
+        scatter,
+        randoms,
+        settings.duration_s * boost,
+        exp.summary["effective_calibration_factor"],
+    )
 
 
 # ----------------------------------------------------------------------------- system model
@@ -130,8 +151,9 @@ def test_system_model_matches_the_simulator_span1_expectation():
     sc = Scanner.tiny()
     activity, mu, _ = phantom(sc)
     truth = scanner_truth(sc, np.random.default_rng(5))
-    settings = AcquisitionSettings(duration_s=600.0, span=SPAN, scatter_fraction=0.3,
-                                   singles_cps_per_mbq=4000.0 / singles_scale(sc))  # 4000 cps/MBq per crystal
+    settings = AcquisitionSettings(
+        duration_s=600.0, span=SPAN, scatter_fraction=0.3, singles_cps_per_mbq=4000.0 / singles_scale(sc)
+    )  # 4000 cps/MBq per crystal
     exp = expected_data(activity, mu, sc.voxel_size_mm, sc, truth, settings)
     smap = sc.span1_to_sinogram(SPAN)
     prompts = np.zeros(sc.sinogram_shape(SPAN))
@@ -143,8 +165,14 @@ def test_system_model_matches_the_simulator_span1_expectation():
     att = corr.attenuation_factors(mu, sc.voxel_size_mm, sc, SPAN)
     proj = JosephProjector(sc, span=SPAN)
     members = sc.sinogram_members(SPAN)[:, None, None]
-    mult, _ = system_model(sc, SPAN, duration_s=600.0, calibration_factor=exp.summary["effective_calibration_factor"],
-                           norm=norm, attenuation=att)
+    mult, _ = system_model(
+        sc,
+        SPAN,
+        duration_s=600.0,
+        calibration_factor=exp.summary["effective_calibration_factor"],
+        norm=norm,
+        attenuation=att,
+    )
     randoms = corr.crystal_pair_sums(sc, exp.singles_cps, SPAN) * (2 * settings.coincidence_window_ns * 1e-9 * 600.0)
     model = mult * proj.forward(activity) + norm * members * exp.scatter + randoms
     np.testing.assert_allclose(model, prompts, rtol=5e-3, atol=2e-5 * prompts.max())
@@ -162,6 +190,7 @@ def test_system_model_matches_the_simulator_span1_expectation():
     line1 = proj1.forward(activity).astype(np.float64)
     att1 = np.exp(-0.1 * proj1.forward(mu).astype(np.float64))
     kappa_d = exp.summary["effective_calibration_factor"] * 600.0
+
     def segment(d):  # span 11: 0 holds -5..5, +-1 holds +-(6..16), ...
         return 0 if abs(d) <= 5 else int(np.sign(d)) * ((abs(d) - 6) // 11 + 1)
 
@@ -203,9 +232,19 @@ def test_uniform_cylinder_with_the_real_gaps_reconstructs_flat():
     norm = corr.norm_sinogram(sc, truth.crystal_efficiency, truth.radial_factor, SPAN)
     assert y[norm == 0].sum() == 0 and (norm == 0).mean() > 0.15  # bins touching a gap record nothing
     att = corr.attenuation_factors(0.096 * cylinder, vox, sc, SPAN)
-    image = reconstruct(y.astype(np.float32), sc, SPAN, duration_s=600.0,
-                        calibration_factor=exp.summary["effective_calibration_factor"], norm=norm, attenuation=att,
-                        n_iterations=3, n_subsets=14, progress=False, backend="cpu")
+    image = reconstruct(
+        y.astype(np.float32),
+        sc,
+        SPAN,
+        duration_s=600.0,
+        calibration_factor=exp.summary["effective_calibration_factor"],
+        norm=norm,
+        attenuation=att,
+        n_iterations=3,
+        n_subsets=14,
+        progress=False,
+        backend="cpu",
+    )
     roi = (r <= 0.8 * radius_mm)[:, :, None] & (np.abs(z) <= 0.25 * sc.axial_fov_mm)[None, None, :]
     values = image[roi].astype(np.float64)
     assert values.std() / values.mean() < 0.02
@@ -232,9 +271,17 @@ def test_norm_components_from_norm_scan(name):
     sc = Scanner.from_name(name)
     scan = simulate_norm_scan(sc, scanner_seed=5, seed=1, span=SPAN, counts_per_bin=500.0, progress=False)
     est = corr.estimate_normalisation(
-        scan["fansums"], scan["sinogram"], sc, norm_scan_span=SPAN, phantom_radius_mm=scan["phantom_radius_mm"],
-        phantom_mu_cm=scan["phantom_mu_cm"], phantom_activity_bq_per_ml=scan["phantom_activity_bq_per_ml"],
-        duration_s=scan["duration_s"], calibration_factor=scan["calibration_factor"], span=SPAN)
+        scan["fansums"],
+        scan["sinogram"],
+        sc,
+        norm_scan_span=SPAN,
+        phantom_radius_mm=scan["phantom_radius_mm"],
+        phantom_mu_cm=scan["phantom_mu_cm"],
+        phantom_activity_bq_per_ml=scan["phantom_activity_bq_per_ml"],
+        duration_s=scan["duration_s"],
+        calibration_factor=scan["calibration_factor"],
+        span=SPAN,
+    )
     eff, true_eff = est.crystal_efficiency, scan["true_crystal_efficiency"]
     real = true_eff > 0
     assert np.all(eff[~real] == 0)
@@ -243,9 +290,15 @@ def test_norm_components_from_norm_scan(name):
     g_true = scan["true_radial_factor"] * true_eff[real].mean() ** 2
     np.testing.assert_allclose(est.radial_factor, g_true, rtol=0.03)
     # the overall scale: n·κ·D·(attenuated line integral) reproduces the norm scan's counts
-    expected = corr.norm_phantom_expected(sc, SPAN, scan["phantom_radius_mm"], scan["phantom_mu_cm"],
-                                          scan["phantom_activity_bq_per_ml"], scan["duration_s"],
-                                          scan["calibration_factor"])
+    expected = corr.norm_phantom_expected(
+        sc,
+        SPAN,
+        scan["phantom_radius_mm"],
+        scan["phantom_mu_cm"],
+        scan["phantom_activity_bq_per_ml"],
+        scan["duration_s"],
+        scan["calibration_factor"],
+    )
     model = est.norm * sc.sinogram_members(SPAN)[:, None, None] * expected
     measured = scan["sinogram"].astype(np.float64)
     assert model.sum() == pytest.approx(measured.sum(), rel=2e-3)
@@ -477,13 +530,28 @@ def files(case, tmp_path_factory) -> dict:
     pairs = corr.crystal_pair_sums(sc, singles, SPAN)
     delayeds = rng.poisson(pairs * (case.randoms.sum() / pairs.sum())).astype(np.uint32)
     fans = corr.crystal_fan_sums(sc, singles) * singles * (case.randoms.sum() / pairs.sum())
-    hist = {"prompts": prompts, "delayeds": delayeds, "delayed_fansums": np.rint(fans).astype(np.int64).ravel(),
-            "span": SPAN, "duration_s": case.duration_s, "n_prompts": int(prompts.sum()),
-            "n_delayeds": int(delayeds.sum()), "n_outside_span": 0}
+    hist = {
+        "prompts": prompts,
+        "delayeds": delayeds,
+        "delayed_fansums": np.rint(fans).astype(np.int64).ravel(),
+        "span": SPAN,
+        "duration_s": case.duration_s,
+        "n_prompts": int(prompts.sum()),
+        "n_delayeds": int(delayeds.sum()),
+        "n_outside_span": 0,
+    }
     write_sinograms(d / "sino.npz", hist, sc.name)
     nib.save(nib.Nifti1Image(case.mu, grid_affine(case.mu.shape, sc.voxel_size_mm)), d / "mu.nii.gz")
-    out = {"dir": d, "norm_scan": d / "norm_scan.npz", "sino": d / "sino.npz", "mu": d / "mu.nii.gz",
-           "norm": d / "norm.npz", "randoms": d / "randoms.npz", "att": d / "att.npz", "scatter": d / "scatter.npz"}
+    out = {
+        "dir": d,
+        "norm_scan": d / "norm_scan.npz",
+        "sino": d / "sino.npz",
+        "mu": d / "mu.nii.gz",
+        "norm": d / "norm.npz",
+        "randoms": d / "randoms.npz",
+        "att": d / "att.npz",
+        "scatter": d / "scatter.npz",
+    }
     pl.estimate_norm_file(out["norm_scan"], out["norm"], sc, SPAN)
     pl.randoms_file(out["sino"], out["randoms"], sc, SPAN)
     pl.attenuation_file(out["mu"], out["att"], sc, SPAN)
@@ -492,9 +560,22 @@ def files(case, tmp_path_factory) -> dict:
 
 
 def _recon_files(files, outdir: Path, **kw):
-    args = {"scanner": "tiny", "span": SPAN, "n_iterations": 4, "n_subsets": 6, "backend": "cpu",
-            "metadata": {"DoseFraction": 0.25, "InjectedRadioactivity": 200.0, "BodyWeight": 70.0,
-                         "PromptsCounted": 123, "DelayedsCounted": 45}, "progress": False, **kw}
+    args = {
+        "scanner": "tiny",
+        "span": SPAN,
+        "n_iterations": 4,
+        "n_subsets": 6,
+        "backend": "cpu",
+        "metadata": {
+            "DoseFraction": 0.25,
+            "InjectedRadioactivity": 200.0,
+            "BodyWeight": 70.0,
+            "PromptsCounted": 123,
+            "DelayedsCounted": 45,
+        },
+        "progress": False,
+        **kw,
+    }
     paths = [outdir / "img.nii.gz", outdir / "img.json", outdir / "img_norm01.nii.gz"]
     sources = [files[k] for k in ("sino", "norm", "randoms", "att", "scatter")]
     for k, v in list(kw.items()):
@@ -539,8 +620,13 @@ def test_reconstruct_file_outputs_and_sidecar(files, case, tmp_path):
     assert on_disk["RandomsCorrectionMethod"].startswith("DLYD")
     assert on_disk["ReconstructionBackend"] == "cpu"
     assert on_disk["FrameDuration"] == [pytest.approx(case.duration_s)]
-    for key, value in {"DoseFraction": 0.25, "InjectedRadioactivity": 200.0, "BodyWeight": 70.0,
-                       "PromptsCounted": 123, "DelayedsCounted": 45}.items():
+    for key, value in {
+        "DoseFraction": 0.25,
+        "InjectedRadioactivity": 200.0,
+        "BodyWeight": 70.0,
+        "PromptsCounted": 123,
+        "DelayedsCounted": 45,
+    }.items():
         assert on_disk[key] == value
     assert 0.25 < on_disk["EstimatedScatterFraction"] < 0.45
     assert sorted(p.name for p in tmp_path.iterdir()) == ["img.json", "img.nii.gz", "img_norm01.nii.gz"]
@@ -617,8 +703,17 @@ def test_listmode_chain_is_quantitative(tmp_path):
     for name, data in (("truth", 300.0 * ball), ("mumap", 0.096 * ball)):
         nib.save(nib.Nifti1Image(data, affine), tmp_path / f"{name}.nii.gz")
     participant = {"participant_id": "sub-01", "injected_mbq": 200.0, "weight_kg": 70.0, "uptake_min": 40.0}
-    simulate_patient(truth_path=tmp_path / "truth.nii.gz", mumap_path=tmp_path / "mumap.nii.gz", participant=participant,
-                     scanner=sc, scanner_seed=5, seed=3, out_path=tmp_path / "full.l", duration_s=600.0, progress=False)
+    simulate_patient(
+        truth_path=tmp_path / "truth.nii.gz",
+        mumap_path=tmp_path / "mumap.nii.gz",
+        participant=participant,
+        scanner=sc,
+        scanner_seed=5,
+        seed=3,
+        out_path=tmp_path / "full.l",
+        duration_s=600.0,
+        progress=False,
+    )
     thin_listmode(tmp_path / "full.l", tmp_path / "quarter.l", 0.25, seed=7, scanner=sc)
     pl.attenuation_file(tmp_path / "mumap.nii.gz", tmp_path / "att.npz", sc, SPAN)
     x = (np.arange(32) - 15.5) * 4.0
@@ -628,13 +723,32 @@ def test_listmode_chain_is_quantitative(tmp_path):
     for name in ("full", "quarter"):
         write_sinograms(tmp_path / f"{name}.npz", histogram_listmode(tmp_path / f"{name}.l", sc, span=SPAN), sc.name)
         pl.randoms_file(tmp_path / f"{name}.npz", tmp_path / f"{name}_r.npz", sc, SPAN)
-        scatter = pl.scatter_file(tmp_path / f"{name}.npz", tmp_path / "norm.npz", tmp_path / f"{name}_r.npz",
-                                  tmp_path / "att.npz", tmp_path / f"{name}_s.npz", scanner=sc, span=SPAN)
+        scatter = pl.scatter_file(
+            tmp_path / f"{name}.npz",
+            tmp_path / "norm.npz",
+            tmp_path / f"{name}_r.npz",
+            tmp_path / "att.npz",
+            tmp_path / f"{name}_s.npz",
+            scanner=sc,
+            span=SPAN,
+        )
         assert 0.2 < scatter["scatter_fraction"] < 0.45  # the simulation draws 0.30-0.40
-        pl.reconstruct_file(tmp_path / f"{name}.npz", tmp_path / "norm.npz", tmp_path / f"{name}_r.npz",
-                            tmp_path / "att.npz", tmp_path / f"{name}_s.npz", tmp_path / f"{name}.nii.gz",
-                            tmp_path / f"{name}.json", tmp_path / f"{name}_01.nii.gz", scanner=sc, span=SPAN,
-                            n_iterations=5, n_subsets=6, backend="cpu", progress=False)
+        pl.reconstruct_file(
+            tmp_path / f"{name}.npz",
+            tmp_path / "norm.npz",
+            tmp_path / f"{name}_r.npz",
+            tmp_path / "att.npz",
+            tmp_path / f"{name}_s.npz",
+            tmp_path / f"{name}.nii.gz",
+            tmp_path / f"{name}.json",
+            tmp_path / f"{name}_01.nii.gz",
+            scanner=sc,
+            span=SPAN,
+            n_iterations=5,
+            n_subsets=6,
+            backend="cpu",
+            progress=False,
+        )
         means[name] = float(np.asarray(nib.load(tmp_path / f"{name}.nii.gz").dataobj)[inner].mean())
     # e7's quantification: decay corrected to the scan start, divided by the branching ratio
     assert means["full"] == pytest.approx(300.0, rel=0.05)
@@ -656,23 +770,52 @@ def test_reconstructions_form_a_valid_bids_dataset(files, tmp_path):
     from petiq.sinograms import read_sinograms, write_sinograms
 
     sino = read_sinograms(files["sino"])
-    sino.update(isotope="F-18", half_life_s=6586.2, branching_ratio=0.9673, frame_start_s=0.0,
-                injection_start_s=-2400.0)
+    sino.update(
+        isotope="F-18", half_life_s=6586.2, branching_ratio=0.9673, frame_start_s=0.0, injection_start_s=-2400.0
+    )
     write_sinograms(tmp_path / "sino.npz", sino, sino["scanner"])
     root = tmp_path / "bids"
-    participants = pd.DataFrame([
-        {"participant_id": "sub-01", "source": "synthetic", "diagnosis": "AD", "severity": 0.6, "age": 71.0, "sex": "F",
-         "weight_kg": 70.0, "injected_mbq": 200.0, "uptake_min": 40.0, "dose_per_kg": 2.8571},
-        {"participant_id": "sub-R1", "source": "real", "diagnosis": "unknown", "severity": np.nan, "age": np.nan,
-         "sex": "", "weight_kg": 80.0, "injected_mbq": 190.0, "uptake_min": np.nan, "dose_per_kg": 2.375}])
+    participants = pd.DataFrame(
+        [
+            {
+                "participant_id": "sub-01",
+                "source": "synthetic",
+                "diagnosis": "AD",
+                "severity": 0.6,
+                "age": 71.0,
+                "sex": "F",
+                "weight_kg": 70.0,
+                "injected_mbq": 200.0,
+                "uptake_min": 40.0,
+                "dose_per_kg": 2.8571,
+            },
+            {
+                "participant_id": "sub-R1",
+                "source": "real",
+                "diagnosis": "unknown",
+                "severity": np.nan,
+                "age": np.nan,
+                "sex": "",
+                "weight_kg": 80.0,
+                "injected_mbq": 190.0,
+                "uptake_min": np.nan,
+                "dose_per_kg": 2.375,
+            },
+        ]
+    )
     bids.write_dataset_files(root, participants)
     row = participants.iloc[0].to_dict()
     for dose in (5, 100):
         metadata = bids.pet_metadata(row, dose, "tiny")
         sidecar, _ = _recon_files(files, tmp_path, sino=tmp_path / "sino.npz", metadata=metadata)
-        for src, dst in zip(("img.nii.gz", "img.json", "img_norm01.nii.gz"),
-                            (bids.recon_image_path(root, "sub-01", dose), bids.recon_sidecar_path(root, "sub-01", dose),
-                             bids.norm01_path(root, "sub-01", dose))):
+        for src, dst in zip(
+            ("img.nii.gz", "img.json", "img_norm01.nii.gz"),
+            (
+                bids.recon_image_path(root, "sub-01", dose),
+                bids.recon_sidecar_path(root, "sub-01", dose),
+                bids.norm01_path(root, "sub-01", dose),
+            ),
+        ):
             dst.parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / src).replace(dst)
     assert sidecar["InjectionStart"] == -2400.0 and sidecar["TracerRadionuclide"] == "F18"

@@ -39,8 +39,17 @@ def acq(tmp_path_factory) -> dict:
     for name, data in (("truth", ACTIVITY * ball), ("mumap", 0.096 * ball)):
         nib.save(nib.Nifti1Image(data, affine), d / f"{name}.nii.gz")
     participant = {"participant_id": "sub-01", "injected_mbq": 200.0, "weight_kg": 70.0, "uptake_min": 40.0}
-    simulate_patient(truth_path=d / "truth.nii.gz", mumap_path=d / "mumap.nii.gz", participant=participant,
-                     scanner=sc, scanner_seed=5, seed=3, out_path=d / "full.l", duration_s=600.0, progress=False)
+    simulate_patient(
+        truth_path=d / "truth.nii.gz",
+        mumap_path=d / "mumap.nii.gz",
+        participant=participant,
+        scanner=sc,
+        scanner_seed=5,
+        seed=3,
+        out_path=d / "full.l",
+        duration_s=600.0,
+        progress=False,
+    )
     return {"dir": d, "lm": d / "full.l", "norm_scan": d / "norm_scan.npz", "mumap": d / "mumap.nii.gz"}
 
 
@@ -54,10 +63,14 @@ def _inner(scanner: Scanner) -> np.ndarray:
 def test_defaults_are_the_config_schema_defaults():
     schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())["properties"]
     recon = schema["recon"]["properties"]
-    assert chain.DEFAULTS == {"scanner": schema["scanner"]["default"], "span": schema["span"]["default"],
-                              "n_iterations": recon["iterations"]["default"], "n_subsets": recon["subsets"]["default"],
-                              "post_filter_fwhm_mm": recon["post_filter_fwhm_mm"]["default"],
-                              "backend": schema["device"]["default"]}
+    assert chain.DEFAULTS == {
+        "scanner": schema["scanner"]["default"],
+        "span": schema["span"]["default"],
+        "n_iterations": recon["iterations"]["default"],
+        "n_subsets": recon["subsets"]["default"],
+        "post_filter_fwhm_mm": recon["post_filter_fwhm_mm"]["default"],
+        "backend": schema["device"]["default"],
+    }
 
 
 def test_recon_listmode_image_sidecar_activity_and_kept_steps(acq, tmp_path, capsys):
@@ -67,8 +80,27 @@ def test_recon_listmode_image_sidecar_activity_and_kept_steps(acq, tmp_path, cap
     work = tmp_path / "work"
     meta = tmp_path / "meta.json"
     meta.write_text(json.dumps({"InjectedRadioactivity": 200.0, "BodyWeight": 70.0}))
-    assert main(["recon", str(acq["lm"]), "--norm", str(acq["norm_scan"]), "--mumap", str(acq["mumap"]),
-                 "--out", str(out), "--work-dir", str(work), "--keep-intermediate", "--metadata", str(meta), *FAST]) == 0
+    assert (
+        main(
+            [
+                "recon",
+                str(acq["lm"]),
+                "--norm",
+                str(acq["norm_scan"]),
+                "--mumap",
+                str(acq["mumap"]),
+                "--out",
+                str(out),
+                "--work-dir",
+                str(work),
+                "--keep-intermediate",
+                "--metadata",
+                str(meta),
+                *FAST,
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "kBq/mL" in printed and "histogram" in printed
     img = nib.load(out)
@@ -95,7 +127,8 @@ def test_recon_listmode_image_sidecar_activity_and_kept_steps(acq, tmp_path, cap
         with np.load(work / f"{kind}.npz") as data:
             assert str(data["kind"]) == kind
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["meta.json", "sub-01_pet.nii.gz", "sub-01_pet.json", "sub-01_desc-norm01_pet.nii.gz", "work"])
+        ["meta.json", "sub-01_pet.nii.gz", "sub-01_pet.json", "sub-01_desc-norm01_pet.nii.gz", "work"]
+    )
     acq["kept"] = work
 
 
@@ -106,8 +139,22 @@ def test_recon_default_leaves_no_intermediate_files(acq, tmp_path):
         pytest.skip("needs the kept step files of the list-mode test")
     work = acq["kept"]
     out = tmp_path / "img.nii.gz"
-    assert main(["recon", str(work / "sinograms.npz"), "--norm", str(work / "norm.npz"), "--mumap", str(acq["mumap"]),
-                 "--out", str(out), *FAST]) == 0
+    assert (
+        main(
+            [
+                "recon",
+                str(work / "sinograms.npz"),
+                "--norm",
+                str(work / "norm.npz"),
+                "--mumap",
+                str(acq["mumap"]),
+                "--out",
+                str(out),
+                *FAST,
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["img.json", "img.nii.gz", "img_desc-norm01.nii.gz"]
     data = np.asarray(nib.load(out).dataobj)
     assert float(data[_inner(Scanner.tiny())].mean()) == pytest.approx(ACTIVITY, rel=0.06)
@@ -148,8 +195,9 @@ def test_bad_inputs_exit_2_with_one_line(acq, tmp_path, capsys, monkeypatch):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     for args, named, words in cases:
-        defaults = [x for flag, value in (("--scanner", "tiny"), ("--device", "cpu")) if flag not in args
-                    for x in (flag, value)]
+        defaults = [
+            x for flag, value in (("--scanner", "tiny"), ("--device", "cpu")) if flag not in args for x in (flag, value)
+        ]
         code = main(["recon", *args, "--out", str(out_dir / "img.nii.gz"), "--quiet", *defaults])
         err = capsys.readouterr().err.strip()
         assert code == 2, (args, err)
@@ -159,14 +207,30 @@ def test_bad_inputs_exit_2_with_one_line(acq, tmp_path, capsys, monkeypatch):
         assert list(out_dir.iterdir()) == [], args
     # an existing output is refused before any work too, and kept
     (out_dir / "img.nii.gz").write_text("x")
-    assert main(["recon", str(acq["lm"]), "--norm", str(acq["norm_scan"]), "--mumap", str(acq["mumap"]),
-                 "--out", str(out_dir / "img.nii.gz"), *FAST]) == 2
+    assert (
+        main(
+            [
+                "recon",
+                str(acq["lm"]),
+                "--norm",
+                str(acq["norm_scan"]),
+                "--mumap",
+                str(acq["mumap"]),
+                "--out",
+                str(out_dir / "img.nii.gz"),
+                *FAST,
+            ]
+        )
+        == 2
+    )
     assert "exists already" in capsys.readouterr().err and started == []
     assert sorted(p.name for p in out_dir.iterdir()) == ["img.nii.gz"]
 
 
 def test_norm01_names():
-    assert chain.norm01_path("a/sub-01_rec-dose010p0_pet.nii.gz") == Path("a/sub-01_rec-dose010p0_desc-norm01_pet.nii.gz")
+    assert chain.norm01_path("a/sub-01_rec-dose010p0_pet.nii.gz") == Path(
+        "a/sub-01_rec-dose010p0_desc-norm01_pet.nii.gz"
+    )
     assert chain.norm01_path("img.nii.gz") == Path("img_desc-norm01.nii.gz")
 
 
@@ -184,8 +248,15 @@ def test_steps_logged_with_timings_and_a_failed_step_leaves_nothing(acq, tmp_pat
 
     monkeypatch.setattr(pl, "scatter_file", broken)
     with pytest.raises(RuntimeError, match="scatter broke"):
-        chain.reconstruct_acquisition(work / "sinograms.npz", norm=acq["norm_scan"], mumap=acq["mumap"],
-                                      out_nii=tmp_path / "img.nii.gz", scanner="tiny", backend="cpu", progress=False)
+        chain.reconstruct_acquisition(
+            work / "sinograms.npz",
+            norm=acq["norm_scan"],
+            mumap=acq["mumap"],
+            out_nii=tmp_path / "img.nii.gz",
+            scanner="tiny",
+            backend="cpu",
+            progress=False,
+        )
     assert list(tmp_path.iterdir()) == []  # no image, no temporary work folder
     done = [r.getMessage() for r in caplog.records if " done in " in r.getMessage()]
     assert [m.split("] ")[1].split(" done")[0] for m in done] == ["norm", "attenuation", "histogram", "randoms"]
@@ -218,18 +289,42 @@ def test_recon_of_a_thinned_dicom_export(acq, tmp_path):
     thin_listmode(acq["lm"], tmp_path / "half.dcm", 0.5, seed=7, scanner=Scanner.tiny())
     assert (tmp_path / "half.bf").is_file()
     out = tmp_path / "out" / "half_pet.nii.gz"
-    assert main(["recon", str(tmp_path / "half.dcm"), "--norm", str(acq["norm_scan"]), "--mumap", str(acq["mumap"]),
-                 "--out", str(out), *FAST]) == 0
+    assert (
+        main(
+            [
+                "recon",
+                str(tmp_path / "half.dcm"),
+                "--norm",
+                str(acq["norm_scan"]),
+                "--mumap",
+                str(acq["mumap"]),
+                "--out",
+                str(out),
+                *FAST,
+            ]
+        )
+        == 0
+    )
     data = np.asarray(nib.load(out).dataobj)
     # half the counts: 0.5 x 300 kBq/mL; 8 % (the full-count test's 6 % widened for √2 more noise)
     assert float(data[_inner(Scanner.tiny())].mean()) == pytest.approx(0.5 * ACTIVITY, rel=0.08)
-    assert sorted(p.name for p in out.parent.iterdir()) == ["half_desc-norm01_pet.nii.gz", "half_pet.json", "half_pet.nii.gz"]
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "half_desc-norm01_pet.nii.gz",
+        "half_pet.json",
+        "half_pet.nii.gz",
+    ]
 
 
 def test_unserialisable_metadata_is_refused_before_any_step(acq, tmp_path):
     with pytest.raises(PetiqInputError, match="JSON"):
-        chain.reconstruct_acquisition(acq["lm"], norm=acq["norm_scan"], mumap=acq["mumap"], out_nii=tmp_path / "x.nii.gz",
-                                      scanner="tiny", metadata={"when": object()})
+        chain.reconstruct_acquisition(
+            acq["lm"],
+            norm=acq["norm_scan"],
+            mumap=acq["mumap"],
+            out_nii=tmp_path / "x.nii.gz",
+            scanner="tiny",
+            metadata={"when": object()},
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -245,23 +340,54 @@ def test_recon_with_the_scanners_component_norm(acq, tmp_path, capsys):
     cn = cnm.component_norm_from_truth(sc, truth.crystal_efficiency, truth.radial_factor, scanner_calibration(sc, SPAN))
     cnm.write_component_norm(tmp_path / "truth.n", cn, sc)
     out = tmp_path / "img.nii.gz"
-    assert main(["recon", str(acq["lm"]), "--norm", str(tmp_path / "truth.n"), "--mumap", str(acq["mumap"]),
-                 "--out", str(out), "--keep-intermediate", *FAST]) == 0
+    assert (
+        main(
+            [
+                "recon",
+                str(acq["lm"]),
+                "--norm",
+                str(tmp_path / "truth.n"),
+                "--mumap",
+                str(acq["mumap"]),
+                "--out",
+                str(out),
+                "--keep-intermediate",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     data = np.asarray(nib.load(out).dataobj)
     assert float(data[_inner(sc)].mean()) == pytest.approx(ACTIVITY, rel=0.06)
     with np.load(tmp_path / "img_work" / "norm.npz") as z:
         assert str(z["kind"]) == "norm" and "component_crystal_efficiency" in z.files
         np.testing.assert_array_equal(z["norm"], cnm.norm_sinogram(cn, sc, SPAN))
     demo = Scanner.demo()
-    other = cnm.component_norm_from_truth(demo, np.ones((demo.n_rings, demo.crystals_per_ring)),
-                                          np.ones(demo.n_radial), 1.0)
+    other = cnm.component_norm_from_truth(
+        demo, np.ones((demo.n_rings, demo.crystals_per_ring)), np.ones(demo.n_radial), 1.0
+    )
     cnm.write_component_norm(tmp_path / "demo.n", other, demo)
     capsys.readouterr()
-    assert main(["recon", str(acq["lm"]), "--norm", str(tmp_path / "demo.n"), "--mumap", str(acq["mumap"]),
-                 "--out", str(tmp_path / "bad.nii.gz"), *FAST]) == 2
+    assert (
+        main(
+            [
+                "recon",
+                str(acq["lm"]),
+                "--norm",
+                str(tmp_path / "demo.n"),
+                "--mumap",
+                str(acq["mumap"]),
+                "--out",
+                str(tmp_path / "bad.nii.gz"),
+                *FAST,
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "demo.n.hdr" in err and "originating system" in err
     assert not (tmp_path / "bad.nii.gz").exists()
+
 
 # ----------------------------------------------------------------------------- μ-maps as a site exports them
 WATER = 0.096
@@ -286,7 +412,8 @@ def _hardware_plate(d: Path) -> Path:
     ($umap origin 0): f = (-30, 50, -28) puts it on the tiny grid's columns 8.., rows 3, 2 and slices 0..14."""
     plate = np.full((15, 2, 16), PLATE_MU, np.float32)  # [z, y, x]
     extra = "".join(f"$umap origin (pixels) [{i}] := 0\n" for i in (1, 2, 3)) + (
-        "$origin offset (mm) [1] := -30\n$origin offset (mm) [2] := 50\n$origin offset (mm) [3] := -28\n")
+        "$origin offset (mm) [1] := -30\n$origin offset (mm) [2] := 50\n$origin offset (mm) [3] := -28\n"
+    )
     return write_e7_interfile(d / "umap_table.v", plate, 4.0, extra)
 
 
@@ -310,8 +437,26 @@ def site_mumaps(tmp_path_factory) -> dict:
 def _recon_attenuation(acq, tmp_path, mumap, *extra) -> np.ndarray:
     work = acq["kept"]
     out = tmp_path / "img.nii.gz"
-    assert main(["recon", str(work / "sinograms.npz"), "--norm", str(work / "norm.npz"), "--mumap", str(mumap),
-                 "--out", str(out), "--work-dir", str(tmp_path / "w"), "--keep-intermediate", *extra, *FAST]) == 0
+    assert (
+        main(
+            [
+                "recon",
+                str(work / "sinograms.npz"),
+                "--norm",
+                str(work / "norm.npz"),
+                "--mumap",
+                str(mumap),
+                "--out",
+                str(out),
+                "--work-dir",
+                str(tmp_path / "w"),
+                "--keep-intermediate",
+                *extra,
+                *FAST,
+            ]
+        )
+        == 0
+    )
     data = np.asarray(nib.load(out).dataobj)
     assert float(data[_inner(Scanner.tiny())].mean()) == pytest.approx(ACTIVITY, rel=0.06)
     with np.load(tmp_path / "w" / "attenuation.npz") as att:
@@ -341,8 +486,9 @@ def test_recon_adds_a_hardware_mumap_placed_by_the_bed_position(acq, site_mumaps
     if "kept" not in acq:
         pytest.skip("needs the kept step files of the list-mode test")
     sc = Scanner.tiny()
-    att, _ = _recon_attenuation(acq, tmp_path, site_mumaps["e7_hdr"], "--hardware-mumap",
-                                str(site_mumaps["hardware"]), "--bed-position-mm", "0")
+    att, _ = _recon_attenuation(
+        acq, tmp_path, site_mumaps["e7_hdr"], "--hardware-mumap", str(site_mumaps["hardware"]), "--bed-position-mm", "0"
+    )
     # exp(-∫(μ_ball + μ_plate)) per span-1 member, then the member mean (not the product of the two means)
     expected = attenuation_factors(site_mumaps["ball"] + _plate_on_grid(sc), sc.voxel_size_mm, sc, SPAN)
     plate = attenuation_factors(_plate_on_grid(sc), sc.voxel_size_mm, sc, SPAN)
@@ -350,17 +496,30 @@ def test_recon_adds_a_hardware_mumap_placed_by_the_bed_position(acq, site_mumaps
     np.testing.assert_allclose(att, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_hardware_mumap_without_a_bed_position_is_refused_before_any_step(acq, site_mumaps, tmp_path, capsys,
-                                                                         monkeypatch):
+def test_hardware_mumap_without_a_bed_position_is_refused_before_any_step(
+    acq, site_mumaps, tmp_path, capsys, monkeypatch
+):
     if "kept" not in acq:
         pytest.skip("needs the kept step files of the list-mode test")
     started = []
     for name in ("estimate_norm_file", "randoms_file", "attenuation_file", "scatter_file", "reconstruct_file"):
         monkeypatch.setattr(pl, name, lambda *a, _n=name, **k: started.append(_n))
     work = acq["kept"]
-    code = main(["recon", str(work / "sinograms.npz"), "--norm", str(work / "norm.npz"), "--mumap",
-                 str(site_mumaps["e7_hdr"]), "--hardware-mumap", str(site_mumaps["hardware"]),
-                 "--out", str(tmp_path / "img.nii.gz"), *FAST])
+    code = main(
+        [
+            "recon",
+            str(work / "sinograms.npz"),
+            "--norm",
+            str(work / "norm.npz"),
+            "--mumap",
+            str(site_mumaps["e7_hdr"]),
+            "--hardware-mumap",
+            str(site_mumaps["hardware"]),
+            "--out",
+            str(tmp_path / "img.nii.gz"),
+            *FAST,
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert "umap_table.v.hdr" in err and "bed position" in err and "--bed-position-mm" in err, err
@@ -394,8 +553,19 @@ def test_recon_places_the_hardware_by_the_dicom_table_offsets(acq, site_mumaps, 
     _with_gantry_offset(dcm, (4.0, 10.0, -1220.0))
     run = tmp_path / "run"
     run.mkdir()
-    att, fmt = _recon_attenuation(acq, run, dcm, "--hardware-mumap", str(site_mumaps["hardware"]),
-                                  "--bed-position-mm", "0", "--table-position-origin-mm", "0", "10", "-1212")
+    att, fmt = _recon_attenuation(
+        acq,
+        run,
+        dcm,
+        "--hardware-mumap",
+        str(site_mumaps["hardware"]),
+        "--bed-position-mm",
+        "0",
+        "--table-position-origin-mm",
+        "0",
+        "10",
+        "-1212",
+    )
     assert fmt == "dicom"
     plate = np.zeros(sc.image_shape, np.float32)
     plate[9:25, 2:4, 2:] = PLATE_MU
@@ -403,9 +573,23 @@ def test_recon_places_the_hardware_by_the_dicom_table_offsets(acq, site_mumaps, 
     np.testing.assert_allclose(att, expected, rtol=1e-5, atol=1e-6)
     # only one of the two offsets known: refused before any step, naming the μ-map and the missing flag
     capsys.readouterr()
-    code = main(["recon", str(acq["kept"] / "sinograms.npz"), "--norm", str(acq["kept"] / "norm.npz"), "--mumap",
-                 str(dcm), "--hardware-mumap", str(site_mumaps["hardware"]), "--bed-position-mm", "0",
-                 "--out", str(tmp_path / "x" / "img.nii.gz"), *FAST])
+    code = main(
+        [
+            "recon",
+            str(acq["kept"] / "sinograms.npz"),
+            "--norm",
+            str(acq["kept"] / "norm.npz"),
+            "--mumap",
+            str(dcm),
+            "--hardware-mumap",
+            str(site_mumaps["hardware"]),
+            "--bed-position-mm",
+            "0",
+            "--out",
+            str(tmp_path / "x" / "img.nii.gz"),
+            *FAST,
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "umap_csa" in err and "--table-position-origin-mm" in err, err
     assert not (tmp_path / "x").exists()

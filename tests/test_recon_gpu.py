@@ -31,8 +31,10 @@ def _data(scanner: Scanner):
     x = (np.arange(shape[0]) - (shape[0] - 1) / 2) * vox[0]
     y = (np.arange(shape[1]) - (shape[1] - 1) / 2) * vox[1]
     z = (np.arange(shape[2]) - (shape[2] - 1) / 2) * vox[2]
-    extent = min(0.6 * scanner.ring_radius_mm * np.sin(np.pi * (scanner.n_radial // 2) / scanner.crystals_per_ring),
-                 0.45 * shape[2] * vox[2])
+    extent = min(
+        0.6 * scanner.ring_radius_mm * np.sin(np.pi * (scanner.n_radial // 2) / scanner.crystals_per_ring),
+        0.45 * shape[2] * vox[2],
+    )
     radius = np.sqrt(x[:, None, None] ** 2 + y[None, :, None] ** 2 + z[None, None, :] ** 2) / extent
     activity = (8.0 * (radius < 0.6) + 20.0 * ((radius >= 0.6) & (radius < 0.9))).astype(np.float32)
     mu = (0.096 * (radius < 1.0)).astype(np.float32)
@@ -47,8 +49,15 @@ def _data(scanner: Scanner):
     randoms = np.where(norm > 0, np.float32(0.2 * trues.mean()), np.float32(0.0))
     prompts = np.random.default_rng(1).poisson(trues + scatter + randoms).astype(np.float32)
     att = corr.attenuation_factors(mu, vox, scanner, SPAN)
-    return dict(prompts=prompts, norm=norm, attenuation=att, randoms=randoms, scatter=scatter,
-                duration_s=600.0 * boost, calibration_factor=exp.summary["effective_calibration_factor"])
+    return dict(
+        prompts=prompts,
+        norm=norm,
+        attenuation=att,
+        randoms=randoms,
+        scatter=scatter,
+        duration_s=600.0 * boost,
+        calibration_factor=exp.summary["effective_calibration_factor"],
+    )
 
 
 @pytest.mark.parametrize("name", ["tiny", "demo"])
@@ -76,8 +85,12 @@ def test_cuda_osem_matches_cpu(name):
     sc = Scanner.from_name(name)
     data = _data(sc)
     kw = {"n_iterations": 2, "n_subsets": 21 if sc.n_views >= 42 else 6, "progress": False}
-    cpu = reconstruct(data["prompts"], sc, SPAN, backend="cpu", **{k: v for k, v in data.items() if k != "prompts"}, **kw)
-    gpu = reconstruct(data["prompts"], sc, SPAN, backend="cuda", **{k: v for k, v in data.items() if k != "prompts"}, **kw)
+    cpu = reconstruct(
+        data["prompts"], sc, SPAN, backend="cpu", **{k: v for k, v in data.items() if k != "prompts"}, **kw
+    )
+    gpu = reconstruct(
+        data["prompts"], sc, SPAN, backend="cuda", **{k: v for k, v in data.items() if k != "prompts"}, **kw
+    )
     assert gpu.shape == cpu.shape and gpu.dtype == np.float32
     np.testing.assert_allclose(gpu, cpu, rtol=2e-3, atol=2e-4 * cpu.max())
     assert abs(gpu.sum() / cpu.sum() - 1) < 1e-4

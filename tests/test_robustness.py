@@ -52,8 +52,10 @@ def wait_for_victim(proc, log, workdir, timeout: float):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"the run ended (exit {proc.returncode}) before a job could be caught mid-way:\n"
-                        f"{log.read_text()[-3000:]}")
+            pytest.fail(
+                f"the run ended (exit {proc.returncode}) before a job could be caught mid-way:\n"
+                f"{log.read_text()[-3000:]}"
+            )
         text = log.read_text(errors="replace")
         finished = runs.finished_jobids(text)
         now = time.monotonic()
@@ -151,8 +153,12 @@ def test_rerun_of_a_finished_run_does_nothing(reference, tmp_path):
         # the acquisition time: every simulation and what is made of it; no phantom, no split
         ("listmode.duration_s", 600, PER_ACQUISITION, COHORT_RULES | SCANNER_RULES | {"attenuation"}),
         # the role counts: the split and its table; no patient, no list-mode, no image
-        ("splits.counts", {"pretext_train": 1, "pretext_val": 1, "transfer_train": 1, "transfer_val": 1, "test": 2},
-         {"splits", "cohort_table"}, {"participants", "phantom", "cohort_figure", "attenuation"} | SCANNER_RULES | PER_ACQUISITION),
+        (
+            "splits.counts",
+            {"pretext_train": 1, "pretext_val": 1, "transfer_train": 1, "transfer_val": 1, "test": 2},
+            {"splits", "cohort_table"},
+            {"participants", "phantom", "cohort_figure", "attenuation"} | SCANNER_RULES | PER_ACQUISITION,
+        ),
     ],
 )
 def test_changed_config_key_reruns_only_what_depends_on_it(reference, tmp_path, key, value, must_rerun, must_not_rerun):

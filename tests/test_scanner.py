@@ -38,9 +38,9 @@ def test_mmr_span1_segments_petlink_order(mmr):
     ring_a, ring_b = mmr.span1_rings()
     z = 0
     for s in segs:  # ring difference ring_b - ring_a equals the segment; axial pos = min ring
-        d = ring_b[z:z + s.n_sinograms] - ring_a[z:z + s.n_sinograms]
+        d = ring_b[z : z + s.n_sinograms] - ring_a[z : z + s.n_sinograms]
         assert np.all(d == s.number)
-        assert np.array_equal(np.minimum(ring_a, ring_b)[z:z + s.n_sinograms], np.arange(s.n_sinograms))
+        assert np.array_equal(np.minimum(ring_a, ring_b)[z : z + s.n_sinograms], np.arange(s.n_sinograms))
         z += s.n_sinograms
 
 
@@ -70,11 +70,11 @@ def test_mmr_span11_map(mmr):
     assert counts.sum() == 4084 and counts.min() >= 1
     # every member of a span-11 sinogram has the same ring sum; planes ordered by ring sum
     ring_sum = np.full(837, -1)
-    ring_sum[m] = (ring_a + ring_b)
+    ring_sum[m] = ring_a + ring_b
     for z1 in range(4084):
         assert ring_sum[m[z1]] == ring_a[z1] + ring_b[z1]
     for i in range(len(segs)):
-        assert np.all(np.diff(ring_sum[starts[i]:starts[i + 1]]) == 1)
+        assert np.all(np.diff(ring_sum[starts[i] : starts[i + 1]]) == 1)
     # segment 0: ring sums 0..126 get 1, 2, 3, 4, 5, 6, 5, 6, ..., 6, 5, 4, 3, 2, 1 members
     seg0 = counts[:127]
     assert seg0[:6].tolist() == [1, 2, 3, 4, 5, 6]
@@ -82,7 +82,7 @@ def test_mmr_span11_map(mmr):
     middle = seg0[4:-4]
     assert np.all(middle[0::2] == 5) and np.all(middle[1::2] == 6)
     # segment +1 holds ring differences 6..16: 5 or 6 members in its interior
-    assert set(counts[starts[2] + 10:starts[3] - 10].tolist()) == {5, 6}
+    assert set(counts[starts[2] + 10 : starts[3] - 10].tolist()) == {5, 6}
     assert np.array_equal(mmr.span1_to_sinogram(1), np.arange(4084))
 
 

@@ -77,7 +77,9 @@ def test_paper_design_meets_every_constraint(paper_plan):
 
 def test_all_doses_design_reads_every_dose_balanced_by_share():
     doses = (0.5, 1, 5, 25)  # low has half of each patient's images
-    plan = plan_sessions(PATIENTS[:3], doses, design="all_doses", rereads=3, n_sessions=6, min_images=2, max_images=3, seed=1)
+    plan = plan_sessions(
+        PATIENTS[:3], doses, design="all_doses", rereads=3, n_sessions=6, min_images=2, max_images=3, seed=1
+    )
     check_common(plan, 6, 2, 3, 3)
     first = plan[plan["reading"] == "first"]
     assert sorted(zip(first["participant_id"], first["dose"])) == sorted((p, d) for p in PATIENTS[:3] for d in doses)
@@ -150,7 +152,9 @@ def test_solver_infeasibility_names_the_constraint_to_blame(monkeypatch):
 
     monkeypatch.setattr(sessions, "check_session_settings", lenient)
     with pytest.raises(PetiqInputError) as caught:  # 6 images do not fit 3 sessions of 1
-        plan_sessions(PATIENTS[:2], (1, 5, 25), design="paper", rereads=0, n_sessions=3, min_images=1, max_images=1, seed=1)
+        plan_sessions(
+            PATIENTS[:2], (1, 5, 25), design="paper", rereads=0, n_sessions=3, min_images=1, max_images=1, seed=1
+        )
     text = str(caught.value)
     assert "cannot be split into sessions of 1 to 1 images" in text
     assert "balanced" not in text and "at most once per session" not in text
@@ -243,11 +247,49 @@ def test_cli_plan_from_splits(tmp_path, capsys):
     roles = ["pretext_train", "transfer_train", "transfer_val", "test", "test", "transfer_train"]
     pd.DataFrame({"participant_id": PATIENTS, "role": roles}).to_csv(splits, sep="\t", index=False)
     key = tmp_path / "private" / "unblinding_key.tsv"
-    argv = ["sessions", "plan", "--splits", str(splits), "--doses", "1", "5", "25", "--rereads", "2",
-            "--n-sessions", "4", "--min-images", "3", "--max-images", "5", "--seed", "1", "--out", str(key)]
+    argv = [
+        "sessions",
+        "plan",
+        "--splits",
+        str(splits),
+        "--doses",
+        "1",
+        "5",
+        "25",
+        "--rereads",
+        "2",
+        "--n-sessions",
+        "4",
+        "--min-images",
+        "3",
+        "--max-images",
+        "5",
+        "--seed",
+        "1",
+        "--out",
+        str(key),
+    ]
     assert main(argv) == 0
     plan = read_plan(key)
     assert sorted(plan["participant_id"].unique()) == PATIENTS[1:]
     assert "17 readings in 4 sessions" in capsys.readouterr().out
-    assert main(argv[:-10] + ["--n-sessions", "2", "--min-images", "1", "--max-images", "9", "--seed", "1", "--out", str(key), "--force"]) == 2
+    assert (
+        main(
+            argv[:-10]
+            + [
+                "--n-sessions",
+                "2",
+                "--min-images",
+                "1",
+                "--max-images",
+                "9",
+                "--seed",
+                "1",
+                "--out",
+                str(key),
+                "--force",
+            ]
+        )
+        == 2
+    )
     assert "sessions are needed" in capsys.readouterr().err

@@ -36,8 +36,18 @@ PARTICIPANT = {"participant_id": "sub-01", "injected_mbq": 200.0, "weight_kg": 7
 def simulate(tmp_path, name, seed=1, **kw):
     paths, _, _ = head(tmp_path)
     out = tmp_path / f"{name}.l"
-    summary = simulate_patient(truth_path=paths["truth"], mumap_path=paths["mumap"], participant=PARTICIPANT, scanner=SCANNER,
-                               scanner_seed=5, seed=seed, out_path=out, duration_s=60.0, progress=False, **kw)
+    summary = simulate_patient(
+        truth_path=paths["truth"],
+        mumap_path=paths["mumap"],
+        participant=PARTICIPANT,
+        scanner=SCANNER,
+        scanner_seed=5,
+        seed=seed,
+        out_path=out,
+        duration_s=60.0,
+        progress=False,
+        **kw,
+    )
     return out, summary
 
 
@@ -136,8 +146,14 @@ def test_simulated_file_reports_bucket_singles_like_the_scanner(tmp_path):
     # the model's singles, summed per bucket here
     paths, _, voxel = head(tmp_path)
     truth = scanner_truth(SCANNER, np.random.default_rng(5))
-    exp = expected_data(np.asarray(nib.load(paths["truth"]).dataobj), np.asarray(nib.load(paths["mumap"]).dataobj), voxel,
-                        SCANNER, truth, AcquisitionSettings(duration_s=60.0))
+    exp = expected_data(
+        np.asarray(nib.load(paths["truth"]).dataobj),
+        np.asarray(nib.load(paths["mumap"]).dataobj),
+        voxel,
+        SCANNER,
+        truth,
+        AcquisitionSettings(duration_s=60.0),
+    )
     per_bucket = np.zeros(nb)
     for ring in range(SCANNER.n_rings):
         for det in range(SCANNER.crystals_per_ring):

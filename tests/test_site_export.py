@@ -45,7 +45,7 @@ def _axes(sc: Scanner):
 def _ball(sc: Scanner, radius_mm: float = 30.0) -> np.ndarray:
     """The patient: a ball centred at scanner (+8, −4, 0) mm, so that a flipped axis would show."""
     x, y, z = _axes(sc)
-    return (((x[:, None, None] - 8) ** 2 + (y[None, :, None] + 4) ** 2 + z[None, None, :] ** 2) < radius_mm**2)
+    return ((x[:, None, None] - 8) ** 2 + (y[None, :, None] + 4) ** 2 + z[None, None, :] ** 2) < radius_mm**2
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +68,17 @@ def export(tmp_path_factory) -> dict:
     for name, data in (("truth", ACTIVITY * ball.astype(np.float32)), ("sim_mumap", sim_mu)):
         nib.save(nib.Nifti1Image(data.astype(np.float32), affine), d / f"{name}.nii.gz")
     participant = {"participant_id": "sub-R1", "injected_mbq": 200.0, "weight_kg": 70.0, "uptake_min": 40.0}
-    simulate_patient(truth_path=d / "truth.nii.gz", mumap_path=d / "sim_mumap.nii.gz", participant=participant,
-                     scanner=sc, scanner_seed=5, seed=3, out_path=d / "lm.dcm", duration_s=600.0, progress=False)
+    simulate_patient(
+        truth_path=d / "truth.nii.gz",
+        mumap_path=d / "sim_mumap.nii.gz",
+        participant=participant,
+        scanner=sc,
+        scanner_seed=5,
+        seed=3,
+        out_path=d / "lm.dcm",
+        duration_s=600.0,
+        progress=False,
+    )
     norm = scanner_component_norm(sc, 5, SPAN)
     write_component_norm(d / "norm.n", norm, sc)
     write_component_norm(d / "norm.dcm", norm, sc)
@@ -77,8 +86,16 @@ def export(tmp_path_factory) -> dict:
     dicom = write_mumap_dicom_series(d / "umap_dicom", patient_mu, 4.0)
     for path in (e7_hdr, dicom):  # the files say what was written (the test's own layout check)
         np.testing.assert_allclose(mm.to_scanner_frame(*mm.read_mumap(path)[:2], sc), patient_mu, atol=1e-4)
-    return {"dir": d, "lm": d / "lm.dcm", "norm": d / "norm.n", "norm_dcm": d / "norm.dcm", "e7": e7_hdr,
-            "dicom": dicom, "table": table_hdr, "inner": _ball(sc, 18.0)}
+    return {
+        "dir": d,
+        "lm": d / "lm.dcm",
+        "norm": d / "norm.n",
+        "norm_dcm": d / "norm.dcm",
+        "e7": e7_hdr,
+        "dicom": dicom,
+        "table": table_hdr,
+        "inner": _ball(sc, 18.0),
+    }
 
 
 def _recon(export, tmp_path, name, mumap, *extra) -> tuple[np.ndarray, dict]:
@@ -90,8 +107,9 @@ def _recon(export, tmp_path, name, mumap, *extra) -> tuple[np.ndarray, dict]:
 @pytest.mark.parametrize("form", ["e7", "dicom"])
 def test_petiq_recon_of_the_export_is_quantitative_with_the_table(export, tmp_path, form):
     norm = export["norm"] if form == "e7" else export["norm_dcm"]
-    image, sidecar = _recon(export, tmp_path, "with", export[form], "--norm", str(norm),
-                            "--hardware-mumap", str(export["table"]))
+    image, sidecar = _recon(
+        export, tmp_path, "with", export[form], "--norm", str(norm), "--hardware-mumap", str(export["table"])
+    )
     inner = export["inner"]
     assert float(image[inner].mean()) == pytest.approx(ACTIVITY, rel=0.05)
     assert sidecar["Units"] == "kBq/mL" and sidecar["ImageDecayCorrected"] is True
@@ -120,10 +138,31 @@ def test_the_workflow_reconstructs_the_export_named_in_the_patient_sheet(export,
     config["training"]["weights_dir"] = str(ROOT / "resources/weights")
     (site / "config/config.yaml").write_text(yaml.safe_dump(config))
     target = "results/bids/sub-R1/pet/sub-R1_rec-dose100p0_pet.nii.gz"
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
-    done = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--snakefile", str(ROOT / "Snakefile"),
-                           "--directory", str(site), target], cwd=site, capture_output=True, text=True, timeout=900,
-                          env=env, check=False)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "src"),
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
+    }
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--cores",
+            "2",
+            "--snakefile",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            str(site),
+            target,
+        ],
+        cwd=site,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "site_norm" in done.stderr and "scanner_norm" not in done.stderr and "norm_scan" not in done.stderr
     image = np.asarray(nib.load(site / target).dataobj)

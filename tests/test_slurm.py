@@ -82,7 +82,9 @@ class Cluster:
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
     if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
-        unavailable("snakemake-executor-plugin-slurm is not installed (pip install -e '.[test]' installs the pinned one)")
+        unavailable(
+            "snakemake-executor-plugin-slurm is not installed (pip install -e '.[test]' installs the pinned one)"
+        )
     if not sys.platform.startswith("linux"):
         unavailable(f"the test SLURM needs Linux, not {sys.platform}")
     STATE.parent.mkdir(parents=True, exist_ok=True)
@@ -120,8 +122,12 @@ def slurm_run(slurm, tmp_path_factory, anatomy_dir):
     base = tmp_path_factory.mktemp("slurm-run")
     profile = make_profile(base / "profile")
     workdir = runs.make_workdir(base / "work", anatomy_dir)
-    done = runs.run(runs.snakemake_cmd(workdir, "--profile", str(profile), *runs.targets()), timeout=SLURM_RUN_TIMEOUT,
-                    log=base / "snakemake.log", env=slurm.env)
+    done = runs.run(
+        runs.snakemake_cmd(workdir, "--profile", str(profile), *runs.targets()),
+        timeout=SLURM_RUN_TIMEOUT,
+        log=base / "snakemake.log",
+        env=slurm.env,
+    )
     assert done.returncode == 0, f"the workflow failed on SLURM:\n{done.tail()}\n{slurm_logs_tail(workdir)}"
     run_id = re.search(r"^SLURM run ID: (\S+)", done.output, flags=re.M)
     assert run_id, done.tail()
@@ -157,7 +163,9 @@ def test_profile_dry_run(profile, tmp_path, anatomy_dir):
     if profile == "slurm" and importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
         unavailable("snakemake-executor-plugin-slurm is not installed")
     workdir = runs.make_workdir(tmp_path, anatomy_dir)
-    done = runs.run(runs.snakemake_cmd(workdir, "-n", "--profile", str(ROOT / "profiles" / profile)), timeout=300, env=runs.env())
+    done = runs.run(
+        runs.snakemake_cmd(workdir, "-n", "--profile", str(ROOT / "profiles" / profile)), timeout=300, env=runs.env()
+    )
     assert done.returncode == 0, done.tail()
     jobs = [j for j in runs.parse_jobs(done.output) if j.outputs]
     assert jobs, done.tail()
@@ -175,7 +183,11 @@ def test_slurm_grants_fake_gpus(slurm):
     """The test cluster really counts GPUs: --gpus=1 gets one (CUDA_VISIBLE_DEVICES set), a job
     without --gpus gets none, and a third GPU is refused."""
     env = {k: v for k, v in slurm.env.items() if k not in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS")}
-    gpu = runs.run(["timeout", "-k", "5", "60", "srun", "-p", "gpu", "--gpus=1", "--mem=100", "-t", "1", "env"], timeout=70, env=env)
+    gpu = runs.run(
+        ["timeout", "-k", "5", "60", "srun", "-p", "gpu", "--gpus=1", "--mem=100", "-t", "1", "env"],
+        timeout=70,
+        env=env,
+    )
     assert gpu.returncode == 0, gpu.tail()
     granted = dict(line.split("=", 1) for line in gpu.output.splitlines() if "=" in line)
     assert granted.get("CUDA_VISIBLE_DEVICES") in {"0", "1"}, gpu.tail()
@@ -185,7 +197,11 @@ def test_slurm_grants_fake_gpus(slurm):
     cpu = runs.run(["timeout", "-k", "5", "60", "srun", "--mem=100", "-t", "1", "env"], timeout=70, env=env)
     assert cpu.returncode == 0 and "SLURM_JOB_ID=" in cpu.output, cpu.tail()
     assert "CUDA_VISIBLE_DEVICES" not in cpu.output, cpu.tail()
-    three = runs.run(["timeout", "-k", "5", "60", "sbatch", "--gpus=3", "--mem=100", "-t", "1", "--wrap", "true"], timeout=70, env=env)
+    three = runs.run(
+        ["timeout", "-k", "5", "60", "sbatch", "--gpus=3", "--mem=100", "-t", "1", "--wrap", "true"],
+        timeout=70,
+        env=env,
+    )
     assert three.returncode != 0 and "not available" in three.output, three.tail()
 
 
@@ -198,7 +214,9 @@ def test_every_job_ran_as_a_slurm_job(slurm, slurm_run):
     submitted = runs.submissions(done.output)
     assert jobs and submitted, done.tail()
     local = [j for j in jobs if j.local]
-    assert all(not j.outputs for j in local), f"jobs that make files ran outside SLURM: {[j.key for j in local if j.outputs]}"
+    assert all(not j.outputs for j in local), (
+        f"jobs that make files ran outside SLURM: {[j.key for j in local if j.outputs]}"
+    )
     remote = [j for j in jobs if not j.local]
     assert {j.jobid for j in remote} == set(submitted), "a job without a SLURM submission, or the reverse"
     for job in remote:
@@ -206,7 +224,11 @@ def test_every_job_ran_as_a_slurm_job(slurm, slurm_run):
         record = slurm.job(slurm_id)
         where = f"{job.key} (SLURM job {slurm_id})"
         assert record["JobName"] == run_id, where
-        assert record["JobState"] == "COMPLETED" and record["ExitCode"] == "0:0", (where, record["JobState"], record["ExitCode"])
+        assert record["JobState"] == "COMPLETED" and record["ExitCode"] == "0:0", (
+            where,
+            record["JobState"],
+            record["ExitCode"],
+        )
         assert record["Comment"].split("_wildcards_")[0] == f"rule_{job.rule}", (where, record["Comment"])
         assert record["Partition"] == job.resources["slurm_partition"], where
         assert megabytes(record["MinMemoryNode"]) == int(job.resources["mem_mb"]), (where, record["MinMemoryNode"])
@@ -214,8 +236,12 @@ def test_every_job_ran_as_a_slurm_job(slurm, slurm_run):
         if not job.gpus():
             assert int(record["NumCPUs"]) == job.threads, (where, record["NumCPUs"], job.threads)
         assert Path(log).is_file() and Path(log).is_relative_to(workdir / profile["slurm-logdir"]), (where, log)
-    n_jobs = runs.run(["timeout", "-k", "5", "30", "squeue", "-h", "-t", "all", "-n", run_id, "-o", "%i"], timeout=40, env=slurm.env)
-    assert len(n_jobs.output.split()) == len(remote), f"SLURM ran {len(n_jobs.output.split())} jobs for {len(remote)} (retries?)"
+    n_jobs = runs.run(
+        ["timeout", "-k", "5", "30", "squeue", "-h", "-t", "all", "-n", run_id, "-o", "%i"], timeout=40, env=slurm.env
+    )
+    assert len(n_jobs.output.split()) == len(remote), (
+        f"SLURM ran {len(n_jobs.output.split())} jobs for {len(remote)} (retries?)"
+    )
 
 
 def test_gpu_rules_were_granted_a_gpu(slurm, slurm_run):
@@ -226,8 +252,11 @@ def test_gpu_rules_were_granted_a_gpu(slurm, slurm_run):
     gpu_jobs = [j for j in runs.parse_jobs(done.output) if not j.local and j.gpus()]
     if not gpu_jobs:
         rules = sorted({j.rule for j in runs.parse_jobs(done.output)})
-        warnings.warn(f"no rule of this run declares gpu>0 (rules: {', '.join(rules)}); only "
-                      "test_slurm_grants_fake_gpus shows that SLURM grants GPUs here", stacklevel=2)
+        warnings.warn(
+            f"no rule of this run declares gpu>0 (rules: {', '.join(rules)}); only "
+            "test_slurm_grants_fake_gpus shows that SLURM grants GPUs here",
+            stacklevel=2,
+        )
         return
     for job in gpu_jobs:
         record = slurm.job(submitted[job.jobid][0])

@@ -16,7 +16,11 @@ MIX = {"CN": 0.3, "AD": 0.4, "FTD": 0.15, "DLB": 0.15}
 
 @pytest.fixture(scope="module")
 def participants(tmp_path_factory):
-    path = write_sheet(tmp_path_factory.mktemp("s") / "p.tsv", ["participant_id", "source"], [[f"sub-{i:02d}", "synthetic"] for i in range(1, 22)])
+    path = write_sheet(
+        tmp_path_factory.mktemp("s") / "p.tsv",
+        ["participant_id", "source"],
+        [[f"sub-{i:02d}", "synthetic"] for i in range(1, 22)],
+    )
     return plan_cohort(read_patients(path), 3, MIX)
 
 
@@ -84,7 +88,10 @@ def test_user_splits_accepted_as_is(tmp_path, participants, splits):
         (lambda s: s.iloc[1:], "have no role"),
         (lambda s: s.assign(role=s["role"].where(s.index != 0, "holdout")), "unknown role(s) ['holdout']"),
         (lambda s: s.assign(role=s["role"].where(s.index != 0, "test")), "has"),
-        (lambda s: s.assign(participant_id=s["participant_id"].where(s.index != 0, "sub-99")), "not in the patient sheet"),
+        (
+            lambda s: s.assign(participant_id=s["participant_id"].where(s.index != 0, "sub-99")),
+            "not in the patient sheet",
+        ),
     ],
 )
 def test_bad_user_splits(tmp_path, participants, splits, edit, message):

@@ -38,7 +38,9 @@ SCORES = ("GQR", "PR", "DC")
 @pytest.fixture(autouse=True)
 def tiny_backbones(monkeypatch):
     for name, bn in (("tiny_vgg", False), ("tiny_vgg_bn", True)):
-        spec = BackboneSpec(name, lambda bn=bn: VGG(make_layers(TINY, batch_norm=bn), init_weights=False), split_vgg, "keras")
+        spec = BackboneSpec(
+            name, lambda bn=bn: VGG(make_layers(TINY, batch_norm=bn), init_weights=False), split_vgg, "keras"
+        )
         monkeypatch.setitem(models.BACKBONES, name, spec)
 
 
@@ -64,8 +66,16 @@ def data():
 
 
 def spec_(**kw) -> TrainSpec:
-    base = dict(backbone="tiny_vgg", init="random", freeze_level=5, epochs=2, device="cpu", precision="fp32",
-                learning_rate=1e-3, checkpoint_every_s=0.0)
+    base = dict(
+        backbone="tiny_vgg",
+        init="random",
+        freeze_level=5,
+        epochs=2,
+        device="cpu",
+        precision="fp32",
+        learning_rate=1e-3,
+        checkpoint_every_s=0.0,
+    )
     return TrainSpec(**{**base, **kw})
 
 
@@ -102,13 +112,18 @@ def test_same_seed_same_numbers_other_seed_other_numbers(data, tmp_path, precisi
 
 def test_a_torchvision_backbone_trains_stacked_in_bf16(data, tmp_path):
     """MobileNetV3 (batch norm, squeeze-excitation, hard-swish) through the stacked bf16 path and back."""
-    cards, dirs = run(spec_(backbone="mobilenet_v3_small", freeze_level=3, precision="bf16", stack=2, epochs=1),
-                      data, [1, 2], tmp_path)
+    cards, dirs = run(
+        spec_(backbone="mobilenet_v3_small", freeze_level=3, precision="bf16", stack=2, epochs=1),
+        data,
+        [1, 2],
+        tmp_path,
+    )
     assert cards[0]["engine"]["stacked_repeats"] == 2 and cards[0]["trained_blocks"] == [3, 4, 5]
     model, _, prep = load_run(dirs[1])
     preds = pd.read_csv(dirs[1] / "predictions_patches.tsv", sep="\t").query("set == 'val'")
-    np.testing.assert_allclose(predict_patches(model, data[1].patches, prep), preds.filter(like="pred_").to_numpy(),
-                               rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        predict_patches(model, data[1].patches, prep), preds.filter(like="pred_").to_numpy(), rtol=0, atol=1e-5
+    )
 
 
 def test_engine_is_the_textbook_loop(data, tmp_path):
@@ -126,7 +141,7 @@ def test_engine_is_the_textbook_loop(data, tmp_path):
         order = rng_for(5, "shuffle", epoch).permutation(len(train))
         total = 0.0
         for start in range(0, len(train), 10):
-            idx = torch.from_numpy(order[start:start + 10])
+            idx = torch.from_numpy(order[start : start + 10])
             loss = torch.nn.functional.mse_loss(model(x_all[idx]), y_all[idx])
             opt.zero_grad()
             loss.backward()
@@ -173,8 +188,12 @@ def test_an_interrupted_run_resumes_to_the_same_numbers(data, tmp_path):
     with pytest.raises(Stop):
         run(spec, data, [1, 2], tmp_path / "other", callback=stop_after_first)
     with pytest.raises(PetiqInputError, match="last.pt: the resume state was written for other settings"):
-        run(spec_(backbone="tiny_vgg_bn", freeze_level=5, epochs=3, stack=2, learning_rate=1e-4), data, [1, 2],
-            tmp_path / "other")
+        run(
+            spec_(backbone="tiny_vgg_bn", freeze_level=5, epochs=3, stack=2, learning_rate=1e-4),
+            data,
+            [1, 2],
+            tmp_path / "other",
+        )
 
 
 def test_repeats_interrupted_at_different_epochs_resume_apart(data, tmp_path):
@@ -188,6 +207,7 @@ def test_repeats_interrupted_at_different_epochs_resume_apart(data, tmp_path):
         def callback(epoch, curves):
             if epoch == n:
                 raise Stop
+
         return callback
 
     spec = spec_(epochs=3, stack=2)
@@ -215,8 +235,7 @@ def test_stacked_repeats_equal_separate_runs(data, tmp_path, k):
     cards, stacked = run(spec, data, [3, 4], tmp_path / "stacked")
     assert all(c["engine"]["stacked_repeats"] == 2 for c in cards)
     for i, seed in enumerate([3, 4]):
-        _, alone = run(spec_(freeze_level=k, epochs=2, stack=1), data, [seed],
-                       tmp_path / f"alone-{seed}")
+        _, alone = run(spec_(freeze_level=k, epochs=2, stack=1), data, [seed], tmp_path / f"alone-{seed}")
         assert_same_run(stacked[i], alone[0], exact=False, atol=2e-5)
 
 
@@ -236,7 +255,9 @@ def test_frozen_block_cache_equals_the_plain_loop(data, tmp_path, k, init):
 
 def pretext_data(data):
     def as_dose(ps):
-        return PatchSet(ps.patches, ps.dose[:, None] / 40.0, ("dose_per_kg",), ps.participant_id, ps.dose, ps.patch_index)
+        return PatchSet(
+            ps.patches, ps.dose[:, None] / 40.0, ("dose_per_kg",), ps.participant_id, ps.dose, ps.patch_index
+        )
 
     return tuple(as_dose(ps) for ps in data)
 
@@ -257,8 +278,12 @@ def test_cache_over_the_memory_limit_goes_bf16_then_plain(data, tmp_path, caplog
 def test_bf16_precision_trains(data, tmp_path):
     fp32, ref = run(spec_(backbone="tiny_vgg_bn", freeze_level=4), data, [1], tmp_path / "fp32")
     for stack in (1, 2):  # single (channels-last) and stacked (vmap) paths
-        cards, dirs = run(spec_(backbone="tiny_vgg_bn", freeze_level=4, precision="bf16", stack=stack), data, [1, 2],
-                          tmp_path / f"bf16-{stack}")
+        cards, dirs = run(
+            spec_(backbone="tiny_vgg_bn", freeze_level=4, precision="bf16", stack=stack),
+            data,
+            [1, 2],
+            tmp_path / f"bf16-{stack}",
+        )
         engine = cards[0]["engine"]
         assert engine["precision"] == "bf16"
         assert engine["memory_format"] == ("channels_last" if stack == 1 else "contiguous")
@@ -273,7 +298,14 @@ def test_outputs_card_and_reloading(data, tmp_path):
     train, val, test = data
     cards, dirs = run(spec_(freeze_level=2, head="relu"), data, [21], tmp_path, extra_card={"experiment": "fig08"})
     d, card = dirs[0], cards[0]
-    for name in ("model.pt", "curve.tsv", "curve.png", "predictions_patches.tsv", "predictions_images.tsv", "card.json"):
+    for name in (
+        "model.pt",
+        "curve.tsv",
+        "curve.png",
+        "predictions_patches.tsv",
+        "predictions_images.tsv",
+        "card.json",
+    ):
         assert (d / name).is_file(), name
     assert json.loads((d / "card.json").read_text()) == json.loads(json.dumps(card))
     assert card["experiment"] == "fig08" and card["backbone"] == "tiny_vgg" and card["head"] == "relu"
@@ -293,15 +325,30 @@ def test_outputs_card_and_reloading(data, tmp_path):
     patches = pd.read_csv(d / "predictions_patches.tsv", sep="\t")
     images = pd.read_csv(d / "predictions_images.tsv", sep="\t")
     assert list(patches.columns[:4]) == ["set", "participant_id", "dose", "patch_index"]
-    assert list(images.columns) == ["set", "participant_id", "dose", "n_patches", "target_GQR", "target_PR", "target_DC",
-                                    "pred_GQR", "pred_PR", "pred_DC", "sd_GQR", "sd_PR", "sd_DC"]
+    assert list(images.columns) == [
+        "set",
+        "participant_id",
+        "dose",
+        "n_patches",
+        "target_GQR",
+        "target_PR",
+        "target_DC",
+        "pred_GQR",
+        "pred_PR",
+        "pred_DC",
+        "sd_GQR",
+        "sd_PR",
+        "sd_DC",
+    ]
     assert len(patches) == len(val) + len(test) and len(images) == 6 and (images["n_patches"] == 6).all()
     g = patches.groupby(["set", "participant_id", "dose"], sort=False)
     np.testing.assert_allclose(images["pred_PR"], g["pred_PR"].mean().to_numpy())
     np.testing.assert_allclose(images["sd_PR"], g["pred_PR"].std(ddof=0).to_numpy())
     # the val set's MSE at the kept epoch is the card's best validation loss (fp32, same function)
     v = patches[patches["set"] == "val"]
-    mse = np.mean((v[["pred_GQR", "pred_PR", "pred_DC"]].to_numpy() - v[["target_GQR", "target_PR", "target_DC"]].to_numpy()) ** 2)
+    mse = np.mean(
+        (v[["pred_GQR", "pred_PR", "pred_DC"]].to_numpy() - v[["target_GQR", "target_PR", "target_DC"]].to_numpy()) ** 2
+    )
     assert mse == pytest.approx(card["best_val_loss"], rel=1e-5)
 
     model, card2, prep = load_run(d)
@@ -370,19 +417,32 @@ def test_patch_set_from_an_image_table(tmp_path):
     rows = []
     for pid, dose, score in (("sub-01", 1.0, 0.5), ("sub-01", 100.0, 3.0), ("sub-02", 10.0, 2.0)):
         volume = rng.random((40, 40, 40)).astype(np.float32)
-        patches, table = extract_patches(volume, size=32, candidates=60, per_plane=3, threshold_fraction=0.1,
-                                         seed=1, dtype="float16")
+        patches, table = extract_patches(
+            volume, size=32, candidates=60, per_plane=3, threshold_fraction=0.1, seed=1, dtype="float16"
+        )
         npy, tsv = tmp_path / f"{pid}_{dose}.npy", tmp_path / f"{pid}_{dose}.tsv"
         np.save(npy, patches)
         table.to_csv(tsv, sep="\t", index=False)
-        rows.append({"participant_id": pid, "dose": dose, "patches_npy": npy.name, "patches_tsv": tsv.name,
-                     "GQR": score, "PR": score - 0.5, "DC": score})
+        rows.append(
+            {
+                "participant_id": pid,
+                "dose": dose,
+                "patches_npy": npy.name,
+                "patches_tsv": tsv.name,
+                "GQR": score,
+                "PR": score - 0.5,
+                "DC": score,
+            }
+        )
     table = pd.DataFrame(rows)
     ps = PatchSet.from_table(table, SCORES, base_dir=tmp_path)
     assert len(ps) == 27 and ps.patch_size == 32 and ps.patients == ["sub-01", "sub-02"]
     images = ps.images()
     assert images[["participant_id", "dose", "n_patches", "PR"]].values.tolist() == [
-        ["sub-01", 1.0, 9, 0.0], ["sub-01", 100.0, 9, 2.5], ["sub-02", 10.0, 9, 1.5]]
+        ["sub-01", 1.0, 9, 0.0],
+        ["sub-01", 100.0, 9, 2.5],
+        ["sub-02", 10.0, 9, 1.5],
+    ]
     with pytest.raises(PetiqInputError, match=r"columns \['DC'\] are missing"):
         PatchSet.from_table(table.drop(columns="DC"), SCORES, base_dir=tmp_path)
     with pytest.raises(PetiqInputError, match="targets missing or not numbers for sub-02"):
@@ -399,14 +459,23 @@ def test_dose_baseline_learns_scores_from_dose_per_kg(tmp_path):
         for pid in pids:
             for dose in (0.5, 5.0, 50.0, 100.0):
                 per_kg = 3.0 * dose / 100 * rng.uniform(0.9, 1.1)
-                rows.append({"participant_id": pid, "dose": dose, "dose_per_kg": per_kg,
-                             "GQR": 0.8 * per_kg + 0.4, "PR": 0.6 * per_kg + 1.0, "DC": 0.5 * per_kg + 1.2})
+                rows.append(
+                    {
+                        "participant_id": pid,
+                        "dose": dose,
+                        "dose_per_kg": per_kg,
+                        "GQR": 0.8 * per_kg + 0.4,
+                        "PR": 0.6 * per_kg + 1.0,
+                        "DC": 0.5 * per_kg + 1.2,
+                    }
+                )
         return pd.DataFrame(rows)
 
     spec = spec_(epochs=300, learning_rate=1e-2)
     dirs = [tmp_path / "rep-0", tmp_path / "rep-1"]
-    cards = train_dose_baseline(spec, table(["a", "b", "c", "d"]), table(["e"]), {"test": table(["f", "g"])},
-                                [1, 2], dirs, progress=False)
+    cards = train_dose_baseline(
+        spec, table(["a", "b", "c", "d"]), table(["e"]), {"test": table(["f", "g"])}, [1, 2], dirs, progress=False
+    )
     curve = pd.read_csv(dirs[0] / "curve.tsv", sep="\t")
     assert curve["val_loss"].iloc[-1] < 0.05 * curve["val_loss"].iloc[0]
     images = pd.read_csv(dirs[0] / "predictions_images.tsv", sep="\t")

@@ -46,15 +46,31 @@ def vgg_onnx(cfg: list, seed: int = 0) -> tuple[onnx.ModelProto, list[np.ndarray
         w = (rng.standard_normal(shape) * 0.2).astype(np.float32)
         b = (rng.standard_normal(shape[0]) * 0.1).astype(np.float32)
         tensors += [w, b]
-        inits += [numpy_helper.from_array(w, f"block{n}/convolution/ReadVariableOp:0"),
-                  numpy_helper.from_array(b, f"block{n}/Squeeze:0")]
-        nodes.append(helper.make_node("Conv", [last, inits[-2].name, inits[-1].name], [f"c{n}"], kernel_shape=[3, 3],
-                                      strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1], group=1))
+        inits += [
+            numpy_helper.from_array(w, f"block{n}/convolution/ReadVariableOp:0"),
+            numpy_helper.from_array(b, f"block{n}/Squeeze:0"),
+        ]
+        nodes.append(
+            helper.make_node(
+                "Conv",
+                [last, inits[-2].name, inits[-1].name],
+                [f"c{n}"],
+                kernel_shape=[3, 3],
+                strides=[1, 1],
+                pads=[1, 1, 1, 1],
+                dilations=[1, 1],
+                group=1,
+            )
+        )
         nodes.append(helper.make_node("Relu", [f"c{n}"], [f"r{n}"]))
         last = f"r{n}"
     graph = helper.make_graph(
-        nodes, "vgg", [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [1, 32, 32, 3])],
-        [helper.make_tensor_value_info(last, onnx.TensorProto.FLOAT, None)], inits)
+        nodes,
+        "vgg",
+        [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [1, 32, 32, 3])],
+        [helper.make_tensor_value_info(last, onnx.TensorProto.FLOAT, None)],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tensors
 
 
@@ -95,8 +111,11 @@ def test_preprocessing_numbers_on_a_hand_made_patch():
         np.testing.assert_allclose(tv[0, c].numpy(), (patch.numpy() - mean) / std, rtol=1e-6)
     assert torch.equal(W.NO_PREPROCESSING.apply(patch[None]), patch.expand(1, 3, 2, 2))
     rgb = torch.stack([torch.full((2, 2), v) for v in (0.1, 0.2, 0.3)])[None]  # R, G, B
-    np.testing.assert_allclose(W.CAFFE_BGR.apply(rgb)[0, :, 0, 0].numpy(),
-                               [0.3 * 255 - 103.939, 0.2 * 255 - 116.779, 0.1 * 255 - 123.68], atol=1e-4)
+    np.testing.assert_allclose(
+        W.CAFFE_BGR.apply(rgb)[0, :, 0, 0].numpy(),
+        [0.3 * 255 - 103.939, 0.2 * 255 - 116.779, 0.1 * 255 - 123.68],
+        atol=1e-4,
+    )
     with pytest.raises(ValueError):
         W.CAFFE_BGR.apply(torch.zeros(2, 2, 4, 4))
 

@@ -35,9 +35,21 @@ def test_dry_run_lists_cohort_jobs(preset):
     assert done.returncode == 0, done.stderr
     sheet = pd.read_csv(ROOT / ("tests/config/patients.tsv" if preset == "test" else "config/patients.tsv"), sep="\t")
     stats = done.stdout + done.stderr
-    counts = {line.split()[0]: int(line.split()[1]) for line in stats.splitlines() if len(line.split()) == 2 and line.split()[1].isdigit()}
+    counts = {
+        line.split()[0]: int(line.split()[1])
+        for line in stats.splitlines()
+        if len(line.split()) == 2 and line.split()[1].isdigit()
+    }
     assert counts["phantom"] == (sheet["source"] == "synthetic").sum()
-    for rule in ("participants", "splits", "cohort_figure", "cohort_table", "scanner_norm", "norm", "fig01_dose_examples"):
+    for rule in (
+        "participants",
+        "splits",
+        "cohort_figure",
+        "cohort_table",
+        "scanner_norm",
+        "norm",
+        "fig01_dose_examples",
+    ):
         assert counts[rule] == 1
     n_doses = len(yaml.safe_load((ROOT / PRESETS[preset]).read_text())["doses"])
     assert counts["simulate"] == counts["phantom"] and counts["attenuation"] == len(sheet)
@@ -53,15 +65,31 @@ def test_dry_run_lists_cohort_jobs(preset):
     assert counts["reader_truth"] == counts["phantom"]
     for stage in ("pretext", "transfer", "survey", "baseline"):
         assert counts.get(f"train_{stage}", 0) == len(plan.runs_of(stage)), stage
-    for rule in ("sessions_plan", "reading_sheets", "virtual_reader", "reader_calibration", "scoring_figures", "fig04_backbones",
-                 "fig08_freeze_levels", "fig09_patients", "fig10_pipelines", "table2_pretext", "table3_dose_baseline",
-                 "table4_pipelines", "diagrams", "paper_comparison"):
+    for rule in (
+        "sessions_plan",
+        "reading_sheets",
+        "virtual_reader",
+        "reader_calibration",
+        "scoring_figures",
+        "fig04_backbones",
+        "fig08_freeze_levels",
+        "fig09_patients",
+        "fig10_pipelines",
+        "table2_pretext",
+        "table3_dose_baseline",
+        "table4_pipelines",
+        "diagrams",
+        "paper_comparison",
+    ):
         assert counts[rule] == 1, rule
 
 
 def _job_counts(done) -> dict[str, int]:
-    return {line.split()[0]: int(line.split()[1]) for line in (done.stdout + done.stderr).splitlines()
-            if len(line.split()) == 2 and line.split()[1].isdigit()}
+    return {
+        line.split()[0]: int(line.split()[1])
+        for line in (done.stdout + done.stderr).splitlines()
+        if len(line.split()) == 2 and line.split()[1].isdigit()
+    }
 
 
 def test_figure_target_trains_only_its_runs():
@@ -69,7 +97,9 @@ def test_figure_target_trains_only_its_runs():
     from petiq.experiments import plan_experiments
 
     config = yaml.safe_load((ROOT / PRESETS["test"]).read_text())
-    done = snakemake("-n", "--cores", "2", "--configfile", PRESETS["test"], "--forceall", "results/figures/fig08_freeze_levels.png")
+    done = snakemake(
+        "-n", "--cores", "2", "--configfile", PRESETS["test"], "--forceall", "results/figures/fig08_freeze_levels.png"
+    )
     assert done.returncode == 0, done.stderr
     counts = _job_counts(done)
     assert counts["train_transfer"] == len({a.run for a in plan_experiments(config).arms["fig08"]}) == 2
@@ -100,12 +130,15 @@ def test_every_stage_has_a_target_that_stops_at_that_stage(stage):
     assert not later & set(counts), later & set(counts)
     assert counts[stage] == 1
 
+
 def test_paper_preset_asks_a_gpu_for_every_training_job():
     """The paper's grid (~150 runs of 1000 epochs): every network-training job declares gpu=1."""
     done = snakemake("-n", "--cores", "2", "--configfile", PRESETS["paper"], "--forceall", "--printshellcmds")
     assert done.returncode == 0, done.stderr
     text = done.stdout + done.stderr
-    blocks = [b for b in text.split("\nrule ")[1:] if b.split(":")[0] in ("train_pretext", "train_transfer", "train_survey")]
+    blocks = [
+        b for b in text.split("\nrule ")[1:] if b.split(":")[0] in ("train_pretext", "train_transfer", "train_survey")
+    ]
     counts = _job_counts(done)
     assert len(blocks) == counts["train_pretext"] + counts["train_transfer"] + counts["train_survey"] == 24
     assert all("gpu=1" in b.split("resources:")[1].splitlines()[0] for b in blocks)
@@ -117,9 +150,22 @@ def test_lint_is_clean():
 
 
 def test_bad_sheet_stops_before_any_job(tmp_path):
-    sheet = write_sheet(tmp_path / "p.tsv", ["participant_id", "source"], [["sub-01", "synthetic"], ["sub-01", "synthetic"]])
-    done = snakemake("-n", "--cores", "1", "--config", f"patients={sheet}", "--directory", str(tmp_path), "--snakefile", str(ROOT / "Snakefile"),
-                     "--configfile", str(ROOT / "tests/config/config.yaml"))
+    sheet = write_sheet(
+        tmp_path / "p.tsv", ["participant_id", "source"], [["sub-01", "synthetic"], ["sub-01", "synthetic"]]
+    )
+    done = snakemake(
+        "-n",
+        "--cores",
+        "1",
+        "--config",
+        f"patients={sheet}",
+        "--directory",
+        str(tmp_path),
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--configfile",
+        str(ROOT / "tests/config/config.yaml"),
+    )
     assert done.returncode != 0
     message = done.stdout + done.stderr
     assert "row 3: participant_id sub-01 repeats row 2" in message and "Fix: give every patient its own id" in message
@@ -155,9 +201,17 @@ def _demo_site_export(folder: Path) -> dict[str, str]:
     affine = scanner_grid_affine(sc.image_shape, sc.voxel_size_mm)
     for name, data in (("truth", REAL_ACTIVITY * ball), ("mu", 0.096 * ball)):
         nib.save(nib.Nifti1Image(data.astype(np.float32), affine), folder / f"{name}.nii.gz")
-    simulate_patient(truth_path=folder / "truth.nii.gz", mumap_path=folder / "mu.nii.gz",
-                     participant={"participant_id": REAL_ID, "injected_mbq": 200.0, "weight_kg": 70.0, "uptake_min": 40.0},
-                     scanner=sc, scanner_seed=11, seed=12, out_path=folder / "acq.l", duration_s=900.0, progress=False)
+    simulate_patient(
+        truth_path=folder / "truth.nii.gz",
+        mumap_path=folder / "mu.nii.gz",
+        participant={"participant_id": REAL_ID, "injected_mbq": 200.0, "weight_kg": 70.0, "uptake_min": 40.0},
+        scanner=sc,
+        scanner_seed=11,
+        seed=12,
+        out_path=folder / "acq.l",
+        duration_s=900.0,
+        progress=False,
+    )
     write_component_norm(folder / "norm.n", scanner_component_norm(sc, 11, 11), sc)
     write_e7_interfile(folder / "umap.v", e7_layout((0.096 * ball).astype(np.float32)), sc.voxel_size_mm[0])
     (folder / "truth.nii.gz").rename(folder.parent / "real-truth.nii.gz")  # not part of an export
@@ -173,8 +227,10 @@ def test_cohort_figure_target_runs_only_what_it_needs(tmp_path):
     export = _demo_site_export(tmp_path / "export")
     rows = (ROOT / "tests/config/patients.tsv").read_text().splitlines()[1:-1]  # the last synthetic row makes way
     (tmp_path / "config/patients.tsv").write_text(
-        "participant_id\tsource\tlistmode\tmumap\tnorm\tweight_kg\tinjected_mbq\n" + "".join(f"{r}\t\t\t\t\t\n" for r in rows)
-        + f"{REAL_ID}\treal\t{export['listmode']}\t{export['mumap']}\t{export['norm']}\t70\t200\n")
+        "participant_id\tsource\tlistmode\tmumap\tnorm\tweight_kg\tinjected_mbq\n"
+        + "".join(f"{r}\t\t\t\t\t\n" for r in rows)
+        + f"{REAL_ID}\treal\t{export['listmode']}\t{export['mumap']}\t{export['norm']}\t70\t200\n"
+    )
     config = yaml.safe_load((ROOT / "tests/config/config.yaml").read_text())
     config["patients"] = "config/patients.tsv"
     config["cohort"].update(anatomy_dir=str(ANATOMY_DIR), shape=[40, 40, 36], voxel_size_mm=[7.0, 7.0, 7.0])
@@ -196,7 +252,13 @@ def test_cohort_figure_target_runs_only_what_it_needs(tmp_path):
     done = snakemake(*args, timeout=2400)  # the whole test preset: list-mode to every figure
     assert done.returncode == 0, done.stderr[-3000:]
     splits = pd.read_csv(tmp_path / "results/cohort/splits.tsv", sep="\t")
-    assert splits["role"].value_counts().to_dict() == {"pretext_train": 2, "pretext_val": 1, "transfer_train": 1, "transfer_val": 1, "test": 1}
+    assert splits["role"].value_counts().to_dict() == {
+        "pretext_train": 2,
+        "pretext_val": 1,
+        "transfer_train": 1,
+        "transfer_val": 1,
+        "test": 1,
+    }
     # the real patient: no rated role (the virtual reader reads synthetic patients only), its own norm
     assert splits.set_index("participant_id").loc[REAL_ID, "role"] in ("pretext_train", "pretext_val")
     assert (tmp_path / f"results/sinograms/{REAL_ID}/{REAL_ID}_norm.npz").is_file()
@@ -274,14 +336,18 @@ def _check_every_key_reruns_the_steps_that_read_it(tmp_path, args, config):
 
     keys = schema_keys(yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text()))
     assert set(keys) == set(VALUES), "every schema key needs a walk value in tests/schema_walk.py"
-    assert all(isinstance(rules, list) for rules in keys.values()), [k for k, rules in keys.items() if not isinstance(rules, list)]
+    assert all(isinstance(rules, list) for rules in keys.values()), [
+        k for k, rules in keys.items() if not isinstance(rules, list)
+    ]
     children = _rule_graph(args)
     parents = {rule: {p for p, cs in children.items() if rule in cs} for rule in children}
 
     def downstream(rules, without=frozenset()):
         seen, todo = set(rules), list(rules)
         while todo:
-            for child in children.get(todo.pop(), set()) - seen - without:  # a rule the base run lacks (e.g. score_images) has none
+            for child in (
+                children.get(todo.pop(), set()) - seen - without
+            ):  # a rule the base run lacks (e.g. score_images) has none
                 seen.add(child)
                 todo.append(child)
         return seen
@@ -299,10 +365,16 @@ def _check_every_key_reruns_the_steps_that_read_it(tmp_path, args, config):
     for key, rules in planned.items():
         gone = gone_steps(key)  # steps the change takes out: no path through them
         declared = {rule for name in changed_keys(key) for rule in keys[name]} - gone
-        expected = {r for r in declared if not any(r in downstream(children.get(d, set()) - gone, gone) for d in declared - {r})}
+        expected = {
+            r for r in declared if not any(r in downstream(children.get(d, set()) - gone, gone) for d in declared - {r})
+        }
         first = {r for r in rules if not parents.get(r, set()) & rules}
         if first != expected or not rules <= downstream(declared):
-            wrong[key] = {"x-reruns": sorted(expected), "planned first": sorted(first), "planned, not downstream": sorted(rules - downstream(declared))}
+            wrong[key] = {
+                "x-reruns": sorted(expected),
+                "planned first": sorted(first),
+                "planned, not downstream": sorted(rules - downstream(declared)),
+            }
     assert not wrong, wrong
 
 
@@ -318,7 +390,10 @@ def _check_scores_training_and_figures(tmp_path, participants, splits):
     assert set(key["participant_id"]) == rated and (key["reading"] == "repeat").sum() == 2
     for session in sorted(key["session"].unique()):  # blinded material: no patient id, no dose
         form = (results / f"scores/sessions/session-{session}/session-{session}_ratings-form.tsv").read_text()
-        assert "sub-" not in form and (results / f"scores/sessions/session-{session}/session-{session}.pdf").stat().st_size > 5_000
+        assert (
+            "sub-" not in form
+            and (results / f"scores/sessions/session-{session}/session-{session}.pdf").stat().st_size > 5_000
+        )
     ratings = pd.read_csv(results / "scores/ratings.tsv", sep="\t")
     assert len(ratings) == len(key) + (key["reading"] == "first").sum()  # rater 1 reads all, rater 2 the first readings
     scores = ratings[["GQR", "PR", "DC"]].to_numpy()
@@ -329,18 +404,32 @@ def _check_scores_training_and_figures(tmp_path, participants, splits):
         patches = np.load(results / f"patches/{pid}/{pid}_dose-010.0_patches.npy")
         table = pd.read_csv(results / f"patches/{pid}/{pid}_dose-010.0_patches.tsv", sep="\t")
         assert patches.shape == (12, 32, 32) and table["plane"].value_counts().to_dict() == {
-            "transverse": 4, "sagittal": 4, "coronal": 4}
+            "transverse": 4,
+            "sagittal": 4,
+            "coronal": 4,
+        }
     config = yaml.safe_load((tmp_path / "config/config.yaml").read_text())
     plan = plan_experiments(config)
     for name, run in plan.runs.items():
         for r in range(2 if run.stage != "pretext" else 1):
             card = json.loads((results / f"models/{run.stage}/{name}/rep-{r}/card.json").read_text())
             assert card["seed"] and card["best_epoch"] == 1
-            assert card["schema"] == "petiq-card/1" and card["data_source"]["synthetic"] is True  # the preset's patients
+            assert (
+                card["schema"] == "petiq-card/1" and card["data_source"]["synthetic"] is True
+            )  # the preset's patients
             images = pd.read_csv(results / f"models/{run.stage}/{name}/rep-{r}/predictions_images.tsv", sep="\t")
             assert set(images["set"]) == ({"val"} if run.stage == "pretext" else {"val", "test"})
-    for name in ("fig02_intersession", "fig03_colour_scale", "fig04_backbones", "fig05_vgg16", "fig06_scores_vs_dose",
-                 "fig07_pipelines", "fig08_freeze_levels", "fig09_patients", "fig10_pipelines"):
+    for name in (
+        "fig02_intersession",
+        "fig03_colour_scale",
+        "fig04_backbones",
+        "fig05_vgg16",
+        "fig06_scores_vs_dose",
+        "fig07_pipelines",
+        "fig08_freeze_levels",
+        "fig09_patients",
+        "fig10_pipelines",
+    ):
         assert (results / f"figures/{name}.png").stat().st_size > 10_000, name
     comparison = pd.read_csv(results / "tables/paper_comparison.tsv", sep="\t")
     assert len(comparison) == 111 and comparison["petiq"].notna().sum() >= 100
@@ -350,8 +439,20 @@ def _check_scores_training_and_figures(tmp_path, participants, splits):
     outsider = splits.loc[splits["role"] == "pretext_train", "participant_id"].iloc[0]
     image = recon_image_path(results / "bids", outsider, 100)
     model = results / f"models/transfer/{plan.arms['fig10'][2].run}"
-    done = subprocess.run([str(Path(sys.executable).parent / "petiq"), "predict", "--model", str(model), str(image), "--tsv",
-                           str(tmp_path / "scored.tsv")], capture_output=True, text=True, cwd=tmp_path)
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "petiq"),
+            "predict",
+            "--model",
+            str(model),
+            str(image),
+            "--tsv",
+            str(tmp_path / "scored.tsv"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     scored = pd.read_csv(tmp_path / "scored.tsv", sep="\t")
     assert len(scored) == 1 and all(np.isfinite(scored[m]).all() for m in ("GQR", "PR", "DC", "sd_GQR"))
@@ -361,15 +462,25 @@ def test_dicom_form_config_writes_and_reads_the_dicom_export(tmp_path):
     config = yaml.safe_load((ROOT / PRESETS["test"]).read_text())
     config.setdefault("listmode", {})["form"] = "dicom"
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    done = snakemake("-n", "--cores", "2", "--configfile", str(tmp_path / "config.yaml"), "--forceall", "--printshellcmds",
-                     "results/sinograms/sub-01/sub-01_dose-100.0_sinograms.npz",
-                     "results/sinograms/sub-01/sub-01_dose-010.0_sinograms.npz")
+    done = snakemake(
+        "-n",
+        "--cores",
+        "2",
+        "--configfile",
+        str(tmp_path / "config.yaml"),
+        "--forceall",
+        "--printshellcmds",
+        "results/sinograms/sub-01/sub-01_dose-100.0_sinograms.npz",
+        "results/sinograms/sub-01/sub-01_dose-010.0_sinograms.npz",
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout + done.stderr
     assert "--out results/listmode/sub-01/sub-01_acq-full.dcm" in out
     assert "results/listmode/sub-01/sub-01_acq-full.bf" in out  # the pair is an output and an input
     command = r"-m petiq\.cli --log \S+ "  # shell rules log through petiq's --log, then the sub-command
-    assert re.search(command + "thin results/listmode/sub-01/sub-01_acq-full.dcm results/listmode/sub-01/sub-01_dose-010.0.dcm", out)
+    assert re.search(
+        command + "thin results/listmode/sub-01/sub-01_acq-full.dcm results/listmode/sub-01/sub-01_dose-010.0.dcm", out
+    )
     assert re.search(command + "histogram results/listmode/sub-01/sub-01_dose-010.0.dcm", out)
     assert re.search(command + "histogram results/listmode/sub-01/sub-01_acq-full.dcm", out)
     assert ".l.hdr" not in out
@@ -381,10 +492,30 @@ def test_shell_rules_call_this_workflows_petiq_without_an_activated_venv():
     is needed (a venv that is not activated used to fail with exit status 127)."""
     for rules in (ROOT / "workflow/rules").glob("*.smk"):
         # a bare `petiq <command>` anywhere in a shell string (not `{params.petiq} <command>`)
-        assert not re.search(r'(?<![\w.])petiq\s+[a-z]', "\n".join(re.findall(r'^\s*"(.*)"\s*$', rules.read_text(), flags=re.M))), rules
+        assert not re.search(
+            r"(?<![\w.])petiq\s+[a-z]", "\n".join(re.findall(r'^\s*"(.*)"\s*$', rules.read_text(), flags=re.M))
+        ), rules
     env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp")}  # no venv on PATH
-    done = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--cores", "1", "--configfile", "tests/config/config.yaml",
-                           "--forceall"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env, check=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "-p",
+            "--cores",
+            "1",
+            "--configfile",
+            "tests/config/config.yaml",
+            "--forceall",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     calls = [line for line in done.stdout.splitlines() if "-m petiq.cli" in line]
     commands = {re.search(r"-m petiq\.cli --log \S+ (\w+)", line)[1] for line in calls}  # every job logs through --log

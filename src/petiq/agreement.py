@@ -52,7 +52,9 @@ def check_ratings(ratings: pd.DataFrame, path: str | Path | None = None) -> pd.D
     """
     missing = [c for c in RATINGS_COLUMNS if c not in ratings.columns]
     if missing:
-        raise PetiqInputError(path, f"the ratings lack column(s) {missing}", f"give the columns {', '.join(RATINGS_COLUMNS)}")
+        raise PetiqInputError(
+            path, f"the ratings lack column(s) {missing}", f"give the columns {', '.join(RATINGS_COLUMNS)}"
+        )
     out = ratings.loc[:, list(RATINGS_COLUMNS)].copy()
     out["participant_id"] = out["participant_id"].astype(str)
     out["rater"] = out["rater"].astype(str)
@@ -62,7 +64,9 @@ def check_ratings(ratings: pd.DataFrame, path: str | Path | None = None) -> pd.D
         for m in METRICS:
             out[m] = out[m].astype(float)
     except (TypeError, ValueError) as err:
-        raise PetiqInputError(path, f"a dose or score is not a number ({err})", "write doses in percent and scores as numbers 0–3") from None
+        raise PetiqInputError(
+            path, f"a dose or score is not a number ({err})", "write doses in percent and scores as numbers 0–3"
+        ) from None
     bad_reading = sorted(set(out["reading"]) - set(READINGS))
     if bad_reading:
         raise PetiqInputError(path, f"unknown reading value(s) {bad_reading}", "write first or repeat")
@@ -71,12 +75,17 @@ def check_ratings(ratings: pd.DataFrame, path: str | Path | None = None) -> pd.D
         bad = ~np.isin(values, SCORES)
         if bad.any():
             row = int(np.nonzero(bad)[0][0])
-            raise PetiqInputError(path, f"{m} score {values[row]} (row {row + 1}) is not one of 0, 0.5, …, 3", "score in 0.5 steps from 0 to 3")
+            raise PetiqInputError(
+                path,
+                f"{m} score {values[row]} (row {row + 1}) is not one of 0, 0.5, …, 3",
+                "score in 0.5 steps from 0 to 3",
+            )
     dup = out.duplicated(["participant_id", "dose", "rater", "reading"])
     if dup.any():
         row = out[dup].iloc[0]
         raise PetiqInputError(
-            path, f"rater {row['rater']} has two {row['reading']} readings of {row['participant_id']} at {row['dose']} %",
+            path,
+            f"rater {row['rater']} has two {row['reading']} readings of {row['participant_id']} at {row['dose']} %",
             "keep one first reading and at most one repeat per rater and image",
         )
     return out.reset_index(drop=True)
@@ -121,7 +130,9 @@ def table_I(ratings: pd.DataFrame, reference: str | None = None) -> pd.DataFrame
     for rater in raters_in_order(ratings, reference):
         first = _first(ratings, rater)
         for a, b in METRIC_PAIRS:
-            rows.append({"rater": rater, "pair": f"{a}_vs_{b}", "pearson": _pearson(first[a], first[b]), "n": len(first)})
+            rows.append(
+                {"rater": rater, "pair": f"{a}_vs_{b}", "pearson": _pearson(first[a], first[b]), "n": len(first)}
+            )
     return pd.DataFrame(rows, columns=["rater", "pair", "pearson", "n"])
 
 
@@ -141,13 +152,27 @@ def inter_rater(ratings: pd.DataFrame, reference: str | None = None, tolerance: 
         a, b = _paired_first(ratings, order[0], other)
         for m in METRICS:
             within = 100.0 * float(np.mean(np.abs(a[m] - b[m]) <= tolerance + 1e-9)) if len(a) else float("nan")
-            rows.append({"reference": order[0], "rater": other, "metric": m, "pearson": _pearson(a[m], b[m]), "pct_within": within, "n": len(a)})
+            rows.append(
+                {
+                    "reference": order[0],
+                    "rater": other,
+                    "metric": m,
+                    "pearson": _pearson(a[m], b[m]),
+                    "pct_within": within,
+                    "n": len(a),
+                }
+            )
         diffs = np.abs(a[list(METRICS)].to_numpy() - b[list(METRICS)].to_numpy())
-        rows.append({
-            "reference": order[0], "rater": other, "metric": "all",
-            "pearson": _pearson(a[list(METRICS)].to_numpy().ravel(), b[list(METRICS)].to_numpy().ravel()),
-            "pct_within": 100.0 * float(np.mean(diffs <= tolerance + 1e-9)) if diffs.size else float("nan"), "n": int(diffs.size),
-        })
+        rows.append(
+            {
+                "reference": order[0],
+                "rater": other,
+                "metric": "all",
+                "pearson": _pearson(a[list(METRICS)].to_numpy().ravel(), b[list(METRICS)].to_numpy().ravel()),
+                "pct_within": 100.0 * float(np.mean(diffs <= tolerance + 1e-9)) if diffs.size else float("nan"),
+                "n": int(diffs.size),
+            }
+        )
     return pd.DataFrame(rows, columns=["reference", "rater", "metric", "pearson", "pct_within", "n"])
 
 
@@ -163,9 +188,21 @@ def reread_differences(ratings: pd.DataFrame, rater: str | None = None) -> pd.Da
     for key in common:
         for m in METRICS:
             f, r = float(first.loc[key, m]), float(repeat.loc[key, m])
-            rows.append({"participant_id": key[0], "dose": key[1], "metric": m, "first": f, "repeat": r, "diff": r - f,
-                         "first_session": int(first.loc[key, "session"]), "repeat_session": int(repeat.loc[key, "session"])})
-    return pd.DataFrame(rows, columns=["participant_id", "dose", "metric", "first", "repeat", "diff", "first_session", "repeat_session"])
+            rows.append(
+                {
+                    "participant_id": key[0],
+                    "dose": key[1],
+                    "metric": m,
+                    "first": f,
+                    "repeat": r,
+                    "diff": r - f,
+                    "first_session": int(first.loc[key, "session"]),
+                    "repeat_session": int(repeat.loc[key, "session"]),
+                }
+            )
+    return pd.DataFrame(
+        rows, columns=["participant_id", "dose", "metric", "first", "repeat", "diff", "first_session", "repeat_session"]
+    )
 
 
 def pct_reread_differing(ratings: pd.DataFrame, rater: str | None = None, threshold: float = 0.5) -> float:
@@ -196,16 +233,27 @@ def image_dose_per_kg(frame: pd.DataFrame, table: pd.DataFrame) -> pd.Series:
         merged = keys.merge(t, on=["participant_id", "dose"], how="left")
         values = merged["dose_per_kg"]
     elif {"participant_id", "injected_mbq", "weight_kg"} <= set(table.columns):
-        t = table.assign(participant_id=table["participant_id"].astype(str)).drop_duplicates("participant_id").set_index("participant_id")
+        t = (
+            table.assign(participant_id=table["participant_id"].astype(str))
+            .drop_duplicates("participant_id")
+            .set_index("participant_id")
+        )
         full = keys["participant_id"].map(t["injected_mbq"].astype(float) / t["weight_kg"].astype(float))
         values = full * keys["dose"] / 100.0
     else:
-        raise PetiqInputError(None, "the dose table has neither dose_per_kg per image nor injected_mbq and weight_kg per participant",
-                              "pass participants.tsv or a table with participant_id, dose, dose_per_kg")
+        raise PetiqInputError(
+            None,
+            "the dose table has neither dose_per_kg per image nor injected_mbq and weight_kg per participant",
+            "pass participants.tsv or a table with participant_id, dose, dose_per_kg",
+        )
     missing = values.isna().to_numpy()
     if missing.any():
         row = keys[missing].iloc[0]
-        raise PetiqInputError(None, f"no dose per kg for {row['participant_id']} at {row['dose']} %", "add the image (or patient) to the dose table")
+        raise PetiqInputError(
+            None,
+            f"no dose per kg for {row['participant_id']} at {row['dose']} %",
+            "add the image (or patient) to the dose table",
+        )
     return pd.Series(values.to_numpy(dtype=float), index=frame.index, name="dose_per_kg")
 
 
@@ -222,7 +270,16 @@ def score_dose_fits(ratings: pd.DataFrame, dose_table: pd.DataFrame, rater: str 
             slope, intercept = np.polyfit(x, y, 1)
         else:
             slope = intercept = float("nan")
-        rows.append({"rater": rater, "metric": m, "slope": float(slope), "intercept": float(intercept), "pearson": _pearson(x, y), "n": len(x)})
+        rows.append(
+            {
+                "rater": rater,
+                "metric": m,
+                "slope": float(slope),
+                "intercept": float(intercept),
+                "pearson": _pearson(x, y),
+                "n": len(x),
+            }
+        )
     return pd.DataFrame(rows, columns=["rater", "metric", "slope", "intercept", "pearson", "n"])
 
 
@@ -237,13 +294,22 @@ def load_targets(path: str | Path | None = None) -> pd.DataFrame:
     np.float64(44.0)
     """
     if path is None:
-        ref = pd.read_csv(resources.files("petiq.data") / "reference_results.tsv", sep="\t", comment="#", header=None,
-                          names=["table", "row", "metric", "score", "value", "sd"])
+        ref = pd.read_csv(
+            resources.files("petiq.data") / "reference_results.tsv",
+            sep="\t",
+            comment="#",
+            header=None,
+            names=["table", "row", "metric", "score", "value", "sd"],
+        )
         source = "reference_results.tsv"
     else:
         if not Path(path).is_file():
-            raise PetiqInputError(path, "the reference results file does not exist", "give the path of reference_results.tsv")
-        ref = pd.read_csv(path, sep="\t", comment="#", header=None, names=["table", "row", "metric", "score", "value", "sd"])
+            raise PetiqInputError(
+                path, "the reference results file does not exist", "give the path of reference_results.tsv"
+            )
+        ref = pd.read_csv(
+            path, sep="\t", comment="#", header=None, names=["table", "row", "metric", "score", "value", "sd"]
+        )
         source = Path(path).name
     rows = []
     for r in ref.itertuples(index=False):
@@ -262,9 +328,20 @@ def load_targets(path: str | Path | None = None) -> pd.DataFrame:
     rows += [
         ("dose.pct_full_dose_2.5_to_3", 60.0, float("nan"), "min", issue + ": full-dose images mostly 2.5–3"),
         ("dose.pct_lowest_dose_0_to_1", 60.0, float("nan"), "min", issue + ": 0.5 % images mostly 0–1"),
-        ("dose.slope_ratio_GQR_over_PR_DC", 1.0, float("nan"), "min", issue + ": GQR rises most steeply with dose per kg"),
-        ("dose.pearson_ratio_GQR_over_PR_DC", 1.0, float("nan"), "min",
-         "paper Sec. IV: the correlation of GQR with dose per kg is stronger than that of PR and DC"),
+        (
+            "dose.slope_ratio_GQR_over_PR_DC",
+            1.0,
+            float("nan"),
+            "min",
+            issue + ": GQR rises most steeply with dose per kg",
+        ),
+        (
+            "dose.pearson_ratio_GQR_over_PR_DC",
+            1.0,
+            float("nan"),
+            "min",
+            "paper Sec. IV: the correlation of GQR with dose per kg is stronger than that of PR and DC",
+        ),
     ]
     return pd.DataFrame(rows, columns=list(TARGET_COLUMNS))
 
@@ -282,22 +359,33 @@ def achieved_values(ratings: pd.DataFrame, dose_table: pd.DataFrame, reference: 
             out[f"table_I.clinician{k}.{pair}"] = float(sel["pearson"].iloc[0]) if len(sel) else float("nan")
     ir = inter_rater(ratings, order[0])
     for m in METRICS:
-        out[f"inter_rater.pearson.{m}"] = float(ir.loc[ir["metric"] == m, "pearson"].mean()) if len(ir) else float("nan")
-    out["inter_rater.pct_within_0.5"] = float(ir.loc[ir["metric"] == "all", "pct_within"].mean()) if len(ir) else float("nan")
+        out[f"inter_rater.pearson.{m}"] = (
+            float(ir.loc[ir["metric"] == m, "pearson"].mean()) if len(ir) else float("nan")
+        )
+    out["inter_rater.pct_within_0.5"] = (
+        float(ir.loc[ir["metric"] == "all", "pct_within"].mean()) if len(ir) else float("nan")
+    )
     out["intra_rater.pct_reread_differing_ge_0.5"] = pct_reread_differing(ratings, order[0])
     first = ratings[ratings["reading"] == "first"]
-    for name, dose, lo, hi in (("dose.pct_full_dose_2.5_to_3", FULL_DOSE, 2.5, 3.0), ("dose.pct_lowest_dose_0_to_1", LOWEST_DOSE, 0.0, 1.0)):
+    for name, dose, lo, hi in (
+        ("dose.pct_full_dose_2.5_to_3", FULL_DOSE, 2.5, 3.0),
+        ("dose.pct_lowest_dose_0_to_1", LOWEST_DOSE, 0.0, 1.0),
+    ):
         scores = first.loc[np.isclose(first["dose"], dose), list(METRICS)].to_numpy()
         out[name] = 100.0 * float(np.mean((scores >= lo) & (scores <= hi))) if scores.size else float("nan")
     fits = score_dose_fits(ratings, dose_table, order[0]).set_index("metric")
-    for column, name in (("slope", "dose.slope_ratio_GQR_over_PR_DC"), ("pearson", "dose.pearson_ratio_GQR_over_PR_DC")):
+    for column, name in (
+        ("slope", "dose.slope_ratio_GQR_over_PR_DC"),
+        ("pearson", "dose.pearson_ratio_GQR_over_PR_DC"),
+    ):
         denominator = max(fits.loc["PR", column], fits.loc["DC", column])
         out[name] = float(fits.loc["GQR", column] / denominator) if denominator > 0 else float("nan")
     return out
 
 
-def calibration_table(ratings: pd.DataFrame, dose_table: pd.DataFrame, targets: pd.DataFrame | None = None,
-                      reference: str | None = None) -> pd.DataFrame:
+def calibration_table(
+    ratings: pd.DataFrame, dose_table: pd.DataFrame, targets: pd.DataFrame | None = None, reference: str | None = None
+) -> pd.DataFrame:
     """Targets beside the values achieved by ``ratings`` (the workflow writes it as ``reader_calibration.tsv``).
 
     ``within`` is True/False, or NA where the quantity cannot be measured on these ratings.
@@ -313,8 +401,17 @@ def calibration_table(ratings: pd.DataFrame, dose_table: pd.DataFrame, targets: 
             within = bool(value >= t.target)
         else:
             within = bool(abs(value - t.target) <= t.tolerance + 1e-9)
-        rows.append({"quantity": t.quantity, "target": t.target, "achieved": value, "tolerance": t.tolerance,
-                     "within": within, "rule": t.rule, "source": t.source})
+        rows.append(
+            {
+                "quantity": t.quantity,
+                "target": t.target,
+                "achieved": value,
+                "tolerance": t.tolerance,
+                "within": within,
+                "rule": t.rule,
+                "source": t.source,
+            }
+        )
     out = pd.DataFrame(rows, columns=list(CALIBRATION_COLUMNS))
     out["within"] = out["within"].astype("boolean")
     return out

@@ -66,8 +66,7 @@ def check_anatomy_dir(anatomy_dir: str | Path) -> Path:
                 path,
                 "the anatomical atlas file is missing",
                 "run `petiq resources fetch` (or `make resources`), which takes it from the t1prep wheel on PyPI, "
-                "or point config key cohort.anatomy_dir at a folder holding "
-                + ", ".join(ANATOMY_FILES),
+                "or point config key cohort.anatomy_dir at a folder holding " + ", ".join(ANATOMY_FILES),
             )
         if _sha256(path) != digest:
             raise PetiqInputError(
@@ -87,8 +86,12 @@ def fetch_anatomy(anatomy_dir: str | Path, wheel: str | Path | None = None) -> P
     anatomy_dir = Path(anatomy_dir)
     if wheel is not None and not zipfile.is_zipfile(wheel):
         problem = "does not exist" if not Path(wheel).exists() else "is not a wheel (zip) file"
-        raise PetiqInputError(wheel, f"the t1prep wheel {problem}", f"give the path of {T1PREP_WHEEL.replace('==', '-')}-py3-none-any.whl "
-                              "(`pip download --no-deps t1prep==0.8.1` on a machine with internet)")
+        raise PetiqInputError(
+            wheel,
+            f"the t1prep wheel {problem}",
+            f"give the path of {T1PREP_WHEEL.replace('==', '-')}-py3-none-any.whl "
+            "(`pip download --no-deps t1prep==0.8.1` on a machine with internet)",
+        )
     missing = [n for n, d in ANATOMY_FILES.items() if not (anatomy_dir / n).is_file() or _sha256(anatomy_dir / n) != d]
     if not missing:
         return anatomy_dir

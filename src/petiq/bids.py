@@ -59,8 +59,11 @@ def dose_from_rec_label(label: str) -> float:
     """The dose in percent of a :func:`rec_label` (``dose005p0`` → 5.0)."""
     match = _REC.match(str(label))
     if not match:
-        raise PetiqInputError(None, f"{label!r} is not a petiq reconstruction label",
-                              "use rec-doseNNNpN, e.g. rec-dose005p0 for 5 % of the counts")
+        raise PetiqInputError(
+            None,
+            f"{label!r} is not a petiq reconstruction label",
+            "use rec-doseNNNpN, e.g. rec-dose005p0 for 5 % of the counts",
+        )
     return float(f"{match[1]}.{match[2]}")
 
 
@@ -133,8 +136,11 @@ def scanner_keys(scanner_name: str, source: str) -> dict:
     on a Siemens Biograph mMR; everything else was simulated by petiq on one of its scanner models."""
     if source == "real" and scanner_name == "mmr":
         return {"Manufacturer": "Siemens", "ManufacturersModelName": "Biograph mMR"}
-    model = {"mmr": "Biograph mMR geometry", "demo": "demo scanner (reduced Biograph mMR)",
-             "tiny": "tiny test scanner"}.get(scanner_name, scanner_name)
+    model = {
+        "mmr": "Biograph mMR geometry",
+        "demo": "demo scanner (reduced Biograph mMR)",
+        "tiny": "tiny test scanner",
+    }.get(scanner_name, scanner_name)
     return {"Manufacturer": "petiq (simulated list-mode)", "ManufacturersModelName": f"petiq {model}"}
 
 
@@ -159,8 +165,11 @@ def pet_metadata(participant: Mapping, dose: float, scanner_name: str) -> dict:
     injected = _number(participant.get("injected_mbq"))
     weight = _number(participant.get("weight_kg"))
     if injected is None or weight is None:
-        raise PetiqInputError(None, f"{pid}: injected_mbq {participant.get('injected_mbq')!r}, weight_kg "
-                              f"{participant.get('weight_kg')!r}", "give both in the patient sheet (participants.tsv)")
+        raise PetiqInputError(
+            None,
+            f"{pid}: injected_mbq {participant.get('injected_mbq')!r}, weight_kg {participant.get('weight_kg')!r}",
+            "give both in the patient sheet (participants.tsv)",
+        )
     out = {
         "participant_id": pid,
         "DoseFractionPercent": float(dose),
@@ -190,7 +199,7 @@ def pet_metadata(participant: Mapping, dose: float, scanner_name: str) -> dict:
 #: ``desc-norm01_pet.json`` applies to every ``*_desc-norm01_pet.nii.gz`` below it).
 NORM01_SIDECAR = {
     "Description": "the reconstruction divided by its maximum (0-1), as the readers see it; its "
-                   "reconstruction (same subject and rec label) is in the raw dataset two levels up",
+    "reconstruction (same subject and rec label) is in the raw dataset two levels up",
     "Units": "arbitrary",
     "SkullStripped": False,
 }
@@ -200,11 +209,20 @@ NORM01_SIDECAR = {
 
 PARTICIPANTS_JSON = {
     "participant_id": {"Description": "patient id"},
-    "source": {"Description": "where the list-mode comes from",
-               "Levels": {"synthetic": "simulated by petiq from a digital phantom", "real": "the site's own scan"}},
-    "diagnosis": {"Description": "clinical diagnosis (drawn by the clinic mix for synthetic patients)",
-                  "Levels": {"CN": "cognitively normal", "AD": "Alzheimer's disease", "FTD": "frontotemporal dementia",
-                             "DLB": "dementia with Lewy bodies", "unknown": "not stated"}},
+    "source": {
+        "Description": "where the list-mode comes from",
+        "Levels": {"synthetic": "simulated by petiq from a digital phantom", "real": "the site's own scan"},
+    },
+    "diagnosis": {
+        "Description": "clinical diagnosis (drawn by the clinic mix for synthetic patients)",
+        "Levels": {
+            "CN": "cognitively normal",
+            "AD": "Alzheimer's disease",
+            "FTD": "frontotemporal dementia",
+            "DLB": "dementia with Lewy bodies",
+            "unknown": "not stated",
+        },
+    },
     "severity": {"Description": "severity of the diagnosis' hypometabolism pattern (0-1)"},
     "age": {"Description": "age", "Units": "year"},
     "sex": {"Description": "sex", "Levels": {"F": "female", "M": "male"}},
@@ -236,9 +254,15 @@ the clinicians read and the networks are trained on.
 
 def dataset_description(*, derivative: bool = False, name: str = "petiq reconstructions") -> dict:
     """``dataset_description.json`` of the raw dataset, or of the derivatives (``derivative``)."""
-    generated = [{"Name": "petiq", "Version": _version(), "Description": "list-mode thinning, histogramming and OP-OSEM"}]
-    out = {"Name": name if not derivative else f"{name}: 0-1 images", "BIDSVersion": BIDS_VERSION,
-           "DatasetType": "derivative" if derivative else "raw", "GeneratedBy": generated}
+    generated = [
+        {"Name": "petiq", "Version": _version(), "Description": "list-mode thinning, histogramming and OP-OSEM"}
+    ]
+    out = {
+        "Name": name if not derivative else f"{name}: 0-1 images",
+        "BIDSVersion": BIDS_VERSION,
+        "DatasetType": "derivative" if derivative else "raw",
+        "GeneratedBy": generated,
+    }
     if derivative:
         out["DatasetLinks"] = {"raw": "../../"}  # the reconstructions: the BIDS root two levels up
     return out
@@ -258,8 +282,9 @@ def write_dataset_files(root: str | Path, participants: pd.DataFrame) -> list[Pa
     root = Path(root)
     unknown = [c for c in participants.columns if c not in PARTICIPANTS_JSON]
     if unknown:
-        raise PetiqInputError(None, f"participants columns {unknown} have no description",
-                              "describe them in petiq.bids.PARTICIPANTS_JSON")
+        raise PetiqInputError(
+            None, f"participants columns {unknown} have no description", "describe them in petiq.bids.PARTICIPANTS_JSON"
+        )
     paths = {
         "description": root / "dataset_description.json",
         "readme": root / "README",

@@ -65,7 +65,9 @@ def _line(row_index: int) -> str:
     return f"row {row_index + 2}"  # +1 for the header, +1 for 1-based line numbers
 
 
-def read_patients(path: str | Path, *, root: str | Path | None = None, scanner="mmr", check_files: bool = True) -> pd.DataFrame:
+def read_patients(
+    path: str | Path, *, root: str | Path | None = None, scanner="mmr", check_files: bool = True
+) -> pd.DataFrame:
     """Read and validate the patient sheet; raise :class:`PetiqInputError` on the first problem.
 
     Relative file paths of real rows are taken relative to ``root`` (default: the working directory,
@@ -99,7 +101,9 @@ def read_patients(path: str | Path, *, root: str | Path | None = None, scanner="
         pid = row["participant_id"]
         if not _ID.match(pid):
             raise PetiqInputError(
-                path, f"{_line(i)}: participant_id {pid!r} is not BIDS-style", "write it as sub-<letters/digits>, e.g. sub-07"
+                path,
+                f"{_line(i)}: participant_id {pid!r} is not BIDS-style",
+                "write it as sub-<letters/digits>, e.g. sub-07",
             )
         if pid in seen:
             raise PetiqInputError(
@@ -115,31 +119,51 @@ def read_patients(path: str | Path, *, root: str | Path | None = None, scanner="
             try:
                 number = float(value)
             except ValueError:
-                raise PetiqInputError(path, f"{_line(i)} ({pid}): {col} is {value!r}, not a number", f"give {SHEET_COLUMNS[col]}") from None
+                raise PetiqInputError(
+                    path, f"{_line(i)} ({pid}): {col} is {value!r}, not a number", f"give {SHEET_COLUMNS[col]}"
+                ) from None
             if not np.isfinite(number) or number <= 0:
-                raise PetiqInputError(path, f"{_line(i)} ({pid}): {col} is {value}, not positive", f"give {SHEET_COLUMNS[col]} (> 0)")
+                raise PetiqInputError(
+                    path, f"{_line(i)} ({pid}): {col} is {value}, not positive", f"give {SHEET_COLUMNS[col]} (> 0)"
+                )
         if row["sex"] not in ("", "F", "M"):
             raise PetiqInputError(path, f"{_line(i)} ({pid}): sex is {row['sex']!r}", "write F, M or leave it empty")
         if row["diagnosis"] not in ("",) + DIAGNOSES:
             raise PetiqInputError(
-                path, f"{_line(i)} ({pid}): diagnosis is {row['diagnosis']!r}", f"write one of {', '.join(DIAGNOSES)} or leave it empty"
+                path,
+                f"{_line(i)} ({pid}): diagnosis is {row['diagnosis']!r}",
+                f"write one of {', '.join(DIAGNOSES)} or leave it empty",
             )
         if row["source"] == "real":
             for col in ("weight_kg", "injected_mbq"):
                 if row[col] == "":
-                    raise PetiqInputError(path, f"{_line(i)} ({pid}): a real patient needs {col}", f"fill in {SHEET_COLUMNS[col]}")
+                    raise PetiqInputError(
+                        path, f"{_line(i)} ({pid}): a real patient needs {col}", f"fill in {SHEET_COLUMNS[col]}"
+                    )
             for col in REAL_FILE_COLUMNS:
                 if row[col] == "":
-                    raise PetiqInputError(path, f"{_line(i)} ({pid}): a real patient needs {col}", f"fill in {SHEET_COLUMNS[col]}")
+                    raise PetiqInputError(
+                        path, f"{_line(i)} ({pid}): a real patient needs {col}", f"fill in {SHEET_COLUMNS[col]}"
+                    )
                 file = root / row[col]
                 if not file.is_file():
                     raise PetiqInputError(
-                        path, f"{_line(i)} ({pid}): {col} file {file} does not exist", "correct the path (relative to the workflow folder) or copy the file there"
+                        path,
+                        f"{_line(i)} ({pid}): {col} file {file} does not exist",
+                        "correct the path (relative to the workflow folder) or copy the file there",
                     )
             listmode = root / row["listmode"]
             for part, what, fix in (
-                (header_path(listmode), "header", "put the .l.hdr Interfile header beside the .l file (DICOM form: the .dcm beside its .bf)"),
-                (data_path(listmode), "data file", "put the .bf of the DICOM export beside its .dcm, with the same name"),
+                (
+                    header_path(listmode),
+                    "header",
+                    "put the .l.hdr Interfile header beside the .l file (DICOM form: the .dcm beside its .bf)",
+                ),
+                (
+                    data_path(listmode),
+                    "data file",
+                    "put the .bf of the DICOM export beside its .dcm, with the same name",
+                ),
             ):
                 if not part.is_file():
                     raise PetiqInputError(path, f"{_line(i)} ({pid}): the list-mode {what} {part} does not exist", fix)
@@ -147,15 +171,24 @@ def read_patients(path: str | Path, *, root: str | Path | None = None, scanner="
                 from .site import check_site_files, hardware_paths
 
                 try:  # headers, sizes, scanner, coverage now, not hours later in the jobs
-                    check_site_files(listmode, root / row["norm"], root / row["mumap"],
-                                     hardware_paths(row["hardware_mumaps"], root), scanner)
+                    check_site_files(
+                        listmode,
+                        root / row["norm"],
+                        root / row["mumap"],
+                        hardware_paths(row["hardware_mumaps"], root),
+                        scanner,
+                    )
                 except PetiqInputError as error:
-                    raise PetiqInputError(path, f"{_line(i)} ({pid}): {error.path}: {error.problem}", error.fix) from None
+                    raise PetiqInputError(
+                        path, f"{_line(i)} ({pid}): {error.path}: {error.problem}", error.fix
+                    ) from None
         else:
             for col in REAL_FILE_COLUMNS + ("hardware_mumaps",):
                 if row[col] != "":
                     raise PetiqInputError(
-                        path, f"{_line(i)} ({pid}): a synthetic patient has {col} set", "clear the file columns or set source to real"
+                        path,
+                        f"{_line(i)} ({pid}): a synthetic patient has {col} set",
+                        "clear the file columns or set source to real",
                     )
     return sheet
 
@@ -167,7 +200,9 @@ def allocate_diagnoses(n: int, mix: dict[str, float], rng: np.random.Generator) 
     if n == 0:
         return []
     if not names or weights.sum() <= 0:
-        raise PetiqInputError(None, "cohort.diagnosis_mix has no positive share", "give e.g. {CN: 0.3, AD: 0.4, FTD: 0.15, DLB: 0.15}")
+        raise PetiqInputError(
+            None, "cohort.diagnosis_mix has no positive share", "give e.g. {CN: 0.3, AD: 0.4, FTD: 0.15, DLB: 0.15}"
+        )
     quota = weights / weights.sum() * n
     counts = np.floor(quota).astype(int)
     for k in np.argsort(-(quota - counts), kind="stable")[: n - counts.sum()]:

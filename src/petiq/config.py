@@ -28,22 +28,29 @@ def read_config_file(path: str | Path) -> dict:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as error:
-        raise PetiqInputError(path, f"cannot be read as UTF-8 text ({error})", "save the config file as UTF-8 YAML") from None
+        raise PetiqInputError(
+            path, f"cannot be read as UTF-8 text ({error})", "save the config file as UTF-8 YAML"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         line = text.splitlines()[mark.line] if mark and mark.line < len(text.splitlines()) else ""
-        fix = ("indent with spaces only, YAML does not allow tabs" if "\t" in line[: (mark.column + 1) if mark else None] or "tab" in str(error)
-               else "correct the YAML syntax there (indentation, a missing ':' or an unclosed quote or bracket)")
+        fix = (
+            "indent with spaces only, YAML does not allow tabs"
+            if "\t" in line[: (mark.column + 1) if mark else None] or "tab" in str(error)
+            else "correct the YAML syntax there (indentation, a missing ':' or an unclosed quote or bracket)"
+        )
         raise PetiqInputError(path, f"{where}not valid YAML ({error.problem})", fix) from None
     except yaml.YAMLError as error:
         raise PetiqInputError(path, f"not valid YAML ({error})", "correct the YAML syntax") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise PetiqInputError(path, f"holds a {type(data).__name__}, not a mapping of config keys", "write one `key: value` per line")
+        raise PetiqInputError(
+            path, f"holds a {type(data).__name__}, not a mapping of config keys", "write one `key: value` per line"
+        )
     return data
 
 
@@ -61,8 +68,13 @@ def _describe(schema: Mapping) -> str:
         return repr(schema["const"])
     if "enum" in schema:
         return "one of " + ", ".join(map(str, schema["enum"]))
-    kind = {"integer": "a whole number", "number": "a number", "string": "a string", "array": "a list", "null": "null"}.get(
-        schema.get("type"), str(schema.get("type", "a value")))
+    kind = {
+        "integer": "a whole number",
+        "number": "a number",
+        "string": "a string",
+        "array": "a list",
+        "null": "null",
+    }.get(schema.get("type"), str(schema.get("type", "a value")))
     low, high = schema.get("minimum"), schema.get("maximum")
     if low is not None and high is not None:
         return f"{kind} from {low} to {high}"
@@ -91,11 +103,17 @@ def schema_problems(config: Mapping, schema: Mapping) -> list[str]:
             for extra in sorted(set(error.instance) - set(known)):
                 near = difflib.get_close_matches(str(extra), known, n=3, cutoff=0.5)
                 hint = f"did you mean {' or '.join(near)}?" if near else f"the keys here are {', '.join(known)}"
-                lines.append(str(PetiqInputError(None, f"config key {_key([*where, extra])} is not a petiq setting", hint)))
+                lines.append(
+                    str(PetiqInputError(None, f"config key {_key([*where, extra])} is not a petiq setting", hint))
+                )
             continue
         problem = error.message
         description = _first_sentence(error.schema.get("description"))
-        fix = f"{description} (workflow/schemas/config.schema.yaml)" if description else "see workflow/schemas/config.schema.yaml"
+        fix = (
+            f"{description} (workflow/schemas/config.schema.yaml)"
+            if description
+            else "see workflow/schemas/config.schema.yaml"
+        )
         if error.validator == "enum":
             allowed = [str(v) for v in error.validator_value]
             near = difflib.get_close_matches(str(error.instance), allowed, n=2, cutoff=0.6)
@@ -136,8 +154,18 @@ def config_problems(config: Mapping, subjects: list[str], *, root: str | Path = 
     if chosen is not None:
         unknown = [s for s in chosen if s not in subjects]
         if unknown or len(chosen) != 2:
-            problems.append(_problem("figures.fig01_subjects", f"{chosen} " + (f"names {unknown}, not in the patient sheet" if unknown else
-                                     f"holds {len(chosen)} patients, Fig. 1 shows two"), f"give two of {', '.join(subjects[:6])}…, or null"))
+            problems.append(
+                _problem(
+                    "figures.fig01_subjects",
+                    f"{chosen} "
+                    + (
+                        f"names {unknown}, not in the patient sheet"
+                        if unknown
+                        else f"holds {len(chosen)} patients, Fig. 1 shows two"
+                    ),
+                    f"give two of {', '.join(subjects[:6])}…, or null",
+                )
+            )
 
     counts = config["splits"]["counts"]
     user_splits = config["splits"].get("file")
@@ -147,43 +175,86 @@ def config_problems(config: Mapping, subjects: list[str], *, root: str | Path = 
         except PetiqInputError as error:
             problems.append(_problem("splits.file", error.problem, error.fix, path=user_splits))
     elif sum(counts.values()) != n:
-        problems.append(_problem("splits.counts", f"the roles add up to {sum(counts.values())} patients but the patient sheet has {n}",
-                                 "make the role counts add up to the number of rows of the patient sheet"))
+        problems.append(
+            _problem(
+                "splits.counts",
+                f"the roles add up to {sum(counts.values())} patients but the patient sheet has {n}",
+                "make the role counts add up to the number of rows of the patient sheet",
+            )
+        )
 
     n_transfer = counts["transfer_train"]  # what plan_experiments sizes Fig. 9's subsets from
     too_many = [c for c in config["experiments"]["patient_counts"] if c > n_transfer]
     if too_many:
-        problems.append(_problem("experiments.patient_counts", f"{too_many} exceed the {n_transfer} transfer_train patient(s) "
-                                 "that Fig. 9's subsets are drawn from", f"use counts up to {n_transfer}, or raise splits.counts.transfer_train"))
+        problems.append(
+            _problem(
+                "experiments.patient_counts",
+                f"{too_many} exceed the {n_transfer} transfer_train patient(s) that Fig. 9's subsets are drawn from",
+                f"use counts up to {n_transfer}, or raise splits.counts.transfer_train",
+            )
+        )
 
     scanner = Scanner.from_name(config["scanner"])
     size = config["patches"]["size"]
     if size > max(scanner.image_shape):
-        problems.append(_problem("patches.size", f"{size}-voxel patches are larger than every side of the {config['scanner']} images "
-                                 f"({'x'.join(map(str, scanner.image_shape))} voxels)", f"use at most {max(scanner.image_shape)} (paper 80 on the mMR)"))
+        problems.append(
+            _problem(
+                "patches.size",
+                f"{size}-voxel patches are larger than every side of the {config['scanner']} images "
+                f"({'x'.join(map(str, scanner.image_shape))} voxels)",
+                f"use at most {max(scanner.image_shape)} (paper 80 on the mMR)",
+            )
+        )
 
     weights = config["training"].get("imagenet_weights")
     if weights and not (root / weights).is_file():
-        problems.append(_problem("training.imagenet_weights", f"{weights} does not exist",
-                                 "give the path of an ImageNet checkpoint, or null to use what `petiq weights fetch` wrote"))
+        problems.append(
+            _problem(
+                "training.imagenet_weights",
+                f"{weights} does not exist",
+                "give the path of an ImageNet checkpoint, or null to use what `petiq weights fetch` wrote",
+            )
+        )
 
     scoring = config["scoring"]
     ratings = scoring.get("ratings")
     if ratings is not None and not (root / ratings).is_file():
-        problems.append(_problem("scoring.ratings", f"{ratings} does not exist",
-                                 f"write it from the filled forms with `petiq ratings import --forms … --key … --out {ratings}`, "
-                                 "or set scoring.ratings: null for the virtual reader"))
+        problems.append(
+            _problem(
+                "scoring.ratings",
+                f"{ratings} does not exist",
+                f"write it from the filled forms with `petiq ratings import --forms … --key … --out {ratings}`, "
+                "or set scoring.ratings: null for the virtual reader",
+            )
+        )
     if ratings is None:
         raters = [str(r + 1) for r in range(scoring["raters"])]
         if str(scoring["label_rater"]) not in raters:
-            problems.append(_problem("scoring.label_rater", f"{scoring['label_rater']!r} is not one of the virtual raters {', '.join(raters)}",
-                                     f"use one of {', '.join(raters)} (or raise scoring.raters)"))
+            problems.append(
+                _problem(
+                    "scoring.label_rater",
+                    f"{scoring['label_rater']!r} is not one of the virtual raters {', '.join(raters)}",
+                    f"use one of {', '.join(raters)} (or raise scoring.raters)",
+                )
+            )
     n_rated = sum(counts.get(role, 0) for role in scoring["rated_roles"] if role in ROLES)
-    names = {"n_sessions": "scoring.sessions.count", "min_images": "scoring.sessions.min_size", "max_images": "scoring.sessions.max_size",
-             "rereads": "scoring.rereads"}
+    names = {
+        "n_sessions": "scoring.sessions.count",
+        "min_images": "scoring.sessions.min_size",
+        "max_images": "scoring.sessions.max_size",
+        "rereads": "scoring.rereads",
+    }
     try:
-        check_session_settings([f"patient-{i}" for i in range(n_rated)], config["doses"], scoring["design"], scoring["rereads"],
-                        scoring["sessions"]["count"], scoring["sessions"]["min_size"], scoring["sessions"]["max_size"], names=names)
+        check_session_settings(
+            [f"patient-{i}" for i in range(n_rated)],
+            config["doses"],
+            scoring["design"],
+            scoring["rereads"],
+            scoring["sessions"]["count"],
+            scoring["sessions"]["min_size"],
+            scoring["sessions"]["max_size"],
+            names=names,
+        )
     except PetiqInputError as error:
         problems.append(_problem("scoring.sessions", error.problem, error.fix))
     return problems
@@ -193,5 +264,8 @@ def check_label_rater(label_rater: str, ratings, path) -> None:
     """Real ratings: the label rater must be one of the raters in the table."""
     raters = sorted(set(ratings["rater"].astype(str)))
     if str(label_rater) not in raters:
-        raise _problem("scoring.label_rater", f"{label_rater!r} matches no rater in {path} (raters: {', '.join(raters)})",
-                       f"set scoring.label_rater to one of {', '.join(raters)}")
+        raise _problem(
+            "scoring.label_rater",
+            f"{label_rater!r} matches no rater in {path} (raters: {', '.join(raters)})",
+            f"set scoring.label_rater to one of {', '.join(raters)}",
+        )

@@ -26,8 +26,15 @@ from dataclasses import dataclass
 
 from .errors import PetiqInputError
 
-__all__ = ["ISOTOPES", "FrameQuantification", "Isotope", "decay_correction_factor", "frame_quantification",
-           "isotope_from_header", "mean_decay_fraction"]
+__all__ = [
+    "ISOTOPES",
+    "FrameQuantification",
+    "Isotope",
+    "decay_correction_factor",
+    "frame_quantification",
+    "isotope_from_header",
+    "mean_decay_fraction",
+]
 
 
 @dataclass(frozen=True)
@@ -66,7 +73,9 @@ def mean_decay_fraction(half_life_s: float, duration_s: float, start_s: float = 
     return 1.0 / decay_correction_factor(half_life_s, duration_s, start_s)
 
 
-def decay_correction_factor(half_life_s: float, duration_s: float, start_s: float = 0.0, reference_s: float = 0.0) -> float:
+def decay_correction_factor(
+    half_life_s: float, duration_s: float, start_s: float = 0.0, reference_s: float = 0.0
+) -> float:
     """e7's decay correction of a frame ``[start_s, start_s + duration_s]`` to ``reference_s``
     (seconds on one clock): ``e^{λ(t0 − tref)} · λD / (1 − e^{−λD})``; 1 for no decay."""
     if not half_life_s > 0 or not duration_s > 0:
@@ -131,8 +140,14 @@ class FrameQuantification:
         start, ``DecayCorrectionFactor`` per frame) plus the radionuclide and branching ratio used."""
         out = {"ImageDecayCorrected": self.decay_corrected}
         if self.decay_corrected:
-            out.update({"ImageDecayCorrectionTime": 0.0, "DecayCorrectionFactor": [self.decay_correction_factor],
-                        "TracerRadionuclide": self.isotope.replace("-", ""), "BranchingRatio": self.branching_ratio})
+            out.update(
+                {
+                    "ImageDecayCorrectionTime": 0.0,
+                    "DecayCorrectionFactor": [self.decay_correction_factor],
+                    "TracerRadionuclide": self.isotope.replace("-", ""),
+                    "BranchingRatio": self.branching_ratio,
+                }
+            )
         return out
 
 
@@ -145,4 +160,6 @@ def frame_quantification(sinograms: Mapping, duration_s: float | None = None) ->
         return FrameQuantification(None, 1.0, 1.0, 0.0, float(duration_s))
     start = float(sinograms["frame_start_s"])
     dcf = decay_correction_factor(float(sinograms["half_life_s"]), float(duration_s), start_s=start)
-    return FrameQuantification(str(sinograms["isotope"]), float(sinograms["branching_ratio"]), dcf, start, float(duration_s))
+    return FrameQuantification(
+        str(sinograms["isotope"]), float(sinograms["branching_ratio"]), dcf, start, float(duration_s)
+    )

@@ -83,7 +83,9 @@ def _pair_metrics(pred: np.ndarray, target: np.ndarray, sd: np.ndarray | None) -
     }
 
 
-def image_metrics(df: pd.DataFrame, metrics: Sequence[str] = SCORES, *, source: str | Path | None = None) -> pd.DataFrame:
+def image_metrics(
+    df: pd.DataFrame, metrics: Sequence[str] = SCORES, *, source: str | Path | None = None
+) -> pd.DataFrame:
     """Evaluation metrics of one run's per-image predictions: one row per score in ``metrics`` plus ``"all"``.
 
     ``df`` has ``target_<score>`` and ``pred_<score>`` (and optionally ``sd_<score>``) columns; rows without a target
@@ -91,17 +93,25 @@ def image_metrics(df: pd.DataFrame, metrics: Sequence[str] = SCORES, *, source: 
     """
     missing = [c for m in metrics for c in (f"target_{m}", f"pred_{m}") if c not in df.columns]
     if missing:
-        raise PetiqInputError(source, f"missing column(s) {missing}", "give per-image predictions with target_<score> and pred_<score> columns")
+        raise PetiqInputError(
+            source,
+            f"missing column(s) {missing}",
+            "give per-image predictions with target_<score> and pred_<score> columns",
+        )
     rows, pooled = [], {"pred": [], "target": [], "sd": []}
     for m in metrics:
         target = pd.to_numeric(df[f"target_{m}"], errors="coerce").to_numpy(float)
         pred = pd.to_numeric(df[f"pred_{m}"], errors="coerce").to_numpy(float)
         scored = np.isfinite(target)
         if not scored.any():
-            raise PetiqInputError(source, f"no image has a {m} score", "evaluate a set whose images were scored (the test set)")
+            raise PetiqInputError(
+                source, f"no image has a {m} score", "evaluate a set whose images were scored (the test set)"
+            )
         if not np.isfinite(pred[scored]).all():
             bad = int((~np.isfinite(pred[scored])).sum())
-            raise PetiqInputError(source, f"{bad} scored image(s) have no finite pred_{m}", "retrain the run: its model predicts NaN")
+            raise PetiqInputError(
+                source, f"{bad} scored image(s) have no finite pred_{m}", "retrain the run: its model predicts NaN"
+            )
         sd = pd.to_numeric(df[f"sd_{m}"], errors="coerce").to_numpy(float)[scored] if f"sd_{m}" in df.columns else None
         rows.append({"score": m, **_pair_metrics(pred[scored], target[scored], sd)})
         pooled["pred"].append(pred[scored])
@@ -125,14 +135,19 @@ def repeat_dirs(run_dirs: Iterable[str | Path] | str | Path, repeats: int | None
         if (run_dir / "predictions_images.tsv").is_file():
             found.append(run_dir)
             continue
-        reps = sorted((p for p in run_dir.glob("rep-*") if (p / "predictions_images.tsv").is_file()), key=_repeat_number)
+        reps = sorted(
+            (p for p in run_dir.glob("rep-*") if (p / "predictions_images.tsv").is_file()), key=_repeat_number
+        )
         if not reps:
             raise PetiqInputError(
-                run_dir, "no predictions_images.tsv here nor in rep-*/ folders",
+                run_dir,
+                "no predictions_images.tsv here nor in rep-*/ folders",
                 "train the run first, or point at results/models/<experiment>/<run> (or one of its rep-<r> folders)",
             )
         if repeats is not None and len(reps) < repeats:
-            raise PetiqInputError(run_dir, f"{len(reps)} repeat(s) trained, {repeats} wanted", "train the missing repeats first")
+            raise PetiqInputError(
+                run_dir, f"{len(reps)} repeat(s) trained, {repeats} wanted", "train the missing repeats first"
+            )
         found.extend(reps[:repeats])
     return found
 
@@ -182,7 +197,9 @@ def read_predictions(rep_dir: str | Path, set: str | None = None) -> pd.DataFram
     """A repeat's ``predictions_images.tsv``, checked, optionally only the rows of one set (val/test)."""
     path = Path(rep_dir) / "predictions_images.tsv"
     if not path.is_file():
-        raise PetiqInputError(path, "file not found", "train the run first (its rep-<r> folder holds predictions_images.tsv)")
+        raise PetiqInputError(
+            path, "file not found", "train the run first (its rep-<r> folder holds predictions_images.tsv)"
+        )
     df = pd.read_csv(path, sep="\t")
     missing = [c for c in ("set", "participant_id", "dose") if c not in df.columns]
     if missing:
@@ -195,19 +212,23 @@ def read_predictions(rep_dir: str | Path, set: str | None = None) -> pd.DataFram
 
 
 def _targets_in(df: pd.DataFrame) -> list[str]:
-    return [c[len("target_"):] for c in df.columns if c.startswith("target_")]
+    return [c[len("target_") :] for c in df.columns if c.startswith("target_")]
 
 
-def run_metrics(run_dirs, set: str = "test", metrics: Sequence[str] = SCORES, repeats: int | None = None) -> pd.DataFrame:
+def run_metrics(
+    run_dirs, set: str = "test", metrics: Sequence[str] = SCORES, repeats: int | None = None
+) -> pd.DataFrame:
     """:func:`image_metrics` of every repeat: columns experiment, run, repeat, set, score, metrics…, n and card facts.
 
     ``repeats`` keeps only each run's first that many repeats (an arm may use fewer repeats than its run has).
     """
+
     def scores(rep: Path) -> pd.DataFrame:
         df = read_predictions(rep, set)
         if not all(f"target_{m}" in df.columns for m in metrics):
             raise PetiqInputError(
-                rep / "predictions_images.tsv", f"predicts {_targets_in(df)}, not the clinical scores {list(metrics)}",
+                rep / "predictions_images.tsv",
+                f"predicts {_targets_in(df)}, not the clinical scores {list(metrics)}",
                 "use run_dose_metrics for pretext (dose per weight) runs",
             )
         return image_metrics(df, metrics, source=rep / "predictions_images.tsv")
@@ -228,8 +249,15 @@ def _per_repeat(run_dirs, repeats: int | None, set: str, metrics_of) -> pd.DataF
     return out[first + [c for c in out.columns if c not in first]]
 
 
-def arm_metrics(arms: Iterable, models_dir: str | Path, set: str = "test", *, column: str = "arm", pretext: bool = False,
-                levels: Mapping[str, Sequence[float]] | None = None) -> pd.DataFrame:
+def arm_metrics(
+    arms: Iterable,
+    models_dir: str | Path,
+    set: str = "test",
+    *,
+    column: str = "arm",
+    pretext: bool = False,
+    levels: Mapping[str, Sequence[float]] | None = None,
+) -> pd.DataFrame:
     """Metrics of a figure's arms (objects with ``label``, ``run`` and ``repeats``, as ``petiq.experiments.Arm``).
 
     Each arm's run lives in ``models_dir/<run>``; its first ``repeats`` repeats are evaluated and labelled with the
@@ -239,8 +267,14 @@ def arm_metrics(arms: Iterable, models_dir: str | Path, set: str = "test", *, co
     return labelled_metrics(arm_dirs, set, column=column, pretext=pretext, levels=levels)
 
 
-def labelled_metrics(arm_dirs: Mapping[str, Sequence[str | Path]], set: str = "test", *, column: str = "arm",
-                     pretext: bool = False, levels: Mapping[str, Sequence[float]] | None = None) -> pd.DataFrame:
+def labelled_metrics(
+    arm_dirs: Mapping[str, Sequence[str | Path]],
+    set: str = "test",
+    *,
+    column: str = "arm",
+    pretext: bool = False,
+    levels: Mapping[str, Sequence[float]] | None = None,
+) -> pd.DataFrame:
     """Metrics of a figure's arms given as {label: its repeats' folders, or files inside them} (as the workflow
     passes them), labelled in ``column``: :func:`run_metrics`, or :func:`run_dose_metrics` for pretext runs."""
     frames = []
@@ -258,8 +292,13 @@ def labelled_metrics(arm_dirs: Mapping[str, Sequence[str | Path]], set: str = "t
 # The pretext task (Table II): dose per body weight
 
 
-def dose_metrics(df: pd.DataFrame, levels: Mapping[str, Sequence[float]] | None = None, *, target: str = "dose_per_kg",
-                 source: str | Path | None = None) -> pd.DataFrame:
+def dose_metrics(
+    df: pd.DataFrame,
+    levels: Mapping[str, Sequence[float]] | None = None,
+    *,
+    target: str = "dose_per_kg",
+    source: str | Path | None = None,
+) -> pd.DataFrame:
     """Table II's dose-inference metrics: MAE (in the target's unit) and % exact agreement.
 
     A prediction is exact when, of its patient's dose-per-weight levels (the seven simulated doses), the one nearest
@@ -268,7 +307,9 @@ def dose_metrics(df: pd.DataFrame, levels: Mapping[str, Sequence[float]] | None 
     """
     for column in ("participant_id", f"target_{target}", f"pred_{target}"):
         if column not in df.columns:
-            raise PetiqInputError(source, f"missing column {column!r}", f"give pretext predictions with target_{target} and pred_{target}")
+            raise PetiqInputError(
+                source, f"missing column {column!r}", f"give pretext predictions with target_{target} and pred_{target}"
+            )
     true = pd.to_numeric(df[f"target_{target}"], errors="coerce").to_numpy(float)
     pred = pd.to_numeric(df[f"pred_{target}"], errors="coerce").to_numpy(float)
     if not (np.isfinite(true).all() and np.isfinite(pred).all()):
@@ -280,21 +321,39 @@ def dose_metrics(df: pd.DataFrame, levels: Mapping[str, Sequence[float]] | None 
         elif pid in levels:
             grid = np.asarray(levels[pid], dtype=float)
         else:
-            raise PetiqInputError(source, f"no dose levels given for {pid}", "pass every evaluated patient's dose-per-weight levels")
+            raise PetiqInputError(
+                source, f"no dose levels given for {pid}", "pass every evaluated patient's dose-per-weight levels"
+            )
         if not np.isclose(grid, t, rtol=1e-6, atol=1e-12).any():
-            raise PetiqInputError(source, f"{pid}: true {target} {t:g} is not one of its levels {grid.tolist()}", "pass the patient's own levels")
+            raise PetiqInputError(
+                source,
+                f"{pid}: true {target} {t:g} is not one of its levels {grid.tolist()}",
+                "pass the patient's own levels",
+            )
         exact[i] = np.isclose(grid[np.argmin(np.abs(grid - p))], t, rtol=1e-6, atol=1e-12)
-    return pd.DataFrame([{
-        "score": DOSE_SCORE, "mae": float(np.mean(np.abs(pred - true))), "pct_exact": 100.0 * float(exact.mean()),
-        "spearman": spearman(pred, true), "n": int(len(df)),
-    }])
+    return pd.DataFrame(
+        [
+            {
+                "score": DOSE_SCORE,
+                "mae": float(np.mean(np.abs(pred - true))),
+                "pct_exact": 100.0 * float(exact.mean()),
+                "spearman": spearman(pred, true),
+                "n": int(len(df)),
+            }
+        ]
+    )
 
 
-def run_dose_metrics(run_dirs, set: str = "val", levels: Mapping[str, Sequence[float]] | None = None,
-                     repeats: int | None = None) -> pd.DataFrame:
+def run_dose_metrics(
+    run_dirs, set: str = "val", levels: Mapping[str, Sequence[float]] | None = None, repeats: int | None = None
+) -> pd.DataFrame:
     """:func:`dose_metrics` of every repeat of pretext runs (Table II evaluates the pretext validation patient)."""
-    return _per_repeat(run_dirs, repeats, set,
-                       lambda rep: dose_metrics(read_predictions(rep, set), levels, source=rep / "predictions_images.tsv"))
+    return _per_repeat(
+        run_dirs,
+        repeats,
+        set,
+        lambda rep: dose_metrics(read_predictions(rep, set), levels, source=rep / "predictions_images.tsv"),
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -315,7 +374,11 @@ def summarise(df: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFrame
     by = list(by)
     metrics = [c for c in METRIC_COLUMNS if c in df.columns]
     if not metrics:
-        raise PetiqInputError(None, f"no metric columns among {list(df.columns)}", "summarise the output of run_metrics or run_dose_metrics")
+        raise PetiqInputError(
+            None,
+            f"no metric columns among {list(df.columns)}",
+            "summarise the output of run_metrics or run_dose_metrics",
+        )
     long = df.melt(id_vars=by, value_vars=metrics, var_name="metric", value_name="value")
     long = long[long["value"].notna()]
     grouped = long.groupby(by + ["metric"], sort=False)["value"]
@@ -323,8 +386,14 @@ def summarise(df: pd.DataFrame, by: Sequence[str] | None = None) -> pd.DataFrame
     return out.reset_index()
 
 
-def paper_table(summary: pd.DataFrame, rows: Mapping[str, str], *, by: str = "run", scores: Sequence[str] = SCORES,
-                metrics: Sequence[str] = ("pct_exact", "pct_close", "mae", "spearman")) -> pd.DataFrame:
+def paper_table(
+    summary: pd.DataFrame,
+    rows: Mapping[str, str],
+    *,
+    by: str = "run",
+    scores: Sequence[str] = SCORES,
+    metrics: Sequence[str] = ("pct_exact", "pct_close", "mae", "spearman"),
+) -> pd.DataFrame:
     """Tables III/IV as numbers: one line per (row, score) with ``<metric>`` and ``<metric>_sd`` columns.
 
     ``rows`` maps a value of column ``by`` (e.g. a run name) to the table's row name, in the table's order.
@@ -333,7 +402,11 @@ def paper_table(summary: pd.DataFrame, rows: Mapping[str, str], *, by: str = "ru
     for key, name in rows.items():
         part = summary[summary[by] == key]
         if part.empty:
-            raise PetiqInputError(None, f"no summary rows with {by} == {key!r}", f"evaluate the run first (known: {sorted(summary[by].unique())})")
+            raise PetiqInputError(
+                None,
+                f"no summary rows with {by} == {key!r}",
+                f"evaluate the run first (known: {sorted(summary[by].unique())})",
+            )
         for score in scores:
             cell = part[part["score"] == score].set_index("metric")
             line = {"row": name, "score": score}
@@ -358,12 +431,23 @@ def read_reference(path: str | Path | None = None) -> pd.DataFrame:
     if path is None:
         path = resources.files("petiq") / "data" / "reference_results.tsv"
     try:
-        ref = pd.read_csv(path, sep="\t", comment="#", header=None, names=["table", "row", "metric", "score", "value", "sd"],
-                          dtype={"table": str, "row": str, "metric": str, "score": str})
+        ref = pd.read_csv(
+            path,
+            sep="\t",
+            comment="#",
+            header=None,
+            names=["table", "row", "metric", "score", "value", "sd"],
+            dtype={"table": str, "row": str, "metric": str, "score": str},
+        )
     except FileNotFoundError:
         raise PetiqInputError(path, "file not found", "point at src/petiq/data/reference_results.tsv") from None
-    if ref[["table", "row", "metric", "score"]].isna().any().any() or not np.isfinite(pd.to_numeric(ref["value"], errors="coerce")).all():
-        raise PetiqInputError(path, "a line lacks table/row/metric/score or a numeric value", "keep six tab-separated columns per line")
+    if (
+        ref[["table", "row", "metric", "score"]].isna().any().any()
+        or not np.isfinite(pd.to_numeric(ref["value"], errors="coerce")).all()
+    ):
+        raise PetiqInputError(
+            path, "a line lacks table/row/metric/score or a numeric value", "keep six tab-separated columns per line"
+        )
     return ref
 
 
@@ -378,12 +462,17 @@ def comparison_table(ours: pd.DataFrame, reference_tsv: str | Path | None = None
     missing = [c for c in ("table", "row", "metric", "score") if c not in ours.columns] + ([] if value else ["mean"])
     if missing:
         raise PetiqInputError(None, f"our results lack column(s) {missing}", "build them with evaluate.for_comparison")
-    mine = pd.DataFrame({
-        "table": ours["table"].astype(str), "row": ours["row"].astype(str), "metric": ours["metric"].astype(str),
-        "score": ours["score"].astype(str), "petiq": pd.to_numeric(ours[value], errors="coerce"),
-        "petiq_sd": pd.to_numeric(ours["sd"], errors="coerce") if "sd" in ours.columns else np.nan,
-        "n_repeats": ours["n_repeats"] if "n_repeats" in ours.columns else np.nan,
-    })
+    mine = pd.DataFrame(
+        {
+            "table": ours["table"].astype(str),
+            "row": ours["row"].astype(str),
+            "metric": ours["metric"].astype(str),
+            "score": ours["score"].astype(str),
+            "petiq": pd.to_numeric(ours[value], errors="coerce"),
+            "petiq_sd": pd.to_numeric(ours["sd"], errors="coerce") if "sd" in ours.columns else np.nan,
+            "n_repeats": ours["n_repeats"] if "n_repeats" in ours.columns else np.nan,
+        }
+    )
     keys = ["table", "row", "metric", "score"]
     if mine.duplicated(keys).any():
         dup = mine[mine.duplicated(keys, keep=False)].iloc[0]

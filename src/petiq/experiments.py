@@ -116,8 +116,17 @@ def plan_experiments(config: dict, n_transfer_patients: int | None = None) -> Ex
     backbone, lr, repeats = training["backbone"], float(training["learning_rate"]), int(training["repeats"])
     plan = ExperimentPlan()
 
-    def transfer(experiment: str, label: str, init: str, k: int, run_lr: float = lr, n: int = n_all,
-                 net: str = backbone, reps: int = repeats, stage: str = "transfer") -> None:
+    def transfer(
+        experiment: str,
+        label: str,
+        init: str,
+        k: int,
+        run_lr: float = lr,
+        n: int = n_all,
+        net: str = backbone,
+        reps: int = repeats,
+        stage: str = "transfer",
+    ) -> None:
         init_label = "pretext-" + init.split("_")[1] if init.startswith("pretext/") else init
         name = transfer_run_name(net, init_label, k, run_lr, n)
         plan.add(experiment, label, Run(name, stage, net, init, k, run_lr, n, reps))
@@ -190,7 +199,8 @@ def labels_from_ratings(ratings, rater: str):
     rows = ratings[(ratings["rater"].astype(str) == str(rater)) & (ratings["reading"] == "first")]
     if rows.empty:
         raise PetiqInputError(
-            "ratings", f"no first readings by rater {rater!r} (raters present: {sorted(ratings['rater'].astype(str).unique())})",
+            "ratings",
+            f"no first readings by rater {rater!r} (raters present: {sorted(ratings['rater'].astype(str).unique())})",
             "set scoring.label_rater in the config to one of the raters present",
         )
     return rows[["participant_id", "dose", "GQR", "PR", "DC"]].reset_index(drop=True)
@@ -221,9 +231,12 @@ def run_tables(run: Run, *, splits, participants, ratings, doses, label_rater: s
         return df.sort_values(["participant_id", "dose"]).reset_index(drop=True)
 
     if run.stage == "pretext":
+
         def all_doses(role):
-            return with_files(pd.DataFrame([(p, float(d)) for p in members(role) for d in doses],
-                                           columns=["participant_id", "dose"]))
+            return with_files(
+                pd.DataFrame([(p, float(d)) for p in members(role) for d in doses], columns=["participant_id", "dose"])
+            )
+
         return {"train": all_doses("pretext_train"), "val": all_doses("pretext_val"), "test": all_doses("pretext_val")}
 
     labels = labels_from_ratings(ratings, label_rater)
@@ -239,6 +252,9 @@ def run_tables(run: Run, *, splits, participants, ratings, doses, label_rater: s
         if df.empty:
             from .errors import PetiqInputError
 
-            raise PetiqInputError("ratings", f"run {run.name}: no rated images for its {role} patients",
-                                  "rate the transfer_train, transfer_val and test patients (scoring.rated_roles)")
+            raise PetiqInputError(
+                "ratings",
+                f"run {run.name}: no rated images for its {role} patients",
+                "rate the transfer_train, transfer_val and test patients (scoring.rated_roles)",
+            )
     return tables

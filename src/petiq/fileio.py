@@ -49,7 +49,7 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
     prefix = _temp_prefix(path)
     removed = []
     for tmp in path.parent.glob(f"{glob.escape(prefix)}*.tmp*"):
-        pid = tmp.name[len(prefix):].split(".", 1)[0]
+        pid = tmp.name[len(prefix) :].split(".", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
@@ -89,8 +89,14 @@ def same_file(a: str | Path, b: str | Path) -> bool:
     return a.exists() and b.exists() and os.path.samefile(a, b)
 
 
-def check_output(path: str | Path, inputs: Iterable[str | Path] = (), *, force: bool = False, what: str = "output",
-                 flag: str = "--force") -> Path:
+def check_output(
+    path: str | Path,
+    inputs: Iterable[str | Path] = (),
+    *,
+    force: bool = False,
+    what: str = "output",
+    flag: str = "--force",
+) -> Path:
     """Refuse, before any work, an output that is one of the inputs, or that exists already unless ``force``.
 
     Compares resolved paths (and inodes, for links), so ``./a.tsv`` and ``a.tsv`` are one file.
@@ -105,7 +111,9 @@ def check_output(path: str | Path, inputs: Iterable[str | Path] = (), *, force: 
     out = Path(path)
     for given in inputs:
         if same_file(out, given):
-            raise PetiqInputError(out, f"the {what} would overwrite the input {given}", f"write the {what} to another path")
+            raise PetiqInputError(
+                out, f"the {what} would overwrite the input {given}", f"write the {what} to another path"
+            )
     if out.exists() and not force:
         raise PetiqInputError(out, f"the {what} exists already", f"pass {flag} to replace it, or write to another path")
     return out
@@ -126,14 +134,20 @@ def read_text_table(path: str | Path, what: str = "table") -> str:
     if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
         return data.decode("utf-16")
     if b"\x00" in data:
-        raise PetiqInputError(path, f"the {what} holds NUL bytes (it looks like UTF-16 without a byte-order mark)",
-                              "save it as UTF-8 tab-separated text")
+        raise PetiqInputError(
+            path,
+            f"the {what} holds NUL bytes (it looks like UTF-16 without a byte-order mark)",
+            "save it as UTF-8 tab-separated text",
+        )
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        raise PetiqInputError(path, f"the {what} is not UTF-8 text: byte {error.start} is {data[error.start]:#04x}",
-                              "save it as UTF-8 tab-separated text (Excel: Save As, 'Tab delimited text', then convert, or "
-                              "'UTF-16 Unicode text')") from None
+        raise PetiqInputError(
+            path,
+            f"the {what} is not UTF-8 text: byte {error.start} is {data[error.start]:#04x}",
+            "save it as UTF-8 tab-separated text (Excel: Save As, 'Tab delimited text', then convert, or "
+            "'UTF-16 Unicode text')",
+        ) from None
 
 
 def read_tsv_frame(path: str | Path, what: str = "table", *, comment: str | None = None):
@@ -160,13 +174,18 @@ def read_tsv_frame(path: str | Path, what: str = "table", *, comment: str | None
     while header and header[-1] == "":
         header = header[:-1]
     for line, cells in rows[1:]:
-        extra = [c for c in cells[len(header):] if c]
+        extra = [c for c in cells[len(header) :] if c]
         if extra:
-            raise PetiqInputError(path, f"line {line} has {len(header) + len(extra)} filled cells but the header names {len(header)} "
-                                  f"columns" + (" (a value under no header)" if len(cells) <= len(rows[0][1]) else ""),
-                                  "give every row as many tab-separated cells as the header, and name every column")
+            raise PetiqInputError(
+                path,
+                f"line {line} has {len(header) + len(extra)} filled cells but the header names {len(header)} "
+                f"columns" + (" (a value under no header)" if len(cells) <= len(rows[0][1]) else ""),
+                "give every row as many tab-separated cells as the header, and name every column",
+            )
     if "" in header:
-        raise PetiqInputError(path, f"column {header.index('') + 1} of the {what} has no name", "name every column in the header line")
+        raise PetiqInputError(
+            path, f"column {header.index('') + 1} of the {what} has no name", "name every column in the header line"
+        )
     body = [(cells + [""] * len(header))[: len(header)] for _, cells in rows[1:]]
     return pd.DataFrame(body, columns=header, dtype=str)
 

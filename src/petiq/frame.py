@@ -126,10 +126,13 @@ def nifti_affine(img, path=None) -> np.ndarray:
     except (KeyError, ValueError, TypeError):  # not a NIfTI header: nibabel's affine is all there is
         sform_code = qform_code = 1
     if sform_code <= 0 and qform_code <= 0:
-        raise PetiqInputError(path, "the NIfTI header sets neither a qform nor an sform (both codes 0), so "
-                                    "where its voxels lie in the patient is unknown",
-                              "write the image with its RAS+ affine and set the sform/qform code (e.g. "
-                              "nibabel img.set_sform(affine, code=1))")
+        raise PetiqInputError(
+            path,
+            "the NIfTI header sets neither a qform nor an sform (both codes 0), so "
+            "where its voxels lie in the patient is unknown",
+            "write the image with its RAS+ affine and set the sform/qform code (e.g. "
+            "nibabel img.set_sform(affine, code=1))",
+        )
     return check_affine(img.affine, path)
 
 
@@ -149,9 +152,12 @@ def check_affine(affine, path=None) -> np.ndarray:
     unit = axes / size
     cos = unit.T @ unit - np.eye(3)
     if np.abs(cos).max() > _SHEAR_TOLERANCE:
-        raise PetiqInputError(path, f"the image affine shears the voxel axes (|cos| between axes up to "
-                                    f"{np.abs(cos).max():.3g}; a gantry-tilted CT?)",
-                              "resample the image onto an orthogonal grid first")
+        raise PetiqInputError(
+            path,
+            f"the image affine shears the voxel axes (|cos| between axes up to "
+            f"{np.abs(cos).max():.3g}; a gantry-tilted CT?)",
+            "resample the image onto an orthogonal grid first",
+        )
     return affine
 
 
@@ -163,7 +169,9 @@ def is_scanner_grid(shape: Sequence[int], affine: np.ndarray) -> bool:
     return bool(np.allclose(affine, scanner_grid_affine(shape, voxel), atol=1e-3 * float(voxel.min())))
 
 
-def grid_like(shape: Sequence[int], affine: np.ndarray, path=None) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+def grid_like(
+    shape: Sequence[int], affine: np.ndarray, path=None
+) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
     """Shape and voxel size of the centred scanner grid nearest to an input grid: each input axis
     goes to the scanner axis it runs closest to (within 30 degrees), with its voxel count and size."""
     affine = check_affine(affine, path)
@@ -172,9 +180,12 @@ def grid_like(shape: Sequence[int], affine: np.ndarray, path=None) -> tuple[tupl
     cosine = np.abs(in_scanner) / size
     owner = np.argmax(cosine, axis=0)  # scanner axis of each input axis
     if sorted(owner.tolist()) != [0, 1, 2] or cosine.max(axis=0).min() < _MAX_OBLIQUE_COS:
-        raise PetiqInputError(path, f"the image axes are oblique (more than 30 degrees from the scanner's; "
-                                    f"affine {np.round(affine, 4).tolist()}): no axis-aligned grid of its own fits",
-                              "resample the image onto axis-aligned voxels first")
+        raise PetiqInputError(
+            path,
+            f"the image axes are oblique (more than 30 degrees from the scanner's; "
+            f"affine {np.round(affine, 4).tolist()}): no axis-aligned grid of its own fits",
+            "resample the image onto axis-aligned voxels first",
+        )
     out_shape, out_voxel = [0, 0, 0], [0.0, 0.0, 0.0]
     for i, axis in enumerate(owner):
         out_shape[axis], out_voxel[axis] = int(shape[i]), float(size[i])
@@ -208,8 +219,9 @@ def to_scanner_grid(
         return data
     _check_inside(data, affine, target, shape, path, what)
     m = np.linalg.inv(affine) @ target  # target voxel -> input voxel
-    return ndimage.affine_transform(data, m[:3, :3], offset=m[:3, 3], output_shape=shape, order=order,
-                                    mode="constant", cval=0.0).astype(np.float32)
+    return ndimage.affine_transform(
+        data, m[:3, :3], offset=m[:3, 3], output_shape=shape, order=order, mode="constant", cval=0.0
+    ).astype(np.float32)
 
 
 def _check_inside(data, affine, target, shape, path, what) -> None:
@@ -222,10 +234,13 @@ def _check_inside(data, affine, target, shape, path, what) -> None:
     weight = np.abs(data[nonzero]).astype(np.float64)
     lost = float(weight[outside].sum() / weight.sum())
     if lost > _LOST_TOLERANCE:
-        raise PetiqInputError(path, f"{100 * lost:.2g} % of the {what} lies outside the scanner grid "
-                                    f"{shape} it is mapped onto (check its affine: is the object centred "
-                                    "in the scanner, are its units mm?)",
-                              "give the image with its true affine, the object within the scanner's field of view")
+        raise PetiqInputError(
+            path,
+            f"{100 * lost:.2g} % of the {what} lies outside the scanner grid "
+            f"{shape} it is mapped onto (check its affine: is the object centred "
+            "in the scanner, are its units mm?)",
+            "give the image with its true affine, the object within the scanner's field of view",
+        )
 
 
 def check_patient_orientation(header: Mapping[str, str], where=None) -> None:
@@ -235,6 +250,9 @@ def check_patient_orientation(header: Mapping[str, str], where=None) -> None:
 
     value = (header_value(header, "patient orientation") or "").strip().upper()
     if value and value != PATIENT_ORIENTATION:
-        raise PetiqInputError(where, f"'%patient orientation' is {value!r}; petiq's image frame and NIfTI "
-                                     f"affines assume head-first supine ({PATIENT_ORIENTATION})",
-                              "give a head-first supine acquisition (other orientations are not supported)")
+        raise PetiqInputError(
+            where,
+            f"'%patient orientation' is {value!r}; petiq's image frame and NIfTI "
+            f"affines assume head-first supine ({PATIENT_ORIENTATION})",
+            "give a head-first supine acquisition (other orientations are not supported)",
+        )

@@ -45,7 +45,7 @@ MIN_PATCH = 32
 #: Why the default head is linear (recorded in the model card).
 HEAD_NOTE = {
     "linear": "one fully connected layer, no output activation (petiq default: a ReLU on a regression output "
-              "stops the gradient of any output that goes negative)",
+    "stops the gradient of any output that goes negative)",
     "relu": "one fully connected layer with ReLU on the output, as in the paper (Fig. 5)",
 }
 
@@ -132,8 +132,15 @@ def _registry() -> dict[str, BackboneSpec]:
         specs.append(BackboneSpec(name, _tv(name), split_vgg, "keras"))
     for name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "wide_resnet50_2"):
         specs.append(BackboneSpec(name, _tv(name), split_resnet))
-    for name in ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
-                 "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3"):
+    for name in (
+        "mobilenet_v2",
+        "mobilenet_v3_small",
+        "mobilenet_v3_large",
+        "efficientnet_b0",
+        "efficientnet_b1",
+        "efficientnet_b2",
+        "efficientnet_b3",
+    ):
         specs.append(BackboneSpec(name, _tv(name), split_by_stride))
     for name in ("densenet121", "densenet161", "densenet169", "densenet201"):
         specs.append(BackboneSpec(name, _tv(name), lambda m: split_by_stride(m, final_relu=True)))
@@ -161,8 +168,17 @@ class PatchRegressor(nn.Module):
     ``tv_keymap`` maps torchvision state-dict names (``features.0.weight``) to this model's.
     """
 
-    def __init__(self, blocks: list[nn.Sequential], head: nn.Sequential, *, backbone: str, patch_size: int,
-                 n_outputs: int, head_kind: str, tv_keymap: dict[str, str]):
+    def __init__(
+        self,
+        blocks: list[nn.Sequential],
+        head: nn.Sequential,
+        *,
+        backbone: str,
+        patch_size: int,
+        n_outputs: int,
+        head_kind: str,
+        tv_keymap: dict[str, str],
+    ):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.head = head
@@ -186,8 +202,13 @@ class PatchRegressor(nn.Module):
 
     def describe(self) -> dict:
         """Constructor arguments, for checkpoints."""
-        return {"backbone": self.backbone, "n_outputs": self.n_outputs, "head": self.head_kind,
-                "patch_size": self.patch_size, "freeze_level": self.freeze_level}
+        return {
+            "backbone": self.backbone,
+            "n_outputs": self.n_outputs,
+            "head": self.head_kind,
+            "patch_size": self.patch_size,
+            "freeze_level": self.freeze_level,
+        }
 
 
 def _keras_init(module: nn.Module, generator: torch.Generator) -> None:
@@ -227,8 +248,11 @@ def build_model(
     if head not in HEADS:
         raise PetiqInputError(None, f"unknown head {head!r}", f"use one of {', '.join(HEADS)}")
     if int(patch_size) < MIN_PATCH:
-        raise PetiqInputError(None, f"patches of {patch_size} px are too small for {spec.name}: five halvings "
-                              f"need at least {MIN_PATCH} px", f"extract patches of {MIN_PATCH} px or more")
+        raise PetiqInputError(
+            None,
+            f"patches of {patch_size} px are too small for {spec.name}: five halvings need at least {MIN_PATCH} px",
+            f"extract patches of {MIN_PATCH} px or more",
+        )
     if int(n_outputs) < 1:
         raise ValueError("n_outputs must be at least 1")
     device = torch.device(device)
@@ -253,8 +277,15 @@ def build_model(
         if head == "relu":
             layers.append(nn.ReLU())
         head_module = nn.Sequential(*layers)
-    model = PatchRegressor(blocks, head_module, backbone=spec.name, patch_size=int(patch_size),
-                           n_outputs=int(n_outputs), head_kind=head, tv_keymap={})
+    model = PatchRegressor(
+        blocks,
+        head_module,
+        backbone=spec.name,
+        patch_size=int(patch_size),
+        n_outputs=int(n_outputs),
+        head_kind=head,
+        tv_keymap={},
+    )
     ours = {id(t): name for name, t in model.state_dict(keep_vars=True).items()}
     model.tv_keymap = {name: ours[id(t)] for name, t in tv.state_dict(keep_vars=True).items() if id(t) in ours}
     del tv
@@ -275,7 +306,9 @@ def build_model(
 # -- weights -----------------------------------------------------------------------------------
 
 
-def load_backbone_state(model: PatchRegressor, state_dict: dict[str, torch.Tensor], source: str | None = None) -> list[str]:
+def load_backbone_state(
+    model: PatchRegressor, state_dict: dict[str, torch.Tensor], source: str | None = None
+) -> list[str]:
     """Copy a torchvision-layout state dict (e.g. ImageNet ``features.*``) into the model's five blocks.
 
     Every backbone tensor must be present with its shape (a missing ``num_batches_tracked`` is allowed);
@@ -283,12 +316,20 @@ def load_backbone_state(model: PatchRegressor, state_dict: dict[str, torch.Tenso
     """
     own = model.state_dict()
     missing = [k for k in model.tv_keymap if k not in state_dict and not k.endswith("num_batches_tracked")]
-    wrong = [k for k, v in model.tv_keymap.items() if k in state_dict and tuple(state_dict[k].shape) != tuple(own[v].shape)]
+    wrong = [
+        k for k, v in model.tv_keymap.items() if k in state_dict and tuple(state_dict[k].shape) != tuple(own[v].shape)
+    ]
     if missing or wrong:
-        detail = "; ".join(f"{what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
-                           for what, keys in (("missing", missing), ("wrong shape", wrong)) if keys)
-        raise PetiqInputError(source, f"does not fit the {model.backbone} backbone ({detail})",
-                              f"give a {model.backbone} checkpoint in torchvision layout")
+        detail = "; ".join(
+            f"{what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+            for what, keys in (("missing", missing), ("wrong shape", wrong))
+            if keys
+        )
+        raise PetiqInputError(
+            source,
+            f"does not fit the {model.backbone} backbone ({detail})",
+            f"give a {model.backbone} checkpoint in torchvision layout",
+        )
     with torch.no_grad():
         for tv_name, name in model.tv_keymap.items():
             if tv_name in state_dict:
@@ -304,8 +345,11 @@ def load_blocks_state(model: PatchRegressor, state_dict: dict[str, torch.Tensor]
     own = {k: v for k, v in model.state_dict().items() if k.startswith("blocks.")}
     theirs = {k: v for k, v in state_dict.items() if k.startswith("blocks.")}
     if set(own) != set(theirs) or any(tuple(own[k].shape) != tuple(theirs[k].shape) for k in own):
-        raise PetiqInputError(source, f"its blocks do not fit a {model.backbone} model of {model.patch_size} px",
-                              "start from a checkpoint of the same backbone and patch size")
+        raise PetiqInputError(
+            source,
+            f"its blocks do not fit a {model.backbone} model of {model.patch_size} px",
+            "start from a checkpoint of the same backbone and patch size",
+        )
     with torch.no_grad():
         for k, v in own.items():
             v.copy_(theirs[k])
@@ -322,8 +366,11 @@ def set_freeze_level(model: PatchRegressor, k: int) -> PatchRegressor:
     ['3', '4']
     """
     if not isinstance(k, int) or not 0 <= k <= N_BLOCKS:
-        raise PetiqInputError(None, f"freeze level {k!r} is not one of 0..{N_BLOCKS}",
-                              f"give the number of convolutional blocks to retrain, 0 (head only) to {N_BLOCKS} (all)")
+        raise PetiqInputError(
+            None,
+            f"freeze level {k!r} is not one of 0..{N_BLOCKS}",
+            f"give the number of convolutional blocks to retrain, 0 (head only) to {N_BLOCKS} (all)",
+        )
     for i, block in enumerate(model.blocks):
         block.requires_grad_(i >= N_BLOCKS - k)
     model.head.requires_grad_(True)
@@ -404,9 +451,22 @@ def describe_blocks(model: PatchRegressor, k: int | None = None) -> list[dict]:
     shapes = block_output_shapes(model)
     out = []
     for i, block in enumerate(model.blocks):
-        out.append({"name": f"block{i + 1}", "layers": _layers(block),
-                    "n_params": sum(p.numel() for p in block.parameters()),
-                    "trained": i in trained, "output_shape": list(shapes[i])})
-    out.append({"name": "head", "layers": _layers(model.head), "n_params": sum(p.numel() for p in model.head.parameters()),
-                "trained": True, "output_shape": [model.n_outputs]})
+        out.append(
+            {
+                "name": f"block{i + 1}",
+                "layers": _layers(block),
+                "n_params": sum(p.numel() for p in block.parameters()),
+                "trained": i in trained,
+                "output_shape": list(shapes[i]),
+            }
+        )
+    out.append(
+        {
+            "name": "head",
+            "layers": _layers(model.head),
+            "n_params": sum(p.numel() for p in model.head.parameters()),
+            "trained": True,
+            "output_shape": [model.n_outputs],
+        }
+    )
     return out

@@ -106,29 +106,50 @@ def _window_means(stack: np.ndarray, slices: np.ndarray, rows: np.ndarray, cols:
     return total / float(size * size)
 
 
-def _check_args(volume: np.ndarray, size: int, candidates: int, per_plane: int, threshold_fraction: float,
-                dtype: str, source: str | Path | None) -> None:
+def _check_args(
+    volume: np.ndarray,
+    size: int,
+    candidates: int,
+    per_plane: int,
+    threshold_fraction: float,
+    dtype: str,
+    source: str | Path | None,
+) -> None:
     if volume.ndim != 3:
-        raise PetiqInputError(source, f"the image has {volume.ndim} dimensions, shape {volume.shape}",
-                              "give a 3-D volume (one frame)")
+        raise PetiqInputError(
+            source, f"the image has {volume.ndim} dimensions, shape {volume.shape}", "give a 3-D volume (one frame)"
+        )
     if not np.isfinite(volume).all():
         raise PetiqInputError(source, "the image holds NaN or infinite voxels", "fix the reconstruction")
     if not float(volume.mean()) > 0:
-        raise PetiqInputError(source, f"the image's mean is {float(volume.mean()):g}",
-                              "give a non-negative image with some activity (petiq's desc-norm01 images are 0-1)")
+        raise PetiqInputError(
+            source,
+            f"the image's mean is {float(volume.mean()):g}",
+            "give a non-negative image with some activity (petiq's desc-norm01 images are 0-1)",
+        )
     if int(size) != size or size < 1:
-        raise PetiqInputError(None, f"patch size {size!r} is not a positive whole number of voxels",
-                              "set patches.size, e.g. 80 for the mMR images")
+        raise PetiqInputError(
+            None,
+            f"patch size {size!r} is not a positive whole number of voxels",
+            "set patches.size, e.g. 80 for the mMR images",
+        )
     if int(per_plane) != per_plane or per_plane < 1:
-        raise PetiqInputError(None, f"per_plane {per_plane!r} is not a positive whole number",
-                              "set patches.per_plane, e.g. 100")
+        raise PetiqInputError(
+            None, f"per_plane {per_plane!r} is not a positive whole number", "set patches.per_plane, e.g. 100"
+        )
     if int(candidates) != candidates or candidates // 3 < per_plane:
         raise PetiqInputError(
-            None, f"{candidates!r} candidates give {int(candidates) // 3} or so per plane, fewer than the "
-            f"{per_plane} patches wanted per plane", "draw at least 3 × per_plane candidates (patches.candidates)")
+            None,
+            f"{candidates!r} candidates give {int(candidates) // 3} or so per plane, fewer than the "
+            f"{per_plane} patches wanted per plane",
+            "draw at least 3 × per_plane candidates (patches.candidates)",
+        )
     if not (np.isfinite(threshold_fraction) and threshold_fraction >= 0):
-        raise PetiqInputError(None, f"threshold_fraction {threshold_fraction!r} is not a number >= 0",
-                              "set patches.threshold, e.g. 0.125 (one eighth of the volume mean)")
+        raise PetiqInputError(
+            None,
+            f"threshold_fraction {threshold_fraction!r} is not a number >= 0",
+            "set patches.threshold, e.g. 0.125 (one eighth of the volume mean)",
+        )
     if str(dtype) not in DTYPES:
         raise PetiqInputError(None, f"patch dtype {dtype!r} is not supported", f"use one of {', '.join(DTYPES)}")
 
@@ -222,7 +243,11 @@ def load_volume(path: str | Path) -> nib.Nifti1Image:
     """Open a 3-D NIfTI image (a 4-D image with one frame is accepted), or explain what is wrong."""
     path = Path(path)
     if not path.is_file():
-        raise PetiqInputError(path, "the image does not exist", "reconstruct it first (results/bids/derivatives/petiq/...) or fix the path")
+        raise PetiqInputError(
+            path,
+            "the image does not exist",
+            "reconstruct it first (results/bids/derivatives/petiq/...) or fix the path",
+        )
     try:
         img = nib.load(path)
     except Exception as error:  # nibabel raises several types for bad files
@@ -253,8 +278,14 @@ def extract_patches_file(
     img = nib.as_closest_canonical(load_volume(nifti_path))  # RAS axes, as predict.py resamples
     volume = np.asarray(img.dataobj, dtype=np.float32)
     patches, table = extract_patches(
-        volume, size=size, candidates=candidates, per_plane=per_plane, threshold_fraction=threshold_fraction,
-        seed=seed, dtype=dtype, source=nifti_path,
+        volume,
+        size=size,
+        candidates=candidates,
+        per_plane=per_plane,
+        threshold_fraction=threshold_fraction,
+        seed=seed,
+        dtype=dtype,
+        source=nifti_path,
     )
     write_npy(npy_out, patches)
     write_tsv(tsv_out, table)
@@ -280,22 +311,33 @@ def read_patches(npy: str | Path, tsv: str | Path) -> tuple[np.ndarray, pd.DataF
     try:
         array = np.load(npy, allow_pickle=False)
     except (ValueError, OSError) as error:
-        raise PetiqInputError(npy, f"not a readable .npy array ({error})", "delete it and extract the patches again") from error
+        raise PetiqInputError(
+            npy, f"not a readable .npy array ({error})", "delete it and extract the patches again"
+        ) from error
     if array.ndim != 3 or array.shape[1] != array.shape[2] or array.dtype.name not in DTYPES:
-        raise PetiqInputError(npy, f"holds {array.dtype} {array.shape}, not N × size × size float32/float16 patches",
-                              "delete it and extract the patches again")
+        raise PetiqInputError(
+            npy,
+            f"holds {array.dtype} {array.shape}, not N × size × size float32/float16 patches",
+            "delete it and extract the patches again",
+        )
     table = pd.read_csv(tsv, sep="\t")
     missing = [c for c in TABLE_COLUMNS if c not in table.columns]
     if missing:
         raise PetiqInputError(tsv, f"columns {missing} are missing", f"the table needs {', '.join(TABLE_COLUMNS)}")
     if len(table) != array.shape[0]:
-        raise PetiqInputError(tsv, f"{len(table)} rows for {array.shape[0]} patches in {npy}",
-                              "the two files come from different runs: extract the patches again")
+        raise PetiqInputError(
+            tsv,
+            f"{len(table)} rows for {array.shape[0]} patches in {npy}",
+            "the two files come from different runs: extract the patches again",
+        )
     if not (table["patch_index"].to_numpy() == np.arange(len(table))).all():
         raise PetiqInputError(tsv, "patch_index is not 0, 1, 2, ... in order", "extract the patches again")
     if not table["plane"].isin(PLANES).all() or not (table["size"] == array.shape[1]).all():
-        raise PetiqInputError(tsv, f"planes outside {PLANES} or sizes other than the array's {array.shape[1]}",
-                              "extract the patches again")
+        raise PetiqInputError(
+            tsv,
+            f"planes outside {PLANES} or sizes other than the array's {array.shape[1]}",
+            "extract the patches again",
+        )
     return array, table
 
 
@@ -317,8 +359,9 @@ def resample_to_voxel_size(
     old = np.asarray(img.header.get_zooms()[:3], dtype=np.float64)
     new = np.broadcast_to(np.asarray(voxel_size_mm, dtype=np.float64), (3,)).copy()
     if not (np.all(new > 0) and np.all(old > 0)):
-        raise PetiqInputError(img.get_filename(), f"voxel sizes {old.tolist()} -> {new.tolist()} mm",
-                              "give positive voxel sizes")
+        raise PetiqInputError(
+            img.get_filename(), f"voxel sizes {old.tolist()} -> {new.tolist()} mm", "give positive voxel sizes"
+        )
     if np.allclose(old, new, rtol=1e-6, atol=0):
         return data.copy()
     n_in = np.asarray(data.shape, dtype=np.float64)

@@ -159,8 +159,11 @@ class PatientAnatomy:
 def draw_anatomy(rng: np.random.Generator, age: float, diagnosis: str, severity: float) -> PatientAnatomy:
     """Draw the anatomical parameters of one patient (age and disease drive atrophy)."""
     size = rng.normal(1.0, 0.045)
-    atrophy = float(np.clip(0.55 * (age - 50.0) / 40.0 + (0.35 * severity if diagnosis != "CN" else 0.0)
-                            + rng.normal(0, 0.06), 0.0, 1.0))
+    atrophy = float(
+        np.clip(
+            0.55 * (age - 50.0) / 40.0 + (0.35 * severity if diagnosis != "CN" else 0.0) + rng.normal(0, 0.06), 0.0, 1.0
+        )
+    )
     return PatientAnatomy(
         head_scale=tuple(float(size * s) for s in rng.normal(1.0, 0.025, size=3)),
         rotation_deg=(float(rng.normal(0, 6.0)), float(rng.normal(0, 2.5)), float(rng.normal(0, 3.0))),

@@ -54,8 +54,11 @@ def model_dir(run_dir: str | Path) -> Path:
         return run_dir
     reps = sorted((p for p in run_dir.glob("rep-*") if (p / "model.pt").is_file()), key=lambda p: p.name)
     if not reps:
-        raise PetiqInputError(run_dir, "no model.pt here nor in rep-*/ folders",
-                              "train the run first, or give results/models/<run> (or one of its rep-<r> folders)")
+        raise PetiqInputError(
+            run_dir,
+            "no model.pt here nor in rep-*/ folders",
+            "train the run first, or give results/models/<run> (or one of its rep-<r> folders)",
+        )
 
     def loss(rep: Path) -> tuple[float, str]:
         value = read_card(rep).get("best_val_loss")
@@ -68,16 +71,22 @@ def patch_settings(card: dict, source: str | Path | None = None) -> dict:
     """The model card's patch settings: size, voxel_size_mm, candidates, per_plane, threshold_fraction, dtype."""
     patch = card.get("patch") or card.get("patches")
     if not isinstance(patch, dict):
-        raise PetiqInputError(source, "the model card has no patch settings", "retrain the model with petiq (its card records them)")
+        raise PetiqInputError(
+            source, "the model card has no patch settings", "retrain the model with petiq (its card records them)"
+        )
     missing = [k for k in ("size", "voxel_size_mm", "candidates", "per_plane") if k not in patch]
     if missing:
         raise PetiqInputError(source, f"the model card's patch settings lack {missing}", "retrain the model with petiq")
     voxel = np.broadcast_to(np.asarray(patch["voxel_size_mm"], dtype=float), (3,))
     if not (np.isfinite(voxel).all() and (voxel > 0).all()):
-        raise PetiqInputError(source, f"voxel_size_mm {patch['voxel_size_mm']!r} in the model card", "retrain the model with petiq")
+        raise PetiqInputError(
+            source, f"voxel_size_mm {patch['voxel_size_mm']!r} in the model card", "retrain the model with petiq"
+        )
     return {
-        "size": int(patch["size"]), "voxel_size_mm": tuple(float(v) for v in voxel),
-        "candidates": int(patch["candidates"]), "per_plane": int(patch["per_plane"]),
+        "size": int(patch["size"]),
+        "voxel_size_mm": tuple(float(v) for v in voxel),
+        "candidates": int(patch["candidates"]),
+        "per_plane": int(patch["per_plane"]),
         "threshold_fraction": float(patch.get("threshold_fraction", patch.get("threshold", 0.125))),
         "dtype": str(patch.get("dtype", "float32")),
     }
@@ -90,23 +99,32 @@ def check_image(path: str | Path) -> nib.Nifti1Image:
     img = load_volume(path)  # exists, readable NIfTI, 3-D (a single-frame 4-D image is accepted)
     zooms = np.asarray(img.header.get_zooms()[:3], dtype=float)
     if not (np.isfinite(zooms).all() and (zooms > 0).all()):
-        raise PetiqInputError(path, f"voxel sizes {zooms.tolist()} mm in the header", "give an image whose header holds its voxel sizes")
+        raise PetiqInputError(
+            path, f"voxel sizes {zooms.tolist()} mm in the header", "give an image whose header holds its voxel sizes"
+        )
     data = np.asarray(img.dataobj, dtype=np.float32)
     if data.size == 0:
         raise PetiqInputError(path, f"the image has no voxels (shape {data.shape})", "give a reconstructed 3-D volume")
     bad = int((~np.isfinite(data)).sum())
     if bad:
-        raise PetiqInputError(path, f"{bad} voxel(s) are NaN or infinite", "fix the reconstruction (or replace them by 0) and score again")
+        raise PetiqInputError(
+            path, f"{bad} voxel(s) are NaN or infinite", "fix the reconstruction (or replace them by 0) and score again"
+        )
     peak, mean = float(data.max()), float(data.mean(dtype=np.float64))
     if not peak > 0 or not mean > 0:
-        raise PetiqInputError(path, f"the image is empty (maximum {peak:g}, mean {mean:g})", "give a PET reconstruction with activity")
+        raise PetiqInputError(
+            path, f"the image is empty (maximum {peak:g}, mean {mean:g})", "give a PET reconstruction with activity"
+        )
     if float(data.min()) == peak:  # every voxel passes the 1/8-mean rule: nothing tells brain from background
-        raise PetiqInputError(path, f"the image is constant ({peak:g}): no brain against a background", "give a PET reconstruction")
+        raise PetiqInputError(
+            path, f"the image is constant ({peak:g}): no brain against a background", "give a PET reconstruction"
+        )
     return img
 
 
-def _predict_one(path: Path, img: nib.Nifti1Image, model, preprocessing, settings: dict, device: str, seed: int,
-                 batch_size: int) -> tuple[np.ndarray, np.ndarray, dict]:
+def _predict_one(
+    path: Path, img: nib.Nifti1Image, model, preprocessing, settings: dict, device: str, seed: int, batch_size: int
+) -> tuple[np.ndarray, np.ndarray, dict]:
     from .patches import extract_patches, resample_to_voxel_size
     from .train import predict_patches
 
@@ -116,20 +134,35 @@ def _predict_one(path: Path, img: nib.Nifti1Image, model, preprocessing, setting
         raise PetiqInputError(path, "the image is empty after resampling", "give a PET reconstruction with activity")
     volume = (volume / peak).astype(np.float32)  # as the desc-norm01 images the model was trained on
     patches, _ = extract_patches(
-        volume, size=settings["size"], candidates=settings["candidates"], per_plane=settings["per_plane"],
-        threshold_fraction=settings["threshold_fraction"], seed=derive_seed(seed, "predict", path.name),
-        dtype=settings["dtype"], source=path,
+        volume,
+        size=settings["size"],
+        candidates=settings["candidates"],
+        per_plane=settings["per_plane"],
+        threshold_fraction=settings["threshold_fraction"],
+        seed=derive_seed(seed, "predict", path.name),
+        dtype=settings["dtype"],
+        source=path,
     )
     pred = np.asarray(predict_patches(model, patches, preprocessing, device, batch_size), dtype=np.float64)
     if pred.ndim == 1:
         pred = pred[:, None]
-    facts = {"shape": "x".join(map(str, volume.shape)), "source_shape": "x".join(map(str, img.shape[:3])),
-             "source_voxel_size_mm": "x".join(f"{z:.4g}" for z in img.header.get_zooms()[:3])}
+    facts = {
+        "shape": "x".join(map(str, volume.shape)),
+        "source_shape": "x".join(map(str, img.shape[:3])),
+        "source_voxel_size_mm": "x".join(f"{z:.4g}" for z in img.header.get_zooms()[:3]),
+    }
     return pred.mean(axis=0), pred.std(axis=0), {**facts, "n_patches": int(pred.shape[0])}
 
 
-def predict_images(run_dir: str | Path, image_paths: Sequence[str | Path], *, device: str = "cpu", seed: int = 0,
-                   batch_size: int = 64, progress: bool = True) -> pd.DataFrame:
+def predict_images(
+    run_dir: str | Path,
+    image_paths: Sequence[str | Path],
+    *,
+    device: str = "cpu",
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Score reconstructions with a trained run: one row per image with each score's patch mean and SD.
 
     Columns: image, <scores> (GQR, PR, DC for a clinical-score model), sd_<score>…, n_patches, voxel_size_mm (the
@@ -148,24 +181,36 @@ def predict_images(run_dir: str | Path, image_paths: Sequence[str | Path], *, de
 
     card = read_card(where)
     if card.get("kind", "patch_regressor") != "patch_regressor":
-        raise PetiqInputError(where, f"this run is a {card['kind']} model, which does not read images",
-                              "give a run trained on image patches (e.g. pipeline b)")
+        raise PetiqInputError(
+            where,
+            f"this run is a {card['kind']} model, which does not read images",
+            "give a run trained on image patches (e.g. pipeline b)",
+        )
     settings = patch_settings(card, where / "card.json")
     device = resolve_device(device)
     from .train import load_run
 
     model, card, preprocessing = load_run(where)
     rows = []
-    bar = tqdm(list(zip(paths, images)), desc="scoring images", unit="image", disable=not progress or not sys.stderr.isatty())
+    bar = tqdm(
+        list(zip(paths, images)), desc="scoring images", unit="image", disable=not progress or not sys.stderr.isatty()
+    )
     for path, img in bar:
         mean, sd, facts = _predict_one(path, img, model, preprocessing, settings, device, seed, batch_size)
         targets = _targets(card, mean.size, where)
         row = {"image": str(path)}
         row.update({t: float(v) for t, v in zip(targets, mean)})
         row.update({f"sd_{t}": float(v) for t, v in zip(targets, sd)})
-        row.update({"n_patches": facts["n_patches"], "voxel_size_mm": "x".join(f"{v:.4g}" for v in settings["voxel_size_mm"]),
-                    "shape": facts["shape"], "source_voxel_size_mm": facts["source_voxel_size_mm"],
-                    "source_shape": facts["source_shape"], "model": str(where)})
+        row.update(
+            {
+                "n_patches": facts["n_patches"],
+                "voxel_size_mm": "x".join(f"{v:.4g}" for v in settings["voxel_size_mm"]),
+                "shape": facts["shape"],
+                "source_voxel_size_mm": facts["source_voxel_size_mm"],
+                "source_shape": facts["source_shape"],
+                "model": str(where),
+            }
+        )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -177,8 +222,11 @@ def _targets(card: dict, n: int, where: Path) -> tuple[str, ...]:
         targets = DEFAULT_TARGETS.get(n)
     targets = tuple(str(t) for t in (targets or ()))
     if len(targets) != n:
-        raise PetiqInputError(where / "card.json", f"the model gives {n} outputs but its card names targets {list(targets)}",
-                              "retrain the model with petiq")
+        raise PetiqInputError(
+            where / "card.json",
+            f"the model gives {n} outputs but its card names targets {list(targets)}",
+            "retrain the model with petiq",
+        )
     return targets
 
 
@@ -189,14 +237,26 @@ def find_images(folder: str | Path, patterns: Sequence[str] = NIFTI_PATTERNS) ->
         raise PetiqInputError(folder, "not a folder", "point score_images at a folder of NIfTI reconstructions")
     found = sorted({p for pattern in patterns for p in folder.glob(pattern) if p.is_file()})
     if not found:
-        raise PetiqInputError(folder, f"no images matching {', '.join(patterns)}", "put the reconstructions to score there")
+        raise PetiqInputError(
+            folder, f"no images matching {', '.join(patterns)}", "put the reconstructions to score there"
+        )
     return found
 
 
-def predict_folder(run_dir: str | Path, folder: str | Path, out_tsv: str | Path, *, device: str = "auto", seed: int = 0,
-                   batch_size: int = 64, progress: bool = True) -> pd.DataFrame:
+def predict_folder(
+    run_dir: str | Path,
+    folder: str | Path,
+    out_tsv: str | Path,
+    *,
+    device: str = "auto",
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Score every NIfTI in ``folder`` (config ``score_images:``) and write the table to ``out_tsv`` atomically."""
-    table = predict_images(run_dir, find_images(folder), device=device, seed=seed, batch_size=batch_size, progress=progress)
+    table = predict_images(
+        run_dir, find_images(folder), device=device, seed=seed, batch_size=batch_size, progress=progress
+    )
     write_tsv(out_tsv, table)
     return table
 

@@ -45,7 +45,11 @@ class FormProblem:
     fix: str
 
     def __str__(self) -> str:
-        where = self.path + (f", line {self.line}" if self.line else "") + (f", column {self.column}" if self.column else "")
+        where = (
+            self.path
+            + (f", line {self.line}" if self.line else "")
+            + (f", column {self.column}" if self.column else "")
+        )
         return f"{where}: {self.what} (fix: {self.fix})"
 
 
@@ -55,7 +59,11 @@ class RatingsFormError(PetiqInputError):
     def __init__(self, problems: Sequence[FormProblem]):
         self.problems = list(problems)
         listing = "".join(f"\n  - {p}" for p in self.problems)
-        super().__init__(None, f"{len(self.problems)} problem(s) in the ratings, nothing was written", f"correct every cell listed below and import again:{listing}")
+        super().__init__(
+            None,
+            f"{len(self.problems)} problem(s) in the ratings, nothing was written",
+            f"correct every cell listed below and import again:{listing}",
+        )
 
 
 def parse_score(text: str) -> tuple[float | None, str | None, str | None]:
@@ -99,11 +107,21 @@ def _read_table(path: Path, problems: list[FormProblem]) -> tuple[list[str], lis
     reader = csv.reader(text.splitlines(keepends=True), delimiter="\t")
     rows = [(reader.line_num, cells) for cells in reader if any(c.strip() for c in cells)]
     if not rows:
-        problems.append(FormProblem(name, None, None, "the file is empty", "fill in the form petiq wrote for the session"))
+        problems.append(
+            FormProblem(name, None, None, "the file is empty", "fill in the form petiq wrote for the session")
+        )
         return None
     header = [c.strip() for c in rows[0][1]]
     if len(header) == 1 and ("," in header[0] or ";" in header[0]):
-        problems.append(FormProblem(name, 1, None, "the form is not tab-separated (it looks comma- or semicolon-separated)", "save it as tab-separated text (.tsv)"))
+        problems.append(
+            FormProblem(
+                name,
+                1,
+                None,
+                "the form is not tab-separated (it looks comma- or semicolon-separated)",
+                "save it as tab-separated text (.tsv)",
+            )
+        )
         return None
     return header, rows[1:]
 
@@ -112,9 +130,17 @@ def _cells(header, rows, name, problems) -> list[tuple[int, dict[str, str]]]:
     """Rows as ``{column: cell}``; rows with more cells than the header are problems."""
     out = []
     for line, cells in rows:
-        extra = [c for c in cells[len(header):] if c.strip()]
+        extra = [c for c in cells[len(header) :] if c.strip()]
         if extra:
-            problems.append(FormProblem(name, line, None, f"the row has {len(cells)} cells but the header {len(header)}", "remove the extra cells (or tabs inside a cell)"))
+            problems.append(
+                FormProblem(
+                    name,
+                    line,
+                    None,
+                    f"the row has {len(cells)} cells but the header {len(header)}",
+                    "remove the extra cells (or tabs inside a cell)",
+                )
+            )
             continue
         cells = cells + [""] * (len(header) - len(cells))
         out.append((line, dict(zip(header, cells))))
@@ -124,15 +150,21 @@ def _cells(header, rows, name, problems) -> list[tuple[int, dict[str, str]]]:
 def _check_header(header, required, allowed, name, problems) -> bool:
     ok = True
     for column in sorted({c for c in header if header.count(c) > 1}):
-        problems.append(FormProblem(name, 1, column, "the column appears more than once", "keep one column of each name"))
+        problems.append(
+            FormProblem(name, 1, column, "the column appears more than once", "keep one column of each name")
+        )
         ok = False
     for column in required:
         if column not in header:
-            problems.append(FormProblem(name, 1, column, "the column is missing", f"use the columns {', '.join(allowed)}"))
+            problems.append(
+                FormProblem(name, 1, column, "the column is missing", f"use the columns {', '.join(allowed)}")
+            )
             ok = False
     for column in header:
         if column not in allowed:
-            problems.append(FormProblem(name, 1, column or "(blank)", "unknown column", f"use the columns {', '.join(allowed)}"))
+            problems.append(
+                FormProblem(name, 1, column or "(blank)", "unknown column", f"use the columns {', '.join(allowed)}")
+            )
             ok = False
     return ok
 
@@ -147,7 +179,9 @@ def collect_forms(paths: Iterable[str | Path], key_path: str | Path | None = Non
     return out
 
 
-def read_forms(form_paths: Sequence[str | Path], plan: pd.DataFrame, *, partial: bool = False) -> tuple[pd.DataFrame, list[FormProblem]]:
+def read_forms(
+    form_paths: Sequence[str | Path], plan: pd.DataFrame, *, partial: bool = False
+) -> tuple[pd.DataFrame, list[FormProblem]]:
     """Check the forms against the plan; return ``(blinded scores, problems)``.
 
     The scores table has columns ``blinded_id, rater, GQR, PR, DC`` and is only complete when
@@ -155,7 +189,11 @@ def read_forms(form_paths: Sequence[str | Path], plan: pd.DataFrame, *, partial:
     """
     problems: list[FormProblem] = []
     if not form_paths:
-        problems.append(FormProblem("(no forms)", None, None, "no ratings forms were given", "pass the filled forms (files or a folder)"))
+        problems.append(
+            FormProblem(
+                "(no forms)", None, None, "no ratings forms were given", "pass the filled forms (files or a folder)"
+            )
+        )
     session_of = dict(zip(plan["blinded_id"], plan["session"]))
     ids_of_session = plan.groupby("session")["blinded_id"].apply(set).to_dict()
     seen: dict[tuple[str, str], str] = {}
@@ -170,17 +208,33 @@ def read_forms(form_paths: Sequence[str | Path], plan: pd.DataFrame, *, partial:
         if not _check_header(header, REQUIRED_FORM_COLUMNS, FORM_COLUMNS, name, problems):
             continue
         if not rows:
-            problems.append(FormProblem(name, None, None, "the form has no rows", "use the form petiq wrote for the session"))
+            problems.append(
+                FormProblem(name, None, None, "the form has no rows", "use the form petiq wrote for the session")
+            )
         for line, row in _cells(header, rows, name, problems):
             bid = row["blinded_id"].strip().upper()
             rater = row["rater"].strip()
             if not bid:
-                problems.append(FormProblem(name, line, "blinded_id", "is blank", "keep the blinded id of every row as the form had it"))
+                problems.append(
+                    FormProblem(
+                        name, line, "blinded_id", "is blank", "keep the blinded id of every row as the form had it"
+                    )
+                )
             elif bid not in session_of:
-                problems.append(FormProblem(name, line, "blinded_id", f"{bid!r} is not in the unblinding key", "copy the id exactly as on the reading sheet"))
+                problems.append(
+                    FormProblem(
+                        name,
+                        line,
+                        "blinded_id",
+                        f"{bid!r} is not in the unblinding key",
+                        "copy the id exactly as on the reading sheet",
+                    )
+                )
                 bid = ""
             if not rater:
-                problems.append(FormProblem(name, line, "rater", "is blank", "write the rater's name (the same in every form)"))
+                problems.append(
+                    FormProblem(name, line, "rater", "is blank", "write the rater's name (the same in every form)")
+                )
             scores = {}
             for metric in METRICS:
                 value, what, fix = parse_score(row[metric])
@@ -191,7 +245,15 @@ def read_forms(form_paths: Sequence[str | Path], plan: pd.DataFrame, *, partial:
                 continue
             here = f"{name}, line {line}"
             if (rater, bid) in seen:
-                problems.append(FormProblem(name, line, "blinded_id", f"{bid} is scored again by rater {rater!r} (first at {seen[rater, bid]})", "keep one row per image and rater"))
+                problems.append(
+                    FormProblem(
+                        name,
+                        line,
+                        "blinded_id",
+                        f"{bid} is scored again by rater {rater!r} (first at {seen[rater, bid]})",
+                        "keep one row per image and rater",
+                    )
+                )
                 continue
             seen[rater, bid] = here
             forms = where.setdefault((rater, int(session_of[bid])), [])
@@ -201,18 +263,27 @@ def read_forms(form_paths: Sequence[str | Path], plan: pd.DataFrame, *, partial:
     for (rater, session), forms in sorted(where.items()):
         missing = sorted(ids_of_session[session] - {bid for (r, bid) in seen if r == rater})
         if missing:
-            problems.append(FormProblem(
-                " + ".join(forms), None, "blinded_id",
-                f"rater {rater!r} scored {len(ids_of_session[session]) - len(missing)} of the {len(ids_of_session[session])} images of session {session}; missing {missing}",
-                f"score every image of session {session} (all ids of session-{session}_ratings-form.tsv)",
-            ))
+            problems.append(
+                FormProblem(
+                    " + ".join(forms),
+                    None,
+                    "blinded_id",
+                    f"rater {rater!r} scored {len(ids_of_session[session]) - len(missing)} of the {len(ids_of_session[session])} images of session {session}; missing {missing}",
+                    f"score every image of session {session} (all ids of session-{session}_ratings-form.tsv)",
+                )
+            )
     if not partial and form_paths:
         scored = {s for (_, s) in where}
         for session in sorted(set(ids_of_session) - scored):
-            problems.append(FormProblem(
-                "(all forms)", None, None, f"no form holds scores of session {session}",
-                f"add the filled session-{session}_ratings-form.tsv (or import a partial set on purpose)",
-            ))
+            problems.append(
+                FormProblem(
+                    "(all forms)",
+                    None,
+                    None,
+                    f"no form holds scores of session {session}",
+                    f"add the filled session-{session}_ratings-form.tsv (or import a partial set on purpose)",
+                )
+            )
     return pd.DataFrame(records, columns=["blinded_id", "rater", *METRICS]), problems
 
 
@@ -224,7 +295,11 @@ def unblind(scores: pd.DataFrame, plan: pd.DataFrame) -> pd.DataFrame:
 
 
 def import_ratings(
-    form_paths: Sequence[str | Path], key_path: str | Path, out_path: str | Path, *, partial: bool = False,
+    form_paths: Sequence[str | Path],
+    key_path: str | Path,
+    out_path: str | Path,
+    *,
+    partial: bool = False,
 ) -> pd.DataFrame:
     """Check all filled forms, then unblind and write the ratings table; raise every problem before writing."""
     plan = read_plan(key_path)
@@ -256,13 +331,33 @@ def check_ratings_table(path: str | Path) -> pd.DataFrame:
             rec["dose"] = float(rec["dose"])
             dose_label(rec["dose"])
         except ValueError:
-            problems.append(FormProblem(name, line, "dose", f"{row['dose']!r} is not a dose in percent (0, 100]", "write the dose in percent, e.g. 0.5 or 25"))
+            problems.append(
+                FormProblem(
+                    name,
+                    line,
+                    "dose",
+                    f"{row['dose']!r} is not a dose in percent (0, 100]",
+                    "write the dose in percent, e.g. 0.5 or 25",
+                )
+            )
         if not rec["session"].isdigit() or int(rec["session"]) < 1:
-            problems.append(FormProblem(name, line, "session", f"{row['session']!r} is not a session number", "number sessions 1, 2, ..."))
+            problems.append(
+                FormProblem(
+                    name, line, "session", f"{row['session']!r} is not a session number", "number sessions 1, 2, ..."
+                )
+            )
         else:
             rec["session"] = int(rec["session"])
         if rec["reading"] not in READINGS:
-            problems.append(FormProblem(name, line, "reading", f"{row['reading']!r} is not one of {', '.join(READINGS)}", "write first or repeat"))
+            problems.append(
+                FormProblem(
+                    name,
+                    line,
+                    "reading",
+                    f"{row['reading']!r} is not one of {', '.join(READINGS)}",
+                    "write first or repeat",
+                )
+            )
         for metric in METRICS:
             value, what, fix = parse_score(row[metric])
             if what:
@@ -270,7 +365,15 @@ def check_ratings_table(path: str | Path) -> pd.DataFrame:
             rec[metric] = value
         key = tuple(rec[c] for c in ("participant_id", "dose", "rater", "reading"))
         if rec["reading"] == "first" and key in seen:
-            problems.append(FormProblem(name, line, None, f"a second first reading of {key[0]} at {key[1]} % by {key[2]!r} (line {seen[key]})", "keep one first reading per image and rater; mark later ones repeat"))
+            problems.append(
+                FormProblem(
+                    name,
+                    line,
+                    None,
+                    f"a second first reading of {key[0]} at {key[1]} % by {key[2]!r} (line {seen[key]})",
+                    "keep one first reading per image and rater; mark later ones repeat",
+                )
+            )
         seen.setdefault(key, line)
         records.append(rec)
     if not records and not problems:
@@ -285,6 +388,13 @@ def rater_summary(ratings: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for rater, part in ratings.groupby("rater", sort=True):
         counts = Counter(part["reading"])
-        rows.append({"rater": rater, "readings": len(part), "first": counts.get("first", 0), "repeat": counts.get("repeat", 0),
-                     "sessions": ",".join(str(s) for s in sorted(part["session"].unique()))})
+        rows.append(
+            {
+                "rater": rater,
+                "readings": len(part),
+                "first": counts.get("first", 0),
+                "repeat": counts.get("repeat", 0),
+                "sessions": ",".join(str(s) for s in sorted(part["session"].unique())),
+            }
+        )
     return pd.DataFrame(rows, columns=["rater", "readings", "first", "repeat", "sessions"])

@@ -85,9 +85,7 @@ def sentinel_labels(names: Mapping[int, str], min_weight: float = 0.5) -> list[i
     """Cortex where the common dementia patterns appear (weight ≥ ``min_weight`` in any pattern)."""
     from .phantom import PATTERNS
 
-    return sorted(
-        k for k in cortical_labels(names) if max(p.weight(names[k]) for p in PATTERNS.values()) >= min_weight
-    )
+    return sorted(k for k in cortical_labels(names) if max(p.weight(names[k]) for p in PATTERNS.values()) >= min_weight)
 
 
 def _voxel_sizes(affine: np.ndarray) -> np.ndarray:
@@ -187,7 +185,8 @@ def reader_truth(
     for name, mask in (("deep white matter", wm_deep), ("cortex", cortex), ("reference cortex", reference)):
         if mask.sum() < 10:
             raise PetiqInputError(
-                None, f"{participant_id or 'the patient'}: only {int(mask.sum())} voxels of {name} on the reconstruction grid",
+                None,
+                f"{participant_id or 'the patient'}: only {int(mask.sum())} voxels of {name} on the reconstruction grid",
                 "use a reconstruction grid that resolves the brain (voxels of a few mm)",
             )
     box = _bbox(brain, margin)
@@ -220,11 +219,15 @@ def _anatomy_from_sidecar(sidecar: dict, path: Path):
     try:
         raw = dict(sidecar["Phantom"]["anatomy"])
     except (KeyError, TypeError):
-        raise PetiqInputError(path, "the sidecar has no Phantom.anatomy", "use the JSON petiq cohort wrote for a synthetic patient") from None
+        raise PetiqInputError(
+            path, "the sidecar has no Phantom.anatomy", "use the JSON petiq cohort wrote for a synthetic patient"
+        ) from None
     names = {f.name for f in fields(PatientAnatomy)}
     if set(raw) != names:
         raise PetiqInputError(
-            path, f"Phantom.anatomy has fields {sorted(raw)}, expected {sorted(names)}", "regenerate the cohort with this petiq version"
+            path,
+            f"Phantom.anatomy has fields {sorted(raw)}, expected {sorted(names)}",
+            "regenerate the cohort with this petiq version",
         )
     return PatientAnatomy(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
 
@@ -250,28 +253,52 @@ def write_reader_truth(
         if not path.is_file():
             raise PetiqInputError(path, "the file does not exist", "run the cohort and reconstruction steps first")
     sidecar = json.loads(sidecar_json.read_text())
-    need = ("participant_id", "diagnosis", "severity", "injected_mbq", "weight_kg", "uptake_min", "ImageShape", "VoxelSizeMM")
+    need = (
+        "participant_id",
+        "diagnosis",
+        "severity",
+        "injected_mbq",
+        "weight_kg",
+        "uptake_min",
+        "ImageShape",
+        "VoxelSizeMM",
+    )
     missing = [k for k in need if sidecar.get(k) is None]
     if missing:
-        raise PetiqInputError(sidecar_json, f"the sidecar lacks {missing}", "use the JSON petiq cohort wrote for a synthetic patient")
+        raise PetiqInputError(
+            sidecar_json, f"the sidecar lacks {missing}", "use the JSON petiq cohort wrote for a synthetic patient"
+        )
     anatomy = _anatomy_from_sidecar(sidecar, sidecar_json)
     ref = nib.load(str(reference_image))
     template = load_template(str(anatomy_dir))
     grid = (tuple(int(s) for s in sidecar["ImageShape"]), tuple(float(v) for v in sidecar["VoxelSizeMM"]))
-    common = dict(injected_mbq=float(sidecar["injected_mbq"]), weight_kg=float(sidecar["weight_kg"]), uptake_min=float(sidecar["uptake_min"]))
-    patient = make_phantom(template, anatomy, *grid, diagnosis=sidecar["diagnosis"], severity=float(sidecar["severity"]), **common)
+    common = dict(
+        injected_mbq=float(sidecar["injected_mbq"]),
+        weight_kg=float(sidecar["weight_kg"]),
+        uptake_min=float(sidecar["uptake_min"]),
+    )
+    patient = make_phantom(
+        template, anatomy, *grid, diagnosis=sidecar["diagnosis"], severity=float(sidecar["severity"]), **common
+    )
     normal = make_phantom(template, anatomy, *grid, diagnosis="CN", severity=0.0, **common)
     if truth_image is not None:
         truth = np.asarray(nib.load(str(truth_image)).dataobj, dtype=np.float32)
         scale = float(np.abs(truth).max()) or 1.0
         if truth.shape != patient.activity.shape or float(np.abs(truth - patient.activity).max()) > 1e-4 * scale:
             raise PetiqInputError(
-                truth_image, "the rebuilt phantom does not reproduce this true activity image",
+                truth_image,
+                "the rebuilt phantom does not reproduce this true activity image",
                 "regenerate the cohort with this petiq version (the phantom model changed since it was made)",
             )
     arrays = reader_truth(
-        patient, normal, template.names, diagnosis=sidecar["diagnosis"], severity=float(sidecar["severity"]),
-        ref_shape=ref.shape[:3], ref_affine=ref.affine, participant_id=str(sidecar["participant_id"]),
+        patient,
+        normal,
+        template.names,
+        diagnosis=sidecar["diagnosis"],
+        severity=float(sidecar["severity"]),
+        ref_shape=ref.shape[:3],
+        ref_affine=ref.affine,
+        participant_id=str(sidecar["participant_id"]),
     )
     write_npz(out_npz, **arrays)
     return arrays
@@ -292,7 +319,9 @@ def load_truth(truth_npz: str | Path) -> dict[str, np.ndarray]:
     """Read a reader-truth ``.npz`` (as :func:`write_reader_truth` wrote it)."""
     path = Path(truth_npz)
     if not path.is_file():
-        raise PetiqInputError(path, "the reader-truth file does not exist", "run the reader_truth step for this subject first")
+        raise PetiqInputError(
+            path, "the reader-truth file does not exist", "run the reader_truth step for this subject first"
+        )
     with np.load(path, allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
 
@@ -314,11 +343,17 @@ def _fit_resolution(image: np.ndarray, patient: np.ndarray, mask: np.ndarray, vo
     return float(FWHM_GRID_MM[k])
 
 
-def measure_array(image: np.ndarray, truth: Mapping[str, np.ndarray], *, reader_fwhm_mm: float = READER_FWHM_MM) -> dict[str, float]:
+def measure_array(
+    image: np.ndarray, truth: Mapping[str, np.ndarray], *, reader_fwhm_mm: float = READER_FWHM_MM
+) -> dict[str, float]:
     """Measures of one image (full reconstruction grid, any intensity scale) against its reader truth."""
     shape = tuple(int(s) for s in truth["ref_shape"])
     if tuple(image.shape[:3]) != shape:
-        raise PetiqInputError(None, f"the image has shape {image.shape}, its reader truth {shape}", "measure images against the truth made on their own grid")
+        raise PetiqInputError(
+            None,
+            f"the image has shape {image.shape}, its reader truth {shape}",
+            "measure images against the truth made on their own grid",
+        )
     crop = tuple(slice(int(a), int(b)) for a, b in truth["bbox"])
     img = np.asarray(image, dtype=np.float32)[crop]
     voxel = _voxel_sizes(truth["ref_affine"])
@@ -329,7 +364,11 @@ def measure_array(image: np.ndarray, truth: Mapping[str, np.ndarray], *, reader_
     wm_mean, wm_sd = float(wm_vals.mean()), float(wm_vals.std(ddof=1))
     gm_mean = float(img[cortex].mean())
     if wm_mean <= 0 or gm_mean <= 0:
-        raise PetiqInputError(None, "the image has no positive uptake in white or grey matter", "check the reconstruction (is it empty or misregistered?)")
+        raise PetiqInputError(
+            None,
+            "the image has no positive uptake in white or grey matter",
+            "check the reconstruction (is it empty or misregistered?)",
+        )
     noise_cov = wm_sd / wm_mean
     fwhm = _fit_resolution(img, truth["patient"], brain, voxel)
 
@@ -364,7 +403,9 @@ def _pet_sidecar(pet_path: Path) -> dict:
     return json.loads(side.read_text()) if side is not None and side.is_file() else {}
 
 
-def measure_image(pet_path: str | Path, truth_npz: str | Path | Mapping[str, np.ndarray], *, reader_fwhm_mm: float = READER_FWHM_MM) -> dict:
+def measure_image(
+    pet_path: str | Path, truth_npz: str | Path | Mapping[str, np.ndarray], *, reader_fwhm_mm: float = READER_FWHM_MM
+) -> dict:
     """Measures of one reconstruction (kBq/mL or 0–1) with its patient, dose and dose per kg.
 
     Patient and dose come from the image's JSON sidecar when it lies beside it (``..._pet.json``), or, for a
@@ -405,7 +446,11 @@ def measure_images(
 
     pet_paths = [Path(p) for p in pet_paths]
     if not isinstance(truth_npzs, Mapping) and len(truth_npzs) != len(pet_paths):
-        raise PetiqInputError(None, f"{len(pet_paths)} images but {len(truth_npzs)} truth files", "give one truth file per image, or a mapping participant_id → truth file")
+        raise PetiqInputError(
+            None,
+            f"{len(pet_paths)} images but {len(truth_npzs)} truth files",
+            "give one truth file per image, or a mapping participant_id → truth file",
+        )
     cache: dict[str, dict] = {}
     rows = []
     for i, pet in enumerate(tqdm(pet_paths, desc="measuring images", disable=not (progress and sys.stderr.isatty()))):
@@ -426,11 +471,32 @@ def measure_images(
 # The reader model: internal scores, raters, readings
 # ----------------------------------------------------------------------------------------------
 
-MEASURE_COLUMNS = ("participant_id", "dose", "dose_per_kg", "diagnosis", "gw_cnr", "pattern_contrast_expected", "pattern_noise", "pattern_extent")
+MEASURE_COLUMNS = (
+    "participant_id",
+    "dose",
+    "dose_per_kg",
+    "diagnosis",
+    "gw_cnr",
+    "pattern_contrast_expected",
+    "pattern_noise",
+    "pattern_extent",
+)
 PLAN_COLUMNS = ("blinded_id", "participant_id", "dose", "category", "session", "reading")
 #: Parameters :func:`calibrate_reader` fits (the others are physical constants of the model).
-FITTED = ("gqr_slope", "gqr_mid", "pr_slope", "pr_mid", "dc_slope", "dc_mid", "extent_weight",
-          "reading_sd", "opinion_sd", "bias_sd", "shared_all", "shared_pattern")
+FITTED = (
+    "gqr_slope",
+    "gqr_mid",
+    "pr_slope",
+    "pr_mid",
+    "dc_slope",
+    "dc_mid",
+    "extent_weight",
+    "reading_sd",
+    "opinion_sd",
+    "bias_sd",
+    "shared_all",
+    "shared_pattern",
+)
 
 
 @dataclass(frozen=True)
@@ -493,7 +559,9 @@ def _check_measures(measures: pd.DataFrame) -> pd.DataFrame:
     out["dose"] = out["dose"].astype(float).round(4)
     if out.duplicated(["participant_id", "dose"]).any():
         row = out[out.duplicated(["participant_id", "dose"])].iloc[0]
-        raise PetiqInputError(None, f"two measures of {row['participant_id']} at {row['dose']} %", "measure each image once")
+        raise PetiqInputError(
+            None, f"two measures of {row['participant_id']} at {row['dose']} %", "measure each image once"
+        )
     return out.reset_index(drop=True)
 
 
@@ -501,7 +569,9 @@ def evidence(measures: pd.DataFrame, model: ReaderModel) -> np.ndarray:
     """Log contrast-to-noise evidence (n, 3) for GQR, PR and DC (see the module docstring)."""
     disease = (measures["diagnosis"].astype(str) != "CN").to_numpy()
     q_gqr = np.log(np.clip(measures["gw_cnr"].to_numpy(float), 1e-3, None))
-    contrast = np.where(disease, np.clip(measures["pattern_contrast_expected"].to_numpy(float), 1e-3, None), model.normal_contrast)
+    contrast = np.where(
+        disease, np.clip(measures["pattern_contrast_expected"].to_numpy(float), 1e-3, None), model.normal_contrast
+    )
     q_pr = np.log(contrast / np.clip(measures["pattern_noise"].to_numpy(float), 1e-6, None))
     extent = np.clip(measures["pattern_extent"].to_numpy(float), 1e-3, None)
     q_dc = q_pr + model.extent_weight * np.where(disease, np.log(extent / model.extent_ref), 0.0)
@@ -536,7 +606,9 @@ def _combine(z: np.ndarray, shared_all: float, shared_pattern: float) -> np.ndar
     own = math.sqrt(max(1.0 - a - b, 0.0))
     common = math.sqrt(a) * z[..., 0]
     pattern = common + math.sqrt(b) * z[..., 1]
-    return np.stack([common + math.sqrt(1.0 - a) * z[..., 2], pattern + own * z[..., 3], pattern + own * z[..., 4]], axis=-1)
+    return np.stack(
+        [common + math.sqrt(1.0 - a) * z[..., 2], pattern + own * z[..., 3], pattern + own * z[..., 4]], axis=-1
+    )
 
 
 def _rater_names(raters: int | Sequence[str]) -> list[str]:
@@ -565,11 +637,15 @@ def check_plan(plan: pd.DataFrame) -> pd.DataFrame:
         raise PetiqInputError(None, f"the reading plan has readings {bad}", "write first or repeat")
     first = out[out["reading"] == "first"]
     if first.duplicated(["participant_id", "dose"]).any():
-        raise PetiqInputError(None, "the reading plan reads an image twice as a first reading", "give each image one first reading")
+        raise PetiqInputError(
+            None, "the reading plan reads an image twice as a first reading", "give each image one first reading"
+        )
     rep = out[out["reading"] == "repeat"]
     orphans = set(zip(rep["participant_id"], rep["dose"])) - set(zip(first["participant_id"], first["dose"]))
     if orphans:
-        raise PetiqInputError(None, f"re-reads without a first reading: {sorted(orphans)[:3]}", "re-read only images that are read first")
+        raise PetiqInputError(
+            None, f"re-reads without a first reading: {sorted(orphans)[:3]}", "re-read only images that are read first"
+        )
     return out.reset_index(drop=True)
 
 
@@ -577,8 +653,11 @@ def _image_index(measures: pd.DataFrame, plan: pd.DataFrame) -> np.ndarray:
     lookup = {(p, d): i for i, (p, d) in enumerate(zip(measures["participant_id"], measures["dose"]))}
     missing = [(p, d) for p, d in zip(plan["participant_id"], plan["dose"]) if (p, d) not in lookup]
     if missing:
-        raise PetiqInputError(None, f"no image measures for {len(missing)} planned image(s), e.g. {missing[0][0]} at {missing[0][1]} %",
-                              "measure every image of the reading plan (reconstruct it first)")
+        raise PetiqInputError(
+            None,
+            f"no image measures for {len(missing)} planned image(s), e.g. {missing[0][0]} at {missing[0][1]} %",
+            "measure every image of the reading plan (reconstruct it first)",
+        )
     return np.array([lookup[(p, d)] for p, d in zip(plan["participant_id"], plan["dose"])], dtype=np.int64)
 
 
@@ -602,7 +681,11 @@ def virtual_ratings(
     if participants is not None:
         unknown = sorted(set(plan["participant_id"]) - set(participants["participant_id"].astype(str)))
         if unknown:
-            raise PetiqInputError(None, f"the plan reads patients not in participants.tsv: {unknown[:5]}", "plan readings for the cohort's patients only")
+            raise PetiqInputError(
+                None,
+                f"the plan reads patients not in participants.tsv: {unknown[:5]}",
+                "plan readings for the cohort's patients only",
+            )
     names = _rater_names(raters)
     index = _image_index(measures, plan)
     scores = internal_scores(measures, params)
@@ -613,12 +696,22 @@ def virtual_ratings(
             if k > 0 and row.reading != "first":
                 continue
             keys = (seed, "reader", rater, row.participant_id, float(row.dose))
-            opinion = _combine(np.random.default_rng(derive_seed(*keys, "opinion")).normal(size=5), params.shared_all, params.shared_pattern)
-            noise = _combine(np.random.default_rng(derive_seed(*keys, row.reading)).normal(size=5), params.shared_all, params.shared_pattern)
+            opinion = _combine(
+                np.random.default_rng(derive_seed(*keys, "opinion")).normal(size=5),
+                params.shared_all,
+                params.shared_pattern,
+            )
+            noise = _combine(
+                np.random.default_rng(derive_seed(*keys, row.reading)).normal(size=5),
+                params.shared_all,
+                params.shared_pattern,
+            )
             x = scores[i] + bias + params.opinion_sd * opinion + params.reading_sd * noise
             rows.append((row.participant_id, float(row.dose), rater, int(row.session), row.reading, *quantise(x)))
     out = pd.DataFrame(rows, columns=list(RATINGS_COLUMNS))
-    return out.sort_values(["rater", "session", "participant_id", "dose", "reading"], kind="stable").reset_index(drop=True)
+    return out.sort_values(["rater", "session", "participant_id", "dose", "reading"], kind="stable").reset_index(
+        drop=True
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -662,20 +755,40 @@ def _model_with(base: ReaderModel, theta: np.ndarray) -> ReaderModel:
     """Unconstrained vector → parameters (slopes and SDs positive, shares and extent weight in (0, 1))."""
     sig = lambda v: 1.0 / (1.0 + math.exp(-v))  # noqa: E731
     values = dict(
-        gqr_slope=math.exp(theta[0]), gqr_mid=theta[1], pr_slope=math.exp(theta[2]), pr_mid=theta[3],
-        dc_slope=math.exp(theta[4]), dc_mid=theta[5], extent_weight=sig(theta[6]), reading_sd=math.exp(theta[7]),
-        opinion_sd=math.exp(theta[8]), bias_sd=math.exp(theta[9]), shared_all=sig(theta[10]), shared_pattern=sig(theta[11]),
+        gqr_slope=math.exp(theta[0]),
+        gqr_mid=theta[1],
+        pr_slope=math.exp(theta[2]),
+        pr_mid=theta[3],
+        dc_slope=math.exp(theta[4]),
+        dc_mid=theta[5],
+        extent_weight=sig(theta[6]),
+        reading_sd=math.exp(theta[7]),
+        opinion_sd=math.exp(theta[8]),
+        bias_sd=math.exp(theta[9]),
+        shared_all=sig(theta[10]),
+        shared_pattern=sig(theta[11]),
     )
     return replace(base, **{k: float(v) for k, v in values.items()})
 
 
 def _theta_of(model: ReaderModel) -> np.ndarray:
     logit = lambda p: math.log(min(max(p, 1e-4), 1 - 1e-4) / (1 - min(max(p, 1e-4), 1 - 1e-4)))  # noqa: E731
-    return np.array([
-        math.log(model.gqr_slope), model.gqr_mid, math.log(model.pr_slope), model.pr_mid, math.log(model.dc_slope), model.dc_mid,
-        logit(model.extent_weight), math.log(model.reading_sd), math.log(model.opinion_sd), math.log(model.bias_sd),
-        logit(model.shared_all), logit(model.shared_pattern),
-    ])
+    return np.array(
+        [
+            math.log(model.gqr_slope),
+            model.gqr_mid,
+            math.log(model.pr_slope),
+            model.pr_mid,
+            math.log(model.dc_slope),
+            model.dc_mid,
+            logit(model.extent_weight),
+            math.log(model.reading_sd),
+            math.log(model.opinion_sd),
+            math.log(model.bias_sd),
+            logit(model.shared_all),
+            logit(model.shared_pattern),
+        ]
+    )
 
 
 def expected_statistics(design: _Design, model: ReaderModel) -> dict[str, float]:
@@ -689,7 +802,12 @@ def expected_statistics(design: _Design, model: ReaderModel) -> dict[str, float]
     first = s[design.plan_first]  # (n, 3)
     bias = model.bias_sd * design.z_bias[:, :, None, :]
     opinion = model.opinion_sd * _combine(design.z_opinion, model.shared_all, model.shared_pattern)
-    x1 = first[None, None] + bias + opinion + model.reading_sd * _combine(design.z_first, model.shared_all, model.shared_pattern)
+    x1 = (
+        first[None, None]
+        + bias
+        + opinion
+        + model.reading_sd * _combine(design.z_first, model.shared_all, model.shared_pattern)
+    )
     y1 = quantise(x1)  # (R, raters, n, 3)
     out: dict[str, float] = {}
     for k in range(min(2, y1.shape[1])):
@@ -703,7 +821,12 @@ def expected_statistics(design: _Design, model: ReaderModel) -> dict[str, float]
         out["inter_rater.pct_within_0.5"] = 100.0 * float(np.mean(np.abs(y1[:, 1:] - y1[:, :1]) <= 0.5 + 1e-9))
     if design.reread.size:
         rr = design.reread
-        x_rep = first[rr][None] + bias[:, 0] + opinion[:, 0, rr] + model.reading_sd * _combine(design.z_repeat, model.shared_all, model.shared_pattern)
+        x_rep = (
+            first[rr][None]
+            + bias[:, 0]
+            + opinion[:, 0, rr]
+            + model.reading_sd * _combine(design.z_repeat, model.shared_all, model.shared_pattern)
+        )
         diff = np.abs(quantise(x_rep) - y1[:, 0, rr])
         out["intra_rater.pct_reread_differing_ge_0.5"] = 100.0 * float(np.mean(diff >= 0.5 - 1e-9))
     total_sd = max(math.sqrt(model.bias_sd**2 + model.opinion_sd**2 + model.reading_sd**2), 1e-9)
@@ -719,8 +842,12 @@ def expected_statistics(design: _Design, model: ReaderModel) -> dict[str, float]
         slopes = np.einsum("n,rnm->rm", xc, yc) / (xc @ xc)
         with np.errstate(invalid="ignore", divide="ignore"):
             r = np.einsum("n,rnm->rm", xc, yc) / np.sqrt((xc @ xc) * (yc**2).sum(axis=1))
-        out["dose.slope_ratio_GQR_over_PR_DC"] = float(np.nanmean(slopes[:, 0] / np.maximum(np.maximum(slopes[:, 1], slopes[:, 2]), 1e-9)))
-        out["dose.pearson_ratio_GQR_over_PR_DC"] = float(np.nanmean(r[:, 0] / np.maximum(np.maximum(r[:, 1], r[:, 2]), 1e-9)))
+        out["dose.slope_ratio_GQR_over_PR_DC"] = float(
+            np.nanmean(slopes[:, 0] / np.maximum(np.maximum(slopes[:, 1], slopes[:, 2]), 1e-9))
+        )
+        out["dose.pearson_ratio_GQR_over_PR_DC"] = float(
+            np.nanmean(r[:, 0] / np.maximum(np.maximum(r[:, 1], r[:, 2]), 1e-9))
+        )
     return out
 
 
@@ -756,28 +883,46 @@ def _loss(stats: dict[str, float], targets: pd.DataFrame) -> float:
     return total
 
 
-def make_design(measures: pd.DataFrame, plan: pd.DataFrame, *, raters: int, replicates: int, seed: int, model: ReaderModel | None = None) -> _Design:
+def make_design(
+    measures: pd.DataFrame,
+    plan: pd.DataFrame,
+    *,
+    raters: int,
+    replicates: int,
+    seed: int,
+    model: ReaderModel | None = None,
+) -> _Design:
     """Fix the images, plan and common random numbers of a calibration."""
     model = model or ReaderModel()
     q = evidence(measures, replace(model, extent_weight=0.0))
     disease = (measures["diagnosis"].astype(str) != "CN").to_numpy()
-    extent_term = np.where(disease, np.log(np.clip(measures["pattern_extent"].to_numpy(float), 1e-3, None) / model.extent_ref), 0.0)
+    extent_term = np.where(
+        disease, np.log(np.clip(measures["pattern_extent"].to_numpy(float), 1e-3, None) / model.extent_ref), 0.0
+    )
     first = plan[plan["reading"] == "first"].reset_index(drop=True)
     first_idx = _image_index(measures, first)
     rep = plan[plan["reading"] == "repeat"]
     rep_keys = set(zip(rep["participant_id"], rep["dose"]))
-    reread = np.array([i for i, key in enumerate(zip(first["participant_id"], first["dose"])) if key in rep_keys], dtype=np.int64)
+    reread = np.array(
+        [i for i, key in enumerate(zip(first["participant_id"], first["dose"])) if key in rep_keys], dtype=np.int64
+    )
     doses = measures["dose"].to_numpy(float)
     rng = np.random.default_rng(derive_seed(seed, "reader", "calibration"))
     n = len(first_idx)
     from .agreement import FULL_DOSE, LOWEST_DOSE
 
     return _Design(
-        q=q, extent_term=extent_term, plan_first=first_idx, reread=reread,
+        q=q,
+        extent_term=extent_term,
+        plan_first=first_idx,
+        reread=reread,
         dose_per_kg=measures["dose_per_kg"].to_numpy(float)[first_idx],
-        full=np.nonzero(np.isclose(doses, FULL_DOSE))[0], lowest=np.nonzero(np.isclose(doses, LOWEST_DOSE))[0],
-        z_opinion=rng.normal(size=(replicates, raters, n, 5)), z_first=rng.normal(size=(replicates, raters, n, 5)),
-        z_repeat=rng.normal(size=(replicates, reread.size, 5)), z_bias=rng.normal(size=(replicates, raters, 3)),
+        full=np.nonzero(np.isclose(doses, FULL_DOSE))[0],
+        lowest=np.nonzero(np.isclose(doses, LOWEST_DOSE))[0],
+        z_opinion=rng.normal(size=(replicates, raters, n, 5)),
+        z_first=rng.normal(size=(replicates, raters, n, 5)),
+        z_repeat=rng.normal(size=(replicates, reread.size, 5)),
+        z_bias=rng.normal(size=(replicates, raters, 3)),
     )
 
 
@@ -812,7 +957,9 @@ def calibrate_reader(
         raise PetiqInputError(None, f"{raters} rater(s)", "calibrate with at least two raters (inter-rater targets)")
     if measures["dose_per_kg"].isna().any():
         if participants is None:
-            raise PetiqInputError(None, "some images lack dose_per_kg and no participants table was given", "pass participants.tsv")
+            raise PetiqInputError(
+                None, "some images lack dose_per_kg and no participants table was given", "pass participants.tsv"
+            )
         from .agreement import image_dose_per_kg
 
         measures["dose_per_kg"] = measures["dose_per_kg"].fillna(image_dose_per_kg(measures, participants))
@@ -834,7 +981,9 @@ def calibrate_reader(
         return minimize(objective, theta, method="Nelder-Mead", options=options)
 
     best = run(theta0, 0.5)
-    for _ in range(max(restarts - 1, 0)):  # restart around the optimum: the simplex collapses early on a stepped surface
+    for _ in range(
+        max(restarts - 1, 0)
+    ):  # restart around the optimum: the simplex collapses early on a stepped surface
         again = run(best.x, 0.2)
         if again.fun < best.fun - 1e-6:
             best = again
@@ -842,13 +991,16 @@ def calibrate_reader(
             break
     model = _model_with(start, best.x)
     stats = expected_statistics(design, model)
-    return replace(model, calibration={
-        "expected": {k: round(v, 4) for k, v in stats.items()},
-        "loss": round(float(best.fun), 6),
-        "replicates": replicates,
-        "seed": seed,
-        "raters": raters,
-        "images": int(len(measures)),
-        "planned_first_readings": int(design.plan_first.size),
-        "rereads": int(design.reread.size),
-    })
+    return replace(
+        model,
+        calibration={
+            "expected": {k: round(v, 4) for k, v in stats.items()},
+            "loss": round(float(best.fun), 6),
+            "replicates": replicates,
+            "seed": seed,
+            "raters": raters,
+            "images": int(len(measures)),
+            "planned_first_readings": int(design.plan_first.size),
+            "rereads": int(design.reread.size),
+        },
+    )

@@ -318,8 +318,9 @@ class Scanner:
         if not 0.0 <= self.block_width_mm < 2.0 * self.lor_radius_mm * np.tan(np.pi / max(self.blocks_per_ring, 2)):
             problems.append("block_width_mm must be >= 0 and the flat blocks must not overlap")
         if problems:
-            raise PetiqInputError(None, f"inconsistent scanner {self.name!r}: " + "; ".join(problems),
-                                  "fix the preset numbers")
+            raise PetiqInputError(
+                None, f"inconsistent scanner {self.name!r}: " + "; ".join(problems), "fix the preset numbers"
+            )
 
     # ------------------------------------------------------------------ basic numbers
     @property
@@ -448,14 +449,18 @@ class Scanner:
     def _check_bins(self, bins) -> np.ndarray:
         bins = np.asarray(bins)
         if bins.dtype.kind not in "iu":
-            raise PetiqInputError(None, f"span-1 bin offsets must be integers, got dtype {bins.dtype}",
-                                  "pass an int64 array of offsets")
+            raise PetiqInputError(
+                None, f"span-1 bin offsets must be integers, got dtype {bins.dtype}", "pass an int64 array of offsets"
+            )
         bins = bins.astype(np.int64, copy=False)
         n = self.n_bins(1)
         if bins.size and (bins.min() < 0 or bins.max() >= n):
-            raise PetiqInputError(None, f"span-1 bin offsets must lie in 0 .. {n - 1} for scanner "
-                                        f"{self.name!r}, got {bins.min()} .. {bins.max()}",
-                                  "check the list-mode decoding and the scanner preset")
+            raise PetiqInputError(
+                None,
+                f"span-1 bin offsets must lie in 0 .. {n - 1} for scanner "
+                f"{self.name!r}, got {bins.min()} .. {bins.max()}",
+                "check the list-mode decoding and the scanner preset",
+            )
         return bins
 
     def bin_indices(self, bins) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -470,7 +475,7 @@ class Scanner:
         view = np.asarray(view, dtype=np.int64)
         tp = np.asarray(t, dtype=np.int64) - self.n_radial // 2
         n = self.crystals_per_ring
-        det_a = (view + (tp >> 1)) % n            # >> is floor division by 2 for negatives
+        det_a = (view + (tp >> 1)) % n  # >> is floor division by 2 for negatives
         det_b = (view - ((tp + 1) >> 1) + n // 2) % n
         return det_a, det_b
 
@@ -614,8 +619,9 @@ def _inverse_tables(sc: Scanner):
 def _geometry(sc: Scanner, span: int) -> SinogramGeometry:
     view = np.arange(sc.n_views)[:, None]
     t = np.arange(sc.n_radial)[None, :]
-    det_a, det_b = sc.view_radial_to_dets(np.broadcast_to(view, (sc.n_views, sc.n_radial)),
-                                          np.broadcast_to(t, (sc.n_views, sc.n_radial)))
+    det_a, det_b = sc.view_radial_to_dets(
+        np.broadcast_to(view, (sc.n_views, sc.n_radial)), np.broadcast_to(t, (sc.n_views, sc.n_radial))
+    )
     xy = _crystal_xy(sc)
     xy_a = np.ascontiguousarray(xy[det_a])
     xy_b = np.ascontiguousarray(xy[det_b])

@@ -103,7 +103,9 @@ def plan_sessions(
     ``names``: what to call the settings in messages (:func:`check_session_settings`)."""
     ids = [str(p) for p in participant_ids]
     groups = check_session_settings(ids, doses, design, rereads, n_sessions, min_images, max_images, names=names)
-    settings = dict(rereads=int(rereads), n_sessions=int(n_sessions), min_images=int(min_images), max_images=int(max_images))
+    settings = dict(
+        rereads=int(rereads), n_sessions=int(n_sessions), min_images=int(min_images), max_images=int(max_images)
+    )
     prob, x, r = _build(ids, groups, design, seed=seed, relax=frozenset(), **settings)
     if not _solve(prob, time_limit_s):
         raise _infeasible(ids, groups, design, seed, settings, time_limit_s, pulp.LpStatus[prob.status])
@@ -144,7 +146,9 @@ def blinded_ids(n: int, seed: int) -> list[str]:
     return out
 
 
-def check_session_settings(ids, doses, design, rereads, n_sessions, min_images, max_images, names=None) -> dict[str, list[float]]:
+def check_session_settings(
+    ids, doses, design, rereads, n_sessions, min_images, max_images, names=None
+) -> dict[str, list[float]]:
     """Validate the settings and return the doses to read per category; raise the reason if no plan can exist.
 
     ``names``: what to call the settings in messages (e.g. their config keys); default the argument names.
@@ -153,15 +157,28 @@ def check_session_settings(ids, doses, design, rereads, n_sessions, min_images, 
     if design not in DESIGNS:
         raise PetiqInputError(None, f"unknown session design {design!r}", f"use one of {', '.join(DESIGNS)}")
     if not ids:
-        raise PetiqInputError(None, "no patients to rate", "pass the rated patients (roles transfer_train, transfer_val, test)")
+        raise PetiqInputError(
+            None, "no patients to rate", "pass the rated patients (roles transfer_train, transfer_val, test)"
+        )
     repeated = sorted({p for p in ids if ids.count(p) > 1})
     if repeated:
         raise PetiqInputError(None, f"patients {repeated} are listed more than once", "list every rated patient once")
-    for name, value, low in (("rereads", rereads, 0), ("n_sessions", n_sessions, 1), ("min_images", min_images, 0), ("max_images", max_images, 1)):
+    for name, value, low in (
+        ("rereads", rereads, 0),
+        ("n_sessions", n_sessions, 1),
+        ("min_images", min_images, 0),
+        ("max_images", max_images, 1),
+    ):
         if int(value) != value or value < low:
-            raise PetiqInputError(None, f"{name_of[name]} is {value}", f"set {name_of[name]} to a whole number >= {low}")
+            raise PetiqInputError(
+                None, f"{name_of[name]} is {value}", f"set {name_of[name]} to a whole number >= {low}"
+            )
     if min_images > max_images:
-        raise PetiqInputError(None, f"{name_of['min_images']} ({min_images}) is above {name_of['max_images']} ({max_images})", f"make {name_of['min_images']} <= {name_of['max_images']}")
+        raise PetiqInputError(
+            None,
+            f"{name_of['min_images']} ({min_images}) is above {name_of['max_images']} ({max_images})",
+            f"make {name_of['min_images']} <= {name_of['max_images']}",
+        )
     values = sorted({float(d) for d in doses})
     if not values:
         raise PetiqInputError(None, "no doses to read", "pass the reconstructed doses (config key doses)")
@@ -169,7 +186,9 @@ def check_session_settings(ids, doses, design, rereads, n_sessions, min_images, 
         try:
             dose_label(d)
         except ValueError as error:
-            raise PetiqInputError(None, str(error), "use doses in percent, in (0, 100], with at most one decimal") from None
+            raise PetiqInputError(
+                None, str(error), "use doses in percent, in (0, 100], with at most one decimal"
+            ) from None
     groups = {c: [d for d in values if dose_category(d) == c] for c in CATEGORIES}
     groups = {c: ds for c, ds in groups.items() if ds}
     per_patient = len(groups) if design == "paper" else len(values)
@@ -177,32 +196,54 @@ def check_session_settings(ids, doses, design, rereads, n_sessions, min_images, 
     total = n_images + rereads
     reasons = []
     if rereads > n_images:
-        reasons.append((f"{rereads} re-reads asked for but only {n_images} images are read (each is re-read at most once)", f"lower {name_of['rereads']}"))
+        reasons.append(
+            (
+                f"{rereads} re-reads asked for but only {n_images} images are read (each is re-read at most once)",
+                f"lower {name_of['rereads']}",
+            )
+        )
     if rereads and n_sessions < 2:
-        reasons.append((f"re-reads need a later session than the first reading, but {name_of['n_sessions']} is 1", f"use 2 or more sessions, or {name_of['rereads']}: 0"))
+        reasons.append(
+            (
+                f"re-reads need a later session than the first reading, but {name_of['n_sessions']} is 1",
+                f"use 2 or more sessions, or {name_of['rereads']}: 0",
+            )
+        )
     if per_patient > n_sessions:
-        reasons.append((
-            f"each patient has {per_patient} images to read and is read at most once per session, so {per_patient} sessions are needed, not {n_sessions}",
-            f"set {name_of['n_sessions']} >= {per_patient}",
-        ))
+        reasons.append(
+            (
+                f"each patient has {per_patient} images to read and is read at most once per session, so {per_patient} sessions are needed, not {n_sessions}",
+                f"set {name_of['n_sessions']} >= {per_patient}",
+            )
+        )
     elif rereads > n_patients * (n_sessions - per_patient):
-        reasons.append((
-            f"{rereads} re-reads do not fit: a patient's {per_patient} images and re-reads each need their own session, so "
-            f"{n_sessions} sessions leave room for at most {n_patients * (n_sessions - per_patient)} re-reads",
-            f"add sessions or lower {name_of['rereads']} to <= {n_patients * (n_sessions - per_patient)}",
-        ))
+        reasons.append(
+            (
+                f"{rereads} re-reads do not fit: a patient's {per_patient} images and re-reads each need their own session, so "
+                f"{n_sessions} sessions leave room for at most {n_patients * (n_sessions - per_patient)} re-reads",
+                f"add sessions or lower {name_of['rereads']} to <= {n_patients * (n_sessions - per_patient)}",
+            )
+        )
     if total > n_sessions * max_images:
-        reasons.append((
-            f"{total} readings ({n_images} images + {rereads} re-reads) do not fit in {n_sessions} sessions of at most {max_images}",
-            f"raise {name_of['max_images']} to >= {math.ceil(total / n_sessions)} or add sessions",
-        ))
+        reasons.append(
+            (
+                f"{total} readings ({n_images} images + {rereads} re-reads) do not fit in {n_sessions} sessions of at most {max_images}",
+                f"raise {name_of['max_images']} to >= {math.ceil(total / n_sessions)} or add sessions",
+            )
+        )
     if total < n_sessions * min_images:
-        reasons.append((
-            f"{total} readings ({n_images} images + {rereads} re-reads) cannot fill {n_sessions} sessions of at least {min_images}",
-            f"lower {name_of['min_images']} to <= {total // n_sessions} or use fewer sessions",
-        ))
+        reasons.append(
+            (
+                f"{total} readings ({n_images} images + {rereads} re-reads) cannot fill {n_sessions} sessions of at least {min_images}",
+                f"lower {name_of['min_images']} to <= {total // n_sessions} or use fewer sessions",
+            )
+        )
     if reasons:
-        raise PetiqInputError(None, "no reading-session plan exists: " + "; ".join(p for p, _ in reasons), "; ".join(f for _, f in reasons))
+        raise PetiqInputError(
+            None,
+            "no reading-session plan exists: " + "; ".join(p for p, _ in reasons),
+            "; ".join(f for _, f in reasons),
+        )
     return groups
 
 
@@ -219,8 +260,18 @@ def _build(ids, groups, design, *, seed, relax, rereads, n_sessions, min_images,
     else:
         y = {(p, d): 1 for p in range(n_p) for d in doses}
     index = {d: i for i, d in enumerate(doses)}
-    x = {(p, d, s): prob.add_variable(f"x_{p}_{index[d]}_{s}", cat="Binary") for p in range(n_p) for d in doses for s in range(n_s)}
-    r = {(p, d, s): prob.add_variable(f"r_{p}_{index[d]}_{s}", cat="Binary") for p in range(n_p) for d in doses for s in range(1, n_s)}
+    x = {
+        (p, d, s): prob.add_variable(f"x_{p}_{index[d]}_{s}", cat="Binary")
+        for p in range(n_p)
+        for d in doses
+        for s in range(n_s)
+    }
+    r = {
+        (p, d, s): prob.add_variable(f"r_{p}_{index[d]}_{s}", cat="Binary")
+        for p in range(n_p)
+        for d in doses
+        for s in range(1, n_s)
+    }
 
     for p in range(n_p):
         if design == "paper":
@@ -234,7 +285,9 @@ def _build(ids, groups, design, *, seed, relax, rereads, n_sessions, min_images,
     prob += pulp.lpSum(r.values()) == rereads
 
     def reads(s, ds=doses):
-        return pulp.lpSum([x[p, d, s] for p in range(n_p) for d in ds] + [r[p, d, s] for p in range(n_p) for d in ds if s > 0])
+        return pulp.lpSum(
+            [x[p, d, s] for p in range(n_p) for d in ds] + [r[p, d, s] for p in range(n_p) for d in ds if s > 0]
+        )
 
     lo, hi = prob.add_variable("size_lo", lowBound=0), prob.add_variable("size_hi", lowBound=0)
     for s in range(n_s):
@@ -279,8 +332,11 @@ def _solve(prob: pulp.LpProblem, time_limit_s: float) -> bool:
     if pulp.LpStatus[status] != "Optimal":
         return False
     if prob.sol_status != pulp.LpSolutionOptimal:
-        log.warning("session plan meets every constraint but is not proven best within %g s; "
-                    "it may differ on a faster or slower machine", time_limit_s)
+        log.warning(
+            "session plan meets every constraint but is not proven best within %g s; "
+            "it may differ on a faster or slower machine",
+            time_limit_s,
+        )
     return True
 
 
@@ -288,7 +344,8 @@ def _infeasible(ids, groups, design, seed, settings, time_limit_s, status) -> Pe
     """Find which constraint family makes the programme infeasible, by leaving each out in turn."""
     if status != "Infeasible":
         return PetiqInputError(
-            None, f"the session programme ended {status} within {time_limit_s:g} s",
+            None,
+            f"the session programme ended {status} within {time_limit_s:g} s",
             "raise the time limit, or use fewer sessions or a wider min_images/max_images range",
         )
     blamed = []
@@ -298,7 +355,8 @@ def _infeasible(ids, groups, design, seed, settings, time_limit_s, status) -> Pe
             blamed.append(family)
     if not blamed:
         return PetiqInputError(
-            None, "no reading-session plan exists: the constraints together admit none (no single one is to blame)",
+            None,
+            "no reading-session plan exists: the constraints together admit none (no single one is to blame)",
             "add sessions, widen min_images/max_images or lower rereads",
         )
     problems = [_FAMILIES[f][0].format(**settings) for f in blamed]
@@ -309,7 +367,11 @@ def _infeasible(ids, groups, design, seed, settings, time_limit_s, status) -> Pe
 def check_plan(plan: pd.DataFrame, path: str | Path | None = None) -> pd.DataFrame:
     """Validate a plan / unblinding key (columns, unique ids, readings); return it with typed columns."""
     if list(plan.columns) != list(PLAN_COLUMNS):
-        raise PetiqInputError(path, f"the unblinding key has columns {list(plan.columns)}", f"use the columns {', '.join(PLAN_COLUMNS)} (as petiq sessions plan writes them)")
+        raise PetiqInputError(
+            path,
+            f"the unblinding key has columns {list(plan.columns)}",
+            f"use the columns {', '.join(PLAN_COLUMNS)} (as petiq sessions plan writes them)",
+        )
     if plan.empty:
         raise PetiqInputError(path, "the unblinding key has no rows", "plan the sessions again (petiq sessions plan)")
     repeated = sorted(set(plan["blinded_id"][plan["blinded_id"].duplicated()]))
@@ -320,10 +382,14 @@ def check_plan(plan: pd.DataFrame, path: str | Path | None = None) -> pd.DataFra
         out["dose"] = out["dose"].astype(float)
         out["session"] = out["session"].astype(int)
     except (TypeError, ValueError):
-        raise PetiqInputError(path, "dose or session is not a number in some row", "use the key as petiq sessions plan wrote it") from None
+        raise PetiqInputError(
+            path, "dose or session is not a number in some row", "use the key as petiq sessions plan wrote it"
+        ) from None
     bad = sorted(set(out["reading"]) - set(READINGS))
     if bad or (out["session"] < 1).any():
-        raise PetiqInputError(path, f"readings {bad} or sessions below 1", "use the key as petiq sessions plan wrote it")
+        raise PetiqInputError(
+            path, f"readings {bad} or sessions below 1", "use the key as petiq sessions plan wrote it"
+        )
     out["blinded_id"] = out["blinded_id"].astype(str)
     out["participant_id"] = out["participant_id"].astype(str)
     return out
@@ -333,7 +399,9 @@ def read_plan(path: str | Path) -> pd.DataFrame:
     """Read and check an unblinding key written by :func:`write_plan`."""
     path = Path(path)
     if not path.is_file():
-        raise PetiqInputError(path, "the unblinding key does not exist", "plan the sessions first (petiq sessions plan)")
+        raise PetiqInputError(
+            path, "the unblinding key does not exist", "plan the sessions first (petiq sessions plan)"
+        )
     return check_plan(read_tsv_frame(path, "unblinding key"), path)
 
 
@@ -385,10 +453,17 @@ def write_session_materials(
     from .plots.sheets import write_session_sheets
 
     plan = check_plan(plan)
-    paths = {bid: Path(image_path(pid, dose)) for bid, pid, dose in zip(plan["blinded_id"], plan["participant_id"], plan["dose"])}
+    paths = {
+        bid: Path(image_path(pid, dose))
+        for bid, pid, dose in zip(plan["blinded_id"], plan["participant_id"], plan["dose"])
+    }
     missing = sorted({str(p) for p in paths.values() if not p.is_file()})
     if missing:
-        raise PetiqInputError(missing[0], f"{len(missing)} image(s) to read do not exist (first shown)", "reconstruct every planned patient and dose first")
+        raise PetiqInputError(
+            missing[0],
+            f"{len(missing)} image(s) to read do not exist (first shown)",
+            "reconstruct every planned patient and dose first",
+        )
     out_dir = Path(out_dir)
     sessions = sorted(plan["session"].unique())
     folders = []
@@ -396,7 +471,10 @@ def write_session_materials(
         folder = session_dir(out_dir, s)
         form = blank_form(plan, s)
         write_session_sheets(
-            [(bid, paths[bid]) for bid in form["blinded_id"]], folder / "sheets", folder / f"session-{s}.pdf", progress=progress,
+            [(bid, paths[bid]) for bid in form["blinded_id"]],
+            folder / "sheets",
+            folder / f"session-{s}.pdf",
+            progress=progress,
         )
         write_tsv(folder / f"session-{s}_ratings-form.tsv", form)
         folders.append(folder)
@@ -406,10 +484,11 @@ def write_session_materials(
 
 def session_summary(plan: pd.DataFrame) -> pd.DataFrame:
     """Readings per session and category, with first/repeat counts (for logs and the report)."""
-    table = pd.crosstab(plan["session"], plan["category"]).reindex(columns=[c for c in CATEGORIES if c in set(plan["category"])])
+    table = pd.crosstab(plan["session"], plan["category"]).reindex(
+        columns=[c for c in CATEGORIES if c in set(plan["category"])]
+    )
     table["first"] = plan[plan["reading"] == "first"].groupby("session").size()
     table["repeat"] = plan[plan["reading"] == "repeat"].groupby("session").size()
     table = table.fillna(0).astype(int)
     table["total"] = table["first"] + table["repeat"]
     return table.reset_index()
-

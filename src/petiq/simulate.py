@@ -205,7 +205,9 @@ def expected_data(
         emission.astype(np.float64), sigma=(2.0, 3.0, radial_sigma_bins), mode=("nearest", "wrap", "constant")
     )
     sf = settings.scatter_fraction
-    scatter = (smooth * (sf / (1.0 - sf)) * emission.sum(dtype=np.float64) / max(smooth.sum(), 1e-30)).astype(np.float32)
+    scatter = (smooth * (sf / (1.0 - sf)) * emission.sum(dtype=np.float64) / max(smooth.sum(), 1e-30)).astype(
+        np.float32
+    )
     singles = settings.singles_cps_per_mbq * singles_scale(scanner) * activity_mbq * decay * truth.crystal_efficiency
     return ExpectedData(
         emission_span1=emission1,
@@ -236,8 +238,14 @@ def _span1_plane_tables(scanner: Scanner, span: int):
     return scanner.span1_to_sinogram(span), dets, ring_a_of_z, ring_b_of_z
 
 
-def iter_span1_counts(expected: ExpectedData, scanner: Scanner, truth: ScannerTruth, settings: AcquisitionSettings,
-                      rng: np.random.Generator, progress: bool = True):
+def iter_span1_counts(
+    expected: ExpectedData,
+    scanner: Scanner,
+    truth: ScannerTruth,
+    settings: AcquisitionSettings,
+    rng: np.random.Generator,
+    progress: bool = True,
+):
     """Yield ``(z, prompts, delayeds)`` Poisson counts of every span-1 sinogram plane (uint32 arrays
     (n_views, n_radial)), in list-mode order."""
     span_map, dets, ring_a_of_z, ring_b_of_z = _span1_plane_tables(scanner, settings.span)
@@ -251,8 +259,14 @@ def iter_span1_counts(expected: ExpectedData, scanner: Scanner, truth: ScannerTr
         yield z, rng.poisson(lam_prompt).astype(np.uint32), rng.poisson(randoms).astype(np.uint32)
 
 
-def draw_events(expected: ExpectedData, scanner: Scanner, truth: ScannerTruth, settings: AcquisitionSettings,
-                rng: np.random.Generator, progress: bool = True) -> tuple[np.ndarray, dict]:
+def draw_events(
+    expected: ExpectedData,
+    scanner: Scanner,
+    truth: ScannerTruth,
+    settings: AcquisitionSettings,
+    rng: np.random.Generator,
+    progress: bool = True,
+) -> tuple[np.ndarray, dict]:
     """All events of the acquisition as PETLINK event words (uint32), in random (= time) order."""
     plane_bins = scanner.n_views * scanner.n_radial
     chunks, n_prompts, n_delayeds = [], 0, 0
@@ -277,7 +291,9 @@ def decay_weights(duration_s: float, start_after_injection_min: float) -> np.nda
     return 0.5 ** (t_min / F18_HALF_LIFE_MIN)
 
 
-def event_times_ms(n_events: int, duration_s: float, start_after_injection_min: float, rng: np.random.Generator) -> np.ndarray:
+def event_times_ms(
+    n_events: int, duration_s: float, start_after_injection_min: float, rng: np.random.Generator
+) -> np.ndarray:
     """Events per millisecond (int64 counts, one per ms): multinomial, weighted by ¹⁸F decay."""
     weights = decay_weights(duration_s, start_after_injection_min)
     return rng.multinomial(n_events, weights / weights.sum())
@@ -304,8 +320,13 @@ def settings_dict(settings: AcquisitionSettings) -> dict:
     return asdict(settings)
 
 
-def write_events_with_times(writer, words: np.ndarray, per_ms: np.ndarray, chunk_events: int = 8_000_000,
-                            singles: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+def write_events_with_times(
+    writer,
+    words: np.ndarray,
+    per_ms: np.ndarray,
+    chunk_events: int = 8_000_000,
+    singles: tuple[np.ndarray, np.ndarray] | None = None,
+) -> None:
     """Stream shuffled event words into a :class:`petiq.listmode.ListmodeWriter`, ``per_ms[m]``
     events in millisecond ``m`` (the writer adds one time tag per millisecond). ``singles``:
     ``(times_ms, rates)`` from :func:`singles_reports`; report ``k`` is written after the time tag
@@ -325,7 +346,9 @@ def write_events_with_times(writer, words: np.ndarray, per_ms: np.ndarray, chunk
         stop_event = int(ends[stop_ms - 1])
         chunk = words[start_event:stop_event]
         times = np.repeat(np.arange(start_ms, stop_ms, dtype=np.int64), per_ms[start_ms:stop_ms])
-        writer.write_events((chunk & np.uint32(0x3FFFFFFF)).astype(np.int64), (chunk >> np.uint32(30)) & np.uint32(1) == 1, times)
+        writer.write_events(
+            (chunk & np.uint32(0x3FFFFFFF)).astype(np.int64), (chunk >> np.uint32(30)) & np.uint32(1) == 1, times
+        )
         start_event, start_ms = stop_event, stop_ms
 
 
@@ -337,14 +360,20 @@ def read_inputs(truth_path, mumap_path) -> tuple[np.ndarray, np.ndarray, tuple[f
     from . import frame
     from .errors import PetiqInputError
 
-    images = [(*frame.load_nifti(path, what, f"give the {what} as a NIfTI"), path, what)
-              for path, what in ((truth_path, "activity"), (mumap_path, "μ-map"))]
+    images = [
+        (*frame.load_nifti(path, what, f"give the {what} as a NIfTI"), path, what)
+        for path, what in ((truth_path, "activity"), (mumap_path, "μ-map"))
+    ]
     (activity, a_affine, _, _), _ = images
     if activity.ndim != 3:
-        raise PetiqInputError(truth_path, f"the activity has shape {activity.shape}, expected a 3-D volume", "give a 3-D NIfTI")
+        raise PetiqInputError(
+            truth_path, f"the activity has shape {activity.shape}, expected a 3-D volume", "give a 3-D NIfTI"
+        )
     shape, voxel = frame.grid_like(activity.shape, a_affine, truth_path)
-    out = [frame.to_scanner_grid(data, affine, shape, voxel, order=1, path=path, what=what)
-           for data, affine, path, what in images]
+    out = [
+        frame.to_scanner_grid(data, affine, shape, voxel, order=1, path=path, what=what)
+        for data, affine, path, what in images
+    ]
     return out[0], out[1], voxel
 
 
@@ -393,7 +422,9 @@ def simulate_patient(
         "petiq scanner": scanner.name,
     }
     with ListmodeWriter(out_path, header, scanner=scanner) as writer:
-        singles = singles_reports(bucket_singles_cps(scanner, expected.singles_cps), weights, writer.singles_interval_ms)
+        singles = singles_reports(
+            bucket_singles_cps(scanner, expected.singles_cps), weights, writer.singles_interval_ms
+        )
         write_events_with_times(writer, words, per_ms, singles=singles)
     expected_trues = float(expected.emission_span1.sum(dtype=np.float64))
     return {
@@ -421,15 +452,17 @@ def scanner_component_norm(scanner: Scanner, scanner_seed: int, span: int = 11):
     from .recon.component_norm import component_norm_from_truth
 
     truth = scanner_truth(scanner, np.random.default_rng(scanner_seed))
-    return component_norm_from_truth(scanner, truth.crystal_efficiency, truth.radial_factor,
-                                     scanner_calibration(scanner, span))
+    return component_norm_from_truth(
+        scanner, truth.crystal_efficiency, truth.radial_factor, scanner_calibration(scanner, span)
+    )
 
 
 NORM_PHANTOM = {"radius_mm": 100.0, "mu_cm": 0.096, "activity_bq_per_ml": 5000.0}
 
 
-def simulate_norm_scan(scanner: Scanner, scanner_seed: int, seed: int, span: int = 11, counts_per_bin: float = 200.0,
-                       progress: bool = True) -> dict:
+def simulate_norm_scan(
+    scanner: Scanner, scanner_seed: int, seed: int, span: int = 11, counts_per_bin: float = 200.0, progress: bool = True
+) -> dict:
     """A long scan of a uniform water cylinder (radius 100 mm, 5 kBq/mL, the whole axial FOV), as
     arrays: ``fansums`` (span-1 counts per crystal, (n_rings, crystals_per_ring)), ``sinogram`` (span
     ``span``), the phantom's description, its duration and the scanner's calibration factor κ,

@@ -32,9 +32,26 @@ import numpy as np
 from .errors import PetiqInputError
 from .fileio import write_npz
 
-KEYS = ("prompts", "delayeds", "delayed_fansums", "span", "duration_s", "n_prompts", "n_delayeds", "n_outside_span", "scanner")
+KEYS = (
+    "prompts",
+    "delayeds",
+    "delayed_fansums",
+    "span",
+    "duration_s",
+    "n_prompts",
+    "n_delayeds",
+    "n_outside_span",
+    "scanner",
+)
 SINGLES_KEYS = ("singles", "singles_reports", "singles_interval_s")
-TAG_COUNT_KEYS = ("n_time_tags", "n_singles_tags", "n_singles_skipped", "n_gantry_tags", "n_gating_tags", "n_control_tags")
+TAG_COUNT_KEYS = (
+    "n_time_tags",
+    "n_singles_tags",
+    "n_singles_skipped",
+    "n_gantry_tags",
+    "n_gating_tags",
+    "n_control_tags",
+)
 TAG_KEYS = SINGLES_KEYS + TAG_COUNT_KEYS
 DECAY_KEYS = ("isotope", "half_life_s", "branching_ratio", "frame_start_s")
 INJECTION_KEY = "injection_start_s"
@@ -84,8 +101,12 @@ def decay_values(histogram) -> dict:
         start = float(header_value(header, "image relative start time (sec)") or 0.0)
     except ValueError:
         start = 0.0
-    return {"isotope": isotope.name, "half_life_s": isotope.half_life_s,
-            "branching_ratio": isotope.branching_ratio, "frame_start_s": start}
+    return {
+        "isotope": isotope.name,
+        "half_life_s": isotope.half_life_s,
+        "branching_ratio": isotope.branching_ratio,
+        "frame_start_s": start,
+    }
 
 
 def injection_start(histogram) -> float | None:
@@ -133,8 +154,12 @@ def read_sinograms(path: str | Path) -> dict:
             out[key] = int(out[key])
         out["singles_interval_s"] = float(out["singles_interval_s"])
         if out["singles"].ndim != 2 or out["singles"].shape != out["singles_reports"].shape:
-            raise PetiqInputError(path, f"singles {out['singles'].shape} and singles_reports "
-                                        f"{out['singles_reports'].shape} are not one (intervals, buckets) shape", _FIX)
+            raise PetiqInputError(
+                path,
+                f"singles {out['singles'].shape} and singles_reports "
+                f"{out['singles_reports'].shape} are not one (intervals, buckets) shape",
+                _FIX,
+            )
     return out
 
 
@@ -142,8 +167,9 @@ def require_singles(sinograms: dict, path: str | Path, n_buckets: int) -> tuple[
     """``(singles, singles_reports, singles_interval_s)`` of a read sinogram file, with a clear
     error for a file written before petiq kept the singles tags, or one of another scanner."""
     if "singles" not in sinograms:
-        raise PetiqInputError(path, "has no singles (it was histogrammed before petiq kept the list-mode's singles tags)",
-                              _FIX)
+        raise PetiqInputError(
+            path, "has no singles (it was histogrammed before petiq kept the list-mode's singles tags)", _FIX
+        )
     singles = sinograms["singles"]
     if singles.shape[1] != n_buckets:
         raise PetiqInputError(path, f"singles have {singles.shape[1]} buckets, the scanner has {n_buckets}", _FIX)

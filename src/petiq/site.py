@@ -55,8 +55,11 @@ def check_site_files(listmode, norm, mumap, hardware_mumaps=(), scanner: Scanner
     check_listmode(listmode, scanner)
     norm = Path(norm)
     if not is_component_norm(norm):
-        raise PetiqInputError(norm, "is not a component norm file (.n with its .n.hdr, or the norm .dcm/.IMA)",
-                              "give the scanner's normalisation export for this acquisition's date")
+        raise PetiqInputError(
+            norm,
+            "is not a component norm file (.n with its .n.hdr, or the norm .dcm/.IMA)",
+            "give the scanner's normalisation export for this acquisition's date",
+        )
     read_component_norm(norm, scanner)
     mu, affine, _info = mm.read_mumap(mumap)
     check_mumap(mu, affine, scanner, mumap)
@@ -65,11 +68,17 @@ def check_site_files(listmode, norm, mumap, hardware_mumaps=(), scanner: Scanner
     if hardware:
         for p in hardware:
             if not p.exists():
-                raise PetiqInputError(p, "hardware μ-map not found",
-                                      "correct the path in hardware_mumaps (relative to the workflow folder)")
+                raise PetiqInputError(
+                    p,
+                    "hardware μ-map not found",
+                    "correct the path in hardware_mumaps (relative to the workflow folder)",
+                )
         bed_position_mm = mm.read_bed_position_mm(listmode)
         if bed_position_mm is None:
-            raise PetiqInputError(listmode, "hardware μ-maps are given, but the list-mode header has no "
-                                            "'start horizontal bed position (mm)' to place them",
-                                  "give the list-mode header as the scanner wrote it, or leave hardware_mumaps empty")
+            raise PetiqInputError(
+                listmode,
+                "hardware μ-maps are given, but the list-mode header has no "
+                "'start horizontal bed position (mm)' to place them",
+                "give the list-mode header as the scanner wrote it, or leave hardware_mumaps empty",
+            )
         mm.hardware_mumap(hardware, scanner, bed_position_mm)

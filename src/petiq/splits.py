@@ -30,7 +30,9 @@ from .seeding import rng_for
 ROLES = ("pretext_train", "pretext_val", "transfer_train", "transfer_val", "test")
 
 
-def assign_roles(participants: pd.DataFrame, counts: dict[str, int], seed: int, *, unrated=(), rated_roles=()) -> pd.DataFrame:
+def assign_roles(
+    participants: pd.DataFrame, counts: dict[str, int], seed: int, *, unrated=(), rated_roles=()
+) -> pd.DataFrame:
     """Solve the split programme; return a table (participant_id, role) in participant order.
 
     ``unrated``: ids that must not take any role of ``rated_roles`` (see the module docstring)."""
@@ -57,9 +59,13 @@ def assign_roles(participants: pd.DataFrame, counts: dict[str, int], seed: int, 
     unrated, rated = set(unrated), set(rated_roles)
     free = sum(counts.get(role, 0) for role in roles if role not in rated)
     if len(unrated & set(ids)) > free:
-        raise PetiqInputError(None, f"{len(unrated & set(ids))} real patients cannot be read by the virtual reader, but the "
-                                    f"unrated roles hold {free}", "give their ratings (scoring.ratings), or more "
-                                    "pretext patients in splits.counts, or fewer rated roles in scoring.rated_roles")
+        raise PetiqInputError(
+            None,
+            f"{len(unrated & set(ids))} real patients cannot be read by the virtual reader, but the "
+            f"unrated roles hold {free}",
+            "give their ratings (scoring.ratings), or more "
+            "pretext patients in splits.counts, or fewer rated roles in scoring.rated_roles",
+        )
     for p, pid in enumerate(ids):
         if pid in unrated:
             for r, role in enumerate(roles):
@@ -87,7 +93,11 @@ def assign_roles(participants: pd.DataFrame, counts: dict[str, int], seed: int, 
     )
     status = prob.solve(pulp.HiGHS(msg=False, timeLimit=60, threads=1))
     if pulp.LpStatus[status] != "Optimal":
-        raise PetiqInputError(None, f"the split programme is {pulp.LpStatus[status]}", "check splits.counts against the number of patients")
+        raise PetiqInputError(
+            None,
+            f"the split programme is {pulp.LpStatus[status]}",
+            "check splits.counts against the number of patients",
+        )
     role_of = [roles[next(r for r in range(len(roles)) if x[p, r].value() > 0.5)] for p in range(n)]
     return pd.DataFrame({"participant_id": ids, "role": role_of})
 
@@ -105,23 +115,34 @@ def _check_counts(counts: dict[str, int], n: int, path) -> None:
         )
 
 
-def check_splits(path: str | Path, participants: pd.DataFrame, counts: dict[str, int], *, unrated=(),
-                 rated_roles=()) -> pd.DataFrame:
+def check_splits(
+    path: str | Path, participants: pd.DataFrame, counts: dict[str, int], *, unrated=(), rated_roles=()
+) -> pd.DataFrame:
     """Validate a user-edited ``splits.tsv``: each patient once, known roles, counts as configured, and
     no ``unrated`` patient in a rated role."""
     path = Path(path)
     if not path.is_file():
-        raise PetiqInputError(path, "the splits file does not exist", "correct config key splits.file, or set it to null to have petiq choose")
+        raise PetiqInputError(
+            path,
+            "the splits file does not exist",
+            "correct config key splits.file, or set it to null to have petiq choose",
+        )
     splits = read_tsv_frame(path, "splits file")
     if list(splits.columns) != ["participant_id", "role"]:
-        raise PetiqInputError(path, f"columns are {list(splits.columns)}", "use exactly two columns: participant_id and role")
+        raise PetiqInputError(
+            path, f"columns are {list(splits.columns)}", "use exactly two columns: participant_id and role"
+        )
     repeated = splits["participant_id"][splits["participant_id"].duplicated()].tolist()
     if repeated:
         raise PetiqInputError(path, f"{repeated} listed more than once", "list every patient exactly once")
     known = set(participants["participant_id"])
     listed = set(splits["participant_id"])
     if listed - known:
-        raise PetiqInputError(path, f"{sorted(listed - known)} are not in the patient sheet", "remove them or add them to the patient sheet")
+        raise PetiqInputError(
+            path,
+            f"{sorted(listed - known)} are not in the patient sheet",
+            "remove them or add them to the patient sheet",
+        )
     if known - listed:
         raise PetiqInputError(path, f"{sorted(known - listed)} have no role", "give every patient of the sheet a role")
     bad = sorted(set(splits["role"]) - set(ROLES))
@@ -132,13 +153,19 @@ def check_splits(path: str | Path, participants: pd.DataFrame, counts: dict[str,
     for role in ROLES:
         if found.get(role, 0) != counts.get(role, 0):
             raise PetiqInputError(
-                path, f"role {role} has {found.get(role, 0)} patients, the config asks for {counts.get(role, 0)}", "edit the roles or config key splits.counts so they agree"
+                path,
+                f"role {role} has {found.get(role, 0)} patients, the config asks for {counts.get(role, 0)}",
+                "edit the roles or config key splits.counts so they agree",
             )
     wrong = splits[splits["participant_id"].isin(set(unrated)) & splits["role"].isin(set(rated_roles))]
     if len(wrong):
-        raise PetiqInputError(path, f"{', '.join(wrong['participant_id'])} (real, no ratings) in a rated role "
-                                    f"({', '.join(sorted(set(wrong['role'])))}): the virtual reader scores synthetic "
-                                    "patients only", "give real patients a pretext role, or give their ratings (scoring.ratings)")
+        raise PetiqInputError(
+            path,
+            f"{', '.join(wrong['participant_id'])} (real, no ratings) in a rated role "
+            f"({', '.join(sorted(set(wrong['role'])))}): the virtual reader scores synthetic "
+            "patients only",
+            "give real patients a pretext role, or give their ratings (scoring.ratings)",
+        )
     order = {pid: i for i, pid in enumerate(participants["participant_id"])}
     return splits.sort_values("participant_id", key=lambda s: s.map(order)).reset_index(drop=True)
 

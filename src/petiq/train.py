@@ -80,11 +80,42 @@ PRECISIONS = ("fp32", "bf16", "auto")
 #: Settings a run may change between an interruption and its resumption (``epochs``: a run can be extended).
 RESUME_FREE = ("device", "stack", "checkpoint_every_s", "keep_resume_state", "eval_batch_size", "epochs")
 #: Top-level model-card keys the engine writes; ``extra_card`` may add others, not replace these.
-CARD_KEYS = frozenset({
-    "kind", "backbone", "patch_size", "targets", "n_outputs", "head", "head_note", "init", "weights_origin",
-    "preprocessing", "freeze_level", "trained_blocks", "blocks", "n_params", "training", "seed", "repeat", "data",
-    "engine", "epochs_run", "best_epoch", "best_val_loss", "final_train_loss", "resumed_from_epoch",
-    "training_seconds", "versions", "metrics", "model", "input"}) | METADATA_KEYS
+CARD_KEYS = (
+    frozenset(
+        {
+            "kind",
+            "backbone",
+            "patch_size",
+            "targets",
+            "n_outputs",
+            "head",
+            "head_note",
+            "init",
+            "weights_origin",
+            "preprocessing",
+            "freeze_level",
+            "trained_blocks",
+            "blocks",
+            "n_params",
+            "training",
+            "seed",
+            "repeat",
+            "data",
+            "engine",
+            "epochs_run",
+            "best_epoch",
+            "best_val_loss",
+            "final_train_loss",
+            "resumed_from_epoch",
+            "training_seconds",
+            "versions",
+            "metrics",
+            "model",
+            "input",
+        }
+    )
+    | METADATA_KEYS
+)
 DEVICES = ("auto", "cpu", "cuda")
 ADAM_BETAS = (0.9, 0.999)
 
@@ -143,7 +174,9 @@ class TrainSpec:
         if self.stack < 0 or self.cache_max_gb < 0 or self.checkpoint_every_s < 0:
             problems.append("stack, cache_max_gb and checkpoint_every_s must not be negative")
         if problems:
-            raise PetiqInputError(None, "bad training settings: " + "; ".join(problems), "fix the training section of the config")
+            raise PetiqInputError(
+                None, "bad training settings: " + "; ".join(problems), "fix the training section of the config"
+            )
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -204,8 +237,12 @@ class PatchSet:
 
     def describe(self) -> dict:
         """Patients, doses and counts, for the model card."""
-        return {"patients": self.patients, "doses": sorted(set(self.dose.tolist())),
-                "n_images": int(len(self.images())), "n_patches": int(len(self))}
+        return {
+            "patients": self.patients,
+            "doses": sorted(set(self.dose.tolist())),
+            "n_images": int(len(self.images())),
+            "n_patches": int(len(self)),
+        }
 
     def fingerprint(self) -> str:
         h = hashlib.sha256()
@@ -223,13 +260,19 @@ class PatchSet:
         names = sets[0].target_names
         if any(s.target_names != names for s in sets):
             raise ValueError("patch sets with different targets")
-        return cls(np.concatenate([s.patches for s in sets]), np.concatenate([s.targets for s in sets]), names,
-                   np.concatenate([s.participant_id for s in sets]), np.concatenate([s.dose for s in sets]),
-                   np.concatenate([s.patch_index for s in sets]))
+        return cls(
+            np.concatenate([s.patches for s in sets]),
+            np.concatenate([s.targets for s in sets]),
+            names,
+            np.concatenate([s.participant_id for s in sets]),
+            np.concatenate([s.dose for s in sets]),
+            np.concatenate([s.patch_index for s in sets]),
+        )
 
     @classmethod
-    def from_table(cls, table: pd.DataFrame | str | Path, targets: Sequence[str],
-                   base_dir: str | Path | None = None) -> PatchSet:
+    def from_table(
+        cls, table: pd.DataFrame | str | Path, targets: Sequence[str], base_dir: str | Path | None = None
+    ) -> PatchSet:
         """Load the images listed in a table with columns ``participant_id, dose, patches_npy, patches_tsv``
         and one column per target (a path to a TSV, or a DataFrame); relative paths are taken from
         ``base_dir``. Patches are read with :func:`petiq.patches.read_patches`."""
@@ -239,7 +282,9 @@ class PatchSet:
         if not isinstance(table, pd.DataFrame):
             where = str(table)
             if not Path(table).is_file():
-                raise PetiqInputError(table, "the image table does not exist", "write it first (the workflow lists the images)")
+                raise PetiqInputError(
+                    table, "the image table does not exist", "write it first (the workflow lists the images)"
+                )
             table = pd.read_csv(table, sep="\t")
         targets = tuple(targets)
         needed = ["participant_id", "dose", "patches_npy", "patches_tsv", *targets]
@@ -252,8 +297,11 @@ class PatchSet:
         bad = values.isna().any(axis=1)
         if bad.any():
             rows = [f"{r.participant_id} dose {r.dose}" for r in table[bad].itertuples()][:4]
-            raise PetiqInputError(where, f"targets missing or not numbers for {', '.join(rows)}",
-                                  "give every image a numeric value for each target")
+            raise PetiqInputError(
+                where,
+                f"targets missing or not numbers for {', '.join(rows)}",
+                "give every image a numeric value for each target",
+            )
         if table.duplicated(["participant_id", "dose"]).any():
             raise PetiqInputError(where, "an image (participant_id, dose) is listed twice", "list each image once")
         base = Path(base_dir) if base_dir is not None else None
@@ -267,10 +315,20 @@ class PatchSet:
                 raise PetiqInputError(npy, "holds no patches", "extract the patches again")
             sizes.add(array.shape[1])
             n = len(array)
-            parts.append(cls(array, np.tile(target_values, (n, 1)), targets, np.full(n, str(row.participant_id)),
-                             np.full(n, float(row.dose)), patch_table["patch_index"].to_numpy()))
+            parts.append(
+                cls(
+                    array,
+                    np.tile(target_values, (n, 1)),
+                    targets,
+                    np.full(n, str(row.participant_id)),
+                    np.full(n, float(row.dose)),
+                    patch_table["patch_index"].to_numpy(),
+                )
+            )
         if len(sizes) > 1:
-            raise PetiqInputError(where, f"patches of different sizes {sorted(sizes)}", "extract all patches with one size")
+            raise PetiqInputError(
+                where, f"patches of different sizes {sorted(sizes)}", "extract all patches with one size"
+            )
         return cls.concat(parts)
 
 
@@ -324,8 +382,11 @@ def _deterministic(device: torch.device, seed: int) -> Iterator[None]:
     """Deterministic algorithms and a seeded torch RNG inside the block; the caller's settings come back after."""
     if device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    old = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-           torch.backends.cudnn.benchmark)
+    old = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+    )
     devices = [torch.cuda.current_device()] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
@@ -398,8 +459,16 @@ class _Inputs:
     patches go through ``prep`` and the frozen ``fronts`` (one shared module, or one per repeat) each time.
     """
 
-    def __init__(self, *, cache: torch.Tensor | None = None, per_repeat: bool = False, raw: torch.Tensor | None = None,
-                 prep=None, fronts: Sequence[nn.Module] = (), compute: _Compute | None = None):
+    def __init__(
+        self,
+        *,
+        cache: torch.Tensor | None = None,
+        per_repeat: bool = False,
+        raw: torch.Tensor | None = None,
+        prep=None,
+        fronts: Sequence[nn.Module] = (),
+        compute: _Compute | None = None,
+    ):
         self.cache, self.per_repeat, self.raw, self.prep = cache, per_repeat, raw, prep
         self.fronts, self.compute = list(fronts), compute
 
@@ -431,8 +500,9 @@ class _Inputs:
         return self._through(self.fronts[0] if self.fronts else None, self.raw[start:stop]), False
 
 
-def _compute_features(front: nn.Module, raw: torch.Tensor, prep, dtype: torch.dtype, chunk: int,
-                      progress: bool, label: str) -> torch.Tensor:
+def _compute_features(
+    front: nn.Module, raw: torch.Tensor, prep, dtype: torch.dtype, chunk: int, progress: bool, label: str
+) -> torch.Tensor:
     """Run the frozen blocks once over all patches (fp32, no autograd) into a (N, ...) tensor of ``dtype``."""
     from tqdm import tqdm
 
@@ -440,10 +510,10 @@ def _compute_features(front: nn.Module, raw: torch.Tensor, prep, dtype: torch.dt
     front.eval()
     with torch.no_grad():
         for start in tqdm(range(0, len(raw), chunk), desc=label, disable=not progress, leave=False):
-            y = front(apply_preprocessing(prep, raw[start:start + chunk]))
+            y = front(apply_preprocessing(prep, raw[start : start + chunk]))
             if out is None:
                 out = torch.empty((len(raw), *y.shape[1:]), dtype=dtype, device=raw.device)
-            out[start:start + len(y)] = y
+            out[start : start + len(y)] = y
     return out
 
 
@@ -477,12 +547,15 @@ class _Stack:
             _float_norms_hooks(self.base, compute.dtype)
         # torchvision's stochastic depth draws its mask in place on an unbatched tensor, which vmap allows only
         # with one draw for all repeats; everything else gets its own draw per repeat
-        self.randomness = "same" if any(type(m).__name__ == "StochasticDepth" for m in self.base.modules()) \
-            else "different"
+        self.randomness = (
+            "same" if any(type(m).__name__ == "StochasticDepth" for m in self.base.modules()) else "different"
+        )
         if self.R > 1 and self.randomness == "same":
             log.info("stacked repeats share their stochastic-depth masks (vmap cannot draw them per repeat)")
         fused = compute.device.type in ("cpu", "cuda")
-        self.opt = torch.optim.Adam(list(self.params.values()), lr=learning_rate, betas=ADAM_BETAS, eps=eps, fused=fused)
+        self.opt = torch.optim.Adam(
+            list(self.params.values()), lr=learning_rate, betas=ADAM_BETAS, eps=eps, fused=fused
+        )
 
     def _call(self, p: dict, b: dict, x: torch.Tensor) -> torch.Tensor:
         dtype = self.compute.dtype
@@ -498,7 +571,8 @@ class _Stack:
             b = {k: v.squeeze(0) for k, v in self.buffers.items()}
             return self._call(p, b, x).unsqueeze(0)
         return vmap(self._call, in_dims=(0, 0, 0 if batched else None), randomness=self.randomness)(
-            self.params, self.buffers, x)
+            self.params, self.buffers, x
+        )
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """One Adam step on MSE for a batch (R, B, ...) → the R losses."""
@@ -518,22 +592,26 @@ class _Stack:
             for start in range(0, len(y), chunk):
                 x, batched = inputs.span(start, start + chunk)
                 out = self.forward(x, batched)
-                total += (out - y[start:start + chunk]).pow(2).sum(dim=(1, 2)).double()
+                total += (out - y[start : start + chunk]).pow(2).sum(dim=(1, 2)).double()
         return total
 
     def slice(self, r: int) -> dict[str, dict[str, torch.Tensor]]:
         """Repeat ``r``'s parameters and buffers (detached copies)."""
-        return {"params": {k: v.detach()[r].clone() for k, v in self.params.items()},
-                "buffers": {k: v[r].clone() for k, v in self.buffers.items()}}
+        return {
+            "params": {k: v.detach()[r].clone() for k, v in self.params.items()},
+            "buffers": {k: v[r].clone() for k, v in self.buffers.items()},
+        }
 
     def adam_slice(self, r: int) -> dict:
         names = list(self.params)
         state = [self.opt.state.get(self.params[k], {}) for k in names]
         if not state or "step" not in state[0]:
             return {"step": 0.0}
-        return {"step": float(state[0]["step"]),
-                "exp_avg": {k: s["exp_avg"][r].cpu().clone() for k, s in zip(names, state)},
-                "exp_avg_sq": {k: s["exp_avg_sq"][r].cpu().clone() for k, s in zip(names, state)}}
+        return {
+            "step": float(state[0]["step"]),
+            "exp_avg": {k: s["exp_avg"][r].cpu().clone() for k, s in zip(names, state)},
+            "exp_avg_sq": {k: s["exp_avg_sq"][r].cpu().clone() for k, s in zip(names, state)},
+        }
 
     def restore(self, saved: Sequence[dict]) -> None:
         """Load each repeat's parameters, buffers and Adam state from its resume state."""
@@ -545,10 +623,14 @@ class _Stack:
         step = saved[0]["adam"]["step"]
         if step:
             sd = self.opt.state_dict()
-            sd["state"] = {i: {"step": torch.tensor(step, dtype=torch.float32),
-                               "exp_avg": torch.stack([s["adam"]["exp_avg"][k] for s in saved]),
-                               "exp_avg_sq": torch.stack([s["adam"]["exp_avg_sq"][k] for s in saved])}
-                           for i, k in enumerate(self.params)}
+            sd["state"] = {
+                i: {
+                    "step": torch.tensor(step, dtype=torch.float32),
+                    "exp_avg": torch.stack([s["adam"]["exp_avg"][k] for s in saved]),
+                    "exp_avg_sq": torch.stack([s["adam"]["exp_avg_sq"][k] for s in saved]),
+                }
+                for i, k in enumerate(self.params)
+            }
             self.opt.load_state_dict(sd)
 
 
@@ -568,8 +650,10 @@ class _Repeat:
 
 
 def _to_cpu(state: dict) -> dict:
-    return {k: (_to_cpu(v) if isinstance(v, dict) else v.cpu() if isinstance(v, torch.Tensor) else v)
-            for k, v in state.items()}
+    return {
+        k: (_to_cpu(v) if isinstance(v, dict) else v.cpu() if isinstance(v, torch.Tensor) else v)
+        for k, v in state.items()
+    }
 
 
 def _save_resume(path: Path, payload: dict) -> None:
@@ -587,18 +671,35 @@ def _read_resume(path: Path, fingerprint: str) -> dict | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unreadable: a resume file is never trusted half-way
-        raise PetiqInputError(path, f"the resume state cannot be read ({type(error).__name__})",
-                              "delete it to start this run over") from error
+        raise PetiqInputError(
+            path, f"the resume state cannot be read ({type(error).__name__})", "delete it to start this run over"
+        ) from error
     if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT or state.get("fingerprint") != fingerprint:
-        raise PetiqInputError(path, "the resume state was written for other settings, seed or data",
-                              "delete it to start this run over, or restore the settings it was written with")
+        raise PetiqInputError(
+            path,
+            "the resume state was written for other settings, seed or data",
+            "delete it to start this run over, or restore the settings it was written with",
+        )
     return state
 
 
-def _fit(stack: _Stack, repeats: list[_Repeat], train_in: _Inputs, y_train: torch.Tensor, val_in: _Inputs,
-         y_val: torch.Tensor, *, epochs: int, batch_size: int, eval_batch_size: int,
-         resume: list[dict] | None, checkpoint_every_s: float, progress: bool, label: str,
-         callback: Callable[[int, list[list[dict]]], None] | None) -> None:
+def _fit(
+    stack: _Stack,
+    repeats: list[_Repeat],
+    train_in: _Inputs,
+    y_train: torch.Tensor,
+    val_in: _Inputs,
+    y_val: torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    eval_batch_size: int,
+    resume: list[dict] | None,
+    checkpoint_every_s: float,
+    progress: bool,
+    label: str,
+    callback: Callable[[int, list[list[dict]]], None] | None,
+) -> None:
     """Train the stack for ``epochs`` epochs (from a resume state when given), keeping each repeat's best."""
     from tqdm import tqdm
 
@@ -626,30 +727,50 @@ def _fit(stack: _Stack, repeats: list[_Repeat], train_in: _Inputs, y_train: torc
         order = torch.from_numpy(order).to(device)
         train_sum = torch.zeros(R, dtype=torch.float64, device=device)
         for start in range(0, n, batch_size):
-            idx = order[:, start:start + batch_size]
+            idx = order[:, start : start + batch_size]
             losses = stack.step(train_in.batch(idx), y_train[idx])
             train_sum += losses.double() * idx.shape[1]
         train_loss = (train_sum / n).tolist()
         val_loss = (stack.sq_error(val_in, y_val, eval_batch_size) / y_val.numel()).tolist()
         seconds = time.perf_counter() - t0
         for r, rep in enumerate(repeats):
-            rep.curve.append({"epoch": epoch + 1, "train_loss": train_loss[r], "val_loss": val_loss[r],
-                              "seconds": round(seconds, 3)})
+            rep.curve.append(
+                {"epoch": epoch + 1, "train_loss": train_loss[r], "val_loss": val_loss[r], "seconds": round(seconds, 3)}
+            )
             if rep.best is None or val_loss[r] < rep.best["val_loss"]:
                 rep.best = {"epoch": epoch + 1, "val_loss": val_loss[r], **stack.slice(r)}  # stays on the device
         if progress:
             bar.set_postfix(train=f"{train_loss[0]:.4g}", val=f"{val_loss[0]:.4g}")
         if epoch == start_epoch or (epoch + 1) % max(1, epochs // 20) == 0 or epoch + 1 == epochs:
-            log.info("%s: epoch %d/%d train %s val %s (%.1f s)", label, epoch + 1, epochs,
-                     " ".join(f"{v:.4g}" for v in train_loss), " ".join(f"{v:.4g}" for v in val_loss), seconds)
+            log.info(
+                "%s: epoch %d/%d train %s val %s (%.1f s)",
+                label,
+                epoch + 1,
+                epochs,
+                " ".join(f"{v:.4g}" for v in train_loss),
+                " ".join(f"{v:.4g}" for v in val_loss),
+                seconds,
+            )
         if epoch + 1 == epochs or time.perf_counter() - last_save >= checkpoint_every_s:
             rng = torch.get_rng_state()
             cuda_rng = {"cuda_rng": torch.cuda.get_rng_state()} if device.type == "cuda" else {}
             for r, rep in enumerate(repeats):
-                _save_resume(rep.out_dir / "last.pt", {
-                    "format": RESUME_FORMAT, "fingerprint": rep.fingerprint, "seed": rep.seed, "epoch": epoch + 1,
-                    "elapsed_s": seconds, **_to_cpu(stack.slice(r)), "adam": stack.adam_slice(r),
-                    "best": _to_cpu(rep.best), "curve": rep.curve, "rng": rng, **cuda_rng})
+                _save_resume(
+                    rep.out_dir / "last.pt",
+                    {
+                        "format": RESUME_FORMAT,
+                        "fingerprint": rep.fingerprint,
+                        "seed": rep.seed,
+                        "epoch": epoch + 1,
+                        "elapsed_s": seconds,
+                        **_to_cpu(stack.slice(r)),
+                        "adam": stack.adam_slice(r),
+                        "best": _to_cpu(rep.best),
+                        "curve": rep.curve,
+                        "rng": rng,
+                        **cuda_rng,
+                    },
+                )
             last_save = time.perf_counter()
         if callback is not None:
             callback(epoch + 1, [rep.curve for rep in repeats])
@@ -676,31 +797,56 @@ def _resolve_init(spec: TrainSpec, patch_size: int) -> _Init:
         source = find_imagenet_weights(spec.backbone, spec.imagenet_weights, spec.weights_dir)
         state = load_imagenet_state_dict(source)
         prep = override or source.preprocessing
-        return _Init("imagenet", prep, state, {"kind": "imagenet", "weights_origin": source.origin,
-                                               "weights": source.as_dict()})
+        return _Init(
+            "imagenet", prep, state, {"kind": "imagenet", "weights_origin": source.origin, "weights": source.as_dict()}
+        )
     if spec.init == "random":
         prep = override or Preprocessing.from_name("torchvision_rgb")
         backbone = get_backbone(spec.backbone)
-        how = ("Keras-style Glorot-uniform weights, zero biases" if backbone.init == "keras"
-               else "torchvision's default initialisation")
-        return _Init("random", prep, None, {"kind": "random", "weights_origin": "random", "weights": None,
-                                            "random_init": how})
+        how = (
+            "Keras-style Glorot-uniform weights, zero biases"
+            if backbone.init == "keras"
+            else "torchvision's default initialisation"
+        )
+        return _Init(
+            "random", prep, None, {"kind": "random", "weights_origin": "random", "weights": None, "random_init": how}
+        )
     path = Path(spec.init)
     if path.is_dir():
         path = path / "model.pt"
     if not path.is_file():
-        raise PetiqInputError(path, "init names neither 'imagenet', 'random' nor an existing pretext checkpoint",
-                              "give 'imagenet', 'random' or the model.pt of a finished pretext run")
+        raise PetiqInputError(
+            path,
+            "init names neither 'imagenet', 'random' nor an existing pretext checkpoint",
+            "give 'imagenet', 'random' or the model.pt of a finished pretext run",
+        )
     ckpt = _load_checkpoint(path)
     if ckpt.get("kind") != "patch" or ckpt["backbone"] != spec.backbone or ckpt["patch_size"] != patch_size:
-        raise PetiqInputError(path, f"is a {ckpt.get('backbone')} model of {ckpt.get('patch_size')} px, not "
-                              f"{spec.backbone} of {patch_size} px", "start from a pretext run with the same backbone and patches")
+        raise PetiqInputError(
+            path,
+            f"is a {ckpt.get('backbone')} model of {ckpt.get('patch_size')} px, not {spec.backbone} of {patch_size} px",
+            "start from a pretext run with the same backbone and patches",
+        )
     prep = override or Preprocessing.from_dict(ckpt["preprocessing"])
-    return _Init("pretext", prep, ckpt["state_dict"], {
-        "kind": "pretext", "weights_origin": "pretext",
-        "weights": None, "pretext": {"path": str(path), "sha256": sha256_of(path), "targets": ckpt["targets"],
-                                     "seed": ckpt.get("seed"), "best_epoch": ckpt.get("best_epoch"),
-                                     "freeze_level": ckpt.get("freeze_level"), "init": ckpt.get("init")}})
+    return _Init(
+        "pretext",
+        prep,
+        ckpt["state_dict"],
+        {
+            "kind": "pretext",
+            "weights_origin": "pretext",
+            "weights": None,
+            "pretext": {
+                "path": str(path),
+                "sha256": sha256_of(path),
+                "targets": ckpt["targets"],
+                "seed": ckpt.get("seed"),
+                "best_epoch": ckpt.get("best_epoch"),
+                "freeze_level": ckpt.get("freeze_level"),
+                "init": ckpt.get("init"),
+            },
+        },
+    )
 
 
 def _init_identity(init: _Init) -> dict:
@@ -713,8 +859,9 @@ def _init_identity(init: _Init) -> dict:
 
 
 def _initial_model(spec: TrainSpec, init: _Init, seed: int, patch_size: int) -> PatchRegressor:
-    model = build_model(spec.backbone, len(spec.targets), head=spec.head, patch_size=patch_size,
-                        seed=derive_seed(seed, "init"))
+    model = build_model(
+        spec.backbone, len(spec.targets), head=spec.head, patch_size=patch_size, seed=derive_seed(seed, "init")
+    )
     if init.kind == "imagenet":
         load_backbone_state(model, init.state, init.info["weights"]["path"])
     elif init.kind == "pretext":
@@ -728,8 +875,14 @@ def _initial_model(spec: TrainSpec, init: _Init, seed: int, patch_size: int) -> 
 def _versions() -> dict:
     import torchvision
 
-    return {"petiq": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "numpy": np.__version__, "pandas": pd.__version__, "python": platform.python_version()}
+    return {
+        "petiq": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "pandas": pd.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def _device_name(device: torch.device) -> str:
@@ -740,8 +893,9 @@ def _device_name(device: torch.device) -> str:
 
 def _prediction_tables(set_name: str, ps: PatchSet, pred: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per patch and per image (mean and population SD over the image's patches)."""
-    patches = pd.DataFrame({"set": set_name, "participant_id": ps.participant_id, "dose": ps.dose,
-                            "patch_index": ps.patch_index})
+    patches = pd.DataFrame(
+        {"set": set_name, "participant_id": ps.participant_id, "dose": ps.dose, "patch_index": ps.patch_index}
+    )
     for j, t in enumerate(ps.target_names):
         patches[f"target_{t}"] = ps.targets[:, j]
     for j, t in enumerate(ps.target_names):
@@ -761,10 +915,13 @@ def _prediction_tables(set_name: str, ps: PatchSet, pred: np.ndarray) -> tuple[p
 def _metrics(patches: pd.DataFrame, images: pd.DataFrame, targets: Sequence[str]) -> dict:
     err_img = {t: images[f"pred_{t}"] - images[f"target_{t}"] for t in targets}
     err_patch = np.concatenate([(patches[f"pred_{t}"] - patches[f"target_{t}"]).to_numpy() for t in targets])
-    return {"n_images": int(len(images)), "n_patches": int(len(patches)),
-            "patch_mse": float(np.mean(err_patch ** 2)),
-            "image_mse": {t: float(np.mean(e ** 2)) for t, e in err_img.items()},
-            "image_mae": {t: float(np.mean(np.abs(e))) for t, e in err_img.items()}}
+    return {
+        "n_images": int(len(images)),
+        "n_patches": int(len(patches)),
+        "patch_mse": float(np.mean(err_patch**2)),
+        "image_mse": {t: float(np.mean(e**2)) for t, e in err_img.items()},
+        "image_mae": {t: float(np.mean(np.abs(e))) for t, e in err_img.items()},
+    }
 
 
 def _check_extra_card(extra: Mapping | None) -> None:
@@ -800,8 +957,11 @@ def _load_checkpoint(path: Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise PetiqInputError(path, f"not a readable petiq checkpoint ({type(error).__name__})",
-                              "train the run again (model.pt is written by petiq's training rules)") from error
+        raise PetiqInputError(
+            path,
+            f"not a readable petiq checkpoint ({type(error).__name__})",
+            "train the run again (model.pt is written by petiq's training rules)",
+        ) from error
     if not isinstance(ckpt, dict) or ckpt.get("format") != MODEL_FORMAT:
         raise PetiqInputError(path, "is not a petiq model checkpoint", "give the model.pt of a petiq training run")
     return ckpt
@@ -812,7 +972,9 @@ def _load_checkpoint(path: Path) -> dict:
 
 def _check_sets(spec: TrainSpec, sets: Mapping[str, PatchSet], seeds: Sequence[int], out_dirs: Sequence) -> int:
     if len(seeds) == 0 or len(seeds) != len(out_dirs):
-        raise PetiqInputError(None, f"{len(seeds)} seeds for {len(out_dirs)} output folders", "give one seed per repeat folder")
+        raise PetiqInputError(
+            None, f"{len(seeds)} seeds for {len(out_dirs)} output folders", "give one seed per repeat folder"
+        )
     if len({str(Path(d).resolve()) for d in out_dirs}) != len(out_dirs):
         raise PetiqInputError(None, "two repeats share an output folder", "give each repeat its own folder")
     sizes = {name: ps.patch_size for name, ps in sets.items()}
@@ -820,8 +982,11 @@ def _check_sets(spec: TrainSpec, sets: Mapping[str, PatchSet], seeds: Sequence[i
         if len(ps) == 0:
             raise PetiqInputError(None, f"the {name} set has no patches", f"give the {name} role at least one image")
         if ps.target_names != spec.targets:
-            raise PetiqInputError(None, f"the {name} set has targets {ps.target_names}, the run wants {spec.targets}",
-                                  "load the patch sets with the run's targets")
+            raise PetiqInputError(
+                None,
+                f"the {name} set has targets {ps.target_names}, the run wants {spec.targets}",
+                "load the patch sets with the run's targets",
+            )
         if not np.isfinite(ps.targets).all() or not np.isfinite(ps.patches).all():
             raise PetiqInputError(None, f"the {name} set holds NaN or infinite values", "check the patches and scores")
     if len(set(sizes.values())) > 1:
@@ -837,11 +1002,20 @@ def _plan_cache(spec: TrainSpec, feature_numel: int, n_patches: int, copies: int
     if need <= spec.cache_max_gb:
         return "fp32"
     if need / 2 <= spec.cache_max_gb:
-        log.warning("the frozen-block cache needs %.2f GB in fp32, over cache_max_gb = %.2f: storing it in bf16 "
-                    "(%.2f GB); results differ slightly from the fp32 plain loop", need, spec.cache_max_gb, need / 2)
+        log.warning(
+            "the frozen-block cache needs %.2f GB in fp32, over cache_max_gb = %.2f: storing it in bf16 "
+            "(%.2f GB); results differ slightly from the fp32 plain loop",
+            need,
+            spec.cache_max_gb,
+            need / 2,
+        )
         return "bf16"
-    log.warning("the frozen-block cache would need %.2f GB even in bf16, over cache_max_gb = %.2f: recomputing the "
-                "frozen blocks every step (slower; raise cache_max_gb to cache)", need / 2, spec.cache_max_gb)
+    log.warning(
+        "the frozen-block cache would need %.2f GB even in bf16, over cache_max_gb = %.2f: recomputing the "
+        "frozen blocks every step (slower; raise cache_max_gb to cache)",
+        need / 2,
+        spec.cache_max_gb,
+    )
     return "off"
 
 
@@ -862,7 +1036,9 @@ def train_repeats(
     """
     evaluate_sets = dict(evaluate_sets)
     if "val" in evaluate_sets:
-        raise PetiqInputError(None, "an evaluation set is called 'val'", "the validation set is always written; rename it")
+        raise PetiqInputError(
+            None, "an evaluation set is called 'val'", "the validation set is always written; rename it"
+        )
     patch_size = _check_sets(spec, {"train": train, "val": val, **evaluate_sets}, seeds, out_dirs)
     _check_extra_card(extra_card)
     out_dirs = [Path(d) for d in out_dirs]
@@ -871,10 +1047,18 @@ def train_repeats(
     device = resolve_device(spec.device)
     precision = resolve_precision(spec.precision, device, spec.freeze_level)
     compute = _Compute.make(device, precision, spec.freeze_level)
-    fingerprint = hashlib.sha256(json.dumps({
-        "spec": {k: v for k, v in spec.as_dict().items() if k not in RESUME_FREE},
-        "init": _init_identity(init), "train": train.fingerprint(), "val": val.fingerprint()},
-        sort_keys=True, default=str).encode()).hexdigest()
+    fingerprint = hashlib.sha256(
+        json.dumps(
+            {
+                "spec": {k: v for k, v in spec.as_dict().items() if k not in RESUME_FREE},
+                "init": _init_identity(init),
+                "train": train.fingerprint(),
+                "val": val.fingerprint(),
+            },
+            sort_keys=True,
+            default=str,
+        ).encode()
+    ).hexdigest()
     resume = []
     for seed, out_dir in zip(seeds, out_dirs):
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -885,7 +1069,7 @@ def train_repeats(
     by_epoch: dict[int, list[int]] = {}
     for i, state in enumerate(resume):
         by_epoch.setdefault(0 if state is None else int(state["epoch"]), []).append(i)
-    chunks = [ids[j:j + stack_size] for ids in by_epoch.values() for j in range(0, len(ids), stack_size)]
+    chunks = [ids[j : j + stack_size] for ids in by_epoch.values() for j in range(0, len(ids), stack_size)]
 
     cut = N_BLOCKS - spec.freeze_level
     shared_front = init.kind != "random"
@@ -898,10 +1082,25 @@ def train_repeats(
         feat_numel = int(x[0].numel())
     copies = 1 if shared_front else min(stack_size, len(seeds))
     cache_mode = _plan_cache(spec, feat_numel, len(train) + len(val), copies)
-    log.info("%d repeat(s) of %s, init %s, freeze level %d (%d frozen blocks), %s head, targets %s on %s, %s, "
-             "frozen-block cache %s, stacks of %d; %d train / %d val patches of %d px, %d epochs",
-             len(seeds), spec.backbone, init.kind, spec.freeze_level, cut, spec.head, ",".join(spec.targets),
-             _device_name(device), precision, cache_mode, stack_size, len(train), len(val), patch_size, spec.epochs)
+    log.info(
+        "%d repeat(s) of %s, init %s, freeze level %d (%d frozen blocks), %s head, targets %s on %s, %s, "
+        "frozen-block cache %s, stacks of %d; %d train / %d val patches of %d px, %d epochs",
+        len(seeds),
+        spec.backbone,
+        init.kind,
+        spec.freeze_level,
+        cut,
+        spec.head,
+        ",".join(spec.targets),
+        _device_name(device),
+        precision,
+        cache_mode,
+        stack_size,
+        len(train),
+        len(val),
+        patch_size,
+        spec.epochs,
+    )
 
     raw_train = torch.from_numpy(np.ascontiguousarray(train.patches)).to(device)
     raw_val = torch.from_numpy(np.ascontiguousarray(val.patches)).to(device)
@@ -918,48 +1117,97 @@ def train_repeats(
             fronts = [_Front(m, cut).eval() for m in models]
             if cache_mode == "off":
                 use = [] if cut == 0 else fronts[:1] if shared_front else fronts
-                train_in, val_in = (_Inputs(raw=raw, prep=init.preprocessing, fronts=use, compute=compute)
-                                    for raw in (raw_train, raw_val))
+                train_in, val_in = (
+                    _Inputs(raw=raw, prep=init.preprocessing, fronts=use, compute=compute)
+                    for raw in (raw_train, raw_val)
+                )
             elif shared_front:  # one cache for all repeats, kept for the next stacks
                 for name, raw in (("train", raw_train), ("val", raw_val)):
                     if name not in shared_cache:
-                        shared_cache[name] = _compute_features(fronts[0], raw, init.preprocessing, cache_dtype, 64,
-                                                               progress, f"frozen blocks ({name})")
+                        shared_cache[name] = _compute_features(
+                            fronts[0], raw, init.preprocessing, cache_dtype, 64, progress, f"frozen blocks ({name})"
+                        )
                 train_in, val_in = _Inputs(cache=shared_cache["train"]), _Inputs(cache=shared_cache["val"])
             else:  # random frozen blocks differ between repeats: one cache each
-                train_in, val_in = (_Inputs(cache=torch.stack([_compute_features(
-                    f, raw, init.preprocessing, cache_dtype, 64, progress, "frozen blocks") for f in fronts]),
-                    per_repeat=True) for raw in (raw_train, raw_val))
+                train_in, val_in = (
+                    _Inputs(
+                        cache=torch.stack(
+                            [
+                                _compute_features(
+                                    f, raw, init.preprocessing, cache_dtype, 64, progress, "frozen blocks"
+                                )
+                                for f in fronts
+                            ]
+                        ),
+                        per_repeat=True,
+                    )
+                    for raw in (raw_train, raw_val)
+                )
             stack = _Stack([_Tail(m, cut) for m in models], compute, spec.learning_rate, spec.adam_eps)
             repeats = [_Repeat(seeds[i], out_dirs[i], _repeat_fingerprint(fingerprint, seeds[i])) for i in chunk]
             label = f"{spec.backbone} k={spec.freeze_level} seed(s) {','.join(str(seeds[i]) for i in chunk)}"
             states = [resume[i] for i in chunk]
-            _fit(stack, repeats, train_in, y_train, val_in, y_val, epochs=spec.epochs, batch_size=spec.batch_size,
-                 eval_batch_size=spec.eval_batch_size, resume=states if states[0] is not None else None,
-                 checkpoint_every_s=spec.checkpoint_every_s, progress=progress, label=label, callback=callback)
+            _fit(
+                stack,
+                repeats,
+                train_in,
+                y_train,
+                val_in,
+                y_val,
+                epochs=spec.epochs,
+                batch_size=spec.batch_size,
+                eval_batch_size=spec.eval_batch_size,
+                resume=states if states[0] is not None else None,
+                checkpoint_every_s=spec.checkpoint_every_s,
+                progress=progress,
+                label=label,
+                callback=callback,
+            )
             train_seconds = time.perf_counter() - t_start
-            engine = {"device": str(device), "device_name": _device_name(device), "precision": precision,
-                      "memory_format": "channels_last" if compute.channels_last and len(chunk) == 1 else "contiguous",
-                      "frozen_cache": cache_mode, "stacked_repeats": len(chunk), "deterministic": True,
-                      "stacked_randomness": stack.randomness if len(chunk) > 1 else None,
-                      "session_seconds": round(train_seconds, 2)}
+            engine = {
+                "device": str(device),
+                "device_name": _device_name(device),
+                "precision": precision,
+                "memory_format": "channels_last" if compute.channels_last and len(chunk) == 1 else "contiguous",
+                "frozen_cache": cache_mode,
+                "stacked_repeats": len(chunk),
+                "deterministic": True,
+                "stacked_randomness": stack.randomness if len(chunk) > 1 else None,
+                "session_seconds": round(train_seconds, 2),
+            }
             for r, i in enumerate(chunk):
-                cards[i] = _finish_patch_run(spec, init, models[r], cut, repeats[r], i, val, evaluate_sets, train,
-                                             engine, extra_card, device)
+                cards[i] = _finish_patch_run(
+                    spec, init, models[r], cut, repeats[r], i, val, evaluate_sets, train, engine, extra_card, device
+                )
             del stack, train_in, val_in, models, fronts
     _drop_resume_states(spec, out_dirs)
     return cards
 
 
 def _training_info(spec: TrainSpec) -> dict:
-    return {"optimizer": "Adam", "learning_rate": spec.learning_rate, "betas": list(ADAM_BETAS), "eps": spec.adam_eps,
-            "loss": "MSE, mean over the batch's patches and outputs", "batch_size": spec.batch_size,
-            "epochs": spec.epochs, "shuffle": "every epoch, a permutation seeded from (seed, 'shuffle', epoch)",
-            "checkpoint": "the epoch with the lowest validation loss (MSE over all validation patches)"}
+    return {
+        "optimizer": "Adam",
+        "learning_rate": spec.learning_rate,
+        "betas": list(ADAM_BETAS),
+        "eps": spec.adam_eps,
+        "loss": "MSE, mean over the batch's patches and outputs",
+        "batch_size": spec.batch_size,
+        "epochs": spec.epochs,
+        "shuffle": "every epoch, a permutation seeded from (seed, 'shuffle', epoch)",
+        "checkpoint": "the epoch with the lowest validation loss (MSE over all validation patches)",
+    }
 
 
-def _finish_run(out_dir: Path, rep: _Repeat, title: str, sets: Mapping[str, PatchSet], predict: Callable,
-                checkpoint: dict, card: dict, extra_card: Mapping | None) -> dict:
+def _finish_run(
+    out_dir: Path,
+    rep: _Repeat,
+    title: str,
+    sets: Mapping[str, PatchSet],
+    predict: Callable,
+    checkpoint: dict,
+    card: dict,
+    extra_card: Mapping | None,
+) -> dict:
     """Write curve, predictions, model.pt and card.json of one finished repeat (each file atomically)."""
     curve = _write_curve(out_dir, rep.curve, rep.best["epoch"], title)
     patch_tables, image_tables, metrics = [], [], {}
@@ -970,11 +1218,21 @@ def _finish_run(out_dir: Path, rep: _Repeat, title: str, sets: Mapping[str, Patc
         metrics[name] = _metrics(patches, images, ps.target_names)
     write_tsv(out_dir / "predictions_patches.tsv", pd.concat(patch_tables, ignore_index=True))
     write_tsv(out_dir / "predictions_images.tsv", pd.concat(image_tables, ignore_index=True))
-    card = _merge_card({**card, "epochs_run": int(curve["epoch"].max()), "best_epoch": int(rep.best["epoch"]),
-                        "best_val_loss": float(rep.best["val_loss"]),
-                        "final_train_loss": float(curve["train_loss"].iloc[-1]),
-                        "resumed_from_epoch": rep.resumed_from, "training_seconds": float(curve["seconds"].iloc[-1]),
-                        "versions": _versions(), "metrics": metrics}, extra_card, out_dir)
+    card = _merge_card(
+        {
+            **card,
+            "epochs_run": int(curve["epoch"].max()),
+            "best_epoch": int(rep.best["epoch"]),
+            "best_val_loss": float(rep.best["val_loss"]),
+            "final_train_loss": float(curve["train_loss"].iloc[-1]),
+            "resumed_from_epoch": rep.resumed_from,
+            "training_seconds": float(curve["seconds"].iloc[-1]),
+            "versions": _versions(),
+            "metrics": metrics,
+        },
+        extra_card,
+        out_dir,
+    )
     _save_checkpoint(out_dir / "model.pt", checkpoint)  # after the card passed its schema
     write_json(out_dir / "card.json", card)
     return card
@@ -987,9 +1245,20 @@ def _drop_resume_states(spec: TrainSpec, out_dirs: Sequence[Path]) -> None:
             (d / "last.pt").unlink(missing_ok=True)
 
 
-def _finish_patch_run(spec: TrainSpec, init: _Init, model: PatchRegressor, cut: int, rep: _Repeat, index: int,
-                      val: PatchSet, evaluate_sets: Mapping[str, PatchSet], train: PatchSet, engine: dict,
-                      extra_card: Mapping | None, device: torch.device) -> dict:
+def _finish_patch_run(
+    spec: TrainSpec,
+    init: _Init,
+    model: PatchRegressor,
+    cut: int,
+    rep: _Repeat,
+    index: int,
+    val: PatchSet,
+    evaluate_sets: Mapping[str, PatchSet],
+    train: PatchSet,
+    engine: dict,
+    extra_card: Mapping | None,
+    device: torch.device,
+) -> dict:
     state = model.state_dict()
     state.update(rep.best["params"])
     state.update(rep.best["buffers"])
@@ -998,33 +1267,67 @@ def _finish_patch_run(spec: TrainSpec, init: _Init, model: PatchRegressor, cut: 
     prep = init.preprocessing
     sets = {"val": val, **evaluate_sets}
     blocks = describe_blocks(model, spec.freeze_level)
-    checkpoint = {"format": MODEL_FORMAT, "kind": "patch", **model.describe(), "targets": list(spec.targets),
-                  "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                  "preprocessing": prep.as_dict(), "spec": spec.as_dict(), "init": init.info, "seed": int(rep.seed),
-                  "best_epoch": int(rep.best["epoch"]), "best_val_loss": float(rep.best["val_loss"])}
-    card = {"kind": "patch_regressor", "backbone": spec.backbone, "patch_size": model.patch_size,
-            "targets": list(spec.targets), "n_outputs": model.n_outputs, "head": spec.head,
-            "head_note": HEAD_NOTE[spec.head], "init": init.info, "weights_origin": init.info["weights_origin"],
-            "preprocessing": prep.as_dict(), "freeze_level": spec.freeze_level,
-            "trained_blocks": [i + 1 for i in range(cut, N_BLOCKS)], "blocks": blocks,
-            "n_params": {"total": sum(b["n_params"] for b in blocks),
-                         "trained": sum(b["n_params"] for b in blocks if b["trained"])},
-            "training": _training_info(spec), "seed": int(rep.seed), "repeat": index,
-            "data": {"train": train.describe(), **{k: v.describe() for k, v in sets.items()}},
-            "engine": engine}
+    checkpoint = {
+        "format": MODEL_FORMAT,
+        "kind": "patch",
+        **model.describe(),
+        "targets": list(spec.targets),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "preprocessing": prep.as_dict(),
+        "spec": spec.as_dict(),
+        "init": init.info,
+        "seed": int(rep.seed),
+        "best_epoch": int(rep.best["epoch"]),
+        "best_val_loss": float(rep.best["val_loss"]),
+    }
+    card = {
+        "kind": "patch_regressor",
+        "backbone": spec.backbone,
+        "patch_size": model.patch_size,
+        "targets": list(spec.targets),
+        "n_outputs": model.n_outputs,
+        "head": spec.head,
+        "head_note": HEAD_NOTE[spec.head],
+        "init": init.info,
+        "weights_origin": init.info["weights_origin"],
+        "preprocessing": prep.as_dict(),
+        "freeze_level": spec.freeze_level,
+        "trained_blocks": [i + 1 for i in range(cut, N_BLOCKS)],
+        "blocks": blocks,
+        "n_params": {
+            "total": sum(b["n_params"] for b in blocks),
+            "trained": sum(b["n_params"] for b in blocks if b["trained"]),
+        },
+        "training": _training_info(spec),
+        "seed": int(rep.seed),
+        "repeat": index,
+        "data": {"train": train.describe(), **{k: v.describe() for k, v in sets.items()}},
+        "engine": engine,
+    }
     title = f"{spec.backbone}, freeze level {spec.freeze_level}, {init.kind} init, seed {rep.seed}"
-    return _finish_run(rep.out_dir, rep, title, sets,
-                       lambda ps: predict_patches(model, ps.patches, prep, device, spec.eval_batch_size),
-                       checkpoint, card, extra_card)
+    return _finish_run(
+        rep.out_dir,
+        rep,
+        title,
+        sets,
+        lambda ps: predict_patches(model, ps.patches, prep, device, spec.eval_batch_size),
+        checkpoint,
+        card,
+        extra_card,
+    )
 
 
-def predict_patches(model: PatchRegressor, patches: np.ndarray, preprocessing, device: str | torch.device = "cpu",
-                    batch_size: int = 100) -> np.ndarray:
+def predict_patches(
+    model: PatchRegressor, patches: np.ndarray, preprocessing, device: str | torch.device = "cpu", batch_size: int = 100
+) -> np.ndarray:
     """Predictions (N, T) float32 for 0–1 grey patches (N, H, W), in fp32 and eval mode."""
     patches = np.asarray(patches)
     if patches.ndim != 3 or patches.shape[1:] != (model.patch_size, model.patch_size):
-        raise PetiqInputError(None, f"patches of shape {patches.shape}, the model takes N × {model.patch_size} × "
-                              f"{model.patch_size}", f"extract {model.patch_size} px patches")
+        raise PetiqInputError(
+            None,
+            f"patches of shape {patches.shape}, the model takes N × {model.patch_size} × {model.patch_size}",
+            f"extract {model.patch_size} px patches",
+        )
     device = resolve_device(device) if str(device) in ("auto", "cuda") else torch.device(device)
     was_training = model.training
     model.to(device).eval()
@@ -1032,7 +1335,7 @@ def predict_patches(model: PatchRegressor, patches: np.ndarray, preprocessing, d
     try:
         with torch.no_grad():
             for start in range(0, len(patches), batch_size):
-                x = torch.from_numpy(np.ascontiguousarray(patches[start:start + batch_size])).to(device)
+                x = torch.from_numpy(np.ascontiguousarray(patches[start : start + batch_size])).to(device)
                 out.append(model(apply_preprocessing(preprocessing, x)).float().cpu().numpy())
     finally:
         model.train(was_training)
@@ -1083,11 +1386,20 @@ def dose_set(table: pd.DataFrame, targets: Sequence[str], name: str = "table") -
         raise PetiqInputError(None, f"the {name} table lacks columns {missing}", f"give {', '.join(needed)}")
     values = table[["dose_per_kg", *targets]].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
     if len(table) == 0 or not np.isfinite(values).all():
-        raise PetiqInputError(None, f"the {name} table is empty or has missing/non-numeric values",
-                              "give every image its dose per kg and scores")
+        raise PetiqInputError(
+            None,
+            f"the {name} table is empty or has missing/non-numeric values",
+            "give every image its dose per kg and scores",
+        )
     n = len(table)
-    return PatchSet(values[:, 0].astype(np.float32).reshape(n, 1, 1), values[:, 1:].astype(np.float32), tuple(targets),
-                    table["participant_id"].astype(str).to_numpy(), table["dose"].to_numpy(np.float64), np.zeros(n, np.int64))
+    return PatchSet(
+        values[:, 0].astype(np.float32).reshape(n, 1, 1),
+        values[:, 1:].astype(np.float32),
+        tuple(targets),
+        table["participant_id"].astype(str).to_numpy(),
+        table["dose"].to_numpy(np.float64),
+        np.zeros(n, np.int64),
+    )
 
 
 def train_dose_baseline(
@@ -1107,10 +1419,15 @@ def train_dose_baseline(
     it uses targets, head, learning rate, epochs, batch size, device and the checkpoint settings; the
     input is not standardised (as in the paper). Outputs as :func:`train_repeats`' (n_patches = 1).
     """
-    sets = {"train": dose_set(train, spec.targets, "train"), "val": dose_set(val, spec.targets, "val"),
-            **{k: dose_set(v, spec.targets, k) for k, v in evaluate_sets.items()}}
+    sets = {
+        "train": dose_set(train, spec.targets, "train"),
+        "val": dose_set(val, spec.targets, "val"),
+        **{k: dose_set(v, spec.targets, k) for k, v in evaluate_sets.items()},
+    }
     if "val" in evaluate_sets:
-        raise PetiqInputError(None, "an evaluation set is called 'val'", "the validation set is always written; rename it")
+        raise PetiqInputError(
+            None, "an evaluation set is called 'val'", "the validation set is always written; rename it"
+        )
     _check_sets(spec, sets, seeds, out_dirs)
     _check_extra_card(extra_card)
     out_dirs = [Path(d) for d in out_dirs]
@@ -1118,9 +1435,16 @@ def train_dose_baseline(
     device = resolve_device(spec.device)
     compute = _Compute.make(device, "fp32")
     keys = ("targets", "head", "learning_rate", "batch_size", "adam_eps")
-    fingerprint = hashlib.sha256(json.dumps({"baseline": {k: spec.as_dict()[k] for k in keys},
-                                             "train": sets["train"].fingerprint(), "val": sets["val"].fingerprint()},
-                                            sort_keys=True).encode()).hexdigest()
+    fingerprint = hashlib.sha256(
+        json.dumps(
+            {
+                "baseline": {k: spec.as_dict()[k] for k in keys},
+                "train": sets["train"].fingerprint(),
+                "val": sets["val"].fingerprint(),
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()
     x = {k: torch.from_numpy(v.patches.reshape(-1, 1)).to(device) for k, v in sets.items()}
     y = {k: torch.from_numpy(v.targets).to(device) for k, v in sets.items()}
     cards = []
@@ -1131,10 +1455,22 @@ def train_dose_baseline(
             state = _read_resume(out_dir / "last.pt", rep.fingerprint)
             module = _baseline_module(len(spec.targets), spec.head, derive_seed(seed, "init")).to(device)
             stack = _Stack([module], compute, spec.learning_rate, spec.adam_eps)
-            _fit(stack, [rep], _Inputs(cache=x["train"]), y["train"], _Inputs(cache=x["val"]), y["val"],
-                 epochs=spec.epochs, batch_size=spec.batch_size, eval_batch_size=spec.eval_batch_size,
-                 resume=[state] if state is not None else None, checkpoint_every_s=spec.checkpoint_every_s,
-                 progress=progress, label=f"dose baseline seed {seed}", callback=callback)
+            _fit(
+                stack,
+                [rep],
+                _Inputs(cache=x["train"]),
+                y["train"],
+                _Inputs(cache=x["val"]),
+                y["val"],
+                epochs=spec.epochs,
+                batch_size=spec.batch_size,
+                eval_batch_size=spec.eval_batch_size,
+                resume=[state] if state is not None else None,
+                checkpoint_every_s=spec.checkpoint_every_s,
+                progress=progress,
+                label=f"dose baseline seed {seed}",
+                callback=callback,
+            )
             best = rep.best
             module.load_state_dict({**best["params"], **best["buffers"]})
             module.eval()
@@ -1143,20 +1479,49 @@ def train_dose_baseline(
                 with torch.no_grad():
                     return module(torch.from_numpy(ps.patches.reshape(-1, 1)).to(device)).float().cpu().numpy()
 
-            checkpoint = {"format": MODEL_FORMAT, "kind": "dose_baseline", "n_outputs": len(spec.targets),
-                          "head": spec.head, "targets": list(spec.targets), "input": "dose_per_kg",
-                          "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
-                          "spec": spec.as_dict(), "seed": int(seed), "best_epoch": int(best["epoch"]),
-                          "best_val_loss": float(best["val_loss"])}
-            card = {"kind": "dose_baseline", "model": f"Linear 1→{len(spec.targets)}" + (" + ReLU" if spec.head == "relu" else ""),
-                    "input": "dose_per_kg: injected MBq × dose fraction / body weight (kg), per image, not standardised",
-                    "targets": list(spec.targets), "head": spec.head, "head_note": HEAD_NOTE[spec.head],
-                    "training": _training_info(spec), "seed": int(seed), "repeat": i,
-                    "data": {k: v.describe() for k, v in sets.items()},
-                    "engine": {"device": str(device), "device_name": _device_name(device), "precision": "fp32",
-                               "deterministic": True}}
+            checkpoint = {
+                "format": MODEL_FORMAT,
+                "kind": "dose_baseline",
+                "n_outputs": len(spec.targets),
+                "head": spec.head,
+                "targets": list(spec.targets),
+                "input": "dose_per_kg",
+                "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+                "spec": spec.as_dict(),
+                "seed": int(seed),
+                "best_epoch": int(best["epoch"]),
+                "best_val_loss": float(best["val_loss"]),
+            }
+            card = {
+                "kind": "dose_baseline",
+                "model": f"Linear 1→{len(spec.targets)}" + (" + ReLU" if spec.head == "relu" else ""),
+                "input": "dose_per_kg: injected MBq × dose fraction / body weight (kg), per image, not standardised",
+                "targets": list(spec.targets),
+                "head": spec.head,
+                "head_note": HEAD_NOTE[spec.head],
+                "training": _training_info(spec),
+                "seed": int(seed),
+                "repeat": i,
+                "data": {k: v.describe() for k, v in sets.items()},
+                "engine": {
+                    "device": str(device),
+                    "device_name": _device_name(device),
+                    "precision": "fp32",
+                    "deterministic": True,
+                },
+            }
             eval_sets = {k: v for k, v in sets.items() if k != "train"}
-            cards.append(_finish_run(out_dir, rep, f"dose/kg baseline, lr {spec.learning_rate:g}, seed {seed}",
-                                     eval_sets, predict, checkpoint, card, extra_card))
+            cards.append(
+                _finish_run(
+                    out_dir,
+                    rep,
+                    f"dose/kg baseline, lr {spec.learning_rate:g}, seed {seed}",
+                    eval_sets,
+                    predict,
+                    checkpoint,
+                    card,
+                    extra_card,
+                )
+            )
     _drop_resume_states(spec, out_dirs)
     return cards

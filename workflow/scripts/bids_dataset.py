@@ -1,4 +1,5 @@
 """Rule bids_dataset: the BIDS dataset's own files from participants.tsv (petiq.bids.write_dataset_files)."""
+
 import sys
 from pathlib import Path
 
@@ -12,6 +13,8 @@ root = Path(snakemake.output.description).parent
 written = write_dataset_files(root, read_participants(snakemake.input.participants))
 expected = sorted(Path(p) for p in snakemake.output)
 if sorted(written) != expected:  # the rule's outputs and the library's files must name the same files
-    raise RuntimeError(f"{root}: petiq.bids wrote {sorted(map(str, written))}, the rule expects {list(map(str, expected))}; "
-                       "make workflow/rules/recon.smk (rule bids_dataset) list what petiq.bids.write_dataset_files writes")
+    raise RuntimeError(
+        f"{root}: petiq.bids wrote {sorted(map(str, written))}, the rule expects {list(map(str, expected))}; "
+        "make workflow/rules/recon.smk (rule bids_dataset) list what petiq.bids.write_dataset_files writes"
+    )
 log.info("BIDS dataset files in %s", root)

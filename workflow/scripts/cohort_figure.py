@@ -1,4 +1,5 @@
 """Rule cohort_figure: mid-brain slices of every synthetic patient (petiq.plots.plot_cohort)."""
+
 import sys
 from pathlib import Path
 

@@ -1,4 +1,5 @@
 """Rule cohort_table: demographics per role (petiq.splits.role_summary)."""
+
 import sys
 from pathlib import Path
 

@@ -1,5 +1,6 @@
 """Rule diagrams: Fig. 5 from the model code (petiq.models) and Fig. 7 from the experiment plan
 (petiq.experiments) — petiq.plots.diagrams."""
+
 import sys
 from pathlib import Path
 

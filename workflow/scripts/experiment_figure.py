@@ -1,5 +1,6 @@
 """Rules fig08_freeze_levels, fig09_patients, fig10_pipelines: test metrics of every arm's repeats
 (petiq.evaluate.run_metrics) as a long table and as boxplots (petiq.plots.experiments)."""
+
 import sys
 from pathlib import Path
 
@@ -14,5 +15,9 @@ arms = snakemake.params.arms
 metrics = labelled_metrics(arms, "test")
 write_tsv(snakemake.output.tsv, metrics)
 plot_boxplots(metrics, "arm", list(arms), snakemake.output.png, snakemake.params.xlabel)
-summary = metrics[metrics["score"] == "all"].groupby("arm", sort=False)[["mae", "pct_exact", "pct_close"]].agg(["mean", "std"])
+summary = (
+    metrics[metrics["score"] == "all"]
+    .groupby("arm", sort=False)[["mae", "pct_exact", "pct_close"]]
+    .agg(["mean", "std"])
+)
 log.info("test metrics over all three scores (mean, SD over repeats):\n%s", summary.round(3).to_string())

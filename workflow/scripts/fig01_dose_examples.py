@@ -1,4 +1,5 @@
 """Rule fig01_dose_examples: Fig. 1 of the paper (petiq.plots.plot_dose_examples)."""
+
 import sys
 from pathlib import Path
 

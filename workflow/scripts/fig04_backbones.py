@@ -1,4 +1,5 @@
 """Rule fig04_backbones: test MAE of each backbone ranked by validation loss (petiq.plots.experiments)."""
+
 import sys
 from pathlib import Path
 

@@ -1,4 +1,5 @@
 """Rule participants: the patient sheet → results/cohort/participants.tsv (petiq.cohort.plan_cohort)."""
+
 import sys
 from pathlib import Path
 

@@ -1,4 +1,5 @@
 """Rule phantom: one synthetic patient's images and sidecar (petiq.cohort.synthesize_patient)."""
+
 import sys
 from pathlib import Path
 

@@ -1,5 +1,6 @@
 """Rule reader_calibration: the readers' agreement and score ranges next to the paper's targets
 (petiq.agreement.calibration_table), whether the ratings are real or virtual."""
+
 import sys
 from pathlib import Path
 
@@ -15,4 +16,6 @@ log = log_to(snakemake.log[0])
 ratings = check_ratings(pd.read_csv(snakemake.input.ratings, sep="\t", dtype={"rater": str}), snakemake.input.ratings)
 table = calibration_table(ratings, read_participants(snakemake.input.participants))
 write_tsv(snakemake.output.tsv, table)
-log.info("%d of %d targets within tolerance:\n%s", int(table["within"].fillna(False).sum()), len(table), table.to_string())
+log.info(
+    "%d of %d targets within tolerance:\n%s", int(table["within"].fillna(False).sum()), len(table), table.to_string()
+)

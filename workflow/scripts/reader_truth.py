@@ -1,4 +1,5 @@
 """Rule reader_truth: the phantom's tissue and pattern masks on the recon grid (petiq.reader)."""
+
 import sys
 from pathlib import Path
 
@@ -10,4 +11,8 @@ log = log_to(snakemake.log[0])
 i = snakemake.input
 anatomy_dir = Path(i.anatomy[0]).parent
 truth = write_reader_truth(i.sidecar, anatomy_dir, i.reference, snakemake.output.npz, truth_image=i.truth)
-log.info("reader truth of %s: %s", snakemake.wildcards.subject, {k: int(v.sum()) for k, v in truth.items() if v.dtype == bool})
+log.info(
+    "reader truth of %s: %s",
+    snakemake.wildcards.subject,
+    {k: int(v.sum()) for k, v in truth.items() if v.dtype == bool},
+)

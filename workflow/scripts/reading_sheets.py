@@ -1,4 +1,5 @@
 """Rule reading_sheets: blinded sheets, one PDF and a blank form per session (petiq.sessions)."""
+
 import sys
 from pathlib import Path
 

@@ -1,5 +1,6 @@
 """Rule osem: OP-OSEM of one patient and dose (petiq.recon.pipeline.reconstruct_file), with the
 BIDS PET sidecar keys of the patient and the study design (petiq.bids.pet_metadata)."""
+
 import sys
 from pathlib import Path
 
@@ -15,8 +16,20 @@ i, p, o, w = snakemake.input, snakemake.params, snakemake.output, snakemake.wild
 row = read_participants(i.participants).set_index("participant_id").loc[w.subject]
 metadata = pet_metadata({**row.to_dict(), "participant_id": w.subject}, dose_from_rec_label(w.rec), p.scanner)
 reconstruct_file(
-    i.sinograms, i.norm, i.randoms, i.attenuation, i.scatter, o.image, o.sidecar, o.norm01,
-    scanner=Scanner.from_name(p.scanner), span=p.span, n_iterations=p.iterations, n_subsets=p.subsets,
-    post_filter_fwhm_mm=p.post_filter_fwhm_mm, backend=p.device, metadata=metadata,
+    i.sinograms,
+    i.norm,
+    i.randoms,
+    i.attenuation,
+    i.scatter,
+    o.image,
+    o.sidecar,
+    o.norm01,
+    scanner=Scanner.from_name(p.scanner),
+    span=p.span,
+    n_iterations=p.iterations,
+    n_subsets=p.subsets,
+    post_filter_fwhm_mm=p.post_filter_fwhm_mm,
+    backend=p.device,
+    metadata=metadata,
 )
 log.info("wrote %s", o.image)

@@ -1,4 +1,5 @@
 """Rule randoms: variance-reduced randoms from the delayeds (petiq.recon.pipeline.randoms_file)."""
+
 import sys
 from pathlib import Path
 
@@ -8,5 +9,7 @@ from petiq.recon.pipeline import randoms_file  # noqa: E402
 from petiq.scanner import Scanner  # noqa: E402
 
 log = log_to(snakemake.log[0])
-randoms_file(snakemake.input.sinograms, snakemake.output.npz, Scanner.from_name(snakemake.params.scanner), snakemake.params.span)
+randoms_file(
+    snakemake.input.sinograms, snakemake.output.npz, Scanner.from_name(snakemake.params.scanner), snakemake.params.span
+)
 log.info("wrote %s", snakemake.output.npz)

@@ -1,4 +1,5 @@
 """Rule scatter: tail-scaled scatter estimate (petiq.recon.pipeline.scatter_file)."""
+
 import sys
 from pathlib import Path
 
@@ -9,6 +10,13 @@ from petiq.scanner import Scanner  # noqa: E402
 
 log = log_to(snakemake.log[0])
 i = snakemake.input
-scatter_file(i.sinograms, i.norm, i.randoms, i.attenuation, snakemake.output.npz,
-             scanner=Scanner.from_name(snakemake.params.scanner), span=snakemake.params.span)
+scatter_file(
+    i.sinograms,
+    i.norm,
+    i.randoms,
+    i.attenuation,
+    snakemake.output.npz,
+    scanner=Scanner.from_name(snakemake.params.scanner),
+    span=snakemake.params.span,
+)
 log.info("wrote %s", snakemake.output.npz)

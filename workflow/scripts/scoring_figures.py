@@ -1,4 +1,5 @@
 """Rule scoring_figures: Figs. 2, 3, 6 and Table I from the ratings (petiq.plots.scoring, petiq.agreement)."""
+
 import sys
 from pathlib import Path
 
@@ -25,6 +26,9 @@ log.info("score against dose per weight:\n%s", fits.to_string())
 first = ratings[(ratings["rater"] == reference_rater(ratings)) & (ratings["reading"] == "first")]
 example = first.sort_values(["participant_id", "dose"], ascending=[True, False]).iloc[0]
 images = {Path(f).name: f for f in i.images}
-plot_fig03_colour_scale(images[norm01_path("", example["participant_id"], example["dose"]).name],
-                        {m: float(example[m]) for m in ("GQR", "PR", "DC")}, o.fig03)
+plot_fig03_colour_scale(
+    images[norm01_path("", example["participant_id"], example["dose"]).name],
+    {m: float(example[m]) for m in ("GQR", "PR", "DC")},
+    o.fig03,
+)
 log.info("Fig. 3 shows %s at %g %%", example["participant_id"], example["dose"])

@@ -1,4 +1,5 @@
 """Rule sessions_plan: the blinded reading sessions (petiq.sessions.plan_sessions) of the rated patients."""
+
 import sys
 from pathlib import Path
 
@@ -14,8 +15,14 @@ splits = pd.read_csv(snakemake.input.splits, sep="\t", dtype=str)
 rated = sorted(splits.loc[splits["role"].isin(p.rated_roles), "participant_id"])
 log.info("rated patients (%s): %s", ", ".join(p.rated_roles), ", ".join(rated))
 plan = plan_sessions(
-    rated, p.doses, design=p.design, rereads=p.rereads, n_sessions=p.sessions["count"],
-    min_images=p.sessions["min_size"], max_images=p.sessions["max_size"], seed=p.seed,
+    rated,
+    p.doses,
+    design=p.design,
+    rereads=p.rereads,
+    n_sessions=p.sessions["count"],
+    min_images=p.sessions["min_size"],
+    max_images=p.sessions["max_size"],
+    seed=p.seed,
 )
 write_plan(plan, snakemake.output.key)
 log.info("sessions:\n%s", session_summary(plan).to_string())

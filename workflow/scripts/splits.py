@@ -1,4 +1,5 @@
 """Rule splits: roles by integer programme (petiq.splits.assign_roles) or the user's checked file."""
+
 import sys
 from pathlib import Path
 
@@ -16,8 +17,12 @@ if unrated["ids"]:
     log.info("not in a rated role (%s): %s", ", ".join(unrated["roles"]), ", ".join(unrated["ids"]))
 if snakemake.input.user_file:
     log.info("using the user's splits %s", snakemake.input.user_file)
-    splits = check_splits(snakemake.input.user_file, participants, counts, unrated=unrated["ids"], rated_roles=unrated["roles"])
+    splits = check_splits(
+        snakemake.input.user_file, participants, counts, unrated=unrated["ids"], rated_roles=unrated["roles"]
+    )
 else:
-    splits = assign_roles(participants, counts, snakemake.params.seed, unrated=unrated["ids"], rated_roles=unrated["roles"])
+    splits = assign_roles(
+        participants, counts, snakemake.params.seed, unrated=unrated["ids"], rated_roles=unrated["roles"]
+    )
 write_tsv(snakemake.output.tsv, splits)
 log.info("roles: %s", splits["role"].value_counts().to_dict())

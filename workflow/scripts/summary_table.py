@@ -1,5 +1,6 @@
 """Rules table3_dose_baseline, table4_pipelines: per arm and score, MAE, % exact, % close and
 Spearman on the test images, mean ± SD over repeats (petiq.evaluate.paper_table)."""
+
 import sys
 from pathlib import Path
 

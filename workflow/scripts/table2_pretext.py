@@ -1,5 +1,6 @@
 """Rule table2_pretext: the pretext models' dose-per-weight MAE and % exact agreement on the pretext
 validation patient's doses (petiq.evaluate.run_dose_metrics), next to the paper's Table II."""
+
 import sys
 from pathlib import Path
 
@@ -13,6 +14,8 @@ summary = summarise(labelled_metrics(snakemake.params.arms, "val", pretext=True)
 summary = summary[summary["metric"].isin(["mae", "pct_exact"])]
 paper = read_reference().query("table == 'table_II'").rename(columns={"row": "arm", "value": "paper"})
 table = summary.merge(paper[["arm", "metric", "paper"]], on=["arm", "metric"], how="left")
-table = table.rename(columns={"mean": "petiq", "sd": "petiq_sd"})[["arm", "metric", "score", "petiq", "petiq_sd", "n_repeats", "paper"]]
+table = table.rename(columns={"mean": "petiq", "sd": "petiq_sd"})[
+    ["arm", "metric", "score", "petiq", "petiq_sd", "n_repeats", "paper"]
+]
 write_tsv(snakemake.output.tsv, table)
 log.info("Table II (MAE in MBq/kg; exact = nearest of the patient's dose levels):\n%s", table.round(3).to_string())

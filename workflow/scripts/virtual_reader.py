@@ -1,5 +1,6 @@
 """Rule virtual_reader: measure the images, calibrate the reader to the paper, read the sessions
 (petiq.reader.measure_images, calibrate_reader, virtual_ratings)."""
+
 import sys
 from pathlib import Path
 

@@ -34,21 +34,34 @@ def _check_config(args) -> None:
     from ..config import read_config_file
 
     keys = read_config_file(args.config)
-    print(f"{args.config}: valid YAML, {len(keys)} top-level key(s); `snakemake -n --configfile {args.config}` checks the values")
+    print(
+        f"{args.config}: valid YAML, {len(keys)} top-level key(s); `snakemake -n --configfile {args.config}` checks the values"
+    )
 
 
 def _check_simulate_args(args) -> None:
     """A patient simulation needs its truth, μ-map, participants table and subject, and a duration > 0."""
     from pathlib import Path
 
-    for flag, value in (("--truth", args.truth), ("--mumap", args.mumap), ("--participants", args.participants), ("--subject", args.subject)):
+    for flag, value in (
+        ("--truth", args.truth),
+        ("--mumap", args.mumap),
+        ("--participants", args.participants),
+        ("--subject", args.subject),
+    ):
         if not value:
-            raise PetiqInputError(None, f"petiq simulate needs {flag} for a patient", f"give {flag} (or --norm for the norm scan)")
+            raise PetiqInputError(
+                None, f"petiq simulate needs {flag} for a patient", f"give {flag} (or --norm for the norm scan)"
+            )
     for flag, value in (("--truth", args.truth), ("--mumap", args.mumap), ("--participants", args.participants)):
         if not Path(value).is_file():
-            raise PetiqInputError(value, f"the {flag} file does not exist", "check the path (the cohort stage writes these)")
+            raise PetiqInputError(
+                value, f"the {flag} file does not exist", "check the path (the cohort stage writes these)"
+            )
     if not args.duration > 0:
-        raise PetiqInputError(None, f"--duration is {args.duration:g} s", "give the acquisition duration in seconds (> 0), e.g. 900")
+        raise PetiqInputError(
+            None, f"--duration is {args.duration:g} s", "give the acquisition duration in seconds (> 0), e.g. 900"
+        )
 
 
 def _simulate(args) -> None:
@@ -73,22 +86,44 @@ def _simulate(args) -> None:
         from ..fileio import write_npz
 
         if not args.norm_counts_per_bin > 0:
-            raise PetiqInputError(None, f"--norm-counts-per-bin is {args.norm_counts_per_bin:g}", "give the mean trues per span-1 bin, > 0 (default 200)")
-        scan = simulate_norm_scan(scanner, args.scanner_seed, args.seed, span=args.span, counts_per_bin=args.norm_counts_per_bin,
-                                  progress=not args.quiet)
+            raise PetiqInputError(
+                None,
+                f"--norm-counts-per-bin is {args.norm_counts_per_bin:g}",
+                "give the mean trues per span-1 bin, > 0 (default 200)",
+            )
+        scan = simulate_norm_scan(
+            scanner,
+            args.scanner_seed,
+            args.seed,
+            span=args.span,
+            counts_per_bin=args.norm_counts_per_bin,
+            progress=not args.quiet,
+        )
         write_npz(args.out, scanner=np.asarray(scanner.name), **scan)
         print(f"norm scan of {scanner.name}: {int(scan['sinogram'].sum())} counts -> {args.out}")
         return
     _check_simulate_args(args)
     participants = read_participants(args.participants)
     if args.subject not in set(participants["participant_id"]):
-        raise PetiqInputError(args.participants, f"--subject {args.subject} is not a participant here",
-                              f"use one of {', '.join(participants['participant_id'][:8])}…" if len(participants) > 8
-                              else f"use one of {', '.join(participants['participant_id'])}")
+        raise PetiqInputError(
+            args.participants,
+            f"--subject {args.subject} is not a participant here",
+            f"use one of {', '.join(participants['participant_id'][:8])}…"
+            if len(participants) > 8
+            else f"use one of {', '.join(participants['participant_id'])}",
+        )
     row = participants.set_index("participant_id", drop=False).loc[args.subject].to_dict()
     summary = simulate_patient(
-        truth_path=args.truth, mumap_path=args.mumap, participant=row, scanner=scanner, scanner_seed=args.scanner_seed,
-        seed=args.seed, out_path=args.out, duration_s=args.duration, span=args.span, progress=not args.quiet,
+        truth_path=args.truth,
+        mumap_path=args.mumap,
+        participant=row,
+        scanner=scanner,
+        scanner_seed=args.scanner_seed,
+        seed=args.seed,
+        out_path=args.out,
+        duration_s=args.duration,
+        span=args.span,
+        progress=not args.quiet,
     )
     if args.summary:
         write_json(args.summary, summary)
@@ -116,9 +151,12 @@ def _histogram(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="petiq", description=__doc__)
     parser.add_argument("--version", action="version", version=f"petiq {__version__}")
-    parser.add_argument("--log", metavar="FILE",
-                        help="write output, progress and any traceback to FILE; a failure is reported on the console "
-                             "in one line (how the workflow's jobs call petiq)")
+    parser.add_argument(
+        "--log",
+        metavar="FILE",
+        help="write output, progress and any traceback to FILE; a failure is reported on the console "
+        "in one line (how the workflow's jobs call petiq)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     resources = commands.add_parser("resources", help="offline resources (anatomy atlas)")
@@ -130,10 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-patients", help="validate a patient sheet and report the first problem")
     check.add_argument("sheet", help="the patient sheet (TSV)")
-    check.add_argument("--scanner", default="mmr", choices=["mmr", "demo", "tiny"],
-                       help="the scanner real rows' files must be for (config key scanner; default mmr)")
+    check.add_argument(
+        "--scanner",
+        default="mmr",
+        choices=["mmr", "demo", "tiny"],
+        help="the scanner real rows' files must be for (config key scanner; default mmr)",
+    )
     check.set_defaults(func=_check_patients)
-    check_config = commands.add_parser("check-config", help="read a config file; a YAML error names its line (Snakemake's does not)")
+    check_config = commands.add_parser(
+        "check-config", help="read a config file; a YAML error names its line (Snakemake's does not)"
+    )
     check_config.add_argument("config", help="a YAML config file, e.g. config/demo.yaml")
     check_config.set_defaults(func=_check_config)
     simulate = commands.add_parser("simulate", help="a cohort patient -> 100 %% list-mode (or the scanner's norm scan)")
@@ -141,10 +185,22 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--span", type=int, default=11, help="axial compression of the simulated expectation")
     simulate.add_argument("--seed", type=int, required=True, help="seed of this acquisition")
     simulate.add_argument("--scanner-seed", type=int, required=True, help="seed of the scanner's normalisation truth")
-    simulate.add_argument("--out", required=True, help="output .l file (its .l.hdr is written beside it); a .dcm writes the scanner's DICOM form (.dcm + .bf); with --norm: .npz the norm scan, .n (+ .n.hdr) or .dcm the scanner's component norm")
-    simulate.add_argument("--norm", action="store_true", help="the scanner's normalisation instead: its norm scan of a uniform cylinder (--out .npz) or its truth as the mMR's component norm file (--out .n or .dcm)")
-    simulate.add_argument("--norm-counts-per-bin", type=float, default=200.0,
-                          help="with --norm: mean trues per span-1 bin inside the cylinder (config listmode.norm_counts_per_bin)")
+    simulate.add_argument(
+        "--out",
+        required=True,
+        help="output .l file (its .l.hdr is written beside it); a .dcm writes the scanner's DICOM form (.dcm + .bf); with --norm: .npz the norm scan, .n (+ .n.hdr) or .dcm the scanner's component norm",
+    )
+    simulate.add_argument(
+        "--norm",
+        action="store_true",
+        help="the scanner's normalisation instead: its norm scan of a uniform cylinder (--out .npz) or its truth as the mMR's component norm file (--out .n or .dcm)",
+    )
+    simulate.add_argument(
+        "--norm-counts-per-bin",
+        type=float,
+        default=200.0,
+        help="with --norm: mean trues per span-1 bin inside the cylinder (config listmode.norm_counts_per_bin)",
+    )
     simulate.add_argument("--truth", help="the patient's true activity (NIfTI, kBq/mL)")
     simulate.add_argument("--mumap", help="the patient's μ-map (NIfTI, cm^-1)")
     simulate.add_argument("--participants", help="participants.tsv with the patient's metadata")
@@ -166,8 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
     histogram.add_argument("out", help="sinogram file (.npz)")
     histogram.add_argument("--span", type=int, default=11, help="axial compression (mMR: 11)")
     histogram.add_argument("--scanner", default="mmr", help="scanner preset: mmr, demo or tiny")
-    histogram.add_argument("--threads", type=int, default=None,
-                           help="threads of the histogram pass (default: 2 where a second core is idle, else 1)")
+    histogram.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads of the histogram pass (default: 2 where a second core is idle, else 1)",
+    )
     histogram.set_defaults(func=_histogram)
 
     for module in sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")):

@@ -15,10 +15,14 @@ def _rated_patients(args) -> list[str]:
     from ..fileio import read_tsv_frame
 
     if not Path(args.splits).is_file():
-        raise PetiqInputError(args.splits, "the splits file does not exist", "run the cohort stage first, or pass --patients")
+        raise PetiqInputError(
+            args.splits, "the splits file does not exist", "run the cohort stage first, or pass --patients"
+        )
     splits = read_tsv_frame(args.splits, "splits file")
     if not {"participant_id", "role"} <= set(splits.columns):
-        raise PetiqInputError(args.splits, f"columns are {list(splits.columns)}", "give the splits.tsv petiq wrote (participant_id, role)")
+        raise PetiqInputError(
+            args.splits, f"columns are {list(splits.columns)}", "give the splits.tsv petiq wrote (participant_id, role)"
+        )
     return list(splits.loc[splits["role"].isin(args.roles), "participant_id"])
 
 
@@ -28,13 +32,22 @@ def _plan(args) -> None:
 
     check_output(args.out, [args.splits] if args.splits else [], force=args.force, what="unblinding key")
     plan = plan_sessions(
-        _rated_patients(args), args.doses, design=args.design, rereads=args.rereads, n_sessions=args.n_sessions,
-        min_images=args.min_images, max_images=args.max_images, seed=args.seed, time_limit_s=args.time_limit,
+        _rated_patients(args),
+        args.doses,
+        design=args.design,
+        rereads=args.rereads,
+        n_sessions=args.n_sessions,
+        min_images=args.min_images,
+        max_images=args.max_images,
+        seed=args.seed,
+        time_limit_s=args.time_limit,
         names={name: "--" + name.replace("_", "-") for name in ("rereads", "n_sessions", "min_images", "max_images")},
     )
     write_plan(plan, args.out)
     print(session_summary(plan).to_string(index=False))
-    print(f"{len(plan)} readings in {plan['session'].nunique()} sessions -> {args.out} (private: keep it from the readers)")
+    print(
+        f"{len(plan)} readings in {plan['session'].nunique()} sessions -> {args.out} (private: keep it from the readers)"
+    )
 
 
 def _sheets(args) -> None:
@@ -46,10 +59,15 @@ def _sheets(args) -> None:
 
     filled = sorted(Path(args.out_dir).glob("session-*/*_ratings-form.tsv")) if Path(args.out_dir).is_dir() else []
     if filled and not args.force:
-        raise PetiqInputError(filled[0], f"{len(filled)} ratings form(s) exist already under {args.out_dir} (first shown) and may be "
-                              "filled in", "pass --force to replace them with blank forms, or write the sessions to another folder")
+        raise PetiqInputError(
+            filled[0],
+            f"{len(filled)} ratings form(s) exist already under {args.out_dir} (first shown) and may be filled in",
+            "pass --force to replace them with blank forms, or write the sessions to another folder",
+        )
 
-    folders = write_session_materials(read_plan(args.key), partial(norm01_path, args.recon_dir), args.out_dir, progress=not args.quiet)
+    folders = write_session_materials(
+        read_plan(args.key), partial(norm01_path, args.recon_dir), args.out_dir, progress=not args.quiet
+    )
     print(f"{len(folders)} session folders under {args.out_dir}")
 
 
@@ -74,26 +92,38 @@ def _check(args) -> None:
 def register(commands: argparse._SubParsersAction) -> None:
     sessions = commands.add_parser("sessions", help="blinded reading sessions for clinicians")
     sessions_sub = sessions.add_subparsers(dest="action", required=True)
-    plan = sessions_sub.add_parser("plan", help="choose the images and place them in sessions (writes the private unblinding key)")
+    plan = sessions_sub.add_parser(
+        "plan", help="choose the images and place them in sessions (writes the private unblinding key)"
+    )
     who = plan.add_mutually_exclusive_group(required=True)
     who.add_argument("--patients", nargs="+", help="rated participant ids")
     who.add_argument("--splits", help="splits.tsv; rate the patients of --roles")
-    plan.add_argument("--roles", nargs="+", default=["transfer_train", "transfer_val", "test"], help="roles rated (with --splits)")
+    plan.add_argument(
+        "--roles", nargs="+", default=["transfer_train", "transfer_val", "test"], help="roles rated (with --splits)"
+    )
     plan.add_argument("--doses", nargs="+", type=float, required=True, help="reconstructed doses in percent")
-    plan.add_argument("--design", choices=["paper", "all_doses"], default="paper", help="paper: one dose per category per patient")
+    plan.add_argument(
+        "--design", choices=["paper", "all_doses"], default="paper", help="paper: one dose per category per patient"
+    )
     plan.add_argument("--rereads", type=int, default=0, help="images read a second time, in a later session")
     plan.add_argument("--n-sessions", type=int, required=True, help="number of reading sessions")
     plan.add_argument("--min-images", type=int, default=1, help="fewest readings in a session")
     plan.add_argument("--max-images", type=int, required=True, help="most readings in a session")
     plan.add_argument("--seed", type=int, required=True, help="config seed")
     plan.add_argument("--time-limit", type=float, default=120.0, help="solver time limit in seconds")
-    plan.add_argument("--out", required=True, help="unblinding key (TSV), e.g. results/scores/sessions/private/unblinding_key.tsv")
+    plan.add_argument(
+        "--out", required=True, help="unblinding key (TSV), e.g. results/scores/sessions/private/unblinding_key.tsv"
+    )
     plan.add_argument("--force", action="store_true", help="replace an existing unblinding key")
     plan.set_defaults(func=_plan)
 
     sheets = sessions_sub.add_parser("sheets", help="reading sheets (PNG, PDF) and blank ratings forms per session")
     sheets.add_argument("--key", required=True, help="the unblinding key from `petiq sessions plan`")
-    sheets.add_argument("--recon-dir", default="results/bids", help="the BIDS dataset of the reconstructions (0-1 images in its derivatives/petiq)")
+    sheets.add_argument(
+        "--recon-dir",
+        default="results/bids",
+        help="the BIDS dataset of the reconstructions (0-1 images in its derivatives/petiq)",
+    )
     sheets.add_argument("--out-dir", required=True, help="sessions folder, e.g. results/scores/sessions")
     sheets.add_argument("--quiet", action="store_true", help="no progress bar")
     sheets.add_argument("--force", action="store_true", help="replace existing (perhaps filled) ratings forms")

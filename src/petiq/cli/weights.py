@@ -41,6 +41,10 @@ def register(commands) -> None:
     find.add_argument("--backbone", default="vgg16", choices=BACKBONES)
     find.add_argument("--config-path", default=None, help="value of config key training.imagenet_weights")
     find.add_argument("--dest", default=DEFAULT_WEIGHTS_DIR, help="folder `petiq weights fetch` wrote to")
-    find.add_argument("--preprocessing", default=None, choices=("caffe_bgr", "torchvision_rgb", "none"),
-                      help="preprocessing of a config checkpoint (default: its provenance JSON, else torchvision_rgb)")
+    find.add_argument(
+        "--preprocessing",
+        default=None,
+        choices=("caffe_bgr", "torchvision_rgb", "none"),
+        help="preprocessing of a config checkpoint (default: its provenance JSON, else torchvision_rgb)",
+    )
     find.set_defaults(func=_find)

@@ -78,9 +78,7 @@ def _open_checked(path: str | Path, scanner=None) -> _LmFile:
                 f"copy {path.name} from the same export beside {hdr.name}",
             )
     elif not path.is_file():
-        raise PetiqInputError(
-            path, "list-mode data file not found", "check the path (the header is <data>.hdr)"
-        )
+        raise PetiqInputError(path, "list-mode data file not found", "check the path (the header is <data>.hdr)")
     else:
         hdr, lines, header = _read_header_text(path)
     _check_listmode_header(header, hdr)
@@ -96,15 +94,12 @@ def _open_checked(path: str | Path, scanner=None) -> _LmFile:
     n_words = size // 4
     declared = _header_int(header, _WORD_COUNT_KEY, hdr)
     if declared is None:
-        raise PetiqInputError(
-            hdr, f"'{_WORD_COUNT_KEY}' is empty", "write the number of 32-bit words of the .l file"
-        )
+        raise PetiqInputError(hdr, f"'{_WORD_COUNT_KEY}' is empty", "write the number of 32-bit words of the .l file")
     if declared != n_words:
         what = "truncated" if n_words < declared else "longer than its header says"
         raise PetiqInputError(
             path,
-            f"holds {n_words} words but its header {hdr.name} says {_WORD_COUNT_KEY} = {declared}: "
-            f"the file is {what}",
+            f"holds {n_words} words but its header {hdr.name} says {_WORD_COUNT_KEY} = {declared}: the file is {what}",
             "copy the list-mode file and its header again, as one pair from the same export",
         )
     if scanner is not None:
@@ -368,14 +363,14 @@ class ListmodeWriter:
                     self.hdr, f"'{_DURATION_KEY}' is {dur!r}", "give the duration in seconds"
                 ) from None
             if not 0 <= self._duration_ms <= MAX_TIME_MS:
-                raise PetiqInputError(
-                    self.hdr, f"'{_DURATION_KEY}' is {dur!r}", f"give 0 to {MAX_TIME_MS // 1000} s"
-                )
+                raise PetiqInputError(self.hdr, f"'{_DURATION_KEY}' is {dur!r}", f"give 0 to {MAX_TIME_MS // 1000} s")
         self._preset_given = bool(str(header_value(header or {}, "preset value") or "").strip())
         self._sync_given = bool(str(header_value(header or {}, _TIME_SYNC_KEY) or "").strip())
         #: Singles buckets (the scanner's, else the header's ``%total number of singles blocks``).
         self.n_buckets = int(
-            scanner.n_buckets if scanner is not None else (_header_int(merged, "total number of singles blocks", self.hdr) or 0)
+            scanner.n_buckets
+            if scanner is not None
+            else (_header_int(merged, "total number of singles blocks", self.hdr) or 0)
         )
         self.singles_interval_ms, self.singles_scale = _singles_settings(
             merged, self.hdr, self.n_buckets if scanner is not None else None
@@ -426,9 +421,7 @@ class ListmodeWriter:
         bins_a = np.asarray(bins)
         prompt_a = np.asarray(prompt)
         time_a = np.asarray(time_ms)
-        if not (bins_a.ndim == prompt_a.ndim == time_a.ndim == 1) or not (
-            bins_a.size == prompt_a.size == time_a.size
-        ):
+        if not (bins_a.ndim == prompt_a.ndim == time_a.ndim == 1) or not (bins_a.size == prompt_a.size == time_a.size):
             raise PetiqInputError(
                 self.path,
                 f"bins, prompt and time_ms have shapes {bins_a.shape}, {prompt_a.shape}, {time_a.shape}",
@@ -438,8 +431,7 @@ class ListmodeWriter:
             return
         for name, a in (("bins", bins_a), ("time_ms", time_a)):
             if not (
-                np.issubdtype(a.dtype, np.integer)
-                or (np.issubdtype(a.dtype, np.floating) and np.all(a == np.floor(a)))
+                np.issubdtype(a.dtype, np.integer) or (np.issubdtype(a.dtype, np.floating) and np.all(a == np.floor(a)))
             ):
                 raise PetiqInputError(self.path, f"{name} has dtype {a.dtype}", f"give {name} as integers")
         bins_a = bins_a.astype(np.int64, copy=False)
@@ -521,7 +513,9 @@ class ListmodeWriter:
                 raise PetiqInputError(
                     where,
                     f"singles at {t} ms, but the stream is at {self.cur_ms} ms"
-                    + (f" and the header's duration is {self._duration_ms} ms" if self._duration_ms is not None else ""),
+                    + (
+                        f" and the header's duration is {self._duration_ms} ms" if self._duration_ms is not None else ""
+                    ),
                     "write singles in time order, inside the acquisition",
                 )
         self._open_stream(pair)
@@ -618,9 +612,7 @@ def write_listmode(
     return Path(path)
 
 
-def write_listmode_words(
-    path: str | Path, words, header: Mapping[str, object] | None = None, *, scanner=None
-) -> Path:
+def write_listmode_words(path: str | Path, words, header: Mapping[str, object] | None = None, *, scanner=None) -> Path:
     """Write raw PETLINK ``words`` exactly as given (any tags), with a defaulted header whose
     ``image duration (sec)`` is the last minus the first time tag unless ``header`` gives one."""
     with ListmodeWriter(path, header, scanner=scanner, pad_time_tags=False) as w:

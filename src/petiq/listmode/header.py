@@ -233,9 +233,7 @@ def _check_listmode_header(header: Mapping[str, str], hdr: Path | str | None) ->
         raise PetiqInputError(hdr, f"'data format' is {fmt!r}, not list-mode ('CoincidenceList')", fix)
     space = header_value(header, "SMS-MI header name space")
     if space is not None and "sinogram" in space.lower():
-        raise PetiqInputError(
-            hdr, f"'%SMS-MI header name space' is {space!r}: this is a sinogram header", fix
-        )
+        raise PetiqInputError(hdr, f"'%SMS-MI header name space' is {space!r}: this is a sinogram header", fix)
     pdt = header_value(header, "PET data type")
     if pdt is not None and pdt.strip() and pdt.strip().lower() != "emission":
         raise PetiqInputError(hdr, f"'PET data type' is {pdt!r}, expected 'emission'", fix)
@@ -248,9 +246,7 @@ def _check_listmode_header(header: Mapping[str, str], hdr: Path | str | None) ->
         )
     order = header_value(header, "image data byte order")
     if order is not None and order.strip() and order.strip().upper() != "LITTLEENDIAN":
-        raise PetiqInputError(
-            hdr, f"'image data byte order' is {order!r}", "PETLINK list-mode is LITTLEENDIAN"
-        )
+        raise PetiqInputError(hdr, f"'image data byte order' is {order!r}", "PETLINK list-mode is LITTLEENDIAN")
     count = header_value(header, _WORD_COUNT_KEY)
     if count is None:
         raise PetiqInputError(hdr, f"has no '{_WORD_COUNT_KEY}' key, so it is not a list-mode header", fix)
@@ -272,9 +268,7 @@ def _header_int(header: Mapping[str, str], key: str, hdr) -> int | None:
             f = math.nan
         if f.is_integer():
             return int(f)
-        raise PetiqInputError(
-            hdr, f"'{key}' is {v!r}, not an integer", f"write a whole number for '{key}'"
-        ) from None
+        raise PetiqInputError(hdr, f"'{key}' is {v!r}, not an integer", f"write a whole number for '{key}'") from None
 
 
 _SINGLES_INTERVAL_KEY = "%singles polling interval (sec)"
@@ -321,16 +315,12 @@ def _segment_table(header: Mapping[str, str], hdr) -> list[int] | None:
     try:
         return [int(x) for x in table.strip().strip("{}").split(",") if x.strip()]
     except ValueError:
-        raise PetiqInputError(
-            hdr, f"'%segment table' is {table!r}", "write it as {n0,n1,...} with integers"
-        ) from None
+        raise PetiqInputError(hdr, f"'%segment table' is {table!r}", "write it as {n0,n1,...} with integers") from None
 
 
 def _is_span1_table(table: list[int]) -> bool:
     """``{R, R-1, R-1, R-2, R-2, ...}``: the uncompressed layout (one segment per ring difference)."""
-    return len(table) % 2 == 1 and all(
-        v == table[0] - (i + 1) // 2 for i, v in enumerate(table)
-    )
+    return len(table) % 2 == 1 and all(v == table[0] - (i + 1) // 2 for i, v in enumerate(table))
 
 
 def _header_geometry(header: Mapping[str, str], hdr) -> tuple[int | None, int | None, int | None]:
@@ -405,8 +395,11 @@ def _check_scanner_matches(header: Mapping[str, str], scanner, where) -> int:
     for key, want in (("number of rings", scanner.n_rings), ("maximum ring difference", scanner.max_ring_difference)):
         h = _header_int(header, key, where)
         if h is not None and h != int(want):
-            raise PetiqInputError(where, f"the header says '{key}' {h} but the scanner has {int(want)}",
-                                  "use the scanner the data were acquired (or simulated) with")
+            raise PetiqInputError(
+                where,
+                f"the header says '{key}' {h} but the scanner has {int(want)}",
+                "use the scanner the data were acquired (or simulated) with",
+            )
     table = _segment_table(header, where)
     if table is not None:
         if _table_span(scanner, table) is None:
@@ -419,7 +412,8 @@ def _check_scanner_matches(header: Mapping[str, str], scanner, where) -> int:
         n_seg = _header_int(header, "number of segments", where)
         if n_seg is not None and n_seg != len(table):
             raise PetiqInputError(
-                where, f"'%number of segments' is {n_seg} but the segment table has {len(table)} entries",
+                where,
+                f"'%number of segments' is {n_seg} but the segment table has {len(table)} entries",
                 "the header is inconsistent: export it from the scanner again",
             )
     return shape[0] * shape[1] * shape[2]

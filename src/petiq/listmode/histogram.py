@@ -54,9 +54,7 @@ class ListmodeHistogram:
 
     prompts: np.ndarray  # uint32, scanner.sinogram_shape(span)
     delayeds: np.ndarray  # uint32, scanner.sinogram_shape(span)
-    delayed_fansums: (
-        np.ndarray
-    )  # int64 (n_crystals,): delayeds per crystal (index ring*crystals_per_ring + det)
+    delayed_fansums: np.ndarray  # int64 (n_crystals,): delayeds per crystal (index ring*crystals_per_ring + det)
     n_prompts: int
     n_delayeds: int
     n_outside_span: int  # events in span-1 sinograms the span-`span` sinograms do not include
@@ -110,9 +108,7 @@ def _crystal_tables(scanner) -> _CrystalTables:
     plane = n_views * n_radial
     cpr = int(scanner.crystals_per_ring)
     if cpr > 0xFFFF:
-        raise NotImplementedError(
-            f"{cpr} crystals per ring: the fan-sum tables pack detector numbers in 16 bits"
-        )
+        raise NotImplementedError(f"{cpr} crystals per ring: the fan-sum tables pack detector numbers in 16 bits")
 
     def crystals(bins):
         return tuple(np.asarray(a, dtype=np.int64) for a in scanner.bin_crystals(bins))
@@ -199,9 +195,7 @@ def histogram_listmode(
         raise ValueError(f"scanner.sinogram_shape({span}) = {shape} changes views/radial bins")
     sino_map = np.ascontiguousarray(scanner.span1_to_sinogram(span), dtype=np.int64)
     if sino_map.shape != (n_sino1,) or sino_map.max(initial=-1) >= shape[0]:
-        raise ValueError(
-            f"scanner.span1_to_sinogram({span}) does not map {n_sino1} sinograms into {shape[0]}"
-        )
+        raise ValueError(f"scanner.span1_to_sinogram({span}) does not map {n_sino1} sinograms into {shape[0]}")
     t = _crystal_tables(scanner)
     n_buckets = int(scanner.n_buckets)
     interval_ms, scale = _singles_settings(lm.header, lm.hdr, n_buckets)
@@ -227,8 +221,18 @@ def histogram_listmode(
             start_ms = cur_ms
             common = (words, lm.n_bins, plane, 1.0 / plane, sino_map, hist, n_sino_bins, t.ring_a, t.ring_b, t.dets)
             others = [
-                pool.submit(_histogram_chunk, *common, fans[p], slots[p], cur_ms, scratch_counts[p], no_words, no_ms,
-                            p, n_parts - 1)
+                pool.submit(
+                    _histogram_chunk,
+                    *common,
+                    fans[p],
+                    slots[p],
+                    cur_ms,
+                    scratch_counts[p],
+                    no_words,
+                    no_ms,
+                    p,
+                    n_parts - 1,
+                )
                 for p in range(1, n_parts)
             ]
             try:

@@ -32,7 +32,9 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> None:
     plt.close(fig)
 
 
-def plot_cohort(participants: pd.DataFrame, images: dict[str, dict[str, str]], path: str | Path, per_row: int = 3) -> None:
+def plot_cohort(
+    participants: pd.DataFrame, images: dict[str, dict[str, str]], path: str | Path, per_row: int = 3
+) -> None:
     """Cohort overview: for each patient, transverse mid-brain activity, μ-map and T1w side by side."""
     meta = participants.set_index("participant_id")
     subjects = list(images)
@@ -95,8 +97,10 @@ def plot_dose_examples(examples: dict[str, dict[str, str]], path: str | Path, cm
     doses = list(next(iter(examples.values())))
     fig, axes = plt.subplots(len(subjects), len(doses), figsize=(2.6 * len(doses), 2.6 * len(subjects)), squeeze=False)
     for r, subject in enumerate(subjects):
-        images = {d: np.asarray(nib.as_closest_canonical(nib.load(p)).dataobj, dtype=np.float32)  # RAS axes
-                  for d, p in examples[subject].items()}
+        images = {
+            d: np.asarray(nib.as_closest_canonical(nib.load(p)).dataobj, dtype=np.float32)  # RAS axes
+            for d, p in examples[subject].items()
+        }
         reference = ndimage.gaussian_filter(images[doses[-1]], 1.5)  # a noise-free look for slice and crop
         head = reference > 0.25 * reference.max()
         k = _mid_brain_slice(head)

@@ -86,20 +86,30 @@ def describe_network(model, patch_size: int = 80) -> dict:
 
         return _normalise_description(describe_blocks(model), int(getattr(model, "patch_size", patch_size)))[0]
     if not hasattr(model, "features"):
-        raise PetiqInputError(None, f"{type(model).__name__} has neither .blocks nor .features", "pass a petiq.models model or a torchvision VGG")
+        raise PetiqInputError(
+            None,
+            f"{type(model).__name__} has neither .blocks nor .features",
+            "pass a petiq.models model or a torchvision VGG",
+        )
     blocks = _split_vgg_features(model.features)
     if len(blocks) != N_BLOCKS:
-        raise PetiqInputError(None, f"the model has {len(blocks)} blocks, not {N_BLOCKS}", "pass a VGG-style model with five blocks")
+        raise PetiqInputError(
+            None, f"the model has {len(blocks)} blocks, not {N_BLOCKS}", "pass a VGG-style model with five blocks"
+        )
     x = torch.zeros(1, 3, patch_size, patch_size)
     described = []
     with torch.no_grad():
         for i, block in enumerate(blocks, start=1):
             x = block(x)
             texts = [t for m in block.modules() if (t := _layer_text(m)) is not None]
-            described.append({
-                "name": f"block {i}", "layers": _summarise_layers(texts),
-                "n_params": int(sum(p.numel() for p in block.parameters())), "out_shape": tuple(int(s) for s in x.shape[1:]),
-            })
+            described.append(
+                {
+                    "name": f"block {i}",
+                    "layers": _summarise_layers(texts),
+                    "n_params": int(sum(p.numel() for p in block.parameters())),
+                    "out_shape": tuple(int(s) for s in x.shape[1:]),
+                }
+            )
     return {"blocks": described, "head": f"flatten {x[0].numel()} → FC (new head)", "input": _input_text(patch_size)}
 
 
@@ -115,7 +125,9 @@ def trained_blocks(model, level: int) -> list[bool]:
     [False, False, False, True, True]
     """
     if not 0 <= level <= N_BLOCKS:
-        raise PetiqInputError(None, f"freeze level {level} is outside 0–{N_BLOCKS}", "use 0 (head only) to 5 (everything)")
+        raise PetiqInputError(
+            None, f"freeze level {level} is outside 0–{N_BLOCKS}", "use 0 (head only) to 5 (everything)"
+        )
     try:
         from ..models import trainable_blocks
     except ImportError:  # pragma: no cover - petiq.models ships with petiq
@@ -154,7 +166,9 @@ def _normalise_description(blocks: Any, patch_size: int) -> tuple[dict, Any]:
     head = [b for b in blocks if str(b.get("name", "")).lower() == "head"]
     blocks = [b for b in blocks if str(b.get("name", "")).lower() != "head"]
     if len(blocks) != N_BLOCKS:
-        raise PetiqInputError(None, f"{len(blocks)} block descriptions, not {N_BLOCKS}", "pass describe_blocks(model) of a VGG16")
+        raise PetiqInputError(
+            None, f"{len(blocks)} block descriptions, not {N_BLOCKS}", "pass describe_blocks(model) of a VGG16"
+        )
     described, size = [], patch_size
     for i, b in enumerate(blocks, start=1):
         layers = b.get("layers", [])
@@ -163,18 +177,24 @@ def _normalise_description(blocks: Any, patch_size: int) -> tuple[dict, Any]:
         shape = b.get("out_shape", b.get("output_shape"))
         channels = b.get("out_channels", b.get("channels"))
         name = str(b.get("name", f"block {i}"))
-        described.append({
-            "name": name.replace("block", "block ") if name.startswith("block") and " " not in name else name,
-            "layers": _summarise_layers([t for t in map(_tidy_layer, layers) if t]),
-            "n_params": int(b.get("n_params", b.get("parameters", 0)) or 0),
-            "out_shape": tuple(int(v) for v in shape) if shape else ((int(channels), size, size) if channels else None),
-        })
+        described.append(
+            {
+                "name": name.replace("block", "block ") if name.startswith("block") and " " not in name else name,
+                "layers": _summarise_layers([t for t in map(_tidy_layer, layers) if t]),
+                "n_params": int(b.get("n_params", b.get("parameters", 0)) or 0),
+                "out_shape": tuple(int(v) for v in shape)
+                if shape
+                else ((int(channels), size, size) if channels else None),
+            }
+        )
     head_text = "flatten → FC (new head)"
     if head:
         layers = [str(t) for t in head[0].get("layers", [])]
         linear = [t for t in layers if t.startswith("Linear")]
         if linear:
-            head_text = "flatten " + linear[-1].split(" ")[1].replace("→", " → FC ") + (" + ReLU" if "ReLU" in layers else "")
+            head_text = (
+                "flatten " + linear[-1].split(" ")[1].replace("→", " → FC ") + (" + ReLU" if "ReLU" in layers else "")
+            )
     return {"blocks": described, "head": head_text, "input": _input_text(patch_size)}, None
 
 
@@ -183,8 +203,17 @@ def _normalise_description(blocks: Any, patch_size: int) -> tuple[dict, Any]:
 
 
 def _box(ax, x, y, w, h, text, colour, *, fontsize=7.5, weight="normal", text_y=0.5):
-    ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.02,rounding_size=0.08", facecolor=colour,
-                                edgecolor="black", linewidth=0.9))
+    ax.add_patch(
+        FancyBboxPatch(
+            (x, y),
+            w,
+            h,
+            boxstyle="round,pad=0.02,rounding_size=0.08",
+            facecolor=colour,
+            edgecolor="black",
+            linewidth=0.9,
+        )
+    )
     ax.text(x + w / 2, y + text_y * h, text, ha="center", va="center", fontsize=fontsize, weight=weight)
 
 
@@ -206,8 +235,15 @@ def _format_params(n: int) -> str:
 # Fig. 5
 
 
-def plot_fig05_vgg16(blocks, freeze_levels: int | Sequence[int], path: str | Path, *, patch_size: int = 80,
-                     n_outputs: int = 3, outputs: Sequence[str] = ("GQR", "PR", "DC")) -> None:
+def plot_fig05_vgg16(
+    blocks,
+    freeze_levels: int | Sequence[int],
+    path: str | Path,
+    *,
+    patch_size: int = 80,
+    n_outputs: int = 3,
+    outputs: Sequence[str] = ("GQR", "PR", "DC"),
+) -> None:
     """Fig. 5: the network's five blocks (layers, output size, parameters) and, per freeze level, which are retrained.
 
     ``blocks``: a model (petiq regressor or torchvision VGG16) or ``describe_blocks`` output (a list of five dicts with
@@ -248,8 +284,14 @@ def plot_fig05_vgg16(blocks, freeze_levels: int | Sequence[int], path: str | Pat
     _box(top, x, 1.5, 1.55, 1.2, description["head"].replace(" → ", "\n→ "), TRAINED, fontsize=7)
     _arrow(top, x - gap + 0.02, 2.1, x - 0.02, 2.1)
     _arrow(top, x + 1.57, 2.1, x + 1.85, 2.1)
-    top.text(x + 1.9, 2.1, "\n".join(outputs[:n_outputs]) if n_outputs == len(outputs) else f"{n_outputs} outputs",
-             va="center", fontsize=8, weight="bold")
+    top.text(
+        x + 1.9,
+        2.1,
+        "\n".join(outputs[:n_outputs]) if n_outputs == len(outputs) else f"{n_outputs} outputs",
+        va="center",
+        fontsize=8,
+        weight="bold",
+    )
 
     if len(levels) > 1:
         grid = fig.add_axes((0.12, 0.04, 0.66, 0.34))
@@ -257,15 +299,33 @@ def plot_fig05_vgg16(blocks, freeze_levels: int | Sequence[int], path: str | Pat
         for r, k in enumerate(levels):
             for c in range(len(names)):
                 trained = True if c == N_BLOCKS else masks[k][c]
-                grid.add_patch(plt.Rectangle((c, len(levels) - 1 - r), 0.96, 0.9, facecolor=TRAINED if trained else FROZEN,
-                                             edgecolor="black", linewidth=0.6))
-                grid.text(c + 0.48, len(levels) - 1 - r + 0.45, "retrained" if trained else "frozen", ha="center", va="center", fontsize=7)
+                grid.add_patch(
+                    plt.Rectangle(
+                        (c, len(levels) - 1 - r),
+                        0.96,
+                        0.9,
+                        facecolor=TRAINED if trained else FROZEN,
+                        edgecolor="black",
+                        linewidth=0.6,
+                    )
+                )
+                grid.text(
+                    c + 0.48,
+                    len(levels) - 1 - r + 0.45,
+                    "retrained" if trained else "frozen",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                )
         grid.set_xlim(-0.05, len(names))
         grid.set_ylim(-0.05, len(levels))
         grid.set_xticks([c + 0.48 for c in range(len(names))], names, fontsize=8)
         grid.xaxis.tick_top()
-        grid.set_yticks([len(levels) - 1 - r + 0.45 for r in range(len(levels))],
-                        [f"freeze level {k}" + (" (head only)" if k == 0 else " (all)" if k == N_BLOCKS else "") for k in levels], fontsize=8)
+        grid.set_yticks(
+            [len(levels) - 1 - r + 0.45 for r in range(len(levels))],
+            [f"freeze level {k}" + (" (head only)" if k == 0 else " (all)" if k == N_BLOCKS else "") for k in levels],
+            fontsize=8,
+        )
         grid.tick_params(length=0)
         for side in grid.spines.values():
             side.set_visible(False)
@@ -295,9 +355,15 @@ def _stage(spec, what: str) -> dict:
     level = _get(spec, "freeze_level", "trainable_blocks")
     lr = _get(spec, "learning_rate", "lr")
     if level is None:
-        raise PetiqInputError(None, f"{what}: no freeze_level (trainable blocks)", "give each pipeline a freeze_level 0–5")
-    return {"init": str(init), "freeze_level": int(level), "learning_rate": None if lr is None else float(lr),
-            "backbone": str(_get(spec, "backbone", default="vgg16"))}
+        raise PetiqInputError(
+            None, f"{what}: no freeze_level (trainable blocks)", "give each pipeline a freeze_level 0–5"
+        )
+    return {
+        "init": str(init),
+        "freeze_level": int(level),
+        "learning_rate": None if lr is None else float(lr),
+        "backbone": str(_get(spec, "backbone", default="vgg16")),
+    }
 
 
 def pipeline_stages(pipelines: Mapping[str, Any], runs: Mapping[str, Any] | None = None) -> dict[str, dict]:
@@ -317,12 +383,20 @@ def pipeline_stages(pipelines: Mapping[str, Any], runs: Mapping[str, Any] | None
         if pretext is None and transfer["init"].startswith("pretext"):
             name = transfer["init"].split("/", 1)[1] if "/" in transfer["init"] else None
             if runs is None or name not in runs:
-                raise PetiqInputError(None, f"pipeline {label} starts from pretext run {name!r}, which is not described",
-                                      "pass runs= with the pretext runs (ExperimentPlan.runs)")
+                raise PetiqInputError(
+                    None,
+                    f"pipeline {label} starts from pretext run {name!r}, which is not described",
+                    "pass runs= with the pretext runs (ExperimentPlan.runs)",
+                )
             pretext = runs[name]
         pretext_stage = _stage(pretext, f"pipeline {label} pretext") if pretext else None
         first = pretext_stage or transfer
-        out[str(label)] = {"init": first["init"], "backbone": first["backbone"], "pretext": pretext_stage, "transfer": transfer}
+        out[str(label)] = {
+            "init": first["init"],
+            "backbone": first["backbone"],
+            "pretext": pretext_stage,
+            "transfer": transfer,
+        }
     return out
 
 
@@ -343,12 +417,25 @@ def _strip(ax, x, y, level, width):
     cell = width / 6.6 * 0.8
     for c in range(6):
         trained = c == N_BLOCKS or c >= N_BLOCKS - level
-        ax.add_patch(plt.Rectangle((x + 0.1 * width + c * cell * 1.25, y), cell, cell * 0.9, facecolor=TRAINED if trained else FROZEN,
-                                   edgecolor="black", linewidth=0.5))
+        ax.add_patch(
+            plt.Rectangle(
+                (x + 0.1 * width + c * cell * 1.25, y),
+                cell,
+                cell * 0.9,
+                facecolor=TRAINED if trained else FROZEN,
+                edgecolor="black",
+                linewidth=0.5,
+            )
+        )
 
 
-def plot_fig07_pipelines(pipelines: Mapping[str, Any], path: str | Path, *, runs: Mapping[str, Any] | None = None,
-                         default_learning_rate: float | None = None) -> None:
+def plot_fig07_pipelines(
+    pipelines: Mapping[str, Any],
+    path: str | Path,
+    *,
+    runs: Mapping[str, Any] | None = None,
+    default_learning_rate: float | None = None,
+) -> None:
     """Fig. 7: the pre-training pipelines (a–d), one row each: weights → [dose-per-weight pretext] → clinical scores.
 
     Each training box names its trainable blocks and learning rate, with a strip of the five blocks and the head
@@ -372,14 +459,31 @@ def plot_fig07_pipelines(pipelines: Mapping[str, Any], path: str | Path, *, runs
         h = 1.05
         ax.text(0.02, y + h / 2, label, fontsize=9, weight="bold", va="center")
         init, net = p["init"], p["backbone"].upper() if p["backbone"].startswith("vgg") else p["backbone"]
-        _box(ax, 2.0, y, 1.8, h, {"imagenet": f"ImageNet weights\n({net})", "random": f"random weights\n({net})"}.get(init, init),
-             "#e5f5e0" if init == "imagenet" else "#f0f0f0", fontsize=8)
+        _box(
+            ax,
+            2.0,
+            y,
+            1.8,
+            h,
+            {"imagenet": f"ImageNet weights\n({net})", "random": f"random weights\n({net})"}.get(init, init),
+            "#e5f5e0" if init == "imagenet" else "#f0f0f0",
+            fontsize=8,
+        )
         x = 4.2
         if p["pretext"]:
             s = p["pretext"]
             _arrow(ax, 3.82, y + h / 2, x - 0.02, y + h / 2)
-            _box(ax, x, y, 2.6, h, f"pretext: dose per weight\n{_trainable_text(s['freeze_level'])}, head FC(1){lr_text(s)}",
-                 "#fee6ce", fontsize=7.5, text_y=0.64)
+            _box(
+                ax,
+                x,
+                y,
+                2.6,
+                h,
+                f"pretext: dose per weight\n{_trainable_text(s['freeze_level'])}, head FC(1){lr_text(s)}",
+                "#fee6ce",
+                fontsize=7.5,
+                text_y=0.64,
+            )
             _strip(ax, x + 0.35, y + 0.05, s["freeze_level"], 1.9)
             _arrow(ax, x + 2.62, y + h / 2, x + 3.0, y + h / 2)
             ax.text(x + 2.81, y + h / 2 + 0.08, "new head", fontsize=6.5, ha="center", va="bottom")
@@ -387,13 +491,27 @@ def plot_fig07_pipelines(pipelines: Mapping[str, Any], path: str | Path, *, runs
         else:
             _arrow(ax, 3.82, y + h / 2, x - 0.02, y + h / 2)
         t = p["transfer"]
-        _box(ax, x, y, 2.8, h, f"clinical scores\n{_trainable_text(t['freeze_level'])}, new head FC(3){lr_text(t)}",
-             "#fdd0a2", fontsize=7.5, text_y=0.64)
+        _box(
+            ax,
+            x,
+            y,
+            2.8,
+            h,
+            f"clinical scores\n{_trainable_text(t['freeze_level'])}, new head FC(3){lr_text(t)}",
+            "#fdd0a2",
+            fontsize=7.5,
+            text_y=0.64,
+        )
         _strip(ax, x + 0.4, y + 0.05, t["freeze_level"], 2.0)
         _arrow(ax, x + 2.82, y + h / 2, x + 3.2, y + h / 2)
         ax.text(x + 3.25, y + h / 2, "GQR, PR, DC", fontsize=8, va="center")
-    ax.text(0.02, -0.3, "block strips: five convolutional blocks then the FC head; orange = retrained, blue = frozen",
-            fontsize=7.5, color="#444444")
+    ax.text(
+        0.02,
+        -0.3,
+        "block strips: five convolutional blocks then the FC head; orange = retrained, blue = frozen",
+        fontsize=7.5,
+        color="#444444",
+    )
     fig.suptitle("Fig. 7 — pre-training pipelines (from the experiment configuration)", fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)

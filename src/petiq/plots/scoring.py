@@ -28,7 +28,9 @@ def plot_fig02_intersession(ratings: pd.DataFrame, path: str | Path, rater: str 
     identity line (dotted) and the ±0.5 band. Returns the plotted differences."""
     diffs = reread_differences(ratings, rater)
     if diffs.empty:
-        raise PetiqInputError(None, "the ratings hold no re-read images", "plan re-reads (scoring.rereads > 0) to draw Fig. 2")
+        raise PetiqInputError(
+            None, "the ratings hold no re-read images", "plan re-reads (scoring.rereads > 0) to draw Fig. 2"
+        )
     rater = rater or reference_rater(check_ratings(ratings))
     fig, ax = plt.subplots(figsize=(4.6, 4.4))
     grid = np.array([0.0, 3.0])
@@ -38,13 +40,32 @@ def plot_fig02_intersession(ratings: pd.DataFrame, path: str | Path, rater: str 
         sel = diffs[diffs["metric"] == m]
         pairs = sel.groupby(["first", "repeat"]).size().reset_index(name="count")
         marker, colour = MARKERS[m]
-        ax.scatter(pairs["first"] + (k - 1) * 0.07, pairs["repeat"], s=28 * pairs["count"] ** 0.8, marker=marker, color=colour,
-                   alpha=0.8, edgecolor="k", linewidth=0.4, label=m)
+        ax.scatter(
+            pairs["first"] + (k - 1) * 0.07,
+            pairs["repeat"],
+            s=28 * pairs["count"] ** 0.8,
+            marker=marker,
+            color=colour,
+            alpha=0.8,
+            edgecolor="k",
+            linewidth=0.4,
+            label=m,
+        )
     differing = 100.0 * float(np.mean(np.abs(diffs["diff"]) >= 0.5 - 1e-9))
-    ax.set(xlim=(-0.25, 3.25), ylim=(-0.25, 3.25), xlabel="score, first reading (session 1)", ylabel="score, re-read (later session)",
-           xticks=np.arange(0, 3.01, 0.5), yticks=np.arange(0, 3.01, 0.5), aspect="equal")
-    ax.set_title(f"Fig. 2 — inter-session scoring, rater {rater}\n{diffs[['participant_id', 'dose']].drop_duplicates().shape[0]} images, "
-                 f"{differing:.0f} % of {len(diffs)} scores differ by ≥ 0.5", fontsize=9)
+    ax.set(
+        xlim=(-0.25, 3.25),
+        ylim=(-0.25, 3.25),
+        xlabel="score, first reading (session 1)",
+        ylabel="score, re-read (later session)",
+        xticks=np.arange(0, 3.01, 0.5),
+        yticks=np.arange(0, 3.01, 0.5),
+        aspect="equal",
+    )
+    ax.set_title(
+        f"Fig. 2 — inter-session scoring, rater {rater}\n{diffs[['participant_id', 'dose']].drop_duplicates().shape[0]} images, "
+        f"{differing:.0f} % of {len(diffs)} scores differ by ≥ 0.5",
+        fontsize=9,
+    )
     ax.legend(fontsize=7, loc="upper left")
     ax.grid(alpha=0.3)
     save_figure(fig, path)
@@ -61,10 +82,14 @@ def _crop(head: np.ndarray, margin: int = 3) -> tuple[slice, ...]:
     idx = np.nonzero(head)
     if idx[0].size == 0:
         return tuple(slice(None) for _ in head.shape)
-    return tuple(slice(max(int(i.min()) - margin, 0), min(int(i.max()) + margin + 1, n)) for i, n in zip(idx, head.shape))
+    return tuple(
+        slice(max(int(i.min()) - margin, 0), min(int(i.max()) + margin + 1, n)) for i, n in zip(idx, head.shape)
+    )
 
 
-def plot_fig03_colour_scale(norm01_path: str | Path, scores: Mapping[str, float], path: str | Path, title: str | None = None) -> None:
+def plot_fig03_colour_scale(
+    norm01_path: str | Path, scores: Mapping[str, float], path: str | Path, title: str | None = None
+) -> None:
     """Fig. 3: an image on the 20-colour reading scale (orthogonal views through the brain's centre)
     with its colour bar and its three scores (``scores``: GQR, PR, DC)."""
     norm01_path = Path(norm01_path)
@@ -83,9 +108,14 @@ def plot_fig03_colour_scale(norm01_path: str | Path, scores: Mapping[str, float]
     i, j, k = i - box[0].start, j - box[1].start, k - box[2].start
     cmap = reading_colormap()
     norm = BoundaryNorm(np.linspace(0.0, 1.0, cmap.N + 1), cmap.N)
-    views = (("transverse", data[:, :, k].T, voxel[1] / voxel[0]), ("coronal", data[:, j, :].T, voxel[2] / voxel[0]),
-             ("sagittal", data[i, :, :].T, voxel[2] / voxel[1]))
-    fig, axes = plt.subplots(1, 3, figsize=(9.5, 3.6), gridspec_kw={"width_ratios": [data.shape[0], data.shape[0], data.shape[1]]})
+    views = (
+        ("transverse", data[:, :, k].T, voxel[1] / voxel[0]),
+        ("coronal", data[:, j, :].T, voxel[2] / voxel[0]),
+        ("sagittal", data[i, :, :].T, voxel[2] / voxel[1]),
+    )
+    fig, axes = plt.subplots(
+        1, 3, figsize=(9.5, 3.6), gridspec_kw={"width_ratios": [data.shape[0], data.shape[0], data.shape[1]]}
+    )
     for ax, (name, plane, aspect) in zip(axes, views):
         shown = ax.imshow(plane, origin="lower", cmap=cmap, norm=norm, interpolation="nearest", aspect=aspect)
         ax.set_title(name, fontsize=8)
@@ -98,7 +128,9 @@ def plot_fig03_colour_scale(norm01_path: str | Path, scores: Mapping[str, float]
     save_figure(fig, path)
 
 
-def plot_fig06_scores_vs_dose(ratings: pd.DataFrame, dose_table: pd.DataFrame, path: str | Path, rater: str | None = None) -> pd.DataFrame:
+def plot_fig06_scores_vs_dose(
+    ratings: pd.DataFrame, dose_table: pd.DataFrame, path: str | Path, rater: str | None = None
+) -> pd.DataFrame:
     """Fig. 6: each metric's first-reading scores against injected dose per body weight, with the line
     of best fit (dotted) and ±0.5 error bars (Fig. 2's scoring uncertainty). Returns the fits."""
     ratings = check_ratings(ratings)
@@ -112,8 +144,19 @@ def plot_fig06_scores_vs_dose(ratings: pd.DataFrame, dose_table: pd.DataFrame, p
     grid = np.linspace(0.0, float(x.max()) * 1.05, 50)
     for ax, m in zip(axes, METRICS):
         marker, colour = MARKERS[m]
-        ax.errorbar(x, first[m], yerr=0.5, fmt=marker, color=colour, ecolor="0.6", elinewidth=0.8, capsize=2, markersize=4,
-                    markeredgecolor="k", markeredgewidth=0.4)
+        ax.errorbar(
+            x,
+            first[m],
+            yerr=0.5,
+            fmt=marker,
+            color=colour,
+            ecolor="0.6",
+            elinewidth=0.8,
+            capsize=2,
+            markersize=4,
+            markeredgecolor="k",
+            markeredgewidth=0.4,
+        )
         fit = fits.loc[m]
         if np.isfinite(fit["slope"]):
             ax.plot(grid, fit["intercept"] + fit["slope"] * grid, ":", color="k")
@@ -123,7 +166,9 @@ def plot_fig06_scores_vs_dose(ratings: pd.DataFrame, dose_table: pd.DataFrame, p
         ax.set_yticks(np.arange(0, 3.01, 0.5))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"score (rater {rater}, first reading)")
-    fig.suptitle("Fig. 6 — clinical scores against injected dose per body weight (dotted: best fit; bars: ±0.5)", fontsize=10)
+    fig.suptitle(
+        "Fig. 6 — clinical scores against injected dose per body weight (dotted: best fit; bars: ±0.5)", fontsize=10
+    )
     fig.tight_layout()
     save_figure(fig, path)
     return fits.reset_index()

@@ -28,7 +28,9 @@ from .colours import reading_colormap
 _PDF_METADATA = {"CreationDate": None, "Producer": None, "Creator": None}
 
 
-def brain_centre_and_box(volume: np.ndarray, margin: int = 3) -> tuple[tuple[int, int, int], tuple[slice, slice, slice]]:
+def brain_centre_and_box(
+    volume: np.ndarray, margin: int = 3
+) -> tuple[tuple[int, int, int], tuple[slice, slice, slice]]:
     """Centre voxel of the head (smoothed image above a quarter of its peak) and a bounding box around it.
 
     >>> v = np.zeros((20, 20, 10)); v[5:12, 6:15, 2:9] = 1
@@ -63,7 +65,9 @@ def reading_sheet(volume: np.ndarray, zooms: Sequence[float], blinded_id: str, v
     for row, cmap in enumerate(("gray_r", reading_colormap())):
         for col, (name, data, aspect) in enumerate(views):
             ax = axes[row, col]
-            shown = ax.imshow(data.T, origin="lower", cmap=cmap, vmin=0, vmax=vmax, aspect=aspect, interpolation="nearest")
+            shown = ax.imshow(
+                data.T, origin="lower", cmap=cmap, vmin=0, vmax=vmax, aspect=aspect, interpolation="nearest"
+            )
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
@@ -74,13 +78,19 @@ def reading_sheet(volume: np.ndarray, zooms: Sequence[float], blinded_id: str, v
 
 
 def write_session_sheets(
-    items: Sequence[tuple[str, str | Path]], png_dir: str | Path, pdf_path: str | Path, *, progress: bool = True,
+    items: Sequence[tuple[str, str | Path]],
+    png_dir: str | Path,
+    pdf_path: str | Path,
+    *,
+    progress: bool = True,
 ) -> None:
     """Write ``<png_dir>/<blinded_id>.png`` per ``(blinded_id, image path)`` and one PDF page per image, in order."""
     items = [(bid, Path(p)) for bid, p in items]
     for _, path in items:
         if not path.is_file():
-            raise PetiqInputError(path, "the image to read does not exist", "reconstruct it before writing the reading sheets")
+            raise PetiqInputError(
+                path, "the image to read does not exist", "reconstruct it before writing the reading sheets"
+            )
     png_dir = Path(png_dir)
     show = progress and sys.stderr.isatty()
     with atomic_path(pdf_path) as tmp, PdfPages(tmp, metadata=_PDF_METADATA) as pdf:
@@ -90,7 +100,9 @@ def write_session_sheets(
             if volume.ndim == 4 and volume.shape[3] == 1:
                 volume = volume[..., 0]
             if volume.ndim != 3:
-                raise PetiqInputError(path, f"the image has shape {volume.shape}, not 3-D", "give the 3-D 0–1 scaled reconstruction")
+                raise PetiqInputError(
+                    path, f"the image has shape {volume.shape}, not 3-D", "give the 3-D 0–1 scaled reconstruction"
+                )
             fig = reading_sheet(volume, image.header.get_zooms(), bid)
             pdf.savefig(fig)
             save_figure(fig, png_dir / f"{bid}.png")

@@ -11,8 +11,9 @@ import pandas as pd
 from . import save_figure
 
 
-def plot_training_curve(curve: pd.DataFrame, path: str | Path, *, best_epoch: int | None = None,
-                        title: str | None = None) -> None:
+def plot_training_curve(
+    curve: pd.DataFrame, path: str | Path, *, best_epoch: int | None = None, title: str | None = None
+) -> None:
     """Loss (MSE) against epoch for ``curve`` (columns epoch, train_loss, val_loss), log scale when positive.
 
     ``best_epoch`` defaults to the epoch with the lowest validation loss; it is marked and labelled.

@@ -66,8 +66,13 @@ def _signature_defaults() -> dict:
 #: scanner, span, n_iterations, n_subsets, post_filter_fwhm_mm, backend (the workflow's config defaults)
 DEFAULTS = _signature_defaults()
 
-STEP_FILES = {"norm": "norm.npz", "attenuation": "attenuation.npz", "sinograms": "sinograms.npz",
-              "randoms": "randoms.npz", "scatter": "scatter.npz"}
+STEP_FILES = {
+    "norm": "norm.npz",
+    "attenuation": "attenuation.npz",
+    "sinograms": "sinograms.npz",
+    "randoms": "randoms.npz",
+    "scatter": "scatter.npz",
+}
 
 
 # ----------------------------------------------------------------------------- shared with `petiq histogram`
@@ -111,8 +116,11 @@ def _acquisition(path, scanner, span: int, threads: int | None = None) -> tuple[
     if name.endswith(".npz"):
         sino = pl._read_sinograms_checked(path, scanner, span)
         if int(sino["n_prompts"]) <= 0 or not float(sino["duration_s"]) > 0:
-            raise PetiqInputError(path, f"the sinograms hold {int(sino['n_prompts'])} prompts over "
-                                        f"{float(sino['duration_s']):g} s", "histogram a non-empty list-mode again")
+            raise PetiqInputError(
+                path,
+                f"the sinograms hold {int(sino['n_prompts'])} prompts over {float(sino['duration_s']):g} s",
+                "histogram a non-empty list-mode again",
+            )
         return "sinograms", lambda work: path
     if name.endswith(".l.hdr"):
         path = path.with_name(path.name[:-4])
@@ -127,9 +135,12 @@ def _acquisition(path, scanner, span: int, threads: int | None = None) -> tuple[
             return work / STEP_FILES["sinograms"]
 
         return "listmode", histogram
-    raise PetiqInputError(path, "is neither a list-mode file nor a sinogram file",
-                          "give the .l (its .l.hdr beside it), the .dcm of a DICOM export (its .bf beside it), "
-                          "or a sinogram .npz written by `petiq histogram`")
+    raise PetiqInputError(
+        path,
+        "is neither a list-mode file nor a sinogram file",
+        "give the .l (its .l.hdr beside it), the .dcm of a DICOM export (its .bf beside it), "
+        "or a sinogram .npz written by `petiq histogram`",
+    )
 
 
 def _listmode_data(path) -> Path:
@@ -161,9 +172,11 @@ def _norm_npz(path, scanner, span: int) -> Step:
       read and checked in full now (:func:`~petiq.recon.component_norm.read_component_norm`); the
       step runs :func:`~petiq.recon.component_norm.component_norm_file` into the work folder."""
     path = Path(path)
-    fix = (f"give the norm .npz of scanner {scanner.name!r}, span {span} (rule norm's output), its norm scan "
-           f"(`petiq simulate --norm --scanner {scanner.name}`), or the scanner's component norm "
-           "(.n with its .n.hdr, or the norm .dcm/.IMA)")
+    fix = (
+        f"give the norm .npz of scanner {scanner.name!r}, span {span} (rule norm's output), its norm scan "
+        f"(`petiq simulate --norm --scanner {scanner.name}`), or the scanner's component norm "
+        "(.n with its .n.hdr, or the norm .dcm/.IMA)"
+    )
     from petiq.recon import component_norm as cnm
 
     if cnm.is_component_norm(path):
@@ -187,13 +200,23 @@ def _norm_npz(path, scanner, span: int) -> Step:
                 return work / STEP_FILES["norm"]
 
             return estimate
-        raise PetiqInputError(path, f"neither a norm file nor a norm scan (kind {str(members.get('kind', '(none)'))!r})",
-                              fix)
+        raise PetiqInputError(
+            path, f"neither a norm file nor a norm scan (kind {str(members.get('kind', '(none)'))!r})", fix
+        )
     raise PetiqInputError(path, "is not a norm file petiq reads", fix)
 
 
-def _attenuation(mumap, scanner, span: int, *, hardware_mumaps=(), bed_position_mm: float | None = None,
-                 listmode=None, table_position_origin_mm=None, gantry_table_home_offset_mm=None) -> Step:
+def _attenuation(
+    mumap,
+    scanner,
+    span: int,
+    *,
+    hardware_mumaps=(),
+    bed_position_mm: float | None = None,
+    listmode=None,
+    table_position_origin_mm=None,
+    gantry_table_home_offset_mm=None,
+) -> Step:
     """Check the μ-map now; the step runs :func:`~petiq.recon.pipeline.attenuation_file`.
 
     Every form :func:`petiq.recon.mumap.read_mumap` reads is taken (NIfTI, e7 Interfile ``.v`` /
@@ -215,8 +238,9 @@ def _attenuation(mumap, scanner, span: int, *, hardware_mumaps=(), bed_position_
 
     mumap = Path(mumap)
     if not mumap.exists():
-        raise PetiqInputError(mumap, "μ-map not found", "check the path (a NIfTI, an e7 .v/.v.hdr, or a DICOM "
-                                                        "μ-map file or folder)")
+        raise PetiqInputError(
+            mumap, "μ-map not found", "check the path (a NIfTI, an e7 .v/.v.hdr, or a DICOM μ-map file or folder)"
+        )
     mu, affine, info = mm.read_mumap(mumap)
     check_mumap(mu, affine, scanner, mumap)
     if not (frame.is_scanner_grid(mu.shape, affine) and tuple(mu.shape) == tuple(scanner.image_shape)):
@@ -228,25 +252,35 @@ def _attenuation(mumap, scanner, span: int, *, hardware_mumaps=(), bed_position_
             bed_position_mm = mm.read_bed_position_mm(listmode) if listmode is not None else None
         if bed_position_mm is None:
             where = listmode if listmode is not None else hardware_mumaps[0]
-            raise PetiqInputError(where, "hardware μ-maps need the bed position, but none was given and "
-                                  + ("the list-mode header has no 'start horizontal bed position (mm)'"
-                                     if listmode is not None else "the acquisition is a sinogram file (no list-mode "
-                                                                  "header to read it from)"),
-                                  "give --bed-position-mm (the list-mode header's 'start horizontal bed position "
-                                  "(mm)'), or reconstruct from the list-mode whose header holds it")
+            raise PetiqInputError(
+                where,
+                "hardware μ-maps need the bed position, but none was given and "
+                + (
+                    "the list-mode header has no 'start horizontal bed position (mm)'"
+                    if listmode is not None
+                    else "the acquisition is a sinogram file (no list-mode header to read it from)"
+                ),
+                "give --bed-position-mm (the list-mode header's 'start horizontal bed position "
+                "(mm)'), or reconstruct from the list-mode whose header holds it",
+            )
         if not math.isfinite(float(bed_position_mm)):
             raise PetiqInputError(None, f"bed position {bed_position_mm!r} mm", "give the bed position in mm")
         bed_position_mm = float(bed_position_mm)
-        offsets = _table_offsets(mumap, info["format"], listmode, table_position_origin_mm,
-                                 gantry_table_home_offset_mm)
+        offsets = _table_offsets(mumap, info["format"], listmode, table_position_origin_mm, gantry_table_home_offset_mm)
         mm.hardware_mumap(hardware_mumaps, scanner, bed_position_mm, **offsets)
     else:
         offsets = {}
 
     def attenuation(work: Path) -> Path:
-        pl.attenuation_file(mumap, work / STEP_FILES["attenuation"], scanner, span,
-                            hardware_mumaps=[str(p) for p in hardware_mumaps], bed_position_mm=bed_position_mm,
-                            **offsets)
+        pl.attenuation_file(
+            mumap,
+            work / STEP_FILES["attenuation"],
+            scanner,
+            span,
+            hardware_mumaps=[str(p) for p in hardware_mumaps],
+            bed_position_mm=bed_position_mm,
+            **offsets,
+        )
         return work / STEP_FILES["attenuation"]
 
     return attenuation
@@ -278,16 +312,23 @@ def _table_offsets(mumap: Path, mumap_format: str, listmode, tpo, gto) -> dict:
     if tpo is None and gto is None:
         return {}
     if tpo is None or gto is None:
-        have, lack = ("GantryTableHomeOffset", "TablePositionOrigin") if tpo is None else (
-            "TablePositionOrigin", "GantryTableHomeOffset")
+        have, lack = (
+            ("GantryTableHomeOffset", "TablePositionOrigin")
+            if tpo is None
+            else ("TablePositionOrigin", "GantryTableHomeOffset")
+        )
         found = where["gto"] if tpo is None else where["tpo"]
-        raise PetiqInputError(found if found != "given" else None,
-                              f"the hardware μ-maps' table offsets are half known: {have} from {found}, but no "
-                              f"{lack} (NiftyPET places them by GantryTableHomeOffset - TablePositionOrigin)",
-                              f"give --{'table-position-origin-mm' if tpo is None else 'gantry-table-home-offset-mm'}"
-                              " X Y Z (the other DICOM's CSA header), or both as 0 0 0 to place without offsets")
-    return {"table_position_origin_mm": _triple(tpo, "table position origin (mm)"),
-            "gantry_table_home_offset_mm": _triple(gto, "gantry table home offset (mm)")}
+        raise PetiqInputError(
+            found if found != "given" else None,
+            f"the hardware μ-maps' table offsets are half known: {have} from {found}, but no "
+            f"{lack} (NiftyPET places them by GantryTableHomeOffset - TablePositionOrigin)",
+            f"give --{'table-position-origin-mm' if tpo is None else 'gantry-table-home-offset-mm'}"
+            " X Y Z (the other DICOM's CSA header), or both as 0 0 0 to place without offsets",
+        )
+    return {
+        "table_position_origin_mm": _triple(tpo, "table position origin (mm)"),
+        "gantry_table_home_offset_mm": _triple(gto, "gantry table home offset (mm)"),
+    }
 
 
 # ----------------------------------------------------------------------------- options
@@ -327,7 +368,7 @@ def _check_outputs(out_nii, out_json, out_norm01_nii, inputs, force: bool) -> tu
     for what, path in outs:
         check_output(path, inputs, force=force, what=what)
     for i, (what, path) in enumerate(outs):
-        for other, second in outs[i + 1:]:
+        for other, second in outs[i + 1 :]:
             if same_file(path, second):
                 raise PetiqInputError(path, f"the {what} and the {other} are one file", "give them different paths")
     return out_nii, out_json, out_norm01_nii
@@ -384,14 +425,17 @@ def reconstruct_acquisition(
     ``{"sidecar", "outputs", "intermediate" (kept files, else empty), "timings_s" (per step)}``."""
     started = time.perf_counter()
     scatter_options = dict(scatter_options or {})
-    scanner, span = _check_options(scanner, span, n_iterations, n_subsets, post_filter_fwhm_mm, backend,
-                                   scatter_options, threads)
+    scanner, span = _check_options(
+        scanner, span, n_iterations, n_subsets, post_filter_fwhm_mm, backend, scatter_options, threads
+    )
     try:
         from petiq.fileio import _json_default
 
         json.dumps(metadata or {}, default=_json_default)  # as reconstruct_file checks it, but before any step
     except TypeError as error:
-        raise PetiqInputError(None, f"metadata is not JSON serialisable ({error})", "pass plain numbers and strings") from None
+        raise PetiqInputError(
+            None, f"metadata is not JSON serialisable ({error})", "pass plain numbers and strings"
+        ) from None
     inputs = [Path(acquisition), Path(norm), Path(mumap), *(Path(p) for p in (hardware_mumaps or ()))]
     out_nii, out_json, out_norm01_nii = _check_outputs(out_nii, out_json, out_norm01_nii, inputs, force)
     if work_dir is None and keep_intermediate:
@@ -405,18 +449,35 @@ def reconstruct_acquisition(
         for name in STEP_FILES.values():
             for given in inputs:
                 if same_file(work_dir / name, given):
-                    raise PetiqInputError(given, f"the input is where the work folder's step file {name} goes",
-                                          "give another --work-dir (the step files there are overwritten)")
+                    raise PetiqInputError(
+                        given,
+                        f"the input is where the work folder's step file {name} goes",
+                        "give another --work-dir (the step files there are overwritten)",
+                    )
     # the pre-pass: every input checked, no step run yet (the work folder does not exist yet)
     kind, sinograms_step = _acquisition(acquisition, scanner, span, threads)
     norm_step = _norm_npz(norm, scanner, span)
-    attenuation_step = _attenuation(mumap, scanner, span, hardware_mumaps=hardware_mumaps,
-                                    bed_position_mm=bed_position_mm,
-                                    listmode=_listmode_data(acquisition) if kind == "listmode" else None,
-                                    table_position_origin_mm=table_position_origin_mm,
-                                    gantry_table_home_offset_mm=gantry_table_home_offset_mm)
-    log.info("recon: inputs checked (%s %s, norm %s, μ-map %s; scanner %s, span %d, %d iterations x %d subsets)",
-             kind, acquisition, norm, mumap, scanner.name, span, n_iterations, n_subsets)
+    attenuation_step = _attenuation(
+        mumap,
+        scanner,
+        span,
+        hardware_mumaps=hardware_mumaps,
+        bed_position_mm=bed_position_mm,
+        listmode=_listmode_data(acquisition) if kind == "listmode" else None,
+        table_position_origin_mm=table_position_origin_mm,
+        gantry_table_home_offset_mm=gantry_table_home_offset_mm,
+    )
+    log.info(
+        "recon: inputs checked (%s %s, norm %s, μ-map %s; scanner %s, span %d, %d iterations x %d subsets)",
+        kind,
+        acquisition,
+        norm,
+        mumap,
+        scanner.name,
+        span,
+        n_iterations,
+        n_subsets,
+    )
 
     made_dir = work_dir is None or not work_dir.exists()
     if work_dir is None:
@@ -449,12 +510,42 @@ def reconstruct_acquisition(
         randoms_npz = produced(work / STEP_FILES["randoms"])
         run(4, "randoms", lambda: pl.randoms_file(sinograms_npz, randoms_npz, scanner, span))
         scatter_npz = produced(work / STEP_FILES["scatter"])
-        run(5, "scatter", lambda: pl.scatter_file(sinograms_npz, norm_npz, randoms_npz, attenuation_npz, scatter_npz,
-                                                  scanner=scanner, span=span, **scatter_options))
-        sidecar = run(6, "osem", lambda: pl.reconstruct_file(
-            sinograms_npz, norm_npz, randoms_npz, attenuation_npz, scatter_npz, out_nii, out_json, out_norm01_nii,
-            scanner=scanner, span=span, n_iterations=n_iterations, n_subsets=n_subsets,
-            post_filter_fwhm_mm=post_filter_fwhm_mm, backend=backend, metadata=metadata, progress=progress))
+        run(
+            5,
+            "scatter",
+            lambda: pl.scatter_file(
+                sinograms_npz,
+                norm_npz,
+                randoms_npz,
+                attenuation_npz,
+                scatter_npz,
+                scanner=scanner,
+                span=span,
+                **scatter_options,
+            ),
+        )
+        sidecar = run(
+            6,
+            "osem",
+            lambda: pl.reconstruct_file(
+                sinograms_npz,
+                norm_npz,
+                randoms_npz,
+                attenuation_npz,
+                scatter_npz,
+                out_nii,
+                out_json,
+                out_norm01_nii,
+                scanner=scanner,
+                span=span,
+                n_iterations=n_iterations,
+                n_subsets=n_subsets,
+                post_filter_fwhm_mm=post_filter_fwhm_mm,
+                backend=backend,
+                metadata=metadata,
+                progress=progress,
+            ),
+        )
     finally:
         if not keep_intermediate:  # with keep_intermediate, the step files stay after a failure too
             for path in written:
@@ -462,7 +553,17 @@ def reconstruct_acquisition(
             if made_dir:
                 shutil.rmtree(work, ignore_errors=True)
     timings["total"] = round(time.perf_counter() - started, 3)
-    log.info("recon: %s, %s, %s in %.1f s%s", out_nii, out_json, out_norm01_nii, timings["total"],
-             f" (intermediate files in {work})" if keep_intermediate else "")
-    return {"sidecar": sidecar, "outputs": [out_nii, out_json, out_norm01_nii],
-            "intermediate": [p for p in written if p.exists()] if keep_intermediate else [], "timings_s": timings}
+    log.info(
+        "recon: %s, %s, %s in %.1f s%s",
+        out_nii,
+        out_json,
+        out_norm01_nii,
+        timings["total"],
+        f" (intermediate files in {work})" if keep_intermediate else "",
+    )
+    return {
+        "sidecar": sidecar,
+        "outputs": [out_nii, out_json, out_norm01_nii],
+        "intermediate": [p for p in written if p.exists()] if keep_intermediate else [],
+        "timings_s": timings,
+    }

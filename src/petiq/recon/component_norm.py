@@ -254,46 +254,63 @@ def _header_float(text: str, hdr: dict[str, str], where) -> float:
             try:
                 return float(v.split()[0])
             except (ValueError, IndexError):
-                raise PetiqInputError(where, f"'{QF_KEY}' is {v!r}, not a number",
-                                      "give the norm header as the scanner wrote it") from None
-    raise PetiqInputError(where, f"the norm header has no '{QF_KEY}' (the calibration)",
-                          "give the norm header as the scanner wrote it, with its quantification factor")
+                raise PetiqInputError(
+                    where, f"'{QF_KEY}' is {v!r}, not a number", "give the norm header as the scanner wrote it"
+                ) from None
+    raise PetiqInputError(
+        where,
+        f"the norm header has no '{QF_KEY}' (the calibration)",
+        "give the norm header as the scanner wrote it, with its quantification factor",
+    )
 
 
 def _check_header(text: str, scanner: Scanner, where) -> tuple[dict[str, str], list[int], str]:
     """Check a norm header against ``scanner``; return (keys, data offsets, byte order)."""
     first = next((ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith(";")), "")
     if _nkey(first.split(":=", 1)[0]) != "interfile":
-        raise PetiqInputError(where, "is not an Interfile header (the first line is not '!INTERFILE:=')",
-                              _FIX_GENERIC)
+        raise PetiqInputError(where, "is not an Interfile header (the first line is not '!INTERFILE:=')", _FIX_GENERIC)
     hdr = _parse(text)
     kind = (hdr.get("pet data type", "") + " " + hdr.get("data format", "")).lower()
     if "norm" not in kind and "number of normalization components" not in hdr:
-        raise PetiqInputError(where, f"is not a normalisation header (PET data type {hdr.get('pet data type', '?')!r}, "
-                                     "no '%number of normalization components')", _FIX_GENERIC)
+        raise PetiqInputError(
+            where,
+            f"is not a normalisation header (PET data type {hdr.get('pet data type', '?')!r}, "
+            "no '%number of normalization components')",
+            _FIX_GENERIC,
+        )
     system = hdr.get("originating system", "").strip()
     if system and system != _system_name(scanner):
-        raise PetiqInputError(where, f"the norm is for originating system {system!r}, not {_system_name(scanner)!r} "
-                                     f"(petiq scanner {scanner.name!r})",
-                              "give the norm of the scanner the data came from, or choose the matching scanner preset")
+        raise PetiqInputError(
+            where,
+            f"the norm is for originating system {system!r}, not {_system_name(scanner)!r} "
+            f"(petiq scanner {scanner.name!r})",
+            "give the norm of the scanner the data came from, or choose the matching scanner preset",
+        )
     layout = component_layout(scanner)
     n_comp = _ints(hdr.get("number of normalization components", "8") or "8")
     if n_comp != [len(COMPONENTS)]:
-        raise PetiqInputError(where, f"'%number of normalization components' is {n_comp}, expected {len(COMPONENTS)}",
-                              _FIX_GENERIC)
+        raise PetiqInputError(
+            where, f"'%number of normalization components' is {n_comp}, expected {len(COMPONENTS)}", _FIX_GENERIC
+        )
     offsets, at = [], 0
     for i, (field, label) in enumerate(COMPONENTS, start=1):
         shape = layout[field]
         want = list(reversed(shape))
         got = _ints(hdr.get(f"matrix size[{i}]", ""))
         if got and got != want:
-            raise PetiqInputError(where, f"component {i} ({label}) has matrix size {got}, but scanner {scanner.name!r} "
-                                         f"needs {want}: a norm of another scanner or software version",
-                                  "give the norm of the scanner the data came from, or choose the matching preset")
+            raise PetiqInputError(
+                where,
+                f"component {i} ({label}) has matrix size {got}, but scanner {scanner.name!r} "
+                f"needs {want}: a norm of another scanner or software version",
+                "give the norm of the scanner the data came from, or choose the matching preset",
+            )
         off = _ints(hdr.get(f"data offset in bytes[{i}]", str(at)))
         if off != [at]:
-            raise PetiqInputError(where, f"component {i} ({label}) starts at byte {off}, expected {at} "
-                                         "(components back to back, float32)", _FIX_GENERIC)
+            raise PetiqInputError(
+                where,
+                f"component {i} ({label}) starts at byte {off}, expected {at} (components back to back, float32)",
+                _FIX_GENERIC,
+            )
         offsets.append(at)
         at += 4 * int(np.prod(shape))
     order = hdr.get("imagedata byte order", hdr.get("image data byte order", "LITTLEENDIAN")).upper()
@@ -302,8 +319,7 @@ def _check_header(text: str, scanner: Scanner, where) -> tuple[dict[str, str], l
     fmt = hdr.get("number format", "float").lower()
     nbytes = hdr.get("number of bytes per pixel", "4")
     if "float" not in fmt or _ints(nbytes) != [4]:
-        raise PetiqInputError(where, f"number format {fmt!r} with {nbytes} bytes, expected 4-byte float",
-                              _FIX_GENERIC)
+        raise PetiqInputError(where, f"number format {fmt!r} with {nbytes} bytes, expected 4-byte float", _FIX_GENERIC)
     return hdr, offsets, order
 
 
@@ -353,15 +369,18 @@ def _decode_components(raw: bytes, scanner: Scanner, order: str, where) -> dict[
     n_want = sum(int(np.prod(s)) for s in layout.values())
     if len(raw) != 4 * n_want:
         n_got = len(raw) / 4
-        raise PetiqInputError(where, f"holds {len(raw)} bytes ({n_got:g} float32 values), but a component norm of "
-                                     f"scanner {scanner.name!r} has {n_want} ({4 * n_want} bytes)",
-                              "give the complete .n of the scanner the data came from (a truncated copy, or "
-                              "another scanner's norm, cannot be used)")
+        raise PetiqInputError(
+            where,
+            f"holds {len(raw)} bytes ({n_got:g} float32 values), but a component norm of "
+            f"scanner {scanner.name!r} has {n_want} ({4 * n_want} bytes)",
+            "give the complete .n of the scanner the data came from (a truncated copy, or "
+            "another scanner's norm, cannot be used)",
+        )
     values = np.frombuffer(raw, dtype="<f4" if order == "LITTLEENDIAN" else ">f4").astype(np.float32)
     out, at = {}, 0
     for field, shape in layout.items():
         n = int(np.prod(shape))
-        out[field] = values[at:at + n].reshape(shape).copy()
+        out[field] = values[at : at + n].reshape(shape).copy()
         at += n
     return out
 
@@ -371,18 +390,27 @@ def _check_values(arrays: dict[str, np.ndarray], where) -> None:
     for field, a in arrays.items():
         bad = ~np.isfinite(a)
         if bad.any():
-            raise PetiqInputError(where, f"{labels[field]} hold {int(bad.sum())} NaN/infinite values "
-                                         f"(first at index {np.unravel_index(int(np.argmax(bad)), a.shape)})",
-                                  "give an intact norm file (this one is corrupt)")
+            raise PetiqInputError(
+                where,
+                f"{labels[field]} hold {int(bad.sum())} NaN/infinite values "
+                f"(first at index {np.unravel_index(int(np.argmax(bad)), a.shape)})",
+                "give an intact norm file (this one is corrupt)",
+            )
     # efficiencies and axial factors are positive numbers; dead-time parameters may take any finite value
     for field in ("geometric", "interference", "crystal_efficiency", "axial", "axial_2"):
         a = arrays[field]
         if (a < 0).any():
-            raise PetiqInputError(where, f"{labels[field]} hold {int((a < 0).sum())} negative values (min {a.min():g})",
-                                  "give an intact norm file (efficiencies cannot be negative)")
+            raise PetiqInputError(
+                where,
+                f"{labels[field]} hold {int((a < 0).sum())} negative values (min {a.min():g})",
+                "give an intact norm file (efficiencies cannot be negative)",
+            )
     if (arrays["axial"] == 0).any():
-        raise PetiqInputError(where, f"axial effects hold {int((arrays['axial'] == 0).sum())} zeros (the norm divides "
-                                     "by them)", "give an intact norm file")
+        raise PetiqInputError(
+            where,
+            f"axial effects hold {int((arrays['axial'] == 0).sum())} zeros (the norm divides by them)",
+            "give an intact norm file",
+        )
 
 
 # ----------------------------------------------------------------------------- DICOM
@@ -415,9 +443,11 @@ def _read_dicom(path: Path):
         kind = str(elem.value).strip().upper() if elem is not None else ""
         if kind and "NORM" not in kind:
             what = "list-mode" if kind == LISTMODE_DATA_TYPE else OTHER_DATA_TYPES.get(kind, "not a norm")
-            raise PetiqInputError(dcm, f"its CSA Data Type (0029,{block:02X}08) is {kind!r} ({what}), not a "
-                                       f"normalisation ({NORM_DATA_TYPE})",
-                                  "give the norm .dcm/.IMA of the export (CSA Data Type MRPETNORM)")
+            raise PetiqInputError(
+                dcm,
+                f"its CSA Data Type (0029,{block:02X}08) is {kind!r} ({what}), not a normalisation ({NORM_DATA_TYPE})",
+                "give the norm .dcm/.IMA of the export (CSA Data Type MRPETNORM)",
+            )
     tags = [(0x0029, (b << 8) | 0x10) for b in blocks] + list(_HEADER_TAGS)
     text = None
     for tag in dict.fromkeys(tags):
@@ -426,21 +456,27 @@ def _read_dicom(path: Path):
             continue
         t = _decode(elem.value)
         if "!INTERFILE" in t and "scanner quantification factor" in t:  # NiftyPET get_components
-            text = t[t.find("!INTERFILE"):]
+            text = t[t.find("!INTERFILE") :]
             break
     if text is None:
         where = ", ".join(f"({g:04X},{e:04X})" for g, e in dict.fromkeys(tags))
-        raise PetiqInputError(dcm, f"no normalisation Interfile header (with '!INTERFILE' and 'scanner "
-                                   f"quantification factor') in the Siemens private tags {where}",
-                              "give the norm .dcm/.IMA of the scanner's export with its private tags kept")
+        raise PetiqInputError(
+            dcm,
+            f"no normalisation Interfile header (with '!INTERFILE' and 'scanner "
+            f"quantification factor') in the Siemens private tags {where}",
+            "give the norm .dcm/.IMA of the scanner's export with its private tags kept",
+        )
     if _BINARY_TAG in ds:
         return dcm, text, bytes(ds[_BINARY_TAG].value)
     bf = dcm.with_suffix(".bf")
     if not bf.exists() and dcm.with_suffix(".BF").exists():
         bf = dcm.with_suffix(".BF")
     if not bf.is_file():
-        raise PetiqInputError(dcm, "holds no component data in (7FE1,1010) and there is no .bf beside it",
-                              f"put the export's {bf.name} beside the .dcm (NiftyPET: dfile[:-4] + '.bf')")
+        raise PetiqInputError(
+            dcm,
+            "holds no component data in (7FE1,1010) and there is no .bf beside it",
+            f"put the export's {bf.name} beside the .dcm (NiftyPET: dfile[:-4] + '.bf')",
+        )
     return bf, text, bf.read_bytes()
 
 
@@ -504,8 +540,11 @@ def read_component_norm(path, scanner: Scanner | str = "mmr") -> ComponentNorm:
         hdr_path, data_path = _pair(p)
         for f, what in ((hdr_path, "header (.n.hdr)"), (data_path, "data (.n)")):
             if not f.is_file():
-                raise PetiqInputError(f, f"the norm {what} is missing",
-                                      "put the .n and its .n.hdr side by side (the data name plus '.hdr')")
+                raise PetiqInputError(
+                    f,
+                    f"the norm {what} is missing",
+                    "put the .n and its .n.hdr side by side (the data name plus '.hdr')",
+                )
         raw_hdr = hdr_path.read_bytes()
         try:
             text = raw_hdr.decode("utf-8-sig")
@@ -520,23 +559,34 @@ def read_component_norm(path, scanner: Scanner | str = "mmr") -> ComponentNorm:
     hdr, _offsets, order = _check_header(text, scanner, hdr_where)
     qf = _header_float(text, hdr, hdr_where)
     if not (np.isfinite(qf) and qf > 0):
-        raise PetiqInputError(hdr_where, f"the quantification factor is {qf!r}, not a positive number",
-                              "give the norm header as the scanner wrote it")
+        raise PetiqInputError(
+            hdr_where,
+            f"the quantification factor is {qf!r}, not a positive number",
+            "give the norm header as the scanner wrote it",
+        )
     arrays = _decode_components(raw, scanner, order, where)
     _check_values(arrays, where)
     buckets = _ints(hdr.get("number of buckets", str(scanner.n_buckets)))
-    return ComponentNorm(**arrays, quantification_factor=float(qf), scanner=scanner.name,
-                         originating_system=hdr.get("originating system", _system_name(scanner)).strip(),
-                         n_buckets=buckets[0] if buckets else scanner.n_buckets,
-                         header=text, source=str(where))
+    return ComponentNorm(
+        **arrays,
+        quantification_factor=float(qf),
+        scanner=scanner.name,
+        originating_system=hdr.get("originating system", _system_name(scanner)).strip(),
+        n_buckets=buckets[0] if buckets else scanner.n_buckets,
+        header=text,
+        source=str(where),
+    )
 
 
 def _validate(cn: ComponentNorm, scanner: Scanner, where) -> None:
     for field, shape in component_layout(scanner).items():
         a = np.asarray(getattr(cn, field))
         if a.shape != shape:
-            raise PetiqInputError(where, f"component {field} has shape {a.shape}, scanner {scanner.name!r} needs {shape}",
-                                  "build the components for this scanner (component_layout)")
+            raise PetiqInputError(
+                where,
+                f"component {field} has shape {a.shape}, scanner {scanner.name!r} needs {shape}",
+                "build the components for this scanner (component_layout)",
+            )
     _check_values({f: np.asarray(getattr(cn, f), dtype=np.float32) for f in _FIELDS}, where)
 
 
@@ -596,8 +646,9 @@ def quantification_factor(calibration: float) -> float:
     return 1.0 / float(calibration)
 
 
-def component_norm_from_truth(scanner: Scanner | str, crystal_efficiency, radial_factor,
-                              calibration: float) -> ComponentNorm:
+def component_norm_from_truth(
+    scanner: Scanner | str, crystal_efficiency, radial_factor, calibration: float
+) -> ComponentNorm:
     """petiq's simulated truth (:class:`petiq.simulate.ScannerTruth`) as mMR components.
 
     Geometric effects: every one of the ``2 n_rings - 1`` rows is ``radial_factor`` (petiq's
@@ -636,8 +687,11 @@ def dead_time_factor(cn: ComponentNorm, scanner: Scanner, bucket_singles) -> np.
     crystal's bucket (``Scanner.crystal_buckets``, NiftyPET ``b = c/18 + 28 (r/8)``)."""
     s = np.asarray(bucket_singles, dtype=np.float64).ravel()
     if s.size != scanner.n_buckets:
-        raise PetiqInputError(None, f"bucket singles have {s.size} entries, scanner {scanner.name!r} has "
-                                    f"{scanner.n_buckets} buckets", "pass one singles value per bucket")
+        raise PetiqInputError(
+            None,
+            f"bucket singles have {s.size} entries, scanner {scanner.name!r} has {scanner.n_buckets} buckets",
+            "pass one singles value per bucket",
+        )
     half = 0.5 * s[scanner.crystal_buckets()]
     dtp = np.asarray(cn.ring_dead_time_paralysing, np.float64)[:, None]
     dtnp = np.asarray(cn.ring_dead_time_nonparalysing, np.float64)[:, None]
@@ -667,27 +721,38 @@ def mean_bucket_singles(singles, singles_reports) -> np.ndarray:
     s = np.asarray(singles)
     n = np.asarray(singles_reports)
     if s.ndim != 2 or s.shape != n.shape:
-        raise PetiqInputError(None, f"singles {s.shape} and singles_reports {n.shape} are not one (intervals, buckets) "
-                                    "shape", "pass the sinogram file's singles and singles_reports")
+        raise PetiqInputError(
+            None,
+            f"singles {s.shape} and singles_reports {n.shape} are not one (intervals, buckets) shape",
+            "pass the sinogram file's singles and singles_reports",
+        )
     if (n < 0).any() or (s < 0).any():
-        raise PetiqInputError(None, "singles or singles_reports hold negative values",
-                              "pass the sinogram file's singles and singles_reports")
+        raise PetiqInputError(
+            None,
+            "singles or singles_reports hold negative values",
+            "pass the sinogram file's singles and singles_reports",
+        )
     s = s.astype(np.int64)
     n = n.astype(np.int64)
     rate = np.where(n > 0, s // np.maximum(n, 1), 0)
     keep = n.sum(axis=1) > 0
     if not keep.any():
-        raise PetiqInputError(None, "the singles hold no report (every singles_reports is 0), so there is no "
-                                    "bucket singles rate for the dead-time correction",
-                              "histogram the list-mode with its singles tags, or leave out the dead time")
+        raise PetiqInputError(
+            None,
+            "the singles hold no report (every singles_reports is 0), so there is no "
+            "bucket singles rate for the dead-time correction",
+            "histogram the list-mode with its singles tags, or leave out the dead time",
+        )
     return np.int32(rate[keep].sum(axis=0) / int(keep.sum()))
 
 
 def has_dead_time(cn: ComponentNorm) -> bool:
     """True when any paralysing or non-paralysing ring dead-time parameter is non-zero (else
     NiftyPET's dead-time factor is 1 for any singles)."""
-    return bool(np.any(np.asarray(cn.ring_dead_time_paralysing) != 0)
-                or np.any(np.asarray(cn.ring_dead_time_nonparalysing) != 0))
+    return bool(
+        np.any(np.asarray(cn.ring_dead_time_paralysing) != 0)
+        or np.any(np.asarray(cn.ring_dead_time_nonparalysing) != 0)
+    )
 
 
 def components_from_npz(data, scanner: Scanner | str) -> ComponentNorm | None:
@@ -701,18 +766,30 @@ def components_from_npz(data, scanner: Scanner | str) -> ComponentNorm | None:
         return None
     missing = [k for k in keys + ["quantification_factor"] if k not in data]
     if missing:
-        raise PetiqInputError(None, f"the norm .npz has component keys but lacks {missing}",
-                              "rebuild it from the component norm (.n) with component_norm_file")
-    cn = ComponentNorm(**{f: np.asarray(data[f"component_{f}"], dtype=np.float32) for f in _FIELDS},
-                       quantification_factor=float(np.asarray(data["quantification_factor"])),
-                       scanner=scanner.name, originating_system=_system_name(scanner),
-                       n_buckets=scanner.n_buckets)
+        raise PetiqInputError(
+            None,
+            f"the norm .npz has component keys but lacks {missing}",
+            "rebuild it from the component norm (.n) with component_norm_file",
+        )
+    cn = ComponentNorm(
+        **{f: np.asarray(data[f"component_{f}"], dtype=np.float32) for f in _FIELDS},
+        quantification_factor=float(np.asarray(data["quantification_factor"])),
+        scanner=scanner.name,
+        originating_system=_system_name(scanner),
+        n_buckets=scanner.n_buckets,
+    )
     _validate(cn, scanner, None)
     return cn
 
 
-def norm_sinogram(components: ComponentNorm, scanner: Scanner | str, span: int, bucket_singles=None, *,
-                  geometric_by_plane: bool = False) -> np.ndarray:
+def norm_sinogram(
+    components: ComponentNorm,
+    scanner: Scanner | str,
+    span: int,
+    bucket_singles=None,
+    *,
+    geometric_by_plane: bool = False,
+) -> np.ndarray:
     """float32 span-``span`` sinogram (``scanner.sinogram_shape(span)``): the efficiency that
     multiplies the expected counts, as NiftyPET's ``norm.cu`` (``dev_norm``) forms it.
 
@@ -726,9 +803,11 @@ def norm_sinogram(components: ComponentNorm, scanner: Scanner | str, span: int, 
     scanner = Scanner.from_name(scanner) if isinstance(scanner, str) else scanner
     span = scanner.check_span(int(span))
     if components.scanner != scanner.name:
-        raise PetiqInputError(components.source or None, f"the norm components are for scanner "
-                                                         f"{components.scanner!r}, not {scanner.name!r}",
-                              "read the norm for the scanner the data came from")
+        raise PetiqInputError(
+            components.source or None,
+            f"the norm components are for scanner {components.scanner!r}, not {scanner.name!r}",
+            "read the norm for the scanner the data came from",
+        )
     _validate(components, scanner, components.source or None)
     eff = from_niftypet_crystals(np.asarray(components.crystal_efficiency, np.float64))
     eff = np.where(scanner.is_gap(np.arange(scanner.crystals_per_ring))[None, :], 0.0, eff)
@@ -736,7 +815,9 @@ def norm_sinogram(components: ComponentNorm, scanner: Scanner | str, span: int, 
         eff = eff * dead_time_factor(components, scanner, bucket_singles)
     nv, nr = scanner.n_views, scanner.n_radial
     view = np.arange(nv)[:, None]
-    det_a, det_b = scanner.view_radial_to_dets(np.broadcast_to(view, (nv, nr)), np.broadcast_to(np.arange(nr), (nv, nr)))
+    det_a, det_b = scanner.view_radial_to_dets(
+        np.broadcast_to(view, (nv, nr)), np.broadcast_to(np.arange(nr), (nv, nr))
+    )
     cinf = np.asarray(components.interference, np.float64)  # (n_radial, block_positions)
     transaxial = cinf[np.arange(nr)[None, :], (view % scanner.block_positions)]  # (nv, nr)
     geo = np.asarray(components.geometric, np.float64)
@@ -750,8 +831,11 @@ def norm_sinogram(components: ComponentNorm, scanner: Scanner | str, span: int, 
     if span == 1 and components.span1_axial is not None:
         axf1 = np.asarray(components.span1_axial, np.float64).ravel()
         if axf1.size != ring_a.size:
-            raise PetiqInputError(None, f"span1_axial has {axf1.size} entries, scanner {scanner.name!r} has "
-                                        f"{ring_a.size} span-1 sinograms", "pass one factor per span-1 sinogram")
+            raise PetiqInputError(
+                None,
+                f"span1_axial has {axf1.size} entries, scanner {scanner.name!r} has {ring_a.size} span-1 sinograms",
+                "pass one factor per span-1 sinogram",
+            )
         weight = weight * axf1
     out = np.zeros(scanner.sinogram_shape(span), dtype=np.float32)
     eff = eff.astype(np.float32)
@@ -785,12 +869,26 @@ def component_norm_file(n_path, out_npz, scanner: Scanner | str, span: int) -> d
     eff = from_niftypet_crystals(cn.crystal_efficiency).astype(np.float32)
     eff[:, scanner.is_gap(np.arange(scanner.crystals_per_ring))] = 0.0
     kappa = calibration_factor(cn.quantification_factor)
-    summary = {"source": str(n_path), "scanner": scanner.name, "span": span, "calibration_factor": kappa,
-               "quantification_factor": cn.quantification_factor, "method": "component norm file (NiftyPET norm.cu)"}
-    write_npz(out_npz, kind=np.asarray("norm"), scanner=np.asarray(scanner.name), span=np.asarray(span),
-              norm=norm, crystal_efficiency=eff, radial_factor=cn.geometric[0].astype(np.float32),
-              radial_measured=np.ones(scanner.n_radial, dtype=bool),
-              calibration_factor=np.asarray(kappa), summary=np.asarray(json.dumps(summary)),
-              quantification_factor=np.asarray(cn.quantification_factor),
-              **{f"component_{f}": np.asarray(getattr(cn, f), dtype=np.float32) for f in _FIELDS})
+    summary = {
+        "source": str(n_path),
+        "scanner": scanner.name,
+        "span": span,
+        "calibration_factor": kappa,
+        "quantification_factor": cn.quantification_factor,
+        "method": "component norm file (NiftyPET norm.cu)",
+    }
+    write_npz(
+        out_npz,
+        kind=np.asarray("norm"),
+        scanner=np.asarray(scanner.name),
+        span=np.asarray(span),
+        norm=norm,
+        crystal_efficiency=eff,
+        radial_factor=cn.geometric[0].astype(np.float32),
+        radial_measured=np.ones(scanner.n_radial, dtype=bool),
+        calibration_factor=np.asarray(kappa),
+        summary=np.asarray(json.dumps(summary)),
+        quantification_factor=np.asarray(cn.quantification_factor),
+        **{f"component_{f}": np.asarray(getattr(cn, f), dtype=np.float32) for f in _FIELDS},
+    )
     return summary

@@ -144,8 +144,13 @@ def _tables(scanner: Scanner, span: int) -> _Tables:
     return _TABLES[key]
 
 
-def crystal_fan_sums(scanner: Scanner, weights: np.ndarray, per_bin: np.ndarray | None = None,
-                     radial: np.ndarray | None = None, span: int = 1) -> np.ndarray:
+def crystal_fan_sums(
+    scanner: Scanner,
+    weights: np.ndarray,
+    per_bin: np.ndarray | None = None,
+    radial: np.ndarray | None = None,
+    span: int = 1,
+) -> np.ndarray:
     """Fan sums ``Σ_j w_j · g_t · E_k`` per crystal ``i`` over all span-1 bins (i, j) of the scanner.
 
     ``weights``: (n_rings, crystals_per_ring) per crystal; ``per_bin``: optional span-``span``
@@ -198,8 +203,15 @@ class NormEstimate:
     summary: dict = field(default_factory=dict)
 
 
-def norm_phantom_expected(scanner: Scanner, span: int, radius_mm: float, mu_cm: float,
-                          activity_bq_per_ml: float, duration_s: float, calibration_factor: float) -> np.ndarray:
+def norm_phantom_expected(
+    scanner: Scanner,
+    span: int,
+    radius_mm: float,
+    mu_cm: float,
+    activity_bq_per_ml: float,
+    duration_s: float,
+    calibration_factor: float,
+) -> np.ndarray:
     """Expected counts per span-1 member of each span-``span`` bin for the norm scan's uniform
     cylinder with unit normalisation, the mean over the bin's members of ``κ · D · c · a_i · (P₁ 1_cyl)_i``
     (float32; ``a_i = exp(−μ (P₁ 1_cyl)_i)``, each member's own LOR).
@@ -287,8 +299,9 @@ def estimate_normalisation(
     span = sc.check_span(int(span))
     fansums = np.asarray(fansums, dtype=np.float64).reshape(sc.n_rings, sc.crystals_per_ring)
     sinogram = np.asarray(sinogram)
-    expected = norm_phantom_expected(sc, norm_scan_span, phantom_radius_mm, phantom_mu_cm,
-                                     phantom_activity_bq_per_ml, duration_s, calibration_factor)
+    expected = norm_phantom_expected(
+        sc, norm_scan_span, phantom_radius_mm, phantom_mu_cm, phantom_activity_bq_per_ml, duration_s, calibration_factor
+    )
     real = ~sc.is_gap(np.arange(sc.crystals_per_ring))[None, :] & (fansums > 0)
     eps = np.where(real, 1.0, 0.0)
     g = np.ones(sc.n_radial)
@@ -322,12 +335,23 @@ def estimate_normalisation(
         "n_real_crystals": int(real.sum()),
         "plane_mean_members": float(members.mean()),
     }
-    log.info("norm: %d crystals, efficiency CV %.3f, %d/%d radial bins measured, model/measured counts %.4f",
-             summary["n_real_crystals"], summary["efficiency_cv"], summary["radial_bins_measured"], sc.n_radial,
-             summary["model_over_measured_counts"])
-    return NormEstimate(norm=norm, crystal_efficiency=eps.astype(np.float32), radial_factor=g.astype(np.float32),
-                        radial_measured=measured, span=span, calibration_factor=float(calibration_factor),
-                        summary=summary)
+    log.info(
+        "norm: %d crystals, efficiency CV %.3f, %d/%d radial bins measured, model/measured counts %.4f",
+        summary["n_real_crystals"],
+        summary["efficiency_cv"],
+        summary["radial_bins_measured"],
+        sc.n_radial,
+        summary["model_over_measured_counts"],
+    )
+    return NormEstimate(
+        norm=norm,
+        crystal_efficiency=eps.astype(np.float32),
+        radial_factor=g.astype(np.float32),
+        radial_measured=measured,
+        span=span,
+        calibration_factor=float(calibration_factor),
+        summary=summary,
+    )
 
 
 # ----------------------------------------------------------------------------- randoms
@@ -362,7 +386,9 @@ def estimate_singles(delayed_fansums: np.ndarray, scanner: Scanner, n_iterations
     return s
 
 
-def randoms_sinogram(singles: np.ndarray, scanner: Scanner, span: int, total: float | None = None) -> tuple[np.ndarray, float]:
+def randoms_sinogram(
+    singles: np.ndarray, scanner: Scanner, span: int, total: float | None = None
+) -> tuple[np.ndarray, float]:
     """Randoms ∝ ``Σ_members s_a s_b`` at span ``span``; scaled to ``total`` when given.
     Returns (float32 sinogram, scale)."""
     pairs = crystal_pair_sums(scanner, singles, span)
@@ -373,8 +399,9 @@ def randoms_sinogram(singles: np.ndarray, scanner: Scanner, span: int, total: fl
     return (pairs * np.float32(scale)).astype(np.float32), scale
 
 
-def estimate_randoms(delayeds: np.ndarray, delayed_fansums: np.ndarray, scanner: Scanner, span: int,
-                     n_iterations: int = 12) -> RandomsEstimate:
+def estimate_randoms(
+    delayeds: np.ndarray, delayed_fansums: np.ndarray, scanner: Scanner, span: int, n_iterations: int = 12
+) -> RandomsEstimate:
     """Variance-reduced expected randoms from the delayed window (see :func:`estimate_singles`):
     the singles-product sinogram, expanded to span ``span`` (sum over members) and scaled so that
     its total equals the delayeds' total (unbiased: E[delayeds] = randoms)."""
@@ -382,8 +409,9 @@ def estimate_randoms(delayeds: np.ndarray, delayed_fansums: np.ndarray, scanner:
     total = float(np.asarray(delayeds).sum(dtype=np.float64))
     singles = estimate_singles(delayed_fansums, scanner, n_iterations)
     randoms, scale = randoms_sinogram(singles, scanner, span, total=total)
-    log.info("randoms: %d delayeds, fan-sum singles estimate (%d crystals with counts)", int(total),
-             int((singles > 0).sum()))
+    log.info(
+        "randoms: %d delayeds, fan-sum singles estimate (%d crystals with counts)", int(total), int((singles > 0).sum())
+    )
     return RandomsEstimate(randoms=randoms, singles=singles, scale=scale, span=span)
 
 
@@ -402,19 +430,29 @@ def check_mumap(mu: np.ndarray, affine: np.ndarray, scanner: Scanner, path=None)
 
     mu = np.asarray(mu)
     if mu.ndim != 3 or min(mu.shape) < 1:
-        raise PetiqInputError(path, f"μ-map has shape {mu.shape}, expected a 3-D volume",
-                              "give a 3-D μ-map NIfTI (x, y, z)")
+        raise PetiqInputError(
+            path, f"μ-map has shape {mu.shape}, expected a 3-D volume", "give a 3-D μ-map NIfTI (x, y, z)"
+        )
     n_nan = int(np.count_nonzero(~np.isfinite(mu)))
     if n_nan:
-        raise PetiqInputError(path, f"μ-map has {n_nan} NaN/infinite voxels",
-                              "fill them (air is 0, soft tissue 0.096 cm⁻¹) or regenerate the μ-map")
+        raise PetiqInputError(
+            path,
+            f"μ-map has {n_nan} NaN/infinite voxels",
+            "fill them (air is 0, soft tissue 0.096 cm⁻¹) or regenerate the μ-map",
+        )
     if float(mu.min()) < 0:
-        raise PetiqInputError(path, f"μ-map has negative values (min {float(mu.min()):.4g} cm⁻¹)",
-                              "attenuation coefficients are ≥ 0: clip the μ-map at 0 or regenerate it")
+        raise PetiqInputError(
+            path,
+            f"μ-map has negative values (min {float(mu.min()):.4g} cm⁻¹)",
+            "attenuation coefficients are ≥ 0: clip the μ-map at 0 or regenerate it",
+        )
     if float(mu.max()) > MU_MAX_CM:
-        raise PetiqInputError(path, f"μ-map maximum {float(mu.max()):.4g} is not a 511 keV attenuation "
-                                    f"coefficient in cm⁻¹ (water 0.096, bone ≤ 0.2)",
-                              "give μ in cm⁻¹ (divide values in 1/m by 100, multiply 1/mm by 10)")
+        raise PetiqInputError(
+            path,
+            f"μ-map maximum {float(mu.max()):.4g} is not a 511 keV attenuation "
+            f"coefficient in cm⁻¹ (water 0.096, bone ≤ 0.2)",
+            "give μ in cm⁻¹ (divide values in 1/m by 100, multiply 1/mm by 10)",
+        )
     affine = check_affine(affine, path)
     voxel = tuple(float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
     if mu.any():
@@ -431,7 +469,8 @@ def check_mumap(mu: np.ndarray, affine: np.ndarray, scanner: Scanner, path=None)
                 f"r = {r:.0f} mm (crystal ring {scanner.ring_radius_mm:.0f} mm) and |z| = {zmax:.0f} mm "
                 f"(axial FOV ±{half_axial:.0f} mm)",
                 "use the μ-map made for this scanner preset, with its true affine (check the config's "
-                "scanner and cohort grid)")
+                "scanner and cohort grid)",
+            )
     return voxel
 
 
@@ -506,8 +545,11 @@ def estimate_scatter(
     a = np.asarray(attenuation, dtype=np.float32)
     for name, arr in (("prompts", y), ("randoms", r), ("norm", n), ("attenuation", a)):
         if arr.shape != shape:
-            raise PetiqInputError(None, f"{name} sinogram has shape {arr.shape}, expected {shape} (scanner "
-                                        f"{scanner.name!r}, span {span})", "give sinograms of one scanner and span")
+            raise PetiqInputError(
+                None,
+                f"{name} sinogram has shape {arr.shape}, expected {shape} (scanner {scanner.name!r}, span {span})",
+                "give sinograms of one scanner and span",
+            )
     members = scanner.sinogram_members(span).astype(np.float32)[:, None, None]
     nm = n * members
     valid = nm > 0
@@ -544,7 +586,16 @@ def estimate_scatter(
     net_total = float(net.sum(dtype=np.float64))
     sf = float(scatter.sum(dtype=np.float64)) / net_total if net_total > 0 else 0.0
     log.info("scatter: %d tail bins, scale %.4g, estimated scatter fraction %.3f", n_tail, alpha, sf)
-    return ScatterEstimate(scatter=scatter, scale=alpha, n_tail_bins=n_tail, scatter_fraction=sf,
-                           summary={"sigma_radial_mm": sigma_radial_mm, "sigma_views": sigma_views,
-                                    "sigma_planes": sigma_planes, "tail_margin_mm": tail_margin_mm,
-                                    "n_refine": n_refine})
+    return ScatterEstimate(
+        scatter=scatter,
+        scale=alpha,
+        n_tail_bins=n_tail,
+        scatter_fraction=sf,
+        summary={
+            "sigma_radial_mm": sigma_radial_mm,
+            "sigma_views": sigma_views,
+            "sigma_planes": sigma_planes,
+            "tail_margin_mm": tail_margin_mm,
+            "n_refine": n_refine,
+        },
+    )

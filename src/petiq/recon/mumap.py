@@ -58,8 +58,9 @@ MU_MIN_MAX_CM = 0.03
 #: Tissue threshold (cm⁻¹) for coverage checks: a tenth of water.
 _TISSUE_CM = 0.0096
 
-_FIX_FORMAT = ("give the μ-map as NIfTI (cm⁻¹), e7 Interfile (.v + .v.hdr, cm⁻¹) or the scanner's DICOM "
-               "μ-map series (10⁴ x cm⁻¹)")
+_FIX_FORMAT = (
+    "give the μ-map as NIfTI (cm⁻¹), e7 Interfile (.v + .v.hdr, cm⁻¹) or the scanner's DICOM μ-map series (10⁴ x cm⁻¹)"
+)
 
 
 # ----------------------------------------------------------------------------- value checks
@@ -72,16 +73,28 @@ def _check_values(mu: np.ndarray, path, source: str, *, hardware: bool = False) 
         raise PetiqInputError(path, f"μ-map has {bad} NaN/infinite voxels", "regenerate the μ-map")
     peak = float(mu.max())
     if peak > MU_MAX_CM:
-        hint = (" (10⁴ x cm⁻¹ DICOM scaling left in? water would read 960)" if peak > 100 else
-                " (1/m? water would read 9.6)")
-        raise PetiqInputError(path, f"{source} μ-map maximum {peak:.4g} is implausible for cm⁻¹ (water 0.096, "
-                                    f"bone ≤ 0.2){hint}", "give μ in cm⁻¹ (divide a 10⁴-scaled map by 10⁴)")
+        hint = (
+            " (10⁴ x cm⁻¹ DICOM scaling left in? water would read 960)"
+            if peak > 100
+            else " (1/m? water would read 9.6)"
+        )
+        raise PetiqInputError(
+            path,
+            f"{source} μ-map maximum {peak:.4g} is implausible for cm⁻¹ (water 0.096, bone ≤ 0.2){hint}",
+            "give μ in cm⁻¹ (divide a 10⁴-scaled map by 10⁴)",
+        )
     if not hardware and 0 < peak < MU_MIN_MAX_CM:
-        raise PetiqInputError(path, f"{source} μ-map maximum {peak:.4g} is implausible for cm⁻¹ (water 0.096; "
-                                    "a μ-map in 1/mm reads 0.0096)", "give μ in cm⁻¹ (multiply 1/mm by 10)")
+        raise PetiqInputError(
+            path,
+            f"{source} μ-map maximum {peak:.4g} is implausible for cm⁻¹ (water 0.096; a μ-map in 1/mm reads 0.0096)",
+            "give μ in cm⁻¹ (multiply 1/mm by 10)",
+        )
     if float(mu.min()) < -1e-3:
-        raise PetiqInputError(path, f"μ-map has negative values (min {float(mu.min()):.4g})",
-                              "attenuation coefficients are ≥ 0: regenerate the μ-map")
+        raise PetiqInputError(
+            path,
+            f"μ-map has negative values (min {float(mu.min()):.4g})",
+            "attenuation coefficients are ≥ 0: regenerate the μ-map",
+        )
     return np.clip(mu, 0, None)
 
 
@@ -103,8 +116,9 @@ def _ival(hdr: Mapping[str, str], key: str, path, default=None) -> str:
     if value is None or value == "":
         if default is not None:
             return default
-        raise PetiqInputError(path, f"Interfile header lacks '{key}'", "give the e7 μ-map header (.v.hdr) as the "
-                                                                      "scanner wrote it")
+        raise PetiqInputError(
+            path, f"Interfile header lacks '{key}'", "give the e7 μ-map header (.v.hdr) as the scanner wrote it"
+        )
     return value
 
 
@@ -115,8 +129,11 @@ def _interfile_paths(path: Path) -> tuple[Path, Path]:
     elif path.with_name(name + ".hdr").is_file():
         hdr = path.with_name(name + ".hdr")
     else:
-        raise PetiqInputError(path, "no Interfile header next to it (expected " + name + ".hdr)",
-                              "put the e7 header (.v.hdr) beside the .v data file")
+        raise PetiqInputError(
+            path,
+            "no Interfile header next to it (expected " + name + ".hdr)",
+            "put the e7 header (.v.hdr) beside the .v data file",
+        )
     return hdr, path
 
 
@@ -129,18 +146,23 @@ def _read_interfile(path: Path) -> tuple[np.ndarray, dict[str, str], Path]:
     except OSError as error:
         raise PetiqInputError(hdr_path, f"cannot read the Interfile header ({error})", _FIX_FORMAT) from None
     if "interfile" not in text[:200].lower() and ":=" not in text:
-        raise PetiqInputError(hdr_path, "not an Interfile header (no '!INTERFILE' / 'key := value' lines)",
-                              _FIX_FORMAT)
+        raise PetiqInputError(hdr_path, "not an Interfile header (no '!INTERFILE' / 'key := value' lines)", _FIX_FORMAT)
     hdr = _parse_interfile(text)
     mhdr = hdr_path.with_name(hdr_path.name.replace(".v.hdr", ".mhdr"))
     if mhdr != hdr_path and mhdr.is_file():  # e7 main header: keys the image header lacks
         for key, value in _parse_interfile(mhdr.read_text(encoding="latin-1")).items():
             hdr.setdefault(key, value)
     kind = hdr.get("data description", "") + " " + hdr.get("originating system", "")
-    if "listmode" in hdr.get("type of data", "").lower().replace(" ", "") or "sinogram" in kind.lower() or (
-            "total listmode word counts" in hdr):
-        raise PetiqInputError(hdr_path, f"an Interfile of raw data (type of data {hdr.get('type of data')!r}), "
-                                        "not a μ-map image", _FIX_FORMAT)
+    if (
+        "listmode" in hdr.get("type of data", "").lower().replace(" ", "")
+        or "sinogram" in kind.lower()
+        or ("total listmode word counts" in hdr)
+    ):
+        raise PetiqInputError(
+            hdr_path,
+            f"an Interfile of raw data (type of data {hdr.get('type of data')!r}), not a μ-map image",
+            _FIX_FORMAT,
+        )
     try:
         shape_xyz = [int(_ival(hdr, f"matrix size [{i}]", hdr_path)) for i in (1, 2, 3)]
     except ValueError:
@@ -160,14 +182,21 @@ def _read_interfile(path: Path) -> tuple[np.ndarray, dict[str, str], Path]:
     name = _ival(hdr, "name of data file", hdr_path, path.name.removesuffix(".hdr"))
     data_path = hdr_path.parent / Path(name.strip()).name
     if not data_path.is_file():
-        raise PetiqInputError(hdr_path, f"data file {data_path.name!r} named by the header is missing",
-                              "put the .v data file beside its header")
+        raise PetiqInputError(
+            hdr_path,
+            f"data file {data_path.name!r} named by the header is missing",
+            "put the .v data file beside its header",
+        )
     n = int(np.prod(shape_xyz))
     size = data_path.stat().st_size
     if size != n * dtype.itemsize:
-        raise PetiqInputError(data_path, f"data file holds {size} bytes, header says {shape_xyz[0]} x "
-                                         f"{shape_xyz[1]} x {shape_xyz[2]} x {dtype.itemsize} = "
-                                         f"{n * dtype.itemsize}", "give the .v file that belongs to this header")
+        raise PetiqInputError(
+            data_path,
+            f"data file holds {size} bytes, header says {shape_xyz[0]} x "
+            f"{shape_xyz[1]} x {shape_xyz[2]} x {dtype.itemsize} = "
+            f"{n * dtype.itemsize}",
+            "give the .v file that belongs to this header",
+        )
     im = np.fromfile(data_path, dtype=dtype).astype(np.float32).reshape(shape_xyz[::-1])
     return im, hdr, data_path
 
@@ -213,15 +242,21 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
         units = str(ds.get("Units", "")).upper()
         description = str(ds.get("SeriesDescription", "")).upper()
         if "PixelData" not in ds:
-            raise PetiqInputError(f, f"DICOM without pixel data (Modality {modality!r}; raw data such as "
-                                     "list-mode or a sinogram?)", _FIX_FORMAT)
+            raise PetiqInputError(
+                f,
+                f"DICOM without pixel data (Modality {modality!r}; raw data such as list-mode or a sinogram?)",
+                _FIX_FORMAT,
+            )
         marks = (image_type + "\\" + description).replace("_", "").replace("-", "").replace(" ", "")
         is_mu = any(m in marks for m in ("UMAP", "MRAC", "ATTENUATION"))
         if modality == "PT" or units in ("BQML", "CNTS", "SUV", "PROPCPS") or not is_mu:
-            raise PetiqInputError(f, f"DICOM is not a μ-map (Modality {modality!r}, ImageType {image_type!r}, "
-                                     f"SeriesDescription {description!r}, Units {units or '(none)'!r}; a PET image in "
-                                     "Bq/mL or an MR image? μ-maps carry UMAP/MRAC in ImageType or SeriesDescription)",
-                                  _FIX_FORMAT)
+            raise PetiqInputError(
+                f,
+                f"DICOM is not a μ-map (Modality {modality!r}, ImageType {image_type!r}, "
+                f"SeriesDescription {description!r}, Units {units or '(none)'!r}; a PET image in "
+                "Bq/mL or an MR image? μ-maps carry UMAP/MRAC in ImageType or SeriesDescription)",
+                _FIX_FORMAT,
+            )
         slices.append((f, ds))
     if len(slices) == 1 and int(slices[0][1].get("NumberOfFrames", 1) or 1) > 1:
         return _dicom_multiframe(*slices[0])
@@ -255,14 +290,19 @@ def _dicom_stack(slices, path) -> tuple[np.ndarray, np.ndarray, dict]:
         positions = [np.asarray(s[1].ImagePositionPatient, dtype=float) for s in ordered]
         planes = [_rescale(s[1], s[1].pixel_array) for s in ordered]
     except AttributeError as error:
-        raise PetiqInputError(slices[0][0], f"DICOM μ-map lacks geometry ({error})",
-                              "give the scanner's DICOM μ-map with ImagePositionPatient/ImageOrientationPatient/"
-                              "PixelSpacing") from None
+        raise PetiqInputError(
+            slices[0][0],
+            f"DICOM μ-map lacks geometry ({error})",
+            "give the scanner's DICOM μ-map with ImagePositionPatient/ImageOrientationPatient/PixelSpacing",
+        ) from None
     if len(positions) > 1:
         steps = np.diff([float(np.dot(p, normal)) for p in positions])
         if steps.min() <= 0 or np.ptp(steps) > 1e-3 * max(abs(float(steps.mean())), 1e-6) + 1e-3:
-            raise PetiqInputError(path, f"DICOM μ-map slices are not evenly spaced (steps {np.unique(steps.round(3))} "
-                                        "mm) or repeat a position", "give one complete μ-map series per folder")
+            raise PetiqInputError(
+                path,
+                f"DICOM μ-map slices are not evenly spaced (steps {np.unique(steps.round(3))} mm) or repeat a position",
+                "give one complete μ-map series per folder",
+            )
         step = float(steps.mean())
     else:
         step = float(ds0.get("SliceThickness", 1.0) or 1.0)
@@ -279,8 +319,9 @@ def _dicom_multiframe(f, ds) -> tuple[np.ndarray, np.ndarray, dict]:
         spacing = np.asarray(shared.PixelMeasuresSequence[0].PixelSpacing, dtype=float)
         positions = [np.asarray(fr.PlanePositionSequence[0].ImagePositionPatient, dtype=float) for fr in frames]
     except (AttributeError, IndexError) as error:
-        raise PetiqInputError(f, f"multi-frame DICOM μ-map lacks its functional-group geometry ({error})",
-                              _FIX_FORMAT) from None
+        raise PetiqInputError(
+            f, f"multi-frame DICOM μ-map lacks its functional-group geometry ({error})", _FIX_FORMAT
+        ) from None
     row_cos, col_cos = iop[:3], iop[3:]
     normal = np.cross(row_cos, col_cos)
     pix = _rescale(ds, ds.pixel_array)  # [frame, row, col]
@@ -288,8 +329,11 @@ def _dicom_multiframe(f, ds) -> tuple[np.ndarray, np.ndarray, dict]:
     pos = [positions[i] for i in order]
     step = float(np.dot(pos[1] - pos[0], normal)) if len(pos) > 1 else float(ds.get("SliceThickness", 1) or 1)
     mu = np.transpose(pix[order], (2, 1, 0))
-    return mu.astype(np.float32), _lps_affine(row_cos, col_cos, normal, spacing, step, pos[0]), {
-        "n_files": 1, "n_frames": len(pos), "modality": str(ds.get("Modality", ""))}
+    return (
+        mu.astype(np.float32),
+        _lps_affine(row_cos, col_cos, normal, spacing, step, pos[0]),
+        {"n_files": 1, "n_frames": len(pos), "modality": str(ds.get("Modality", ""))},
+    )
 
 
 # ----------------------------------------------------------------------------- public
@@ -370,8 +414,11 @@ def to_scanner_frame(mu, affine, scanner: Scanner, path=None, *, what: str = "μ
     r_fov = float(min(half_grid[0], half_grid[1]))
     z_fov = min(0.5 * float(scanner.axial_fov_mm), float(half_grid[2]))  # what the image grid can hold
     tissue = mu > _TISSUE_CM
-    names = (("-x (patient right)", "+x (patient left)"), ("-y (posterior)", "+y (anterior)"),
-             ("-z (head end)", "+z (feet end)"))
+    names = (
+        ("-x (patient right)", "+x (patient left)"),
+        ("-y (posterior)", "+y (anterior)"),
+        ("-z (head end)", "+z (feet end)"),
+    )
     if tissue.any():
         idx = np.nonzero(tissue)
         xyz = _scanner_xyz(affine, np.vstack([*idx, np.ones(idx[0].size)]))
@@ -383,9 +430,11 @@ def to_scanner_frame(mu, affine, scanner: Scanner, path=None, *, what: str = "μ
             if hi > half_grid[a] + 0.5 * voxel[a]:
                 over.append(f"{hi - half_grid[a]:.1f} mm beyond {names[a][1]}")
         if over:
-            raise PetiqInputError(path, f"the {what}'s object lies outside scanner {scanner.name!r}'s image grid "
-                                        f"({', '.join(over)})", "give the μ-map with its true affine, the object "
-                                                                "inside the scanner's field of view")
+            raise PetiqInputError(
+                path,
+                f"the {what}'s object lies outside scanner {scanner.name!r}'s image grid ({', '.join(over)})",
+                "give the μ-map with its true affine, the object inside the scanner's field of view",
+            )
         # object cut by the μ-map's own edge, inside the FOV
         missing = []
         for a in range(3):
@@ -420,10 +469,13 @@ def to_scanner_frame(mu, affine, scanner: Scanner, path=None, *, what: str = "μ
                     continue
                 missing.append(f"{float(gap.max()):.1f} mm missing on the {names[ax][int(sign > 0)]} side")
         if missing:
-            raise PetiqInputError(path, f"the {what} does not cover scanner {scanner.name!r}'s field of view where "
-                                        f"the object is: the object reaches the μ-map's edge ({'; '.join(missing)})",
-                                  "export the μ-map over the whole field of view (a truncated μ-map misses "
-                                  "attenuation; it is never cropped silently)")
+            raise PetiqInputError(
+                path,
+                f"the {what} does not cover scanner {scanner.name!r}'s field of view where "
+                f"the object is: the object reaches the μ-map's edge ({'; '.join(missing)})",
+                "export the μ-map over the whole field of view (a truncated μ-map misses "
+                "attenuation; it is never cropped silently)",
+            )
     return to_scanner_grid(mu, affine, shape, voxel, order=1, path=path, what=what)
 
 
@@ -440,15 +492,18 @@ def read_bed_position_mm(listmode) -> float | None:
     try:
         return float(value)
     except ValueError:
-        raise PetiqInputError(listmode, f"'start horizontal bed position (mm)' is {value!r}",
-                              "give the bed position in mm") from None
+        raise PetiqInputError(
+            listmode, f"'start horizontal bed position (mm)' is {value!r}", "give the bed position in mm"
+        ) from None
 
 
 #: The CSA headers of a Siemens DICOM where NiftyPET finds the table offsets: CSA Series Header Info
 #: (0029,1020) (``hdr_mu`` for the μ-map; ``hdr_lm`` for the list-mode, else (0029,1120)).
 CSA_SERIES_TAGS = ((0x0029, 0x1020), (0x0029, 0x1120))
-_OFFSET_KEYS = {"TablePositionOrigin": "table_position_origin_mm",
-                "GantryTableHomeOffset": "gantry_table_home_offset_mm"}
+_OFFSET_KEYS = {
+    "TablePositionOrigin": "table_position_origin_mm",
+    "GantryTableHomeOffset": "gantry_table_home_offset_mm",
+}
 
 
 def _csa_elements(blob: bytes) -> dict[str, list[str]]:
@@ -478,7 +533,7 @@ def _csa_elements(blob: bytes) -> dict[str, list[str]]:
                 length = x1 if csa2 else x0 - first_n_items
                 if length < 0 or ptr + length > len(blob):
                     break
-                text = blob[ptr:ptr + length].split(b"\x00")[0].decode("latin-1").strip()
+                text = blob[ptr : ptr + length].split(b"\x00")[0].decode("latin-1").strip()
                 if text:
                     values.append(text)
                 ptr += length + (-length) % 4
@@ -502,8 +557,11 @@ def read_table_offsets_mm(dicom) -> dict[str, tuple[float, float, float] | None]
     try:
         ds = pydicom.dcmread(str(f), stop_before_pixels=True)
     except Exception as error:  # noqa: BLE001 - pydicom raises many types for a non-DICOM
-        raise PetiqInputError(f, f"cannot read as DICOM ({type(error).__name__}: {error})",
-                              "give the scanner's DICOM μ-map or list-mode .dcm") from None
+        raise PetiqInputError(
+            f,
+            f"cannot read as DICOM ({type(error).__name__}: {error})",
+            "give the scanner's DICOM μ-map or list-mode .dcm",
+        ) from None
     out: dict[str, tuple[float, float, float] | None] = dict.fromkeys(_OFFSET_KEYS.values())
     for tag in CSA_SERIES_TAGS:
         elem = ds.get(tag)
@@ -519,21 +577,27 @@ def read_table_offsets_mm(dicom) -> dict[str, tuple[float, float, float] | None]
                 at = blob.find(name.encode())
                 if at < 0:
                     continue
-                values = re.findall(rb"-?\d+\.\d+|-?\d+", re.sub(rb"[^0-9.\- ]", b" ", blob[at + len(name):at + 400]))
+                values = re.findall(rb"-?\d+\.\d+|-?\d+", re.sub(rb"[^0-9.\- ]", b" ", blob[at + len(name) : at + 400]))
                 values = [v.decode() for v in values]
             try:
                 triple = tuple(float(v) for v in values[:3])
             except ValueError:
-                raise PetiqInputError(f, f"CSA {name} is {values[:3]!r}, not numbers",
-                                      "give the DICOM as the scanner exported it") from None
+                raise PetiqInputError(
+                    f, f"CSA {name} is {values[:3]!r}, not numbers", "give the DICOM as the scanner exported it"
+                ) from None
             if len(triple) == 3:
                 out[key] = triple
     return out
 
 
-def hardware_affine(hdr: Mapping[str, str], shape_xyz, bed_position_mm: float,
-                    table_position_origin_mm=(0.0, 0.0, 0.0), gantry_table_home_offset_mm=(0.0, 0.0, 0.0),
-                    path=None) -> np.ndarray:
+def hardware_affine(
+    hdr: Mapping[str, str],
+    shape_xyz,
+    bed_position_mm: float,
+    table_position_origin_mm=(0.0, 0.0, 0.0),
+    gantry_table_home_offset_mm=(0.0, 0.0, 0.0),
+    path=None,
+) -> np.ndarray:
     """RAS+ affine of a hardware μ-map array ``[x, y, z]`` (transposed e7 ``[z, y, x]``) placed as
     NiftyPET ``get_hmupos`` places it (see the module docstring); offsets are (x, y, z) in mm."""
     vs = _voxel_xyz(hdr, path)  # mm, xyz
@@ -560,9 +624,15 @@ def hardware_affine(hdr: Mapping[str, str], shape_xyz, bed_position_mm: float,
     return affine
 
 
-def hardware_mumap(paths: Sequence, scanner: Scanner, bed_position_mm: float | None = None, *, listmode=None,
-                   table_position_origin_mm=(0.0, 0.0, 0.0), gantry_table_home_offset_mm=(0.0, 0.0, 0.0),
-                   ) -> tuple[np.ndarray, list[dict]]:
+def hardware_mumap(
+    paths: Sequence,
+    scanner: Scanner,
+    bed_position_mm: float | None = None,
+    *,
+    listmode=None,
+    table_position_origin_mm=(0.0, 0.0, 0.0),
+    gantry_table_home_offset_mm=(0.0, 0.0, 0.0),
+) -> tuple[np.ndarray, list[dict]]:
     """Sum of the site's hardware μ-maps (head-and-neck coil, table; e7 Interfile with NiftyPET's
     ``$umap origin``/``$origin offset`` keys, or NIfTI already in the patient frame) on
     ``scanner``'s image grid, each placed by the bed position (``bed_position_mm``, else the
@@ -576,13 +646,19 @@ def hardware_mumap(paths: Sequence, scanner: Scanner, bed_position_mm: float | N
         bed_position_mm = read_bed_position_mm(listmode)
         where = listmode
     if bed_position_mm is None:
-        raise PetiqInputError(where, "hardware μ-maps need the bed position, but none was given and the list-mode "
-                                     "header has no 'start horizontal bed position (mm)'",
-                              "pass the list-mode file whose header holds the bed position, or give bed_position_mm")
+        raise PetiqInputError(
+            where,
+            "hardware μ-maps need the bed position, but none was given and the list-mode "
+            "header has no 'start horizontal bed position (mm)'",
+            "pass the list-mode file whose header holds the bed position, or give bed_position_mm",
+        )
     for p in paths:
         if not p.exists():
-            raise PetiqInputError(p, "hardware μ-map not found", "put the site's hardware μ-maps where the patient "
-                                                                 "sheet's hardware_mumaps names them")
+            raise PetiqInputError(
+                p,
+                "hardware μ-map not found",
+                "put the site's hardware μ-maps where the patient sheet's hardware_mumaps names them",
+            )
     total = np.zeros(scanner.image_shape, np.float32)
     infos = []
     for p in paths:
@@ -590,8 +666,9 @@ def hardware_mumap(paths: Sequence, scanner: Scanner, bed_position_mm: float | N
         if kind == "interfile":
             im, hdr, _ = _read_interfile(p)
             mu = _check_values(np.ascontiguousarray(np.transpose(im, (2, 1, 0))), p, "hardware", hardware=True)
-            affine = hardware_affine(hdr, mu.shape, bed_position_mm, table_position_origin_mm,
-                                     gantry_table_home_offset_mm, p)
+            affine = hardware_affine(
+                hdr, mu.shape, bed_position_mm, table_position_origin_mm, gantry_table_home_offset_mm, p
+            )
         elif kind == "nifti":
             from petiq.frame import load_nifti
 
@@ -611,5 +688,6 @@ def _resample_hardware(mu, affine, scanner: Scanner) -> np.ndarray:
     shape = tuple(int(s) for s in scanner.image_shape)
     target = scanner_grid_affine(shape, scanner.voxel_size_mm)
     m = np.linalg.inv(affine) @ target
-    return ndimage.affine_transform(np.asarray(mu, np.float32), m[:3, :3], offset=m[:3, 3], output_shape=shape,
-                                    order=1, mode="constant", cval=0.0).astype(np.float32)
+    return ndimage.affine_transform(
+        np.asarray(mu, np.float32), m[:3, :3], offset=m[:3, 3], output_shape=shape, order=1, mode="constant", cval=0.0
+    ).astype(np.float32)

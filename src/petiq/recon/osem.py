@@ -49,8 +49,11 @@ def subset_views(n_views: int, n_subsets: int) -> list[np.ndarray]:
     [[0, 3, 6], [1, 4], [2, 5]]
     """
     if not 1 <= int(n_subsets) <= int(n_views):
-        raise PetiqInputError(None, f"{n_subsets} subsets for {n_views} views",
-                              f"use between 1 and {n_views} subsets (the mMR's 252 views: 21 subsets of 12)")
+        raise PetiqInputError(
+            None,
+            f"{n_subsets} subsets for {n_views} views",
+            f"use between 1 and {n_views} subsets (the mMR's 252 views: 21 subsets of 12)",
+        )
     return [np.arange(b, n_views, n_subsets, dtype=np.int64) for b in range(int(n_subsets))]
 
 
@@ -102,13 +105,18 @@ def system_model(
     leave them out of the model."""
     shape = scanner.sinogram_shape(span)
     if not duration_s > 0 or not calibration_factor > 0:
-        raise PetiqInputError(None, f"duration {duration_s} s and calibration factor {calibration_factor} must be > 0",
-                              "check the sinogram file's duration_s and the norm file's calibration_factor")
+        raise PetiqInputError(
+            None,
+            f"duration {duration_s} s and calibration factor {calibration_factor} must be > 0",
+            "check the sinogram file's duration_s and the norm file's calibration_factor",
+        )
     for name, arr in (("norm", norm), ("attenuation", attenuation), ("randoms", randoms), ("scatter", scatter)):
         if arr is not None and np.shape(arr) != shape:
-            raise PetiqInputError(None, f"{name} sinogram has shape {np.shape(arr)}, expected {shape} "
-                                        f"(scanner {scanner.name!r}, span {span})",
-                                  "estimate every correction for the same scanner and span")
+            raise PetiqInputError(
+                None,
+                f"{name} sinogram has shape {np.shape(arr)}, expected {shape} (scanner {scanner.name!r}, span {span})",
+                "estimate every correction for the same scanner and span",
+            )
     mult = np.asarray(norm, dtype=np.float32) * np.float32(duration_s * calibration_factor)
     if attenuation is not None:
         mult = mult * np.asarray(attenuation, dtype=np.float32)
@@ -190,13 +198,15 @@ class _TorchEngine:
     def ratio(self, y, mult, fp, add):
         ybar = mult * fp + add
         pos = ybar > 0
-        return self.torch.where(pos, mult * y / self.torch.where(pos, ybar, self.torch.ones_like(ybar)),
-                                self.torch.zeros_like(ybar))
+        return self.torch.where(
+            pos, mult * y / self.torch.where(pos, ybar, self.torch.ones_like(ybar)), self.torch.zeros_like(ybar)
+        )
 
     def inverse(self, sens, mask):
         ok = (sens > 0) & mask
-        return self.torch.where(ok, 1.0 / self.torch.where(ok, sens, self.torch.ones_like(sens)),
-                                self.torch.zeros_like(sens))
+        return self.torch.where(
+            ok, 1.0 / self.torch.where(ok, sens, self.torch.ones_like(sens)), self.torch.zeros_like(sens)
+        )
 
     def total(self, a) -> float:
         return float(a.double().sum())
@@ -211,8 +221,11 @@ def _engine(backend: str, scanner, shape, voxel, span):
 def _check_sinogram(name: str, a, shape, allow_zero_total: bool = True) -> None:
     a = np.asarray(a)
     if a.shape != tuple(shape):
-        raise PetiqInputError(None, f"{name} sinogram has shape {a.shape}, expected {tuple(shape)}",
-                              "give sinograms of the reconstruction's scanner and span")
+        raise PetiqInputError(
+            None,
+            f"{name} sinogram has shape {a.shape}, expected {tuple(shape)}",
+            "give sinograms of the reconstruction's scanner and span",
+        )
     if a.dtype.kind == "f" and not np.isfinite(a).all():
         raise PetiqInputError(None, f"{name} sinogram has NaN or infinite values", f"recompute the {name} sinogram")
     if a.size and a.min() < 0:
@@ -263,13 +276,21 @@ def osem(
     subsets = subset_views(scanner.n_views, int(n_subsets))
     total_prompts = float(np.sum(prompts, dtype=np.float64))
     if total_prompts <= 0:
-        raise PetiqInputError(None, "the prompts sinogram is empty (0 counts)", "check the list-mode file and its histogram")
+        raise PetiqInputError(
+            None, "the prompts sinogram is empty (0 counts)", "check the list-mode file and its histogram"
+        )
     shape = tuple(scanner.image_shape if image_shape is None else image_shape)
     voxel = tuple(scanner.voxel_size_mm if voxel_size_mm is None else voxel_size_mm)
     backend = resolve_backend(backend)
     eng = _engine(backend, scanner, shape, voxel, span)
-    log.info("OP-OSEM %d iterations x %d subsets on %s, image %s of %s mm", n_iterations, len(subsets),
-             eng.description, shape, voxel)
+    log.info(
+        "OP-OSEM %d iterations x %d subsets on %s, image %s of %s mm",
+        n_iterations,
+        len(subsets),
+        eng.description,
+        shape,
+        voxel,
+    )
 
     mask_np = fov_mask(scanner, shape, voxel)
     # subset data: on the GPU split once and kept on the device; on the CPU sliced when needed
@@ -277,8 +298,11 @@ def osem(
     keep = backend != "cpu"
 
     def subset_data(views):
-        return (eng.put(np.asarray(prompts[:, views, :], dtype=np.float32)), eng.put(multiplicative[:, views, :]),
-                eng.put(additive[:, views, :]))
+        return (
+            eng.put(np.asarray(prompts[:, views, :], dtype=np.float32)),
+            eng.put(multiplicative[:, views, :]),
+            eng.put(additive[:, views, :]),
+        )
 
     data = [(views, subset_data(views) if keep else None) for views in subsets]
     mask = eng.put(mask_np) > 0 if keep else mask_np
@@ -295,10 +319,17 @@ def osem(
         x = eng.put(mask_np.astype(np.float32) * np.float32(level))
     else:
         if np.shape(x0) != shape:
-            raise PetiqInputError(None, f"start image has shape {np.shape(x0)}, expected {shape}", "pass x0 on the image grid")
+            raise PetiqInputError(
+                None, f"start image has shape {np.shape(x0)}, expected {shape}", "pass x0 on the image grid"
+            )
         x = eng.put(np.where(mask_np, np.asarray(x0, np.float32), 0.0))
-    bar = tqdm(total=n_iterations * len(data), desc=f"OP-OSEM ({eng.name})", file=sys.stderr,
-               disable=not progress, mininterval=2)
+    bar = tqdm(
+        total=n_iterations * len(data),
+        desc=f"OP-OSEM ({eng.name})",
+        file=sys.stderr,
+        disable=not progress,
+        mininterval=2,
+    )
     done = 0
     for _ in range(n_iterations):
         for (views, d), sinv in zip(data, sens_inv):
@@ -330,6 +361,14 @@ def reconstruct(
 ) -> np.ndarray:
     """Quantitative OP-OSEM (kBq/mL): :func:`system_model` then :func:`osem`. A correction left as
     ``None`` is left out of the model (e.g. ``attenuation=None``: no attenuation correction)."""
-    mult, add = system_model(scanner, span, duration_s=duration_s, calibration_factor=calibration_factor, norm=norm,
-                             attenuation=attenuation, randoms=randoms, scatter=scatter)
+    mult, add = system_model(
+        scanner,
+        span,
+        duration_s=duration_s,
+        calibration_factor=calibration_factor,
+        norm=norm,
+        attenuation=attenuation,
+        randoms=randoms,
+        scatter=scatter,
+    )
     return osem(prompts, mult, add, scanner, span, **osem_options)

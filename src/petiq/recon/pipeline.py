@@ -55,8 +55,16 @@ __all__ = [
 
 log = logging.getLogger("petiq.recon")
 
-NORM_SCAN_KEYS = ("fansums", "sinogram", "span", "phantom_radius_mm", "phantom_mu_cm", "phantom_activity_bq_per_ml",
-                  "duration_s", "calibration_factor")
+NORM_SCAN_KEYS = (
+    "fansums",
+    "sinogram",
+    "span",
+    "phantom_radius_mm",
+    "phantom_mu_cm",
+    "phantom_activity_bq_per_ml",
+    "duration_s",
+    "calibration_factor",
+)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -78,11 +86,17 @@ def _load_npz(path, what: str, fix: str) -> dict:
 def _check_scanner_span(path, data: dict, scanner: Scanner, span: int, what: str, fix: str) -> None:
     got_scanner = str(data.get("scanner", ""))
     if got_scanner != scanner.name:
-        raise PetiqInputError(path, f"{what} is for scanner {got_scanner or '(unknown)'!r}, this reconstruction uses "
-                                    f"{scanner.name!r}", fix)
+        raise PetiqInputError(
+            path,
+            f"{what} is for scanner {got_scanner or '(unknown)'!r}, this reconstruction uses {scanner.name!r}",
+            fix,
+        )
     if "span" in data and _stored_span(path, data["span"], what, fix) != span:
-        raise PetiqInputError(path, f"{what} has span {_stored_span(path, data['span'], what, fix)}, this "
-                                    f"reconstruction uses span {span}", fix)
+        raise PetiqInputError(
+            path,
+            f"{what} has span {_stored_span(path, data['span'], what, fix)}, this reconstruction uses span {span}",
+            fix,
+        )
 
 
 def _stored_span(path, value, what: str, fix: str) -> int:
@@ -100,8 +114,9 @@ def read_correction(path, kind: str, scanner, span: int, keys: tuple[str, ...] =
     fix = f"recompute the {kind} file for scanner {scanner.name!r} and span {span} (the config's scanner/span)"
     data = _load_npz(path, f"{kind} correction", fix)
     if str(data.get("kind", "")) != kind:
-        raise PetiqInputError(path, f"expected a {kind} file, got kind {str(data.get('kind', '(none)'))!r}",
-                              f"pass the {kind} file here")
+        raise PetiqInputError(
+            path, f"expected a {kind} file, got kind {str(data.get('kind', '(none)'))!r}", f"pass the {kind} file here"
+        )
     _check_scanner_span(path, data, scanner, span, f"the {kind} file", fix)
     missing = [k for k in keys if k not in data]
     if missing:
@@ -122,9 +137,14 @@ def read_randoms(path, scanner, span: int) -> np.ndarray:
     scanner = _scanner(scanner)
     data = read_correction(path, "randoms", scanner, span, ("singles", "scale"))
     singles = data["singles"]
-    if singles.shape != (scanner.n_rings, scanner.crystals_per_ring) or not np.isfinite(singles).all() or singles.min() < 0:
-        raise PetiqInputError(path, f"singles have shape {singles.shape} or bad values",
-                              "recompute the randoms file for this scanner")
+    if (
+        singles.shape != (scanner.n_rings, scanner.crystals_per_ring)
+        or not np.isfinite(singles).all()
+        or singles.min() < 0
+    ):
+        raise PetiqInputError(
+            path, f"singles have shape {singles.shape} or bad values", "recompute the randoms file for this scanner"
+        )
     randoms = corr.crystal_pair_sums(scanner, singles, span) * np.float32(float(data["scale"]))
     return randoms.astype(np.float32)
 
@@ -140,8 +160,12 @@ def _read_sinograms_checked(path, scanner: Scanner, span: int) -> dict:
         if sino[key].shape != shape:
             raise PetiqInputError(path, f"{key} have shape {sino[key].shape}, expected {shape}", fix)
     if sino["delayed_fansums"].size != scanner.n_crystals:
-        raise PetiqInputError(path, f"delayed_fansums has {sino['delayed_fansums'].size} crystals, scanner "
-                                    f"{scanner.name!r} has {scanner.n_crystals}", fix)
+        raise PetiqInputError(
+            path,
+            f"delayed_fansums has {sino['delayed_fansums'].size} crystals, scanner "
+            f"{scanner.name!r} has {scanner.n_crystals}",
+            fix,
+        )
     return sino
 
 
@@ -163,20 +187,39 @@ def estimate_norm_file(norm_scan_npz, out_npz, scanner, span: int) -> dict:
     scan_span = scanner.check_span(int(scan["span"]))
     if scan["fansums"].size != scanner.n_crystals or scan["sinogram"].shape != scanner.sinogram_shape(scan_span):
         raise PetiqInputError(norm_scan_npz, "norm scan arrays do not match the scanner's crystals/sinogram", fix)
-    if float(scan["fansums"].sum()) <= 0 or not float(scan["duration_s"]) > 0 or not float(scan["calibration_factor"]) > 0:
+    if (
+        float(scan["fansums"].sum()) <= 0
+        or not float(scan["duration_s"]) > 0
+        or not float(scan["calibration_factor"]) > 0
+    ):
         raise PetiqInputError(norm_scan_npz, "norm scan has no counts, or a non-positive duration/calibration", fix)
     est = corr.estimate_normalisation(
-        scan["fansums"], scan["sinogram"], scanner, norm_scan_span=scan_span,
-        phantom_radius_mm=float(scan["phantom_radius_mm"]), phantom_mu_cm=float(scan["phantom_mu_cm"]),
-        phantom_activity_bq_per_ml=float(scan["phantom_activity_bq_per_ml"]), duration_s=float(scan["duration_s"]),
-        calibration_factor=float(scan["calibration_factor"]), span=span)
+        scan["fansums"],
+        scan["sinogram"],
+        scanner,
+        norm_scan_span=scan_span,
+        phantom_radius_mm=float(scan["phantom_radius_mm"]),
+        phantom_mu_cm=float(scan["phantom_mu_cm"]),
+        phantom_activity_bq_per_ml=float(scan["phantom_activity_bq_per_ml"]),
+        duration_s=float(scan["duration_s"]),
+        calibration_factor=float(scan["calibration_factor"]),
+        span=span,
+    )
     summary = {**est.summary, "scanner": scanner.name, "span": span, "calibration_factor": est.calibration_factor}
-    _save_npz(out_npz, {
-        "kind": np.asarray("norm"), "scanner": np.asarray(scanner.name), "span": np.asarray(span),
-        "norm": est.norm, "crystal_efficiency": est.crystal_efficiency, "radial_factor": est.radial_factor,
-        "radial_measured": est.radial_measured, "calibration_factor": np.asarray(est.calibration_factor),
-        "summary": np.asarray(json.dumps(summary)),
-    })
+    _save_npz(
+        out_npz,
+        {
+            "kind": np.asarray("norm"),
+            "scanner": np.asarray(scanner.name),
+            "span": np.asarray(span),
+            "norm": est.norm,
+            "crystal_efficiency": est.crystal_efficiency,
+            "radial_factor": est.radial_factor,
+            "radial_measured": est.radial_measured,
+            "calibration_factor": np.asarray(est.calibration_factor),
+            "summary": np.asarray(json.dumps(summary)),
+        },
+    )
     return summary
 
 
@@ -192,7 +235,9 @@ def norm_file(src, out_npz, scanner, span: int) -> dict:
     return estimate_norm_file(src, out_npz, scanner, span)
 
 
-def read_norm(path, scanner, span: int, sino: dict | None = None, sinograms_path=None) -> tuple[np.ndarray, float, dict]:
+def read_norm(
+    path, scanner, span: int, sino: dict | None = None, sinograms_path=None
+) -> tuple[np.ndarray, float, dict]:
     """(norm sinogram, κ, info) of a norm file for one acquisition.
 
     When the norm keeps the scanner's components and they have dead-time parameters (a real mMR
@@ -215,12 +260,18 @@ def read_norm(path, scanner, span: int, sino: dict | None = None, sinograms_path
     norm = cnm.norm_sinogram(components, scanner, span, buckets)
     factor = cnm.dead_time_factor(components, scanner, buckets)
     live = ~scanner.is_gap(np.arange(scanner.crystals_per_ring))
-    info = {"dead_time": True, "mean_bucket_singles_cps": float(np.mean(buckets)),
-            "crystal_dead_time_factor_mean": float(factor[:, live].mean()),
-            "crystal_dead_time_factor_range": [float(factor[:, live].min()), float(factor[:, live].max())]}
-    log.info("dead time from the bucket singles (mean %.4g cps): crystal factors %.4f (%.4f–%.4f)",
-             info["mean_bucket_singles_cps"], info["crystal_dead_time_factor_mean"],
-             *info["crystal_dead_time_factor_range"])
+    info = {
+        "dead_time": True,
+        "mean_bucket_singles_cps": float(np.mean(buckets)),
+        "crystal_dead_time_factor_mean": float(factor[:, live].mean()),
+        "crystal_dead_time_factor_range": [float(factor[:, live].min()), float(factor[:, live].max())],
+    }
+    log.info(
+        "dead time from the bucket singles (mean %.4g cps): crystal factors %.4f (%.4f–%.4f)",
+        info["mean_bucket_singles_cps"],
+        info["crystal_dead_time_factor_mean"],
+        *info["crystal_dead_time_factor_range"],
+    )
     return norm, kappa, info
 
 
@@ -231,17 +282,37 @@ def randoms_file(sinograms_npz, out_npz, scanner, span: int) -> dict:
     sino = _read_sinograms_checked(sinograms_npz, scanner, span)
     est = corr.estimate_randoms(sino["delayeds"], sino["delayed_fansums"], scanner, span)
     n_delayeds = float(sino["delayeds"].sum(dtype=np.float64))
-    _save_npz(out_npz, {
-        "kind": np.asarray("randoms"), "scanner": np.asarray(scanner.name), "span": np.asarray(span),
-        "singles": est.singles, "scale": np.asarray(est.scale), "n_delayeds": np.asarray(n_delayeds),
-    })
-    return {"scanner": scanner.name, "span": span, "n_delayeds": n_delayeds,
-            "expected_randoms_total": float(est.randoms.sum(dtype=np.float64))}
+    _save_npz(
+        out_npz,
+        {
+            "kind": np.asarray("randoms"),
+            "scanner": np.asarray(scanner.name),
+            "span": np.asarray(span),
+            "singles": est.singles,
+            "scale": np.asarray(est.scale),
+            "n_delayeds": np.asarray(n_delayeds),
+        },
+    )
+    return {
+        "scanner": scanner.name,
+        "span": span,
+        "n_delayeds": n_delayeds,
+        "expected_randoms_total": float(est.randoms.sum(dtype=np.float64)),
+    }
 
 
-def attenuation_file(mumap, out_npz, scanner, span: int, *, hardware_mumaps=(), listmode=None,
-                     bed_position_mm: float | None = None, table_position_origin_mm=(0.0, 0.0, 0.0),
-                     gantry_table_home_offset_mm=(0.0, 0.0, 0.0)) -> dict:
+def attenuation_file(
+    mumap,
+    out_npz,
+    scanner,
+    span: int,
+    *,
+    hardware_mumaps=(),
+    listmode=None,
+    bed_position_mm: float | None = None,
+    table_position_origin_mm=(0.0, 0.0, 0.0),
+    gantry_table_home_offset_mm=(0.0, 0.0, 0.0),
+) -> dict:
     """μ-map (NIfTI cm⁻¹ any orientation, e7 Interfile ``.v``/``.v.hdr``, or DICOM series:
     :func:`petiq.recon.mumap.read_mumap`) [+ hardware μ-maps placed by the bed position] →
     attenuation factor file.
@@ -261,11 +332,16 @@ def attenuation_file(mumap, out_npz, scanner, span: int, *, hardware_mumaps=(), 
     if hardware_mumaps and bed_position_mm is None:
         bed_position_mm = mm.read_bed_position_mm(listmode) if listmode is not None else None
         if bed_position_mm is None:
-            raise PetiqInputError(listmode if listmode is not None else hardware_mumaps[0],
-                                  "hardware μ-maps need the bed position, but none was given and "
-                                  + ("the list-mode header has no 'start horizontal bed position (mm)'"
-                                     if listmode is not None else "no list-mode was given"),
-                                  "pass the list-mode whose header holds the bed position (or bed_position_mm)")
+            raise PetiqInputError(
+                listmode if listmode is not None else hardware_mumaps[0],
+                "hardware μ-maps need the bed position, but none was given and "
+                + (
+                    "the list-mode header has no 'start horizontal bed position (mm)'"
+                    if listmode is not None
+                    else "no list-mode was given"
+                ),
+                "pass the list-mode whose header holds the bed position (or bed_position_mm)",
+            )
     mu, affine, info = mm.read_mumap(mumap)
     voxel = corr.check_mumap(mu, affine, scanner, mumap)
     on_centred_grid = info["format"] == "nifti" and frame.is_scanner_grid(mu.shape, affine)
@@ -273,28 +349,54 @@ def attenuation_file(mumap, out_npz, scanner, span: int, *, hardware_mumaps=(), 
         # onto the scanner's image grid: any μ-map not on a centred grid (checked for truncation), and a
         # centred grid of its own when hardware μ-maps (on the scanner's grid) are added to it
         voxel = tuple(float(v) for v in scanner.voxel_size_mm)
-        mu = (mm.to_scanner_frame(mu, affine, scanner, mumap) if not on_centred_grid else
-              frame.to_scanner_grid(mu, affine, scanner.image_shape, voxel, order=1, path=mumap, what="μ-map"))
+        mu = (
+            mm.to_scanner_frame(mu, affine, scanner, mumap)
+            if not on_centred_grid
+            else frame.to_scanner_grid(mu, affine, scanner.image_shape, voxel, order=1, path=mumap, what="μ-map")
+        )
     hardware_info = []
     if hardware_mumaps:
-        hw, hardware_info = mm.hardware_mumap(hardware_mumaps, scanner, bed_position_mm,
-                                              table_position_origin_mm=table_position_origin_mm,
-                                              gantry_table_home_offset_mm=gantry_table_home_offset_mm)
+        hw, hardware_info = mm.hardware_mumap(
+            hardware_mumaps,
+            scanner,
+            bed_position_mm,
+            table_position_origin_mm=table_position_origin_mm,
+            gantry_table_home_offset_mm=gantry_table_home_offset_mm,
+        )
         mu = (mu + hw).astype(np.float32)
     att = corr.attenuation_factors(mu, voxel, scanner, span)
-    source = {"mumap_format": info["format"], "hardware_mumaps": hardware_mumaps,
-              "bed_position_mm": bed_position_mm, "hardware": hardware_info}
-    _save_npz(out_npz, {
-        "kind": np.asarray("attenuation"), "scanner": np.asarray(scanner.name), "span": np.asarray(span),
-        "attenuation": att, "mumap_shape": np.asarray(mu.shape), "mumap_voxel_mm": np.asarray(voxel),
-        "mumap_format": np.asarray(info["format"]), "hardware_mumaps": np.asarray(json.dumps(hardware_mumaps)),
-    })
-    return {"scanner": scanner.name, "span": span, "min_attenuation_factor": float(att.min()),
-            "mumap_shape": list(mu.shape), "mumap_voxel_mm": list(voxel), **source}
+    source = {
+        "mumap_format": info["format"],
+        "hardware_mumaps": hardware_mumaps,
+        "bed_position_mm": bed_position_mm,
+        "hardware": hardware_info,
+    }
+    _save_npz(
+        out_npz,
+        {
+            "kind": np.asarray("attenuation"),
+            "scanner": np.asarray(scanner.name),
+            "span": np.asarray(span),
+            "attenuation": att,
+            "mumap_shape": np.asarray(mu.shape),
+            "mumap_voxel_mm": np.asarray(voxel),
+            "mumap_format": np.asarray(info["format"]),
+            "hardware_mumaps": np.asarray(json.dumps(hardware_mumaps)),
+        },
+    )
+    return {
+        "scanner": scanner.name,
+        "span": span,
+        "min_attenuation_factor": float(att.min()),
+        "mumap_shape": list(mu.shape),
+        "mumap_voxel_mm": list(voxel),
+        **source,
+    }
 
 
-def scatter_file(sinograms_npz, norm_npz, randoms_npz, attenuation_npz, out_npz, *, scanner, span: int,
-                 **scatter_options) -> dict:
+def scatter_file(
+    sinograms_npz, norm_npz, randoms_npz, attenuation_npz, out_npz, *, scanner, span: int, **scatter_options
+) -> dict:
     """Prompts + norm + randoms + attenuation → scatter file (:func:`petiq.recon.corrections.estimate_scatter`;
     ``scatter_options`` go to it)."""
     scanner = _scanner(scanner)
@@ -304,24 +406,53 @@ def scatter_file(sinograms_npz, norm_npz, randoms_npz, attenuation_npz, out_npz,
     att = read_correction(attenuation_npz, "attenuation", scanner, span, ("attenuation",))["attenuation"]
     randoms = read_randoms(randoms_npz, scanner, span)
     est = corr.estimate_scatter(sino["prompts"], randoms, norm, att, scanner, span, **scatter_options)
-    _save_npz(out_npz, {
-        "kind": np.asarray("scatter"), "scanner": np.asarray(scanner.name), "span": np.asarray(span),
-        "scatter": est.scatter, "scale": np.asarray(est.scale), "scatter_fraction": np.asarray(est.scatter_fraction),
-        "n_tail_bins": np.asarray(est.n_tail_bins), "summary": np.asarray(json.dumps(est.summary)),
-    })
-    return {"scanner": scanner.name, "span": span, "scatter_fraction": est.scatter_fraction,
-            "scale": est.scale, "n_tail_bins": est.n_tail_bins}
+    _save_npz(
+        out_npz,
+        {
+            "kind": np.asarray("scatter"),
+            "scanner": np.asarray(scanner.name),
+            "span": np.asarray(span),
+            "scatter": est.scatter,
+            "scale": np.asarray(est.scale),
+            "scatter_fraction": np.asarray(est.scatter_fraction),
+            "n_tail_bins": np.asarray(est.n_tail_bins),
+            "summary": np.asarray(json.dumps(est.summary)),
+        },
+    )
+    return {
+        "scanner": scanner.name,
+        "span": span,
+        "scatter_fraction": est.scatter_fraction,
+        "scale": est.scale,
+        "n_tail_bins": est.n_tail_bins,
+    }
 
 
-SCATTER_METHOD = ("tail-fitted smoothed emission (broad Gaussian of the randoms-subtracted, norm-corrected "
-                  "emission inside the object, scaled by least squares to the scatter tails); not e7's "
-                  "single scatter simulation")
+SCATTER_METHOD = (
+    "tail-fitted smoothed emission (broad Gaussian of the randoms-subtracted, norm-corrected "
+    "emission inside the object, scaled by least squares to the scatter tails); not e7's "
+    "single scatter simulation"
+)
 RANDOMS_METHOD = "DLYD (delayed window, variance-reduced: singles from delayed fan sums)"
 ATTENUATION_METHOD = "measured μ-map (cm⁻¹), attenuation factors exp(-∫μ) forward-projected in the system model"
 
 
-def _sidecar(*, n_iterations, n_subsets, post_filter_fwhm_mm, backend, scanner, span, sino, kappa, quant,
-             dead_time, scatter_fraction, image, metadata) -> dict:
+def _sidecar(
+    *,
+    n_iterations,
+    n_subsets,
+    post_filter_fwhm_mm,
+    backend,
+    scanner,
+    span,
+    sino,
+    kappa,
+    quant,
+    dead_time,
+    scatter_fraction,
+    image,
+    metadata,
+) -> dict:
     own = {
         "Units": "kBq/mL",
         "ReconMethodName": "OP-OSEM",
@@ -333,10 +464,13 @@ def _sidecar(*, n_iterations, n_subsets, post_filter_fwhm_mm, backend, scanner, 
         "AttenuationCorrection": ATTENUATION_METHOD,
         "ScatterCorrectionMethod": SCATTER_METHOD,
         "RandomsCorrectionMethod": RANDOMS_METHOD,
-        "DeadTimeCorrection": (f"bucket singles (mean {dead_time['mean_bucket_singles_cps']:.4g} cps) through the "
-                               f"norm's ring dead-time parameters (NiftyPET norm.cu); mean crystal factor "
-                               f"{dead_time['crystal_dead_time_factor_mean']:.4f}") if dead_time.get("dead_time")
-                              else "none (the norm has no dead-time parameters)",
+        "DeadTimeCorrection": (
+            f"bucket singles (mean {dead_time['mean_bucket_singles_cps']:.4g} cps) through the "
+            f"norm's ring dead-time parameters (NiftyPET norm.cu); mean crystal factor "
+            f"{dead_time['crystal_dead_time_factor_mean']:.4f}"
+        )
+        if dead_time.get("dead_time")
+        else "none (the norm has no dead-time parameters)",
         # BIDS PET times are seconds from TimeZero, which petiq takes to be the scan start; an image
         # that is not decay corrected names the scan start too (the key is required either way)
         "ImageDecayCorrectionTime": 0.0,
@@ -359,7 +493,9 @@ def _sidecar(*, n_iterations, n_subsets, post_filter_fwhm_mm, backend, scanner, 
     out = {}
     for key, value in (metadata or {}).items():
         if key in own:
-            log.warning("sidecar: metadata key %r is set by the reconstruction; keeping the reconstruction's value", key)
+            log.warning(
+                "sidecar: metadata key %r is set by the reconstruction; keeping the reconstruction's value", key
+            )
             continue
         out[key] = value
     out.update(own)
@@ -403,11 +539,17 @@ def reconstruct_file(
     sino = _read_sinograms_checked(sinograms_npz, scanner, span)
     prompts = sino["prompts"]
     if int(sino["n_prompts"]) <= 0 or not prompts.any():
-        raise PetiqInputError(sinograms_npz, "the sinograms hold 0 prompts (empty list-mode)",
-                              "check the list-mode file (thinning fraction, acquisition) and histogram it again")
+        raise PetiqInputError(
+            sinograms_npz,
+            "the sinograms hold 0 prompts (empty list-mode)",
+            "check the list-mode file (thinning fraction, acquisition) and histogram it again",
+        )
     if not sino["duration_s"] > 0:
-        raise PetiqInputError(sinograms_npz, f"acquisition duration {sino['duration_s']} s",
-                              "the list-mode needs time tags or an 'image duration (sec)' header key")
+        raise PetiqInputError(
+            sinograms_npz,
+            f"acquisition duration {sino['duration_s']} s",
+            "the list-mode needs time tags or an 'image duration (sec)' header key",
+        )
     norm, kappa, dead_time = read_norm(norm_npz, scanner, span, sino, sinograms_npz)
     att = read_correction(attenuation_npz, "attenuation", scanner, span, ("attenuation",))["attenuation"]
     randoms = read_randoms(randoms_npz, scanner, span)
@@ -415,24 +557,58 @@ def reconstruct_file(
     try:
         json.dumps(metadata or {}, default=_json_default)
     except TypeError as error:
-        raise PetiqInputError(None, f"metadata is not JSON serialisable ({error})", "pass plain numbers and strings") from None
+        raise PetiqInputError(
+            None, f"metadata is not JSON serialisable ({error})", "pass plain numbers and strings"
+        ) from None
     # e7's quantification (NiftyPET prj/mmrrec.py): κ per positron, × branching ratio, decay over the
     # frame; the image is the activity concentration at the scan start
     quant = frame_quantification(sino)
-    log.info("quantification: κ %.6g, branching ratio %.4g, decay correction %.5f to the scan start%s", kappa,
-             quant.branching_ratio, quant.decay_correction_factor,
-             "" if quant.decay_corrected else " (the sinograms name no isotope: not decay corrected)")
-    mult, add = system_model(scanner, span, duration_s=sino["duration_s"], calibration_factor=kappa * quant.count_scale,
-                             norm=norm, attenuation=att, randoms=randoms,
-                             scatter=scat_data.pop("scatter"))
+    log.info(
+        "quantification: κ %.6g, branching ratio %.4g, decay correction %.5f to the scan start%s",
+        kappa,
+        quant.branching_ratio,
+        quant.decay_correction_factor,
+        "" if quant.decay_corrected else " (the sinograms name no isotope: not decay corrected)",
+    )
+    mult, add = system_model(
+        scanner,
+        span,
+        duration_s=sino["duration_s"],
+        calibration_factor=kappa * quant.count_scale,
+        norm=norm,
+        attenuation=att,
+        randoms=randoms,
+        scatter=scat_data.pop("scatter"),
+    )
     del att, randoms, norm  # only prompts, mult and add stay in memory (3 x 290 MB at mMR size)
     sino.pop("delayeds")
-    image = osem(prompts, mult, add, scanner, span, n_iterations=n_iterations, n_subsets=n_subsets,
-                 post_filter_fwhm_mm=post_filter_fwhm_mm, backend=backend_used, progress=progress)
-    sidecar = _sidecar(n_iterations=n_iterations, n_subsets=n_subsets, post_filter_fwhm_mm=post_filter_fwhm_mm,
-                       backend=backend_used, scanner=scanner, span=span, sino=sino, kappa=kappa, quant=quant,
-                       dead_time=dead_time, scatter_fraction=float(scat_data.get("scatter_fraction", np.nan)), image=image,
-                       metadata=metadata)
+    image = osem(
+        prompts,
+        mult,
+        add,
+        scanner,
+        span,
+        n_iterations=n_iterations,
+        n_subsets=n_subsets,
+        post_filter_fwhm_mm=post_filter_fwhm_mm,
+        backend=backend_used,
+        progress=progress,
+    )
+    sidecar = _sidecar(
+        n_iterations=n_iterations,
+        n_subsets=n_subsets,
+        post_filter_fwhm_mm=post_filter_fwhm_mm,
+        backend=backend_used,
+        scanner=scanner,
+        span=span,
+        sino=sino,
+        kappa=kappa,
+        quant=quant,
+        dead_time=dead_time,
+        scatter_fraction=float(scat_data.get("scatter_fraction", np.nan)),
+        image=image,
+        metadata=metadata,
+    )
     peak = float(image.max())
     norm01 = (image / peak if peak > 0 else np.zeros_like(image)).astype(np.float32)
     affine = scanner_grid_affine(image.shape, scanner.voxel_size_mm)  # RAS+, head-first supine

@@ -173,9 +173,9 @@ def _forward_path(img, base, wm, tt, ns, stride, c0, c1, runs, zmax, acc):
                 a2 = w1 * (one - wz)
                 a3 = w1 * wz
                 # slices so that indices are provably >= 0 (no wrap-around selects: SIMD)
-                col0 = img[b0 + iz:b0 + iz + step * n_run + 1]
-                col1 = img[b1 + iz:b1 + iz + step * n_run + 1]
-                acc_run = acc[ps:ps + n_run]
+                col0 = img[b0 + iz : b0 + iz + step * n_run + 1]
+                col1 = img[b1 + iz : b1 + iz + step * n_run + 1]
+                acc_run = acc[ps : ps + n_run]
                 if step == 1:
                     for j in range(n_run):
                         acc_run[j] += a0 * col0[j] + a1 * col0[j + 1] + a2 * col1[j] + a3 * col1[j + 1]
@@ -185,11 +185,11 @@ def _forward_path(img, base, wm, tt, ns, stride, c0, c1, runs, zmax, acc):
                         acc_run[j] += a0 * col0[j2] + a1 * col0[j2 + 1] + a2 * col1[j2] + a3 * col1[j2 + 1]
             else:
                 # generic planes: unsigned indices into slices avoid wrap-around selects
-                col0 = img[b0:b0 + nzp]
-                col1 = img[b1:b1 + nzp]
-                c0_run = c0[ps:ps + n_run]
-                c1_run = c1[ps:ps + n_run]
-                acc_run = acc[ps:ps + n_run]
+                col0 = img[b0 : b0 + nzp]
+                col1 = img[b1 : b1 + nzp]
+                c0_run = c0[ps : ps + n_run]
+                c1_run = c1[ps : ps + n_run]
+                acc_run = acc[ps : ps + n_run]
                 for j in range(n_run):
                     fg = c0_run[j] + t * c1_run[j]
                     fg = min(max(fg, zero), zmax)
@@ -226,9 +226,9 @@ def _back_path(img, base, wm, tt, ns, stride, c0, c1, runs, zmax, yv):
                 a1 = w0 * wz
                 a2 = w1 * (one - wz)
                 a3 = w1 * wz
-                col0 = img[b0 + iz:b0 + iz + step * n_run + 1]
-                col1 = img[b1 + iz:b1 + iz + step * n_run + 1]
-                y_run = yv[ps:ps + n_run]
+                col0 = img[b0 + iz : b0 + iz + step * n_run + 1]
+                col1 = img[b1 + iz : b1 + iz + step * n_run + 1]
+                y_run = yv[ps : ps + n_run]
                 if step == 1:
                     # tap j of plane ps+j and tap j+1 of plane ps+j-1 hit the same voxel:
                     # sum both per voxel so the loop carries no dependency through memory
@@ -249,11 +249,11 @@ def _back_path(img, base, wm, tt, ns, stride, c0, c1, runs, zmax, yv):
                         col1[j2] += a2 * y
                         col1[j2 + 1] += a3 * y
             else:
-                col0 = img[b0:b0 + nzp]
-                col1 = img[b1:b1 + nzp]
-                c0_run = c0[ps:ps + n_run]
-                c1_run = c1[ps:ps + n_run]
-                y_run = yv[ps:ps + n_run]
+                col0 = img[b0 : b0 + nzp]
+                col1 = img[b1 : b1 + nzp]
+                c0_run = c0[ps : ps + n_run]
+                c1_run = c1[ps : ps + n_run]
+                y_run = yv[ps : ps + n_run]
                 for j in range(n_run):
                     fg = c0_run[j] + t * c1_run[j]
                     fg = min(max(fg, zero), zmax)
@@ -298,8 +298,23 @@ def _forward_sino(img, views, xy_a, xy_b, c0, c1, dz, runs, to_sino, grid, out):
         acc = np.zeros((rb, n_planes), np.float32)
         sums = np.zeros((rb, n_sino), np.float32)
         for r in range(r0, r1):
-            ns, stride, scale = _transaxial_path(xy_a[v, r, 0], xy_a[v, r, 1], xy_b[v, r, 0], xy_b[v, r, 1],
-                                                 nx, ny, vx, vy, x0, y0, nyp, nzp, base, wm, tt)
+            ns, stride, scale = _transaxial_path(
+                xy_a[v, r, 0],
+                xy_a[v, r, 1],
+                xy_b[v, r, 0],
+                xy_b[v, r, 1],
+                nx,
+                ny,
+                vx,
+                vy,
+                x0,
+                y0,
+                nyp,
+                nzp,
+                base,
+                wm,
+                tt,
+            )
             if ns == 0:
                 continue
             a = acc[r - r0]
@@ -353,9 +368,23 @@ def _back_sino(values, views, xy_a, xy_b, c0, c1, dz, runs, to_sino, grid, buf):
             for r in range(r0, r1):
                 if not nonzero[r - r0]:
                     continue
-                ns, stride, scale = _transaxial_path(xy_a[v, r, 0], xy_a[v, r, 1], xy_b[v, r, 0],
-                                                     xy_b[v, r, 1], nx, ny, vx, vy, x0, y0, nyp, nzp,
-                                                     base, wm, tt)
+                ns, stride, scale = _transaxial_path(
+                    xy_a[v, r, 0],
+                    xy_a[v, r, 1],
+                    xy_b[v, r, 0],
+                    xy_b[v, r, 1],
+                    nx,
+                    ny,
+                    vx,
+                    vy,
+                    x0,
+                    y0,
+                    nyp,
+                    nzp,
+                    base,
+                    wm,
+                    tt,
+                )
                 if ns == 0:
                     continue
                 lxy2 = (xy_b[v, r, 0] - xy_a[v, r, 0]) ** 2 + (xy_b[v, r, 1] - xy_a[v, r, 1]) ** 2
@@ -382,8 +411,9 @@ def _forward_lors(img, p1, p2, grid, n_chunks, out):
         wm = np.empty(nmax, np.float32)
         tt = np.empty(nmax, np.float32)
         for m in range(c * n // n_chunks, (c + 1) * n // n_chunks):
-            ns, stride, scale = _transaxial_path(p1[m, 0], p1[m, 1], p2[m, 0], p2[m, 1],
-                                                 nx, ny, vx, vy, x0, y0, nyp, nzp, base, wm, tt)
+            ns, stride, scale = _transaxial_path(
+                p1[m, 0], p1[m, 1], p2[m, 0], p2[m, 1], nx, ny, vx, vy, x0, y0, nyp, nzp, base, wm, tt
+            )
             dzm = p2[m, 2] - p1[m, 2]
             cz0 = np.float32((p1[m, 2] - z0) / vz + 1.0)
             cz1 = np.float32(dzm / vz)
@@ -425,8 +455,9 @@ def _back_lors(values, p1, p2, grid, buf):
         for m in range(c * n // n_chunks, (c + 1) * n // n_chunks):
             if values[m] == zero:
                 continue
-            ns, stride, scale = _transaxial_path(p1[m, 0], p1[m, 1], p2[m, 0], p2[m, 1],
-                                                 nx, ny, vx, vy, x0, y0, nyp, nzp, base, wm, tt)
+            ns, stride, scale = _transaxial_path(
+                p1[m, 0], p1[m, 1], p2[m, 0], p2[m, 1], nx, ny, vx, vy, x0, y0, nyp, nzp, base, wm, tt
+            )
             dzm = p2[m, 2] - p1[m, 2]
             cz0 = np.float32((p1[m, 2] - z0) / vz + 1.0)
             cz1 = np.float32(dzm / vz)
@@ -490,13 +521,27 @@ def _count_samples(views, xy_a, xy_b, grid, out):
         base = np.empty(nmax, np.int64)
         wm = np.empty(nmax, np.float32)
         tt = np.empty(nmax, np.float32)
-        ns, _, _ = _transaxial_path(xy_a[v, r, 0], xy_a[v, r, 1], xy_b[v, r, 0], xy_b[v, r, 1],
-                                    nx, ny, vx, vy, x0, y0, ny + 2, nz + 3, base, wm, tt)
+        ns, _, _ = _transaxial_path(
+            xy_a[v, r, 0],
+            xy_a[v, r, 1],
+            xy_b[v, r, 0],
+            xy_b[v, r, 1],
+            nx,
+            ny,
+            vx,
+            vy,
+            x0,
+            y0,
+            ny + 2,
+            nz + 3,
+            base,
+            wm,
+            tt,
+        )
         out[q] = ns
 
 
-def _plane_runs(c0: np.ndarray, c1: np.ndarray, nz: int, min_stencil: int = 4,
-                eps: float = 1e-3) -> np.ndarray:
+def _plane_runs(c0: np.ndarray, c1: np.ndarray, nz: int, min_stencil: int = 4, eps: float = 1e-3) -> np.ndarray:
     """Group sinogram planes into runs for the kernels: int64 ``(n_runs, 3)`` = (first plane,
     number of planes, step), from the planes' padded z index ``c0 + t*c1`` (t in [0, 1]).
 
@@ -560,8 +605,9 @@ def _compression_matrix(scanner: Scanner, span: int, mean: bool) -> sparse.csr_m
     weight = np.ones(to_sino.size, dtype=np.float32)
     if mean:
         weight = (1.0 / np.bincount(to_sino)[to_sino]).astype(np.float32)
-    return sparse.csr_matrix((weight, (to_sino, np.arange(to_sino.size))),
-                             shape=(scanner.n_sinograms(span), to_sino.size), dtype=np.float32)
+    return sparse.csr_matrix(
+        (weight, (to_sino, np.arange(to_sino.size))), shape=(scanner.n_sinograms(span), to_sino.size), dtype=np.float32
+    )
 
 
 def compress_span1(values, scanner: Scanner, span: int, mean: bool = False) -> np.ndarray:
@@ -571,15 +617,19 @@ def compress_span1(values, scanner: Scanner, span: int, mean: bool = False) -> n
     values = np.asarray(values)
     n1 = scanner.n_sinograms(1)
     if values.ndim != 3 or values.shape[0] != n1:
-        raise PetiqInputError(None, f"span-1 values have shape {values.shape}, expected ({n1}, views, radial)",
-                              "pass one span-1 sinogram per ring pair (scanner.sinogram_shape(1))")
+        raise PetiqInputError(
+            None,
+            f"span-1 values have shape {values.shape}, expected ({n1}, views, radial)",
+            "pass one span-1 sinogram per ring pair (scanner.sinogram_shape(1))",
+        )
     m = _compression_matrix(scanner, scanner.check_span(span), bool(mean))
     out = m @ np.ascontiguousarray(values, dtype=np.float32).reshape(n1, -1)  # float32: <= 6 terms a bin
     return np.asarray(out, dtype=np.float32).reshape((m.shape[0],) + values.shape[1:])
 
 
-def forward_member_mean(scanner: Scanner, image, voxel_size_mm, span: int, transform,
-                        views_per_chunk: int = 12) -> np.ndarray:
+def forward_member_mean(
+    scanner: Scanner, image, voxel_size_mm, span: int, transform, views_per_chunk: int = 12
+) -> np.ndarray:
     """float32 span-``span`` sinogram: the mean over each bin's span-1 members of
     ``transform(P_1 image)`` (``transform`` maps a float32 span-1 projection to values), computed
     a few views at a time so that no full span-1 sinogram is held (354 M bins on the mMR).
@@ -605,9 +655,11 @@ def image_grid(scanner: Scanner, image_shape=None, voxel_size_mm=None):
     shape = tuple(int(n) for n in shape)
     vox = tuple(float(v) for v in vox)
     if len(shape) != 3 or min(shape) < 1 or len(vox) != 3 or min(vox) <= 0:
-        raise PetiqInputError(None, f"bad image grid {shape} voxels of {vox} mm",
-                              "give image_shape as 3 positive ints (nx, ny, nz) and voxel_size_mm "
-                              "as 3 positive floats (mm)")
+        raise PetiqInputError(
+            None,
+            f"bad image grid {shape} voxels of {vox} mm",
+            "give image_shape as 3 positive ints (nx, ny, nz) and voxel_size_mm as 3 positive floats (mm)",
+        )
     return shape, vox
 
 
@@ -664,10 +716,11 @@ class JosephProjector:
     def _padded(self, image) -> np.ndarray:
         image = np.asarray(image)
         if image.shape != self.image_shape:
-            raise PetiqInputError(None, f"image has shape {image.shape}, the projector expects "
-                                        f"{self.image_shape} (nx, ny, nz)",
-                                  f"pass a {self.image_shape} array or build the projector with "
-                                  f"image_shape={image.shape}")
+            raise PetiqInputError(
+                None,
+                f"image has shape {image.shape}, the projector expects {self.image_shape} (nx, ny, nz)",
+                f"pass a {self.image_shape} array or build the projector with image_shape={image.shape}",
+            )
         flat = np.zeros(self._n_padded, dtype=np.float32)
         _pad(np.ascontiguousarray(image, dtype=np.float32), flat)
         return flat
@@ -676,20 +729,28 @@ class JosephProjector:
         if views is None:
             return self._all_views
         views = np.atleast_1d(np.asarray(views))
-        if views.dtype.kind not in "iu" or views.ndim != 1 or (
-                views.size and (views.min() < 0 or views.max() >= self.scanner.n_views)):
-            raise PetiqInputError(None, f"views must be a 1-D int array in 0 .. {self.scanner.n_views - 1}",
-                                  "pass view indices such as np.arange(v0, n_views, n_subsets)")
+        if (
+            views.dtype.kind not in "iu"
+            or views.ndim != 1
+            or (views.size and (views.min() < 0 or views.max() >= self.scanner.n_views))
+        ):
+            raise PetiqInputError(
+                None,
+                f"views must be a 1-D int array in 0 .. {self.scanner.n_views - 1}",
+                "pass view indices such as np.arange(v0, n_views, n_subsets)",
+            )
         return np.ascontiguousarray(views, dtype=np.int64)
 
     def _bins(self, bins, views):
         if views is not None:
-            raise PetiqInputError(None, "views= and bins= were both given",
-                                  "use views= with the all-bins (sinogram) mode only")
+            raise PetiqInputError(
+                None, "views= and bins= were both given", "use views= with the all-bins (sinogram) mode only"
+            )
         bins = np.atleast_1d(np.asarray(bins))
         if bins.ndim != 1:
-            raise PetiqInputError(None, f"bins must be 1-D span-1 offsets, got shape {bins.shape}",
-                                  "flatten the offsets")
+            raise PetiqInputError(
+                None, f"bins must be 1-D span-1 offsets, got shape {bins.shape}", "flatten the offsets"
+            )
         p1, p2 = self.scanner.lor_endpoints(bins)
         return np.ascontiguousarray(p1), np.ascontiguousarray(p2)
 
@@ -728,8 +789,9 @@ class JosephProjector:
         views = self._views(views)
         out = np.empty(self.values_shape(None, views), dtype=np.float32)
         if views.size:
-            _forward_sino(img, views, g.xy_a, g.xy_b, self._c0, self._c1, self._dz, self._runs, self._to_sino,
-                          self._grid, out)
+            _forward_sino(
+                img, views, g.xy_a, g.xy_b, self._c0, self._c1, self._dz, self._runs, self._to_sino, self._grid, out
+            )
         return out
 
     def back(self, values, bins=None, views=None) -> np.ndarray:
@@ -738,9 +800,12 @@ class JosephProjector:
         g = self.geometry
         expected = self.values_shape(bins, views)
         if values.shape != expected:
-            raise PetiqInputError(None, f"projection values have shape {values.shape}, expected {expected}",
-                                  "pass one value per bin (sinogram_shape, or (n_sinograms, len(views), "
-                                  "n_radial) with views=, or (len(bins),) with bins=)")
+            raise PetiqInputError(
+                None,
+                f"projection values have shape {values.shape}, expected {expected}",
+                "pass one value per bin (sinogram_shape, or (n_sinograms, len(views), "
+                "n_radial) with views=, or (len(bins),) with bins=)",
+            )
         values = np.ascontiguousarray(values, dtype=np.float32)
         n_threads = numba.get_num_threads()
         if bins is not None:
@@ -755,8 +820,19 @@ class JosephProjector:
             n_chunks = max(1, min(n_threads, n_tasks))
             buf = np.zeros((n_chunks, self._n_padded), dtype=np.float32)
             if views.size:
-                _back_sino(values, views, g.xy_a, g.xy_b, self._c0, self._c1, self._dz, self._runs, self._to_sino,
-                           self._grid, buf)
+                _back_sino(
+                    values,
+                    views,
+                    g.xy_a,
+                    g.xy_b,
+                    self._c0,
+                    self._c1,
+                    self._dz,
+                    self._runs,
+                    self._to_sino,
+                    self._grid,
+                    buf,
+                )
         out = np.empty(self.image_shape, dtype=np.float32)
         _sum_unpad(buf, *self.image_shape, out)
         return out

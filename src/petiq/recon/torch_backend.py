@@ -68,8 +68,23 @@ def _all_paths(xy_a, xy_b, grid, base, wm, tt, ns_out, stride_out, scale_out, lx
     for v in range(nv):
         for r in range(nr):
             q = v * nr + r
-            ns, stride, scale = _transaxial_path(xy_a[v, r, 0], xy_a[v, r, 1], xy_b[v, r, 0], xy_b[v, r, 1],
-                                                 nx, ny, vx, vy, x0, y0, nyp, nzp, base[q], wm[q], tt[q])
+            ns, stride, scale = _transaxial_path(
+                xy_a[v, r, 0],
+                xy_a[v, r, 1],
+                xy_b[v, r, 0],
+                xy_b[v, r, 1],
+                nx,
+                ny,
+                vx,
+                vy,
+                x0,
+                y0,
+                nyp,
+                nzp,
+                base[q],
+                wm[q],
+                tt[q],
+            )
             ns_out[q] = ns
             stride_out[q] = stride
             scale_out[q] = scale
@@ -86,8 +101,15 @@ class TorchJosephProjector:
     views=None)`` is its exact adjoint (float32 image tensor). ``to_numpy`` converts results.
     """
 
-    def __init__(self, scanner: Scanner, image_shape=None, voxel_size_mm=None, span: int = 11,
-                 device="cpu", chunk_elements: int | None = None):
+    def __init__(
+        self,
+        scanner: Scanner,
+        image_shape=None,
+        voxel_size_mm=None,
+        span: int = 11,
+        device="cpu",
+        chunk_elements: int | None = None,
+    ):
         import torch
 
         self.torch = torch
@@ -155,10 +177,16 @@ class TorchJosephProjector:
         if views is None:
             return np.arange(self.scanner.n_views, dtype=np.int64)
         views = np.atleast_1d(np.asarray(views))
-        if views.dtype.kind not in "iu" or views.ndim != 1 or (
-                views.size and (views.min() < 0 or views.max() >= self.scanner.n_views)):
-            raise PetiqInputError(None, f"views must be a 1-D int array in 0 .. {self.scanner.n_views - 1}",
-                                  "pass view indices such as np.arange(v0, n_views, n_subsets)")
+        if (
+            views.dtype.kind not in "iu"
+            or views.ndim != 1
+            or (views.size and (views.min() < 0 or views.max() >= self.scanner.n_views))
+        ):
+            raise PetiqInputError(
+                None,
+                f"views must be a 1-D int array in 0 .. {self.scanner.n_views - 1}",
+                "pass view indices such as np.arange(v0, n_views, n_subsets)",
+            )
         return views.astype(np.int64)
 
     def _plan(self, views: np.ndarray):
@@ -213,8 +241,11 @@ class TorchJosephProjector:
         torch = self.torch
         t = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(image, np.float32))
         if tuple(t.shape) != self.image_shape:
-            raise PetiqInputError(None, f"image has shape {tuple(t.shape)}, the projector expects {self.image_shape}",
-                                  f"pass a {self.image_shape} array")
+            raise PetiqInputError(
+                None,
+                f"image has shape {tuple(t.shape)}, the projector expects {self.image_shape}",
+                f"pass a {self.image_shape} array",
+            )
         return t.to(self.device, torch.float32)
 
     def to_numpy(self, tensor) -> np.ndarray:
@@ -227,7 +258,7 @@ class TorchJosephProjector:
         views = self._views(views)
         nx, ny, nz = self.image_shape
         padded = torch.zeros(self._padded_shape, dtype=torch.float32, device=self.device)
-        padded[1:nx + 1, 1:ny + 1, 1:nz + 1] = self._as_image(image)
+        padded[1 : nx + 1, 1 : ny + 1, 1 : nz + 1] = self._as_image(image)
         img = padded.view(-1)
         n_planes, _, nr = self.sinogram_shape
         out = torch.zeros((views.size * nr, n_planes), dtype=torch.float32, device=self.device)
@@ -236,7 +267,7 @@ class TorchJosephProjector:
             lo = w0 * img[i0] + w1 * img[i1]
             hi = w0 * img[i0 + 1] + w1 * img[i1 + 1]
             val = (lo + wz * (hi - lo)).sum(dim=1)  # (C, member planes)
-            out[row:row + idx.numel()].index_add_(1, self._to_sino, val * self._weight(idx))
+            out[row : row + idx.numel()].index_add_(1, self._to_sino, val * self._weight(idx))
         return out.view(views.size, nr, n_planes).permute(2, 0, 1).contiguous()
 
     def back(self, values, views=None):
@@ -245,14 +276,19 @@ class TorchJosephProjector:
         views = self._views(views)
         n_planes, _, nr = self.sinogram_shape
         expected = (n_planes, views.size, nr)
-        vals = values if isinstance(values, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(values, np.float32))
+        vals = (
+            values if isinstance(values, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(values, np.float32))
+        )
         if tuple(vals.shape) != expected:
-            raise PetiqInputError(None, f"projection values have shape {tuple(vals.shape)}, expected {expected}",
-                                  "pass (n_sinograms, len(views), n_radial) values")
+            raise PetiqInputError(
+                None,
+                f"projection values have shape {tuple(vals.shape)}, expected {expected}",
+                "pass (n_sinograms, len(views), n_radial) values",
+            )
         vals = vals.to(self.device, torch.float32).permute(1, 2, 0).reshape(views.size * nr, n_planes)
         img = torch.zeros(self._n_padded, dtype=torch.float32, device=self.device)
         for row, idx, smax in self._plan(views):
-            yw = vals[row:row + idx.numel()][:, self._to_sino] * self._weight(idx)  # (C, member planes)
+            yw = vals[row : row + idx.numel()][:, self._to_sino] * self._weight(idx)  # (C, member planes)
             if not bool(torch.any(yw != 0)):
                 continue
             i0, i1, wz, w0, w1 = self._taps(idx, smax)
@@ -263,4 +299,4 @@ class TorchJosephProjector:
             img.index_add_(0, i1.reshape(-1), (w1 * ylo).reshape(-1))
             img.index_add_(0, (i1 + 1).reshape(-1), (w1 * yhi).reshape(-1))
         nx, ny, nz = self.image_shape
-        return img.view(self._padded_shape)[1:nx + 1, 1:ny + 1, 1:nz + 1].contiguous()
+        return img.view(self._padded_shape)[1 : nx + 1, 1 : ny + 1, 1 : nz + 1].contiguous()
