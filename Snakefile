@@ -43,10 +43,10 @@ include: "workflow/rules/figures.smk"
 
 
 rule all:
+    default_target: True
     input:
         rules.cohort.input,
         rules.listmode.input,
         rules.recon.input,
         SCORING_TARGETS,
         FIGURE_TARGETS,
-    default_target: True

@@ -1,6 +1,7 @@
 # Stage 1 — the digital memory-clinic cohort (petiq.anatomy, petiq.phantom, petiq.cohort,
 # petiq.splits): synthetic patients, their metadata, the data splits and the cohort figure.
 
+
 # The atlas download needs PyPI: run it where the workflow is launched, not on a compute node.
 localrules:
     anatomy,

@@ -21,7 +21,12 @@ except WorkflowError:
     import yaml
     from petiq.config import schema_problems
 
-    stop(schema_problems(config, yaml.safe_load((Path(workflow.basedir) / "workflow/schemas/config.schema.yaml").read_text())) or ["see above"])
+    stop(
+        schema_problems(
+            config, yaml.safe_load((Path(workflow.basedir) / "workflow/schemas/config.schema.yaml").read_text())
+        )
+        or ["see above"]
+    )
 
 try:
     PATIENTS = read_patients(config["patients"], scanner=config["scanner"])
@@ -65,8 +70,7 @@ def petiq_command():
 PETIQ = petiq_command()
 COHORT = "results/cohort"
 ANATOMY_FILES = [
-    f"{config['cohort']['anatomy_dir']}/{name}"
-    for name in ("Hammers.nii.gz", "Hammers.csv", "csf_TPM.nii.gz")
+    f"{config['cohort']['anatomy_dir']}/{name}" for name in ("Hammers.nii.gz", "Hammers.csv", "csf_TPM.nii.gz")
 ]
 
 DOSES = [dose_label(d) for d in config["doses"]]
@@ -89,7 +93,9 @@ def norm01_image(subject, dose):
 
 def at_rec_dose(pattern):
     """An input function: ``pattern`` ({subject}, {dose}) at the dose of the job's {rec} wildcard."""
-    return lambda wildcards: pattern.format(subject=wildcards.subject, dose=bids.dose_label_from_rec_label(wildcards.rec))
+    return lambda wildcards: pattern.format(
+        subject=wildcards.subject, dose=bids.dose_label_from_rec_label(wildcards.rec)
+    )
 
 
 LISTMODE = "results/listmode"
@@ -156,7 +162,9 @@ def synthetic_norm_source(wildcards=None):
 def _real_row(wildcards):
     row = PATIENTS.set_index("participant_id").loc[wildcards.subject]
     if row["source"] != "real":
-        raise ValueError(f"{wildcards.subject} is synthetic: its norm is the simulated scanner's ({SINOGRAMS}/norm.npz)")
+        raise ValueError(
+            f"{wildcards.subject} is synthetic: its norm is the simulated scanner's ({SINOGRAMS}/norm.npz)"
+        )
     return row
 
 
@@ -207,11 +215,7 @@ def fig01_examples(wildcards=None):
 
 
 def fig01_inputs(wildcards):
-    return {
-        f"{s}_{d}": path
-        for s, by_dose in fig01_examples().items()
-        for d, path in by_dose.items()
-    }
+    return {f"{s}_{d}": path for s, by_dose in fig01_examples().items() for d, path in by_dose.items()}
 
 
 wildcard_constraints:

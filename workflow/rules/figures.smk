@@ -61,7 +61,9 @@ rule table3_dose_baseline:
     input:
         arm_inputs("table3"),
     output:
-        tsv=report(f"{TABLES}/table3_dose_baseline.tsv", caption="../report/table3_dose_baseline.rst", category="Tables"),
+        tsv=report(
+            f"{TABLES}/table3_dose_baseline.tsv", caption="../report/table3_dose_baseline.rst", category="Tables"
+        ),
     log:
         log_path("figures", "table3_dose_baseline"),
     benchmark:

@@ -95,12 +95,12 @@ rule thin:
     output:
         listmode=f"{LISTMODE}/{{subject}}/{{subject}}_dose-{{dose}}{LM_EXT}",
         pair=f"{LISTMODE}/{{subject}}/{{subject}}_dose-{{dose}}{LM_PAIR}",
-    wildcard_constraints:
-        dose=r"(?!100\.0)\d{3}\.\d",
     log:
         log_path("listmode", "thin_{subject}_dose-{dose}"),
     benchmark:
         benchmark_path("listmode", "thin_{subject}_dose-{dose}")
+    wildcard_constraints:
+        dose=r"(?!100\.0)\d{3}\.\d",
     conda:
         ENV
     threads: 1

@@ -134,9 +134,13 @@ rule scoring_figures:
     output:
         fig02=report(f"{FIGURES}/fig02_intersession.png", caption="../report/fig02_intersession.rst", category="Scores"),
         fig03=report(f"{FIGURES}/fig03_colour_scale.png", caption="../report/fig03_colour_scale.rst", category="Scores"),
-        fig06=report(f"{FIGURES}/fig06_scores_vs_dose.png", caption="../report/fig06_scores_vs_dose.rst", category="Scores"),
+        fig06=report(
+            f"{FIGURES}/fig06_scores_vs_dose.png", caption="../report/fig06_scores_vs_dose.rst", category="Scores"
+        ),
         table1=report(
-            f"{TABLES}/table1_metric_correlations.tsv", caption="../report/table1_metric_correlations.rst", category="Scores"
+            f"{TABLES}/table1_metric_correlations.tsv",
+            caption="../report/table1_metric_correlations.rst",
+            category="Scores",
         ),
     log:
         log_path("scoring", "scoring_figures"),

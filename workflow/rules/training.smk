@@ -20,15 +20,17 @@ for _stage in ("pretext", "transfer", "survey", "baseline"):
             init=init_checkpoint,
         output:
             **{
-                name.replace(".", "_"): expand(f"{MODELS}/{_stage}/{{{{run}}}}/rep-{{rep}}/{name}", rep=range(STAGE_REPEATS[_stage]))
+                name.replace(".", "_"): expand(
+                    f"{MODELS}/{_stage}/{{{{run}}}}/rep-{{rep}}/{name}", rep=range(STAGE_REPEATS[_stage])
+                )
                 for name in RUN_FILES
             },
-        wildcard_constraints:
-            run="|".join(re.escape(r) for r in PLAN.runs_of(_stage)),
         log:
             log_path("training", f"{_stage}_{{run}}"),
         benchmark:
             benchmark_path("training", f"{_stage}_{{run}}")
+        wildcard_constraints:
+            run="|".join(re.escape(r) for r in PLAN.runs_of(_stage)),
         conda:
             ENV
         threads: 2
@@ -37,11 +39,11 @@ for _stage in ("pretext", "transfer", "survey", "baseline"):
             runtime=24 * 60,
             gpu=0 if _stage == "baseline" else GPU_PER_TRAIN,
         params:
+            **training_params(_stage),
             stage=_stage,
             device=config["device"],
             repeats=STAGE_REPEATS[_stage],
             recon=RECON,
-            **training_params(_stage),
         script:
             "../scripts/train.py"
 
