@@ -18,6 +18,9 @@ centres of a coarse grid where μ > 0, each standing for its volume ``V_S``)::
   the 511 keV attenuation factor to ``total_Compton_cross_section_relative_to_511keV(E')``, same file).
 * ε(E) is :func:`window_efficiency`, taken from STIR ``scatter_detection_modelling.cxx``
   (``detection_efficiency``): erf of the Gaussian energy response, FWHM ∝ sqrt(E).
+* Both terms carry 1/(R_AS² R_BS²): STIR folds 1/R_AS² into the emission integral of leg A
+  (``single_scatter_integrals.cxx``, ``integral_over_activity_image_between_scattpoint_det``) and
+  multiplies by 1/R_BS², the same.
 * The factor 1/(2π) (not Watson's 1/(4π)) is the collinear-pair count: an emission puts one photon
   on A and the other through S with probability 2Ω/(4π). :func:`unscattered_lor` uses the same
   normalisation (``2 σ_A σ_B / (4π D²)``), so scatter fractions are consistent; tail scaling makes
