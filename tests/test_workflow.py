@@ -414,9 +414,10 @@ def _check_scores_training_and_figures(tmp_path, participants, splits):
         for r in range(2 if run.stage != "pretext" else 1):
             card = json.loads((results / f"models/{run.stage}/{name}/rep-{r}/card.json").read_text())
             assert card["seed"] and card["best_epoch"] == 1
-            assert (
-                card["schema"] == "petiq-card/1" and card["data_source"]["synthetic"] is True
-            )  # the preset's patients
+            # the real export row is a pretext patient (above): pretext models learnt from partly real data
+            expected = "partly" if run.stage == "pretext" else True
+            assert card["schema"] == "petiq-card/1" and card["data_source"]["synthetic"] == expected, run.stage
+            assert (REAL_ID in card["data_source"]["images"].get("real", [])) == (run.stage == "pretext")
             images = pd.read_csv(results / f"models/{run.stage}/{name}/rep-{r}/predictions_images.tsv", sep="\t")
             assert set(images["set"]) == ({"val"} if run.stage == "pretext" else {"val", "test"})
     for name in (
