@@ -14,8 +14,8 @@ min_version("9.0")
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the petiq library, installed or not
 
 
-from petiq.config import read_config_file
-from petiq.errors import PetiqInputError
+from petiq.core.config import read_config_file
+from petiq.core.errors import PetiqInputError
 
 # Snakemake's message for a broken YAML file names neither the file nor the line. (A broken
 # --configfile is read by Snakemake before this file; `petiq check-config FILE` names its line.)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from petiq.recon import component_norm as cnm
-from petiq.scanner import Scanner
+from petiq.scanner.geometry import Scanner
 
 
 def peak_rss_mb() -> float:

@@ -35,7 +35,7 @@ from petiq.listmode import (
     thin_listmode,
     write_listmode,
 )
-from petiq.scanner import Scanner
+from petiq.scanner.geometry import Scanner
 
 
 def peak_rss_mb() -> float:

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from petiq.recon import mumap as mm
-from petiq.scanner import Scanner
+from petiq.scanner.geometry import Scanner
 
 
 def peak_rss_mb() -> float:

@@ -35,11 +35,11 @@ import time
 import numba
 import numpy as np
 
+from petiq.listmode.simulate import scanner_calibration, scanner_truth
 from petiq.recon import corrections as corr
 from petiq.recon import osem as osem_mod
 from petiq.recon.projectors import JosephProjector
-from petiq.scanner import PRESETS, Scanner
-from petiq.simulate import scanner_calibration, scanner_truth
+from petiq.scanner.geometry import PRESETS, Scanner
 
 
 def _peak_rss_mb() -> float:

@@ -22,7 +22,7 @@ import numba
 import numpy as np
 
 from petiq.recon.projectors import JosephProjector
-from petiq.scanner import PRESETS, Scanner
+from petiq.scanner.geometry import PRESETS, Scanner
 
 
 def _peak_rss_mb() -> float:

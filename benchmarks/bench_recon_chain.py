@@ -24,11 +24,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from petiq.frame import scanner_grid_affine
+from petiq.listmode.simulate import scanner_component_norm, simulate_patient
 from petiq.recon.chain import reconstruct_acquisition
 from petiq.recon.component_norm import write_component_norm
-from petiq.scanner import Scanner
-from petiq.simulate import scanner_component_norm, simulate_patient
+from petiq.scanner.frame import scanner_grid_affine
+from petiq.scanner.geometry import Scanner
 
 WM, GM = 8.0, 32.0  # kBq/mL
 

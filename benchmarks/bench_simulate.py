@@ -19,9 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from petiq.cohort import read_participants
-from petiq.scanner import Scanner
-from petiq.simulate import simulate_patient
+from petiq.cohort.patients import read_participants
+from petiq.listmode.simulate import simulate_patient
+from petiq.scanner.geometry import Scanner
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from petiq.recon import sss
-from petiq.scanner import Scanner
+from petiq.scanner.geometry import Scanner
 
 
 def cylinder(sc: Scanner, radius_mm: float) -> np.ndarray:

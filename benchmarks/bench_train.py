@@ -8,7 +8,7 @@ VGG16 with random weights (no download), 80 × 80 patches, batch 10, MSE, Adam.
 
 * **plain**: the textbook fp32 loop — every step runs the whole network (frozen blocks included) on the
   batch, backpropagates and takes an Adam step over the trainable parameters.
-* **engine**: what :func:`petiq.train.train_repeats` runs per step — frozen blocks read from the
+* **engine**: what :func:`petiq.learning.train.train_repeats` runs per step — frozen blocks read from the
   feature cache (computed once per patch; its cost is printed separately: a paper run has 1000 epochs to
   amortise it), the trainable part in bf16 + channels-last where ``precision="auto"`` chooses it, fused
   Adam; with ``--stack R``, R repeats stacked in one step (patches/s counts all R × batch patches).
@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from petiq.models import N_BLOCKS, build_model, set_freeze_level
-from petiq.train import (
+from petiq.learning.models import N_BLOCKS, build_model, set_freeze_level
+from petiq.learning.train import (
     _Compute,
     _compute_features,
     _Front,
@@ -40,7 +40,7 @@ from petiq.train import (
     cpu_has_native_bf16,
     resolve_precision,
 )
-from petiq.weights import TORCHVISION_RGB
+from petiq.learning.weights import TORCHVISION_RGB
 
 TARGETS = {0: 20.0, 2: 3.0, 5: 1.8}
 PAPER_PATCH_STEPS = 950e6

@@ -14,14 +14,14 @@ ANATOMY_DIR = Path(os.environ.get("PETIQ_ANATOMY_DIR", ROOT / "resources" / "ana
 
 @pytest.fixture(scope="session")
 def anatomy_dir() -> Path:
-    from petiq.anatomy import check_anatomy_dir
+    from petiq.cohort.anatomy import check_anatomy_dir
 
     return check_anatomy_dir(ANATOMY_DIR)  # fails with the fix (`petiq resources fetch`) when absent
 
 
 @pytest.fixture(scope="session")
 def template(anatomy_dir):
-    from petiq.anatomy import load_template
+    from petiq.cohort.anatomy import load_template
 
     return load_template(str(anatomy_dir))
 

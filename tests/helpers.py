@@ -45,11 +45,11 @@ def write_site_files(folder: Path, scanner_name: str = "tiny", *, listmode: str 
     scanner) and a water-cylinder μ-map NIfTI inside the field of view. Returns {column: file name}."""
     import nibabel as nib
 
-    from petiq.frame import nifti_image, scanner_grid_affine
     from petiq.listmode import write_listmode
+    from petiq.listmode.simulate import scanner_component_norm
     from petiq.recon.component_norm import write_component_norm
-    from petiq.scanner import Scanner
-    from petiq.simulate import scanner_component_norm
+    from petiq.scanner.frame import nifti_image, scanner_grid_affine
+    from petiq.scanner.geometry import Scanner
 
     scanner = Scanner.from_name(scanner_name)
     folder.mkdir(parents=True, exist_ok=True)

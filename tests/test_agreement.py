@@ -1,4 +1,4 @@
-"""Rating statistics (petiq.agreement) against hand-made tables, and the scoring figures."""
+"""Rating statistics (petiq.scoring.agreement) against hand-made tables, and the scoring figures."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from petiq.agreement import (
+from petiq.core.errors import PetiqInputError
+from petiq.scoring.agreement import (
     METRICS,
     RATINGS_COLUMNS,
     achieved_values,
@@ -22,7 +23,6 @@ from petiq.agreement import (
     score_dose_fits,
     table_I,
 )
-from petiq.errors import PetiqInputError
 
 # Five images read by rater "a" (two re-read in session 2) and by rater "b".
 A_FIRST = {  # (participant, dose): (GQR, PR, DC)

@@ -576,8 +576,8 @@ def project(tmp_path_factory) -> Path:
     an image and the small files the sub-commands are given."""
     from petiq.cli import main
     from petiq.listmode import write_listmode
-    from petiq.scanner import Scanner
-    from petiq.sessions import blank_form, read_plan
+    from petiq.scanner.geometry import Scanner
+    from petiq.scoring.sessions import blank_form, read_plan
 
     site = tmp_path_factory.mktemp("project")
     (site / "config").mkdir()
@@ -794,7 +794,7 @@ def _mu_site(site: Path) -> None:
     μ-map (e7 Interfile) and a DICOM μ-map slice."""
     import nibabel as nib
 
-    from petiq.frame import scanner_grid_affine
+    from petiq.scanner.frame import scanner_grid_affine
 
     np.savez(
         site / "real/norm_scan.npz",

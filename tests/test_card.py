@@ -15,8 +15,15 @@ from pathlib import Path
 import pytest
 from test_predict import brain_volume, save, train_small_run
 
-from petiq.card import CARD_SCHEMA, IMAGE_PLACEHOLDER, METADATA_KEYS, card_metadata, card_problems, validate_card
-from petiq.errors import PetiqInputError
+from petiq.core.errors import PetiqInputError
+from petiq.learning.card import (
+    CARD_SCHEMA,
+    IMAGE_PLACEHOLDER,
+    METADATA_KEYS,
+    card_metadata,
+    card_problems,
+    validate_card,
+)
 
 SYNTHETIC = {
     "images": {"synthetic": ["sub-01", "sub-02", "sub-03", "sub-04"]},
@@ -106,7 +113,7 @@ def test_the_inference_command_runs(synthetic_run, tmp_path):
 
 
 def test_cards_written_before_the_schema_still_predict(synthetic_run, tmp_path):
-    from petiq.predict import predict_images
+    from petiq.learning.predict import predict_images
 
     old = tmp_path / "old" / "rep-0"
     shutil.copytree(synthetic_run / "rep-0", old)
@@ -144,7 +151,7 @@ def test_the_schema_checks_inside_the_keys(synthetic_run):
 
 
 def test_weights_licence_names_the_source():
-    from petiq.weights import FETCH
+    from petiq.learning.weights import FETCH
 
     card = {
         "backbone": "vgg16",
@@ -173,13 +180,13 @@ def test_weights_licence_names_the_source():
 
 
 def card_metadata_license(card):
-    from petiq.card import _weights_license
+    from petiq.learning.card import _weights_license
 
     return _weights_license(card)
 
 
 def test_extra_card_cannot_replace_the_metadata():
-    from petiq.train import _check_extra_card
+    from petiq.learning.train import _check_extra_card
 
     for key in METADATA_KEYS:
         with pytest.raises(ValueError, match=key):

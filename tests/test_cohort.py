@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from helpers import write_sheet, write_site_files
 
-from petiq.cohort import allocate_diagnoses, plan_cohort, read_patients
-from petiq.errors import PetiqInputError
+from petiq.cohort.patients import allocate_diagnoses, plan_cohort, read_patients
+from petiq.core.errors import PetiqInputError
 
 MIX = {"CN": 0.3, "AD": 0.4, "FTD": 0.15, "DLB": 0.15}
 

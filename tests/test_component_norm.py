@@ -15,9 +15,9 @@ import math
 import numpy as np
 import pytest
 
-from petiq.errors import PetiqInputError
+from petiq.core.errors import PetiqInputError
 from petiq.recon import component_norm as cnm
-from petiq.scanner import Scanner
+from petiq.scanner.geometry import Scanner
 
 # ----------------------------------------------------------------------------- NiftyPET, re-derived
 

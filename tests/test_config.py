@@ -1,5 +1,5 @@
 """Bad configuration stops `snakemake -n` at parse time with the key, the value, the reason and the fix
-(petiq.config): one line per problem, no schema dump, no traceback, no file written."""
+(petiq.core.config): one line per problem, no schema dump, no traceback, no file written."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from petiq.config import schema_problems
-from petiq.models import BACKBONES
+from petiq.core.config import schema_problems
+from petiq.learning.models import BACKBONES
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
@@ -115,7 +115,7 @@ CHECK_CASES = {
 
 @pytest.mark.parametrize("case", CHECK_CASES)
 def test_config_problem_names_key_value_and_fix(case):
-    from petiq.config import config_problems
+    from petiq.core.config import config_problems
 
     override, words = CHECK_CASES[case]
     problems = config_problems(full(override), SUBJECTS, root=ROOT)
@@ -126,7 +126,7 @@ def test_config_problem_names_key_value_and_fix(case):
 
 
 def test_presets_have_no_problems():
-    from petiq.config import config_problems
+    from petiq.core.config import config_problems
 
     for preset, sheet in [
         ("tests/config/config.yaml", "tests/config/patients.tsv"),
@@ -148,7 +148,7 @@ def test_presets_have_no_problems():
     ],
 )
 def test_user_split_file_is_checked_at_parse(tmp_path, text, words):
-    from petiq.config import config_problems
+    from petiq.core.config import config_problems
 
     (tmp_path / "splits.tsv").write_text(text)
     problems = config_problems(full({"splits": {"file": str(tmp_path / "splits.tsv")}}), SUBJECTS, root=ROOT)

@@ -1,4 +1,4 @@
-"""Decay correction and isotope constants (petiq.decay) against independent derivations."""
+"""Decay correction and isotope constants (petiq.core.decay) against independent derivations."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from petiq.decay import (
+from petiq.core.decay import (
     ISOTOPES,
     decay_correction_factor,
     frame_quantification,
     isotope_from_header,
 )
-from petiq.errors import PetiqInputError
-from petiq.sinograms import read_sinograms, write_sinograms
+from petiq.core.errors import PetiqInputError
+from petiq.listmode.sinograms import read_sinograms, write_sinograms
 
 
 def test_f18_constants_are_niftypets():

@@ -71,7 +71,7 @@ def project(tmp_path_factory):
     site = tmp_path_factory.mktemp("docs")
     shutil.copytree(ROOT / "config", site / "config")
     from petiq.cli import main
-    from petiq.sessions import blank_form, read_plan
+    from petiq.scoring.sessions import blank_form, read_plan
 
     assert (
         main(

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from scipy.stats import spearmanr
 
-from petiq.errors import PetiqInputError
-from petiq.evaluate import (
+from petiq.core.errors import PetiqInputError
+from petiq.evaluation.metrics import (
     comparison_table,
     dose_metrics,
     for_comparison,
@@ -306,7 +306,7 @@ def is_png(path) -> bool:
 def test_boxplots_from_arm_metrics(tmp_path):
     from types import SimpleNamespace
 
-    from petiq.evaluate import arm_metrics
+    from petiq.evaluation.metrics import arm_metrics
     from petiq.plots.experiments import plot_boxplots
 
     rng = np.random.default_rng(4)
@@ -389,7 +389,7 @@ def test_fig05_reads_the_network_from_the_model(vgg16, tmp_path):
 
 
 def test_fig05_from_the_training_engines_model(tmp_path):
-    from petiq.models import build_model, describe_blocks
+    from petiq.learning.models import build_model, describe_blocks
     from petiq.plots.diagrams import describe_network, plot_fig05_vgg16, trained_blocks
 
     model = build_model("vgg16", 3, head="relu", patch_size=32, device="meta")

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from petiq.fileio import atomic_path, write_text
+from petiq.core.fileio import atomic_path, write_text
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):
@@ -45,7 +45,7 @@ def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
     import subprocess
     import sys
 
-    from petiq.fileio import _temp_prefix, write_text
+    from petiq.core.fileio import _temp_prefix, write_text
 
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True

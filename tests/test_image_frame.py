@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from petiq.scanner import Scanner
+from petiq.scanner.geometry import Scanner
 
 # NiftyPET resources.py: NCRS, NRNG, NSBINS, NSANGLES, MRD, R, DOI (cm), AXR (cm), TGAP, OFFGAP
 NCRS, NRNG, NSBINS, NSANGLES, MRD = 504, 64, 344, 252, 60
@@ -157,7 +157,7 @@ def test_affine_is_niftypets_frame_on_the_centred_grid(mmr):
     """petiq's image affine has NiftyPET's orientation (HFS: scanner +x = patient left, +y anterior,
     +z inferior) and centres voxels where NiftyPET's projector does; NiftyPET's ``image_affine`` puts
     them half a voxel further (its offsets are 0.5 N v, not 0.5 (N - 1) v)."""
-    from petiq.frame import scanner_grid_affine
+    from petiq.scanner.frame import scanner_grid_affine
 
     d = niftypet_scanner_from_ras_direction()
     np.testing.assert_allclose(d, np.diag([-1.0, 1.0, -1.0]), atol=1e-12)
@@ -177,7 +177,7 @@ def test_affine_is_niftypets_frame_on_the_centred_grid(mmr):
 def test_written_images_carry_qform_and_sform(tmp_path, mmr):
     import nibabel as nib
 
-    from petiq.frame import scanner_grid_affine, write_nifti
+    from petiq.scanner.frame import scanner_grid_affine, write_nifti
 
     a = scanner_grid_affine((8, 6, 4), (2.0, 3.0, 4.0))
     write_nifti(tmp_path / "x.nii.gz", np.arange(192, dtype=np.float32).reshape(8, 6, 4), a)
@@ -219,8 +219,8 @@ def test_hot_cube_in_a_flipped_nifti_lands_on_the_right_lors(tmp_path, mmr):
     lands at NiftyPET's scanner position of RAS (-40, 30, 36) (its frame's direction, re-derived
     above: (+40, +30, -36) mm), and the mMR bins petiq projects it into are those whose LORs, taken
     from NiftyPET's crystal table and sinogram LUT, pass through that point."""
+    from petiq.listmode.simulate import read_inputs
     from petiq.recon.projectors import JosephProjector
-    from petiq.simulate import read_inputs
 
     save_cube(tmp_path / "act.nii.gz", odd_affine(), value=10.0)
     save_cube(tmp_path / "mu.nii.gz", odd_affine(), value=0.096)
@@ -272,7 +272,7 @@ def test_mumap_with_a_flipped_affine_gives_the_same_attenuation(tmp_path):
     factors of the same μ-map stored on the scanner grid."""
     import nibabel as nib
 
-    from petiq.phantom import grid_affine
+    from petiq.cohort.phantom import grid_affine
     from petiq.recon import pipeline as pl
 
     sc = Scanner.tiny()
@@ -299,14 +299,14 @@ def test_mumap_with_a_flipped_affine_gives_the_same_attenuation(tmp_path):
 
 
 def test_bad_affines_and_orientations_are_refused(tmp_path):
-    from petiq.errors import PetiqInputError
-    from petiq.frame import (
+    from petiq.core.errors import PetiqInputError
+    from petiq.listmode.header import MMR_HEADER_DEFAULTS, _check_listmode_header
+    from petiq.scanner.frame import (
         check_affine,
         check_patient_orientation,
         grid_like,
         to_scanner_grid,
     )
-    from petiq.listmode.header import MMR_HEADER_DEFAULTS, _check_listmode_header
 
     good = np.diag([2.0, 2.0, 2.0, 1.0])
     singular = good.copy()
@@ -347,10 +347,10 @@ def test_cube_reconstructs_where_the_input_affine_put_it(tmp_path):
     OSEM and written with petiq's affine: read back through that affine it sits at the same RAS point."""
     import nibabel as nib
 
-    from petiq.frame import scanner_grid_affine, write_nifti
+    from petiq.listmode.simulate import read_inputs
     from petiq.recon.osem import reconstruct
     from petiq.recon.projectors import JosephProjector
-    from petiq.simulate import read_inputs
+    from petiq.scanner.frame import scanner_grid_affine, write_nifti
 
     sc = Scanner.tiny()
     ras_centre = np.array([-24.0, 16.0, 12.0])  # left, anterior, superior; inside the tiny FOV

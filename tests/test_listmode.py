@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from petiq.errors import PetiqInputError
+from petiq.core.errors import PetiqInputError
 from petiq.listmode import (
     MMR_HEADER_DEFAULTS,
     ListmodeWriter,
@@ -24,7 +24,7 @@ from petiq.listmode import (
     write_listmode,
     write_listmode_words,
 )
-from petiq.scanner import Scanner
+from petiq.scanner.geometry import Scanner
 
 TIME, DEAD, GANTRY, GATING, CONTROL = 0x80000000, 0xA0000000, 0xC0000000, 0xE0000000, 0xF0000000
 PROMPT = 0x40000000

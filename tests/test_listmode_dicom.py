@@ -16,8 +16,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 from test_mmr_export import MMR_HEADER, decode
 
-from petiq.cohort import read_patients
-from petiq.errors import PetiqInputError
+from petiq.cohort.patients import read_patients
+from petiq.core.errors import PetiqInputError
 from petiq.listmode import (
     ListmodeWriter,
     header_path,
@@ -28,7 +28,7 @@ from petiq.listmode import (
     thin_listmode,
     write_listmode,
 )
-from petiq.scanner import Scanner
+from petiq.scanner.geometry import Scanner
 
 # Siemens "CSA Non-Image Storage", the private SOP class of the scanner's raw-data objects.
 CSA_NON_IMAGE_STORAGE = "1.3.12.2.1107.5.9.1"
@@ -263,7 +263,7 @@ def synthetic_export(tmp_path_factory):
     """One tiny-scanner patient simulated twice with the same seeds: the Interfile and the DICOM form."""
     from test_simulate import PARTICIPANT, SCANNER, head
 
-    from petiq.simulate import simulate_patient
+    from petiq.listmode.simulate import simulate_patient
 
     d = tmp_path_factory.mktemp("synthetic")
     paths, _, _ = head(d)
@@ -286,7 +286,7 @@ def synthetic_export(tmp_path_factory):
 
 def test_synthetic_export_histograms_identically_in_both_forms(synthetic_export, tmp_path):
     from petiq.cli import main
-    from petiq.sinograms import read_sinograms
+    from petiq.listmode.sinograms import read_sinograms
 
     outs, scanner = synthetic_export
     bf = outs["dcm"].with_suffix(".bf")

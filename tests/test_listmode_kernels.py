@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import petiq.listmode.histogram as histogram_mod
-from petiq.errors import PetiqInputError
+from petiq.core.errors import PetiqInputError
 from petiq.listmode import (
     encode_events,
     histogram_listmode,
@@ -14,7 +14,7 @@ from petiq.listmode import (
     write_listmode_words,
 )
 from petiq.listmode.words import _pcg64_fill, pcg64_state
-from petiq.scanner import Scanner
+from petiq.scanner.geometry import Scanner
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2024, 2**63 + 11, 123456789012345678901234567890])

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import petiq.listmode.histogram as histogram_mod
-from petiq.errors import PetiqInputError
+from petiq.core.errors import PetiqInputError
 from petiq.listmode import (
     ListmodeWriter,
     encode_events,
@@ -26,8 +26,8 @@ from petiq.listmode import (
     thin_listmode,
     write_listmode_words,
 )
-from petiq.scanner import Scanner
-from petiq.sinograms import read_sinograms, require_singles, write_sinograms
+from petiq.listmode.sinograms import read_sinograms, require_singles, write_sinograms
+from petiq.scanner.geometry import Scanner
 
 TIME, SINGLES, GANTRY, GATING, CONTROL = 0x80000000, 0xA0000000, 0xC0000000, 0xE0000000, 0xF0000000
 INTERVAL_MS, SCALE = 2000, 8  # mMR header values (see the module docstring)

@@ -33,7 +33,7 @@ def test_script_job_traceback_goes_to_the_log_and_one_line_to_the_console(tmp_pa
     script = tmp_path / "job.py"
     log = tmp_path / "job.log"
     script.write_text(
-        "from petiq.logs import log_to\n"
+        "from petiq.core.logs import log_to\n"
         f"log = log_to({str(log)!r})\n"
         "print('working on it')\n"
         "log.info('step one done')\n"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from petiq.errors import PetiqInputError
+from petiq.core.errors import PetiqInputError
 from petiq.listmode import (
     header_path,
     histogram_listmode,
@@ -19,7 +19,7 @@ from petiq.listmode import (
     write_listmode,
     write_listmode_words,
 )
-from petiq.scanner import Scanner
+from petiq.scanner.geometry import Scanner
 
 MMR_HEADER = """!INTERFILE:=
 %comment:=SMS-MI header

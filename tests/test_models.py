@@ -1,4 +1,4 @@
-"""Backbones cut into five blocks, heads, freeze levels and weight loading (petiq.models)."""
+"""Backbones cut into five blocks, heads, freeze levels and weight loading (petiq.learning.models)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from petiq.errors import PetiqInputError
-from petiq.models import (
+from petiq.core.errors import PetiqInputError
+from petiq.learning.models import (
     BACKBONES,
     HEAD_NOTE,
     block_output_shapes,
@@ -157,7 +157,7 @@ def test_initialisation_is_seeded_keras_like_and_leaves_the_global_rng_alone():
 def test_loading_weights_checks_keys_and_shapes():
     model = build_model("vgg16", 3, patch_size=32, seed=0)
     tv = torchvision_model("vgg16")
-    state = {k: v for k, v in tv.state_dict().items() if k.startswith("features.")}  # as petiq.weights gives
+    state = {k: v for k, v in tv.state_dict().items() if k.startswith("features.")}  # as petiq.learning.weights gives
     assert load_backbone_state(model, state) == []
     assert torch.equal(model.blocks[4].features_28.weight, tv.features[28].weight)
     assert torch.equal(model.blocks[0].features_0.bias, tv.features[0].bias)

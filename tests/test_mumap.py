@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from helpers import write_mumap_dicom_slice
 
-from petiq.errors import PetiqInputError
-from petiq.frame import scanner_grid_affine, write_nifti
+from petiq.core.errors import PetiqInputError
 from petiq.recon import mumap as mm
-from petiq.scanner import Scanner
+from petiq.scanner.frame import scanner_grid_affine, write_nifti
+from petiq.scanner.geometry import Scanner
 
 WATER = 0.096
 

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from petiq.cli import main
-from petiq.errors import PetiqInputError
-from petiq.patches import (
+from petiq.core.errors import PetiqInputError
+from petiq.learning.patches import (
     PLANES,
     TABLE_COLUMNS,
     extract_patches,
@@ -23,7 +23,7 @@ ARGS = dict(size=12, candidates=300, per_plane=20, seed=11)
 
 
 def plane_of(volume: np.ndarray, plane: str, s: int) -> np.ndarray:
-    """The plane convention, written out independently of petiq.patches."""
+    """The plane convention, written out independently of petiq.learning.patches."""
     if plane == "transverse":
         return volume[:, :, s]
     if plane == "coronal":

@@ -8,8 +8,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from petiq.cohort import synthesize_patient
-from petiq.phantom import MU_WATER_511, PATTERNS, draw_anatomy, make_phantom
+from petiq.cohort.patients import synthesize_patient
+from petiq.cohort.phantom import MU_WATER_511, PATTERNS, draw_anatomy, make_phantom
 
 SHAPE, VOXEL = (64, 64, 60), (4.0, 4.0, 4.0)
 KEYS = ("truth", "mumap", "t1w", "brainmask")

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from petiq.errors import PetiqInputError
-from petiq.predict import check_image, find_images, model_dir, patch_settings, predict_images
+from petiq.core.errors import PetiqInputError
+from petiq.learning.predict import check_image, find_images, model_dir, patch_settings, predict_images
 
 VOXEL = (4.0, 4.0, 4.0)
 PATCH = {
@@ -116,8 +116,8 @@ def trained_run(tmp_path_factory):
 def train_small_run(root, extra_card=None):
     """A VGG16 run on 32 px patches (head only, one epoch) trained by the real engine, with the card's patch settings
     (and ``extra_card``'s keys)."""
-    from petiq.patches import extract_patches
-    from petiq.train import PatchSet, TrainSpec, train_repeats
+    from petiq.learning.patches import extract_patches
+    from petiq.learning.train import PatchSet, TrainSpec, train_repeats
 
     def patch_set(seed: int, scores: tuple[float, float, float]) -> PatchSet:
         vol = brain_volume(seed=seed)
@@ -149,9 +149,9 @@ def train_small_run(root, extra_card=None):
 
 def manual_prediction(run_dir, path, seed=0):
     """The pipeline spelled out: resample (identity here), divide by the maximum, the paper's patches, the model."""
-    from petiq.patches import extract_patches
-    from petiq.seeding import derive_seed
-    from petiq.train import load_run, predict_patches
+    from petiq.core.seeding import derive_seed
+    from petiq.learning.patches import extract_patches
+    from petiq.learning.train import load_run, predict_patches
 
     model, card, prep = load_run(run_dir)
     vol = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
@@ -200,7 +200,7 @@ def test_images_of_any_voxel_size_are_resampled(trained_run, tmp_path):
 
 def test_folder_and_command_line(trained_run, tmp_path, capsys):
     from petiq.cli import main
-    from petiq.predict import predict_folder
+    from petiq.learning.predict import predict_folder
 
     folder = tmp_path / "to_score"
     folder.mkdir()

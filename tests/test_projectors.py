@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from petiq.errors import PetiqInputError
+from petiq.core.errors import PetiqInputError
 from petiq.recon import projectors
 from petiq.recon.projectors import JosephProjector
-from petiq.scanner import Scanner
+from petiq.scanner.geometry import Scanner
 
 
 @pytest.fixture(scope="module")

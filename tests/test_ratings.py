@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from petiq.ratings import (
+from petiq.scoring.ratings import (
     METRICS,
     RATINGS_COLUMNS,
     RatingsFormError,
@@ -14,7 +14,7 @@ from petiq.ratings import (
     parse_score,
     rater_summary,
 )
-from petiq.sessions import FORM_COLUMNS, blank_form, plan_sessions, write_plan
+from petiq.scoring.sessions import FORM_COLUMNS, blank_form, plan_sessions, write_plan
 
 PATIENTS = ["sub-01", "sub-02", "sub-03"]
 DOSES = (0.5, 1, 5, 10, 25, 50, 100)
@@ -230,7 +230,7 @@ def test_all_problems_across_forms_reported_together(tmp_path, key, forms):
 def test_no_forms_and_missing_key(tmp_path, key):
     with pytest.raises(RatingsFormError, match="no ratings forms were given"):
         import_ratings([], key, tmp_path / "ratings.tsv")
-    from petiq.errors import PetiqInputError
+    from petiq.core.errors import PetiqInputError
 
     with pytest.raises(PetiqInputError, match="the unblinding key does not exist"):
         import_ratings([], tmp_path / "nokey.tsv", tmp_path / "ratings.tsv")

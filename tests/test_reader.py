@@ -1,4 +1,4 @@
-"""The virtual reader (petiq.reader) on a small synthetic brain: truth masks, measures, monotonicity
+"""The virtual reader (petiq.scoring.reader) on a small synthetic brain: truth masks, measures, monotonicity
 in dose, quantisation, determinism and calibration against the paper's targets."""
 
 from __future__ import annotations
@@ -12,12 +12,19 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
-from petiq import reader
-from petiq.agreement import RATINGS_COLUMNS, SCORES, calibration_table, check_ratings, load_targets
-from petiq.doses import PAPER_DOSES, dose_category
-from petiq.errors import PetiqInputError
-from petiq.phantom import PatientAnatomy, grid_affine
-from petiq.reader import ReaderModel, calibrate_reader, internal_scores, measure_array, reader_truth, virtual_ratings
+from petiq.cohort.phantom import PatientAnatomy, grid_affine
+from petiq.core.doses import PAPER_DOSES, dose_category
+from petiq.core.errors import PetiqInputError
+from petiq.scoring import reader
+from petiq.scoring.agreement import RATINGS_COLUMNS, SCORES, calibration_table, check_ratings, load_targets
+from petiq.scoring.reader import (
+    ReaderModel,
+    calibrate_reader,
+    internal_scores,
+    measure_array,
+    reader_truth,
+    virtual_ratings,
+)
 
 #: A toy atlas: frontal (FTD's pattern), cuneus (DLB's), two regions no pattern touches, white matter.
 NAMES = {
@@ -133,7 +140,7 @@ def test_measures_follow_noise_resolution_and_pattern(truths):
 
 def test_measure_image_reads_the_sidecar(tmp_path, truths):
     affine = grid_affine(REF_SHAPE, REF_VOXEL)
-    from petiq import bids
+    from petiq.core import bids
 
     root = tmp_path / "bids"
     pet = bids.recon_image_path(root, "sub-01", 25)
@@ -160,15 +167,15 @@ def test_measure_image_reads_the_sidecar(tmp_path, truths):
 
 
 def test_write_reader_truth_rebuilds_and_checks_the_phantom(tmp_path, monkeypatch):
-    import petiq.anatomy
-    import petiq.phantom
+    import petiq.cohort.anatomy
+    import petiq.cohort.phantom
 
     class Template:
         names = NAMES
 
-    monkeypatch.setattr(petiq.anatomy, "load_template", lambda _dir: Template())
+    monkeypatch.setattr(petiq.cohort.anatomy, "load_template", lambda _dir: Template())
     monkeypatch.setattr(
-        petiq.phantom,
+        petiq.cohort.phantom,
         "make_phantom",
         lambda tpl, anat, shape, voxel, *, diagnosis, severity, **kw: toy_phantom(diagnosis, severity),
     )

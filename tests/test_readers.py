@@ -7,9 +7,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from petiq.cohort import read_patients
-from petiq.errors import PetiqInputError
-from petiq.splits import check_splits
+from petiq.cohort.patients import read_patients
+from petiq.core.errors import PetiqInputError
+from petiq.learning.splits import check_splits
 
 SHEET = "participant_id\tsource\nsub-01\tsynthetic\nsub-02\tsynthetic\n"
 SPLITS = "participant_id\trole\nsub-01\ttest\nsub-02\tpretext_train\n"

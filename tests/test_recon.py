@@ -13,15 +13,9 @@ import numpy as np
 import pytest
 from helpers import bids_validator_errors
 
-from petiq.errors import PetiqInputError
-from petiq.phantom import grid_affine
-from petiq.recon import corrections as corr
-from petiq.recon import osem as osem_mod
-from petiq.recon import pipeline as pl
-from petiq.recon.osem import fov_mask, reconstruct, subset_views, system_model
-from petiq.recon.projectors import JosephProjector
-from petiq.scanner import Scanner
-from petiq.simulate import (
+from petiq.cohort.phantom import grid_affine
+from petiq.core.errors import PetiqInputError
+from petiq.listmode.simulate import (
     AcquisitionSettings,
     expected_data,
     iter_span1_counts,
@@ -29,6 +23,12 @@ from petiq.simulate import (
     simulate_norm_scan,
     singles_scale,
 )
+from petiq.recon import corrections as corr
+from petiq.recon import osem as osem_mod
+from petiq.recon import pipeline as pl
+from petiq.recon.osem import fov_mask, reconstruct, subset_views, system_model
+from petiq.recon.projectors import JosephProjector
+from petiq.scanner.geometry import Scanner
 
 SPAN = 11
 
@@ -516,7 +516,7 @@ def test_cuda_request_without_gpu_falls_back_with_a_warning(monkeypatch, caplog)
 @pytest.fixture(scope="module")
 def files(case, tmp_path_factory) -> dict:
     """Norm scan, sinogram file and μ-map of the phantom on disk, plus the correction files."""
-    from petiq.sinograms import write_sinograms
+    from petiq.listmode.sinograms import write_sinograms
 
     d = tmp_path_factory.mktemp("recon")
     sc = case.scanner
@@ -654,7 +654,7 @@ def test_bad_inputs_stop_before_any_output(files, case, tmp_path):
     fails("expected a norm file", norm=files["randoms"])
     fails("not found", scatter=d / "missing.npz")
     # an empty list-mode
-    from petiq.sinograms import read_sinograms, write_sinograms
+    from petiq.listmode.sinograms import read_sinograms, write_sinograms
 
     hist = read_sinograms(files["sino"])
     empty = {**hist, "prompts": np.zeros_like(hist["prompts"]), "n_prompts": 0}
@@ -689,8 +689,8 @@ def test_listmode_chain_is_quantitative(tmp_path):
     """simulate → list-mode → (thin) → histogram → norm, randoms, attenuation, scatter → OP-OSEM:
     a uniform 300 kBq/mL water ball comes back at its activity, and at f × it after thinning to f."""
     from petiq.listmode import histogram_listmode, thin_listmode
-    from petiq.simulate import simulate_patient
-    from petiq.sinograms import write_sinograms
+    from petiq.listmode.simulate import simulate_patient
+    from petiq.listmode.sinograms import write_sinograms
 
     sc = Scanner.tiny()
     scan = simulate_norm_scan(sc, scanner_seed=5, seed=1, span=SPAN, counts_per_bin=500.0, progress=False)
@@ -766,8 +766,8 @@ def test_reconstructions_form_a_valid_bids_dataset(files, tmp_path):
     and the injection time as a list-mode header does."""
     import pandas as pd
 
-    from petiq import bids
-    from petiq.sinograms import read_sinograms, write_sinograms
+    from petiq.core import bids
+    from petiq.listmode.sinograms import read_sinograms, write_sinograms
 
     sino = read_sinograms(files["sino"])
     sino.update(

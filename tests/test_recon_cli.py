@@ -12,12 +12,12 @@ import yaml
 from helpers import e7_layout, write_e7_interfile, write_mumap_dicom_series
 
 from petiq.cli import main
-from petiq.errors import PetiqInputError
-from petiq.phantom import grid_affine
+from petiq.cohort.phantom import grid_affine
+from petiq.core.errors import PetiqInputError
+from petiq.listmode.simulate import simulate_norm_scan, simulate_patient
 from petiq.recon import chain
 from petiq.recon import pipeline as pl
-from petiq.scanner import Scanner
-from petiq.simulate import simulate_norm_scan, simulate_patient
+from petiq.scanner.geometry import Scanner
 
 ROOT = Path(__file__).resolve().parents[1]
 SPAN = 11
@@ -332,8 +332,8 @@ def test_recon_with_the_scanners_component_norm(acq, tmp_path, capsys):
     """The norm given as the scanner's component norm (.n + .n.hdr): the simulator's truth written as mMR
     components (petiq.recon.component_norm) reconstructs the ball's activity; a component norm of another
     scanner is refused before any step, naming the file."""
+    from petiq.listmode.simulate import scanner_calibration, scanner_truth
     from petiq.recon import component_norm as cnm
-    from petiq.simulate import scanner_calibration, scanner_truth
 
     sc = Scanner.tiny()
     truth = scanner_truth(sc, np.random.default_rng(5))  # the acquisition's scanner_seed

@@ -8,11 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from petiq.listmode.simulate import AcquisitionSettings, expected_data, scanner_truth
 from petiq.recon import corrections as corr
 from petiq.recon.osem import reconstruct
 from petiq.recon.projectors import JosephProjector
-from petiq.scanner import Scanner
-from petiq.simulate import AcquisitionSettings, expected_data, scanner_truth
+from petiq.scanner.geometry import Scanner
 
 pytestmark = pytest.mark.gpu
 

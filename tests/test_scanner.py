@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from petiq.errors import PetiqInputError
-from petiq.scanner import PRESETS, Scanner
+from petiq.core.errors import PetiqInputError
+from petiq.scanner.geometry import PRESETS, Scanner
 
 
 @pytest.fixture(scope="module")

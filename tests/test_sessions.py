@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import petiq.sessions as sessions
-from petiq.doses import PAPER_DOSES, dose_category
-from petiq.errors import PetiqInputError
-from petiq.sessions import (
+import petiq.scoring.sessions as sessions
+from petiq.core.doses import PAPER_DOSES, dose_category
+from petiq.core.errors import PetiqInputError
+from petiq.scoring.sessions import (
     ALPHABET,
     FORM_COLUMNS,
     PLAN_COLUMNS,

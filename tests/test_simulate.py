@@ -8,10 +8,16 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from petiq.cohort.phantom import grid_affine
 from petiq.listmode import read_listmode
-from petiq.phantom import grid_affine
-from petiq.scanner import Scanner
-from petiq.simulate import AcquisitionSettings, expected_data, scanner_truth, simulate_norm_scan, simulate_patient
+from petiq.listmode.simulate import (
+    AcquisitionSettings,
+    expected_data,
+    scanner_truth,
+    simulate_norm_scan,
+    simulate_patient,
+)
+from petiq.scanner.geometry import Scanner
 
 SCANNER = Scanner.tiny()
 
@@ -103,7 +109,7 @@ def test_counts_scale_with_activity_and_randoms_faster(tmp_path):
 @pytest.mark.parametrize("name", ["mmr", "demo", "tiny"])
 def test_randoms_per_trues_per_lor_match_the_mmr(name):
     """The reduced presets keep the mMR's ratio of randoms to trues per LOR (so its randoms fraction)."""
-    from petiq.simulate import singles_scale, trues_sensitivity
+    from petiq.listmode.simulate import singles_scale, trues_sensitivity
 
     scanner, mmr = Scanner.from_name(name), Scanner.mmr()
     ratio = lambda sc: (singles_scale(sc) ** 2) / (trues_sensitivity(sc) / sc.n_bins(1))  # noqa: E731
@@ -131,8 +137,8 @@ def test_simulated_file_reports_bucket_singles_like_the_scanner(tmp_path):
     bucket every 2 s from 0 ms, right after that millisecond's time tag; the rate is the bucket's
     sum of the model's singles per crystal (NiftyPET bucket ``c // 18 + (crystals/18)·(ring // 8)``,
     ``c = det - 1``) times the ¹⁸F decay at that moment over its mean."""
+    from petiq.cohort.phantom import F18_HALF_LIFE_MIN
     from petiq.listmode import histogram_listmode
-    from petiq.phantom import F18_HALF_LIFE_MIN
 
     out, _ = simulate(tmp_path, "a")
     w = np.fromfile(out, dtype="<u4").astype(np.int64)

@@ -24,11 +24,11 @@ import yaml
 from helpers import e7_layout, write_e7_interfile, write_mumap_dicom_series
 
 from petiq.cli import main
-from petiq.frame import scanner_grid_affine
+from petiq.listmode.simulate import scanner_component_norm, simulate_patient
 from petiq.recon import mumap as mm
 from petiq.recon.component_norm import write_component_norm
-from petiq.scanner import Scanner
-from petiq.simulate import scanner_component_norm, simulate_patient
+from petiq.scanner.frame import scanner_grid_affine
+from petiq.scanner.geometry import Scanner
 
 ROOT = Path(__file__).resolve().parents[1]
 SPAN = 11

@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 from helpers import write_sheet
 
-from petiq.cohort import plan_cohort, read_patients
-from petiq.errors import PetiqInputError
-from petiq.splits import ROLES, assign_roles, check_splits, role_summary
+from petiq.cohort.patients import plan_cohort, read_patients
+from petiq.core.errors import PetiqInputError
+from petiq.learning.splits import ROLES, assign_roles, check_splits, role_summary
 
 COUNTS = {"pretext_train": 8, "pretext_val": 1, "transfer_train": 7, "transfer_val": 2, "test": 3}
 MIX = {"CN": 0.3, "AD": 0.4, "FTD": 0.15, "DLB": 0.15}

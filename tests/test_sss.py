@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
-from petiq.errors import PetiqInputError
+from petiq.core.errors import PetiqInputError
 from petiq.recon import sss
-from petiq.scanner import Scanner
+from petiq.scanner.geometry import Scanner
 
 R_E = 2.8179403262e-13  # cm, CODATA 2018
 

@@ -1,7 +1,7 @@
-"""The training engine (petiq.train): determinism, resume, stacked repeats, frozen-block cache, outputs.
+"""The training engine (petiq.learning.train): determinism, resume, stacked repeats, frozen-block cache, outputs.
 
 A narrow VGG-shaped backbone (4–16 channels, 32 px patches) stands in for VGG16: registered here as a
-test fixture, not in petiq.models.BACKBONES.
+test fixture, not in petiq.learning.models.BACKBONES.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import pytest
 import torch
 from torchvision.models.vgg import VGG, make_layers
 
-from petiq import models
-from petiq.errors import PetiqInputError
-from petiq.models import BackboneSpec, build_model, set_freeze_level, split_vgg
-from petiq.seeding import derive_seed, rng_for
-from petiq.train import (
+from petiq.core.errors import PetiqInputError
+from petiq.core.seeding import derive_seed, rng_for
+from petiq.learning import models
+from petiq.learning.models import BackboneSpec, build_model, set_freeze_level, split_vgg
+from petiq.learning.train import (
     ADAM_BETAS,
     PatchSet,
     TrainSpec,
@@ -29,7 +29,7 @@ from petiq.train import (
     train_dose_baseline,
     train_repeats,
 )
-from petiq.weights import CAFFE_BGR, NO_PREPROCESSING, TORCHVISION_RGB
+from petiq.learning.weights import CAFFE_BGR, NO_PREPROCESSING, TORCHVISION_RGB
 
 TINY = [4, "M", 8, "M", 8, "M", 16, "M", 16, "M"]
 SCORES = ("GQR", "PR", "DC")
@@ -266,7 +266,7 @@ def test_cache_over_the_memory_limit_goes_bf16_then_plain(data, tmp_path, caplog
     train, val, _ = data
     numel = 8 * 8 * 8  # tiny_vgg after block 2 at 32 px
     need_gb = numel * (len(train) + len(val)) * 4 / 1e9
-    caplog.set_level(logging.INFO, logger="petiq.train")
+    caplog.set_level(logging.INFO, logger="petiq.learning.train")
     bf16, _ = run(spec_(freeze_level=3, cache_max_gb=0.75 * need_gb), data, [1], tmp_path / "bf16")
     assert bf16[0]["engine"]["frozen_cache"] == "bf16" and "storing it in bf16" in caplog.text
     plain, a = run(spec_(freeze_level=3, cache_max_gb=0.25 * need_gb), data, [1], tmp_path / "plain")
@@ -411,7 +411,7 @@ def test_preprocessing_on_device_is_the_weights_formula():
 
 
 def test_patch_set_from_an_image_table(tmp_path):
-    from petiq.patches import extract_patches
+    from petiq.learning.patches import extract_patches
 
     rng = np.random.default_rng(0)
     rows = []

@@ -15,10 +15,10 @@ import torch
 from onnx import helper, numpy_helper, reference
 from torchvision.models.vgg import cfgs, make_layers
 
-from petiq import weights as W
 from petiq.cli import main
 from petiq.cli.weights import BACKBONES as CLI_BACKBONES
-from petiq.errors import PetiqInputError
+from petiq.core.errors import PetiqInputError
+from petiq.learning import weights as W
 
 TINY_CFG = [4, 4, "M", 6, 6, "M", 8, 8, 8, "M", 8, 8, 8, "M", 8, 8, 8, "M"]  # VGG16's pattern, few channels
 
@@ -290,8 +290,8 @@ def test_any_torchvision_backbone_loads_from_a_config_path(tmp_path):
     """Backbones petiq cannot fetch (e.g. ResNet-18) still load from a torchvision-layout checkpoint."""
     import torchvision
 
-    from petiq.models import build_model, load_backbone_state
-    from petiq.weights import find_imagenet_weights, load_imagenet_state_dict
+    from petiq.learning.models import build_model, load_backbone_state
+    from petiq.learning.weights import find_imagenet_weights, load_imagenet_state_dict
 
     state = torchvision.models.resnet18().state_dict()
     path = tmp_path / "resnet18.pth"

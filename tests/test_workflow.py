@@ -16,7 +16,7 @@ from conftest import ANATOMY_DIR, ROOT
 from helpers import bids_validator_errors, write_sheet
 from scipy import ndimage
 
-from petiq.bids import norm01_path, recon_image_path
+from petiq.core.bids import norm01_path, recon_image_path
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 PRESETS = {"paper": "config/config.yaml", "demo": "config/demo.yaml", "test": "tests/config/config.yaml"}
@@ -57,7 +57,7 @@ def test_dry_run_lists_cohort_jobs(preset):
         assert counts[rule] == len(sheet) * n_doses, rule
     assert counts["thin"] == len(sheet) * (n_doses - 1)
     # scores, patches, training and figures: one job per image, per run (all repeats) or per figure
-    from petiq.experiments import plan_experiments
+    from petiq.learning.experiments import plan_experiments
 
     config = yaml.safe_load((ROOT / PRESETS[preset]).read_text())
     plan = plan_experiments(config)
@@ -94,7 +94,7 @@ def _job_counts(done) -> dict[str, int]:
 
 def test_figure_target_trains_only_its_runs():
     """`snakemake results/figures/fig08_freeze_levels.png` trains Fig. 8's runs and nothing else."""
-    from petiq.experiments import plan_experiments
+    from petiq.learning.experiments import plan_experiments
 
     config = yaml.safe_load((ROOT / PRESETS["test"]).read_text())
     done = snakemake(
@@ -188,10 +188,10 @@ def _demo_site_export(folder: Path) -> dict[str, str]:
     import nibabel as nib
     from helpers import e7_layout, write_e7_interfile
 
-    from petiq.frame import scanner_grid_affine
+    from petiq.listmode.simulate import scanner_component_norm, simulate_patient
     from petiq.recon.component_norm import write_component_norm
-    from petiq.scanner import Scanner
-    from petiq.simulate import scanner_component_norm, simulate_patient
+    from petiq.scanner.frame import scanner_grid_affine
+    from petiq.scanner.geometry import Scanner
 
     sc = Scanner.demo()
     folder.mkdir()
@@ -264,7 +264,7 @@ def test_cohort_figure_target_runs_only_what_it_needs(tmp_path):
     assert (tmp_path / f"results/sinograms/{REAL_ID}/{REAL_ID}_norm.npz").is_file()
     assert "umap.v.hdr (interfile)" in (tmp_path / f"results/logs/recon/attenuation_{REAL_ID}.log").read_text()
     # list-mode stage: every dose histogrammed; thinned counts follow the binomial law
-    from petiq.sinograms import read_sinograms
+    from petiq.listmode.sinograms import read_sinograms
 
     for pid in participants["participant_id"]:
         full = read_sinograms(tmp_path / f"results/sinograms/{pid}/{pid}_dose-100.0_sinograms.npz")
@@ -382,7 +382,7 @@ def _check_scores_training_and_figures(tmp_path, participants, splits):
     """Scores, patches, models and every figure and table of the test preset's full run."""
     import json
 
-    from petiq.experiments import plan_experiments
+    from petiq.learning.experiments import plan_experiments
 
     results = tmp_path / "results"
     key = pd.read_csv(results / "scores/sessions/private/unblinding_key.tsv", sep="\t")

@@ -36,7 +36,7 @@ def targets() -> list[str]:
         return []
     import pandas as pd
 
-    from petiq.bids import recon_image_path
+    from petiq.core.bids import recon_image_path
 
     config = yaml.safe_load(PRESET.read_text())
     sheet = pd.read_csv(SHEET, sep="\t", dtype=str)
@@ -267,7 +267,7 @@ def job_counts(text: str) -> dict[str, int]:
 
 # --- outputs ---------------------------------------------------------------------------------------------
 def is_write_leftover(path: Path) -> bool:
-    """A hidden temporary file of petiq.fileio's atomic writes (`.name.XXXX.tmp…`), which a killed job
+    """A hidden temporary file of petiq.core.fileio's atomic writes (`.name.XXXX.tmp…`), which a killed job
     may leave and no rule takes for an output."""
     return path.name.startswith(".") and ".tmp" in path.name
 

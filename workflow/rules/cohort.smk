@@ -1,5 +1,5 @@
-# Stage 1 — the digital memory-clinic cohort (petiq.anatomy, petiq.phantom, petiq.cohort,
-# petiq.splits): synthetic patients, their metadata, the data splits and the cohort figure.
+# Stage 1 — the digital memory-clinic cohort (petiq.cohort.anatomy, petiq.cohort.phantom, petiq.cohort.patients,
+# petiq.learning.splits): synthetic patients, their metadata, the data splits and the cohort figure.
 
 
 # The atlas download needs PyPI: run it where the workflow is launched, not on a compute node.

@@ -2,11 +2,11 @@
 # checked while the workflow is parsed: bad input stops the run before any job starts.
 from snakemake.utils import validate
 
-from petiq import bids
-from petiq.cohort import read_patients
-from petiq.doses import dose_label
-from petiq.seeding import derive_seed
-from petiq.errors import PetiqInputError
+from petiq.core import bids
+from petiq.cohort.patients import read_patients
+from petiq.core.doses import dose_label
+from petiq.core.seeding import derive_seed
+from petiq.core.errors import PetiqInputError
 from petiq.listmode import data_path, header_path
 
 
@@ -19,7 +19,7 @@ try:
     validate(config, schema="../schemas/config.schema.yaml")
 except WorkflowError:
     import yaml
-    from petiq.config import schema_problems
+    from petiq.core.config import schema_problems
 
     stop(
         schema_problems(
@@ -34,7 +34,7 @@ except PetiqInputError as error:
     raise WorkflowError(f"petiq: {error}") from None
 
 SUBJECTS = list(PATIENTS["participant_id"])
-from petiq.config import check_label_rater, config_problems
+from petiq.core.config import check_label_rater, config_problems
 
 CONFIG_PROBLEMS = config_problems(config, SUBJECTS)
 if CONFIG_PROBLEMS:
@@ -75,7 +75,7 @@ ANATOMY_FILES = [
 
 DOSES = [dose_label(d) for d in config["doses"]]
 FULL_DOSE = dose_label(100)
-# The reconstructions form a BIDS dataset, the 0-1 images its derivatives (petiq.bids spells every
+# The reconstructions form a BIDS dataset, the 0-1 images its derivatives (petiq.core.bids spells every
 # path in them); the osem rule's {rec} wildcard is a dose's reconstruction label (rec-dose005p0).
 RECON = "results/bids"
 RECON_PATHS = bids.patterns(RECON)
@@ -141,7 +141,7 @@ def patient_mumap(wildcards):
 
 def patient_hardware_mumaps(wildcards):
     """A real patient's hardware μ-maps (head-and-neck coil, table) as the sheet names them; none for synthetic ones."""
-    from petiq.site import hardware_paths
+    from petiq.cohort.site import hardware_paths
 
     row = PATIENTS.set_index("participant_id").loc[wildcards.subject]
     return [str(p) for p in hardware_paths(row["hardware_mumaps"])] if row["source"] == "real" else []
@@ -198,7 +198,7 @@ GPU_PER_RECON = 0 if config["device"] == "cpu" else 1
 
 def fig01_doses():
     """Low, medium and high: the lowest configured dose of each category that is present."""
-    from petiq.doses import dose_category
+    from petiq.core.doses import dose_category
 
     chosen = {}
     for dose in sorted(config["doses"]):
@@ -238,7 +238,7 @@ def mem_mb(base):
 
 
 # --- Scores, patches, training, figures ------------------------------------------------------
-from petiq.experiments import plan_experiments
+from petiq.learning.experiments import plan_experiments
 
 SCORES = "results/scores"
 PATCHES = "results/patches"
@@ -248,7 +248,7 @@ FIGURES = "results/figures"
 VIRTUAL_READER = config["scoring"]["ratings"] is None
 RATINGS = f"{SCORES}/ratings.tsv" if VIRTUAL_READER else config["scoring"]["ratings"]
 if not VIRTUAL_READER:  # real clinicians' ratings: every problem reported before any job starts
-    from petiq.ratings import check_ratings_table
+    from petiq.scoring.ratings import check_ratings_table
 
     try:
         check_label_rater(config["scoring"]["label_rater"], check_ratings_table(RATINGS), RATINGS)
@@ -268,7 +268,7 @@ GPU_PER_TRAIN = 0 if config["device"] == "cpu" else 1
 
 
 def patch_files(subject, dose):
-    from petiq.patches import patch_paths
+    from petiq.learning.patches import patch_paths
 
     return tuple(str(path) for path in patch_paths(PATCHES, subject, dose))
 

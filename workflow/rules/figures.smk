@@ -1,4 +1,4 @@
-# Stage 7 — evaluation (petiq.evaluate) and the paper's figures and tables. Each is its own
+# Stage 7 — evaluation (petiq.evaluation.metrics) and the paper's figures and tables. Each is its own
 # target: `snakemake --cores 2 results/figures/fig08_freeze_levels.png` trains only its runs.
 
 BOXPLOT_FIGURES = {

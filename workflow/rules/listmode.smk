@@ -1,4 +1,4 @@
-# Stage 2 — list-mode (petiq.scanner, petiq.simulate, petiq.listmode): a 100 % PETLINK acquisition
+# Stage 2 — list-mode (petiq.scanner.geometry, petiq.listmode.simulate, petiq.listmode): a 100 % PETLINK acquisition
 # per synthetic patient (real patients bring theirs), thinning to every dose fraction, histogramming.
 rule norm_scan:
     """The scanner's normalisation acquisition: a uniform water cylinder (fan sums + sinogram)."""

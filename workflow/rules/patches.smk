@@ -1,4 +1,4 @@
-# Stage 5 — training patches (petiq.patches): the paper's 80×80 patches from transverse, coronal
+# Stage 5 — training patches (petiq.learning.patches): the paper's 80×80 patches from transverse, coronal
 # and sagittal planes of every normalised reconstruction, background rejected at 1/8 of the mean.
 
 

@@ -1,4 +1,4 @@
-# Stage 4 — clinical scores (petiq.sessions, petiq.ratings, petiq.reader, petiq.agreement):
+# Stage 4 — clinical scores (petiq.scoring.sessions, petiq.scoring.ratings, petiq.scoring.reader, petiq.scoring.agreement):
 # blinded reading sessions for real clinicians, and the calibrated virtual reader that scores the
 # synthetic cohort in their place. With config scoring.ratings set, real ratings replace it.
 

@@ -1,4 +1,4 @@
-# Stage 6 — training (petiq.train): the pretext dose models (Table II), the transfer runs of
+# Stage 6 — training (petiq.learning.train): the pretext dose models (Table II), the transfer runs of
 # Figs. 8–10, the backbone survey (Fig. 4) and the dose-only baseline (Table III). Each job trains
 # every repeat of one configuration together (stacked models: one launch per step on a GPU).
 import re

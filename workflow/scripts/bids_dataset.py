@@ -1,12 +1,12 @@
-"""Rule bids_dataset: the BIDS dataset's own files from participants.tsv (petiq.bids.write_dataset_files)."""
+"""Rule bids_dataset: the BIDS dataset's own files from participants.tsv (petiq.core.bids.write_dataset_files)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-from petiq.bids import write_dataset_files  # noqa: E402
-from petiq.cohort import read_participants  # noqa: E402
-from petiq.logs import log_to  # noqa: E402
+from petiq.cohort.patients import read_participants  # noqa: E402
+from petiq.core.bids import write_dataset_files  # noqa: E402
+from petiq.core.logs import log_to  # noqa: E402
 
 log = log_to(snakemake.log[0])
 root = Path(snakemake.output.description).parent
@@ -14,7 +14,7 @@ written = write_dataset_files(root, read_participants(snakemake.input.participan
 expected = sorted(Path(p) for p in snakemake.output)
 if sorted(written) != expected:  # the rule's outputs and the library's files must name the same files
     raise RuntimeError(
-        f"{root}: petiq.bids wrote {sorted(map(str, written))}, the rule expects {list(map(str, expected))}; "
-        "make workflow/rules/recon.smk (rule bids_dataset) list what petiq.bids.write_dataset_files writes"
+        f"{root}: petiq.core.bids wrote {sorted(map(str, written))}, the rule expects {list(map(str, expected))}; "
+        "make workflow/rules/recon.smk (rule bids_dataset) list what petiq.core.bids.write_dataset_files writes"
     )
 log.info("BIDS dataset files in %s", root)

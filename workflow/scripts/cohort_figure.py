@@ -4,8 +4,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-from petiq.cohort import read_participants  # noqa: E402
-from petiq.logs import log_to  # noqa: E402
+from petiq.cohort.patients import read_participants  # noqa: E402
+from petiq.core.logs import log_to  # noqa: E402
 from petiq.plots import plot_cohort  # noqa: E402
 
 log = log_to(snakemake.log[0])

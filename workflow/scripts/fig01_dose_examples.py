@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-from petiq.logs import log_to  # noqa: E402
+from petiq.core.logs import log_to  # noqa: E402
 from petiq.plots import plot_dose_examples  # noqa: E402
 
 log = log_to(snakemake.log[0])

@@ -4,9 +4,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-from petiq.evaluate import labelled_metrics  # noqa: E402
-from petiq.fileio import write_tsv  # noqa: E402
-from petiq.logs import log_to  # noqa: E402
+from petiq.core.fileio import write_tsv  # noqa: E402
+from petiq.core.logs import log_to  # noqa: E402
+from petiq.evaluation.metrics import labelled_metrics  # noqa: E402
 from petiq.plots.experiments import plot_backbones  # noqa: E402
 
 log = log_to(snakemake.log[0])

@@ -1,4 +1,4 @@
-"""Rule paper_comparison: every published number next to this run's (petiq.evaluate.comparison_table).
+"""Rule paper_comparison: every published number next to this run's (petiq.evaluation.metrics.comparison_table).
 
 Tables I and the readers' agreement come from reader_calibration.tsv (its ``source`` column names the
 paper row), Table II–IV from their tables, Fig. 10 from the pipelines' test MAE over all scores."""
@@ -9,9 +9,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 import pandas as pd  # noqa: E402
 
-from petiq.evaluate import comparison_table, summarise  # noqa: E402
-from petiq.fileio import write_tsv  # noqa: E402
-from petiq.logs import log_to  # noqa: E402
+from petiq.core.fileio import write_tsv  # noqa: E402
+from petiq.core.logs import log_to  # noqa: E402
+from petiq.evaluation.metrics import comparison_table, summarise  # noqa: E402
 
 log = log_to(snakemake.log[0])
 i = snakemake.input

@@ -1,5 +1,5 @@
 """Rule reader_calibration: the readers' agreement and score ranges next to the paper's targets
-(petiq.agreement.calibration_table), whether the ratings are real or virtual."""
+(petiq.scoring.agreement.calibration_table), whether the ratings are real or virtual."""
 
 import sys
 from pathlib import Path
@@ -7,10 +7,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 import pandas as pd  # noqa: E402
 
-from petiq.agreement import calibration_table, check_ratings  # noqa: E402
-from petiq.cohort import read_participants  # noqa: E402
-from petiq.fileio import write_tsv  # noqa: E402
-from petiq.logs import log_to  # noqa: E402
+from petiq.cohort.patients import read_participants  # noqa: E402
+from petiq.core.fileio import write_tsv  # noqa: E402
+from petiq.core.logs import log_to  # noqa: E402
+from petiq.scoring.agreement import calibration_table, check_ratings  # noqa: E402
 
 log = log_to(snakemake.log[0])
 ratings = check_ratings(pd.read_csv(snakemake.input.ratings, sep="\t", dtype={"rater": str}), snakemake.input.ratings)

@@ -1,11 +1,11 @@
-"""Rule reader_truth: the phantom's tissue and pattern masks on the recon grid (petiq.reader)."""
+"""Rule reader_truth: the phantom's tissue and pattern masks on the recon grid (petiq.scoring.reader)."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-from petiq.logs import log_to  # noqa: E402
-from petiq.reader import write_reader_truth  # noqa: E402
+from petiq.core.logs import log_to  # noqa: E402
+from petiq.scoring.reader import write_reader_truth  # noqa: E402
 
 log = log_to(snakemake.log[0])
 i = snakemake.input

@@ -4,9 +4,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-from petiq.logs import log_to  # noqa: E402
+from petiq.core.logs import log_to  # noqa: E402
 from petiq.recon.pipeline import randoms_file  # noqa: E402
-from petiq.scanner import Scanner  # noqa: E402
+from petiq.scanner.geometry import Scanner  # noqa: E402
 
 log = log_to(snakemake.log[0])
 randoms_file(

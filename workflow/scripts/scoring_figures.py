@@ -1,4 +1,4 @@
-"""Rule scoring_figures: Figs. 2, 3, 6 and Table I from the ratings (petiq.plots.scoring, petiq.agreement)."""
+"""Rule scoring_figures: Figs. 2, 3, 6 and Table I from the ratings (petiq.plots.scoring, petiq.scoring.agreement)."""
 
 import sys
 from pathlib import Path
@@ -6,12 +6,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 import pandas as pd  # noqa: E402
 
-from petiq.agreement import check_ratings, reference_rater, table_I  # noqa: E402
-from petiq.cohort import read_participants  # noqa: E402
-from petiq.fileio import write_tsv  # noqa: E402
-from petiq.logs import log_to  # noqa: E402
+from petiq.cohort.patients import read_participants  # noqa: E402
+from petiq.core.fileio import write_tsv  # noqa: E402
+from petiq.core.logs import log_to  # noqa: E402
 from petiq.plots.scoring import plot_fig02_intersession, plot_fig03_colour_scale, plot_fig06_scores_vs_dose  # noqa: E402
-from petiq.sessions import norm01_path  # noqa: E402
+from petiq.scoring.agreement import check_ratings, reference_rater, table_I  # noqa: E402
+from petiq.scoring.sessions import norm01_path  # noqa: E402
 
 log = log_to(snakemake.log[0])
 i, o = snakemake.input, snakemake.output

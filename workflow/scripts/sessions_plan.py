@@ -1,4 +1,4 @@
-"""Rule sessions_plan: the blinded reading sessions (petiq.sessions.plan_sessions) of the rated patients."""
+"""Rule sessions_plan: the blinded reading sessions (petiq.scoring.sessions.plan_sessions) of the rated patients."""
 
 import sys
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
 import pandas as pd  # noqa: E402
 
-from petiq.logs import log_to  # noqa: E402
-from petiq.sessions import plan_sessions, session_summary, write_plan  # noqa: E402
+from petiq.core.logs import log_to  # noqa: E402
+from petiq.scoring.sessions import plan_sessions, session_summary, write_plan  # noqa: E402
 
 log = log_to(snakemake.log[0])
 p = snakemake.params  # only the scoring keys the plan depends on (not the raters or the label rater)

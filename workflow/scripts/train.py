@@ -1,5 +1,5 @@
 """Rules train_pretext, train_transfer, train_survey, train_baseline: every repeat of one run
-(petiq.experiments.run_tables → petiq.train.train_repeats / train_dose_baseline)."""
+(petiq.learning.experiments.run_tables → petiq.learning.train.train_repeats / train_dose_baseline)."""
 
 import sys
 from functools import partial
@@ -10,13 +10,20 @@ import nibabel as nib  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from petiq.cohort import read_participants  # noqa: E402
-from petiq.experiments import Run, run_tables  # noqa: E402
-from petiq.logs import log_to  # noqa: E402
-from petiq.patches import patch_paths  # noqa: E402
-from petiq.seeding import derive_seed  # noqa: E402
-from petiq.sessions import norm01_path  # noqa: E402
-from petiq.train import CLINICAL_TARGETS, PRETEXT_TARGETS, PatchSet, TrainSpec, train_dose_baseline, train_repeats  # noqa: E402
+from petiq.cohort.patients import read_participants  # noqa: E402
+from petiq.core.logs import log_to  # noqa: E402
+from petiq.core.seeding import derive_seed  # noqa: E402
+from petiq.learning.experiments import Run, run_tables  # noqa: E402
+from petiq.learning.patches import patch_paths  # noqa: E402
+from petiq.learning.train import (  # noqa: E402
+    CLINICAL_TARGETS,
+    PRETEXT_TARGETS,
+    PatchSet,
+    TrainSpec,
+    train_dose_baseline,
+    train_repeats,
+)
+from petiq.scoring.sessions import norm01_path  # noqa: E402
 
 log = log_to(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)
@@ -47,8 +54,8 @@ weights_path = training["imagenet_weights"] if run.backbone == training["backbon
 if init.startswith("pretext/"):
     init = str(i.init[0])
 if stage == "survey":  # Fig. 4: a backbone without offline ImageNet weights trains from random weights, labelled so
-    from petiq.errors import PetiqInputError
-    from petiq.weights import find_imagenet_weights
+    from petiq.core.errors import PetiqInputError
+    from petiq.learning.weights import find_imagenet_weights
 
     try:
         find_imagenet_weights(run.backbone, weights_path, training["weights_dir"])

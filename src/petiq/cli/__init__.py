@@ -12,18 +12,18 @@ import pkgutil
 import sys
 
 from .. import __version__
-from ..errors import PetiqInputError
+from ..core.errors import PetiqInputError
 
 
 def _resources_fetch(args) -> None:
-    from ..anatomy import fetch_anatomy
+    from ..cohort.anatomy import fetch_anatomy
 
     folder = fetch_anatomy(args.dest, wheel=args.wheel)
     print(f"anatomy ready in {folder}")
 
 
 def _check_patients(args) -> None:
-    from ..cohort import read_patients
+    from ..cohort.patients import read_patients
 
     sheet = read_patients(args.sheet, scanner=args.scanner)
     counts = sheet["source"].value_counts().to_dict()
@@ -31,7 +31,7 @@ def _check_patients(args) -> None:
 
 
 def _check_config(args) -> None:
-    from ..config import read_config_file
+    from ..core.config import read_config_file
 
     keys = read_config_file(args.config)
     print(
@@ -67,15 +67,15 @@ def _check_simulate_args(args) -> None:
 def _simulate(args) -> None:
     import json
 
-    from ..cohort import read_participants
-    from ..fileio import write_json
-    from ..scanner import Scanner
-    from ..simulate import simulate_norm_scan, simulate_patient
+    from ..cohort.patients import read_participants
+    from ..core.fileio import write_json
+    from ..listmode.simulate import simulate_norm_scan, simulate_patient
+    from ..scanner.geometry import Scanner
 
     scanner = Scanner.from_name(args.scanner)
     if args.norm and args.out.lower().endswith((".n", ".dcm", ".ima")):
+        from ..listmode.simulate import scanner_component_norm
         from ..recon.component_norm import write_component_norm
-        from ..simulate import scanner_component_norm
 
         written = write_component_norm(args.out, scanner_component_norm(scanner, args.scanner_seed, args.span), scanner)
         print(f"component norm of the simulated {scanner.name}: -> {written}")
@@ -83,7 +83,7 @@ def _simulate(args) -> None:
     if args.norm:
         import numpy as np
 
-        from ..fileio import write_npz
+        from ..core.fileio import write_npz
 
         if not args.norm_counts_per_bin > 0:
             raise PetiqInputError(
@@ -139,7 +139,7 @@ def _thin(args) -> None:
 
 def _histogram(args) -> None:
     from ..recon.chain import histogram_file
-    from ..scanner import Scanner
+    from ..scanner.geometry import Scanner
 
     scanner = Scanner.from_name(args.scanner)
     if args.threads is not None and args.threads < 1:
@@ -238,12 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one sub-command; bad input exits 2 with one line naming the file, the problem and the fix.
 
-    With ``--log FILE`` everything goes to FILE (:func:`petiq.logs.log_to`) and only a failure reaches
+    With ``--log FILE`` everything goes to FILE (:func:`petiq.core.logs.log_to`) and only a failure reaches
     the console, as one line; an unexpected error exits 1 with its traceback in FILE."""
     args = build_parser().parse_args(argv)
     console = sys.stderr
     if args.log:
-        from ..logs import failure_line, log_to
+        from ..core.logs import failure_line, log_to
 
         log_to(args.log).info("petiq %s", " ".join(sys.argv[1:] if argv is None else argv))
     try:

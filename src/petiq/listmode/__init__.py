@@ -56,7 +56,7 @@ list-mode data (``data format`` ``CoincidenceList``, not a sinogram; 32-bit word
 endian), the data size is a multiple of 4 bytes and equals ``%total listmode word counts`` words,
 and every event's bin offset is below the scanner's span-1 bin count.
 
-All writers go through :func:`petiq.fileio.atomic_path` (data file renamed into place first,
+All writers go through :func:`petiq.core.fileio.atomic_path` (data file renamed into place first,
 header last), so a failed or interrupted run leaves no output; inputs are never modified.
 
 Thinning and histogramming

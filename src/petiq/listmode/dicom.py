@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from petiq.errors import PetiqInputError
+from petiq.core.errors import PetiqInputError
 
 #: Siemens' private SOP class "CSA Non-Image Storage" (not a DICOM standard class, so not in
 #: pydicom's UID dictionary): the SOP Class UID of Siemens raw-data objects (list-mode, norm,

@@ -13,9 +13,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from petiq.decay import isotope_from_header
-from petiq.errors import PetiqInputError
-from petiq.fileio import atomic_path
+from petiq.core.decay import isotope_from_header
+from petiq.core.errors import PetiqInputError
+from petiq.core.fileio import atomic_path
 from petiq.listmode.dicom import is_dicom_form, write_dicom_header
 from petiq.listmode.header import (
     _DURATION_KEY,

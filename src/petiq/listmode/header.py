@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from petiq.errors import PetiqInputError
+from petiq.core.errors import PetiqInputError
 from petiq.listmode.dicom import bf_path, dicom_path, is_dicom_form, read_interfile_text
 
 # mMR geometry used when no scanner is given.
@@ -250,7 +250,7 @@ def _check_listmode_header(header: Mapping[str, str], hdr: Path | str | None) ->
     count = header_value(header, _WORD_COUNT_KEY)
     if count is None:
         raise PetiqInputError(hdr, f"has no '{_WORD_COUNT_KEY}' key, so it is not a list-mode header", fix)
-    from petiq.frame import check_patient_orientation
+    from petiq.scanner.frame import check_patient_orientation
 
     check_patient_orientation(header, hdr)  # the image frame holds for head-first supine only
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from petiq.errors import PetiqInputError
+from petiq.core.errors import PetiqInputError
 from petiq.listmode.files import (
     _bad_bin_error,
     _check_chunk_words,

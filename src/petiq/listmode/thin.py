@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from petiq.errors import PetiqInputError
-from petiq.fileio import same_file
+from petiq.core.errors import PetiqInputError
+from petiq.core.fileio import same_file
 from petiq.listmode.dicom import is_dicom_form
 from petiq.listmode.files import (
     _AtomicPair,
@@ -64,7 +64,7 @@ def _check_fraction(fraction, where) -> float:
 def _check_seed(seed, where) -> int:
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise PetiqInputError(
-            where, f"seed {seed!r} is not a non-negative integer", "derive one with petiq.seeding.derive_seed"
+            where, f"seed {seed!r} is not a non-negative integer", "derive one with petiq.core.seeding.derive_seed"
         )
     return int(seed)
 

@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from ..fileio import atomic_path  # noqa: E402
+from ..core.fileio import atomic_path  # noqa: E402
 
 
 def _mid_brain_slice(mask: np.ndarray) -> int:
@@ -91,7 +91,7 @@ def plot_dose_examples(examples: dict[str, dict[str, str]], path: str | Path, cm
     follow the dose order given (e.g. low, medium, high). Every row uses the slice through the
     centre of its patient's brain (the highest-dose image's upper half of intensities) and one crop.
     """
-    from ..doses import dose_category
+    from ..core.doses import dose_category
 
     subjects = list(examples)
     doses = list(next(iter(examples.values())))

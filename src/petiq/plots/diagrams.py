@@ -1,10 +1,10 @@
 """Diagrams drawn from the code and the config, not by hand: Fig. 5 (the VGG16 and its freeze levels) and
 Fig. 7 (the four pre-training pipelines).
 
-Fig. 5 reads the network's blocks from a ``petiq.models`` regressor (``petiq.models.describe_blocks``: layers,
+Fig. 5 reads the network's blocks from a ``petiq.learning.models`` regressor (``petiq.learning.models.describe_blocks``: layers,
 parameters, output shapes), from that function's output, or from a torchvision VGG (``.features`` split after each
 max-pool, output sizes from a zero patch). Which blocks are retrained at freeze level k comes from
-``petiq.models.trainable_blocks``, the rule the training engine applies (the last k blocks; the head always trains).
+``petiq.learning.models.trainable_blocks``, the rule the training engine applies (the last k blocks; the head always trains).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
 
-from ..errors import PetiqInputError  # noqa: E402
+from ..core.errors import PetiqInputError  # noqa: E402
 from . import save_figure  # noqa: E402
 
 TRAINED, FROZEN = "#fdae6b", "#c6dbef"
@@ -76,20 +76,20 @@ def _split_vgg_features(features) -> list:
 def describe_network(model, patch_size: int = 80) -> dict:
     """Blocks and head of a model: {"blocks": [{name, layers, n_params, out_shape}], "head": str, "input": str}.
 
-    A ``petiq.models`` regressor is described by ``petiq.models.describe_blocks`` (any device, meta included); a
+    A ``petiq.learning.models`` regressor is described by ``petiq.learning.models.describe_blocks`` (any device, meta included); a
     torchvision VGG by its ``.features`` split after each max-pool, with output sizes from a zero patch.
     """
     import torch
 
     if hasattr(model, "blocks") and hasattr(model, "head"):
-        from ..models import describe_blocks
+        from ..learning.models import describe_blocks
 
         return _normalise_description(describe_blocks(model), int(getattr(model, "patch_size", patch_size)))[0]
     if not hasattr(model, "features"):
         raise PetiqInputError(
             None,
             f"{type(model).__name__} has neither .blocks nor .features",
-            "pass a petiq.models model or a torchvision VGG",
+            "pass a petiq.learning.models model or a torchvision VGG",
         )
     blocks = _split_vgg_features(model.features)
     if len(blocks) != N_BLOCKS:
@@ -118,7 +118,7 @@ def _input_text(patch_size: int) -> str:
 
 
 def trained_blocks(model, level: int) -> list[bool]:
-    """Which of the five blocks train at a freeze level: ``petiq.models.trainable_blocks``, the rule the engine uses
+    """Which of the five blocks train at a freeze level: ``petiq.learning.models.trainable_blocks``, the rule the engine uses
     (the last ``level`` blocks; the head always trains).
 
     >>> trained_blocks(None, 2)
@@ -129,8 +129,8 @@ def trained_blocks(model, level: int) -> list[bool]:
             None, f"freeze level {level} is outside 0–{N_BLOCKS}", "use 0 (head only) to 5 (everything)"
         )
     try:
-        from ..models import trainable_blocks
-    except ImportError:  # pragma: no cover - petiq.models ships with petiq
+        from ..learning.models import trainable_blocks
+    except ImportError:  # pragma: no cover - petiq.learning.models ships with petiq
         return [i >= N_BLOCKS - level for i in range(N_BLOCKS)]
     retrained = set(trainable_blocks(level))
     return [i in retrained for i in range(N_BLOCKS)]
@@ -157,7 +157,7 @@ def _tidy_layer(text: str) -> str | None:
 
 
 def _normalise_description(blocks: Any, patch_size: int) -> tuple[dict, Any]:
-    """A model or a list of block dicts (``petiq.models.describe_blocks``) -> (description, model or None)."""
+    """A model or a list of block dicts (``petiq.learning.models.describe_blocks``) -> (description, model or None)."""
     if hasattr(blocks, "parameters"):
         return describe_network(blocks, patch_size), blocks
     if isinstance(blocks, Mapping) and "blocks" in blocks:
@@ -369,7 +369,7 @@ def _stage(spec, what: str) -> dict:
 def pipeline_stages(pipelines: Mapping[str, Any], runs: Mapping[str, Any] | None = None) -> dict[str, dict]:
     """Each pipeline as {"init", "pretext": stage | None, "transfer": stage}; a stage has init, freeze_level, learning_rate.
 
-    A pipeline is a mapping or object (``petiq.experiments.Run``) with ``init`` (random | imagenet | pretext/<run>),
+    A pipeline is a mapping or object (``petiq.learning.experiments.Run``) with ``init`` (random | imagenet | pretext/<run>),
     ``freeze_level`` and ``learning_rate``; its pretext stage is its ``pretext`` entry or, for ``init: pretext/<run>``,
     ``runs[<run>]``.
 

@@ -1,6 +1,6 @@
 """Experiment figures: Figs. 8–10 (boxplots over training runs) and Fig. 4 (the backbone survey).
 
-Inputs are the long tables of :mod:`petiq.evaluate` (one row per repeat and score).
+Inputs are the long tables of :mod:`petiq.evaluation.metrics` (one row per repeat and score).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from ..errors import PetiqInputError  # noqa: E402
+from ..core.errors import PetiqInputError  # noqa: E402
 from . import save_figure  # noqa: E402
 
 PANELS = (("mae", "mean absolute error"), ("pct_exact", "% exact agreement"), ("pct_close", "% close agreement (±0.5)"))
@@ -28,7 +28,7 @@ def _check_columns(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise PetiqInputError(
-            None, f"{what}: missing column(s) {missing}", "pass the long table of petiq.evaluate.run_metrics"
+            None, f"{what}: missing column(s) {missing}", "pass the long table of petiq.evaluation.metrics.run_metrics"
         )
 
 

@@ -15,8 +15,15 @@ import pandas as pd  # noqa: E402
 from matplotlib.colors import BoundaryNorm  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from ..agreement import METRICS, check_ratings, image_dose_per_kg, reference_rater, reread_differences, score_dose_fits  # noqa: E402
-from ..errors import PetiqInputError  # noqa: E402
+from ..core.errors import PetiqInputError  # noqa: E402
+from ..scoring.agreement import (  # noqa: E402
+    METRICS,
+    check_ratings,
+    image_dose_per_kg,
+    reference_rater,
+    reread_differences,
+    score_dose_fits,
+)
 from . import save_figure  # noqa: E402
 from .colours import reading_colormap  # noqa: E402
 

@@ -19,8 +19,8 @@ from matplotlib.backends.backend_pdf import PdfPages
 from scipy import ndimage
 from tqdm import tqdm
 
-from ..errors import PetiqInputError
-from ..fileio import atomic_path
+from ..core.errors import PetiqInputError
+from ..core.fileio import atomic_path
 from . import save_figure
 from .colours import reading_colormap
 

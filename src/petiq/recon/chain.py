@@ -19,7 +19,7 @@ The steps that need only the norm and the μ-map run first (the workflow's DAG o
 so that a μ-map the attenuation step refuses stops the run before a 1-GB list-mode is histogrammed.
 Before any step, a cheap pre-pass checks every input and option: the values, the list-mode's header
 (:func:`petiq.listmode.check_listmode`, no events read) or the sinogram file, the norm and the μ-map
-(:func:`petiq.recon.corrections.check_mumap`), and the outputs (:func:`petiq.fileio.check_output`).
+(:func:`petiq.recon.corrections.check_mumap`), and the outputs (:func:`petiq.core.fileio.check_output`).
 
 Input formats are told apart in one dispatch function each, so that a new format is one more branch:
 :func:`_acquisition` (``.l``/``.l.hdr``, ``.dcm``/``.bf``, sinogram ``.npz``), :func:`_norm_npz` (a
@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from petiq.errors import PetiqInputError
+from petiq.core.errors import PetiqInputError
 from petiq.recon import pipeline as pl
 
 __all__ = ["DEFAULTS", "histogram_file", "norm01_path", "reconstruct_acquisition"]
@@ -80,7 +80,7 @@ def histogram_file(src, out_npz, scanner, span: int, *, threads: int | None = No
     """List-mode (``.l`` or ``.dcm``) → sinogram file: what ``petiq histogram`` (rule ``histogram``)
     does. Returns the :class:`~petiq.listmode.ListmodeHistogram`."""
     from petiq.listmode import histogram_listmode
-    from petiq.sinograms import write_sinograms
+    from petiq.listmode.sinograms import write_sinograms
 
     scanner = pl._scanner(scanner)
     hist = histogram_listmode(src, scanner, span=span, threads=threads)
@@ -90,7 +90,7 @@ def histogram_file(src, out_npz, scanner, span: int, *, threads: int | None = No
 
 def norm01_path(image) -> Path:
     """Where the 0–1 image goes beside ``image``, with the BIDS ``desc-norm01`` entity (the workflow
-    puts it in the BIDS derivatives instead: :func:`petiq.bids.norm01_path`).
+    puts it in the BIDS derivatives instead: :func:`petiq.core.bids.norm01_path`).
 
     >>> norm01_path("r/sub-01_rec-dose100p0_pet.nii.gz").as_posix(), norm01_path("x/img.nii").as_posix()
     ('r/sub-01_rec-dose100p0_desc-norm01_pet.nii.gz', 'x/img_desc-norm01.nii')
@@ -232,9 +232,9 @@ def _attenuation(
     else the DICOM μ-map's CSA ``GantryTableHomeOffset``; ``table_position_origin_mm``, else a list-mode
     ``.dcm``'s CSA ``TablePositionOrigin`` (:func:`petiq.recon.mumap.read_table_offsets_mm`). Neither
     known: both 0; only one known: an error (the hardware would be misplaced by the other)."""
-    from petiq import frame
     from petiq.recon import mumap as mm
     from petiq.recon.corrections import check_mumap
+    from petiq.scanner import frame
 
     mumap = Path(mumap)
     if not mumap.exists():
@@ -357,7 +357,7 @@ def _check_options(scanner, span, n_iterations, n_subsets, post_filter_fwhm_mm, 
 
 
 def _check_outputs(out_nii, out_json, out_norm01_nii, inputs, force: bool) -> tuple[Path, Path, Path]:
-    from petiq.fileio import check_output, same_file
+    from petiq.core.fileio import check_output, same_file
 
     out_nii = Path(out_nii)
     if not out_nii.name.lower().endswith((".nii", ".nii.gz")):
@@ -421,7 +421,7 @@ def reconstruct_acquisition(
     ``keep_intermediate`` (without ``work_dir``, they are then kept in ``<image>_work/``).
 
     Every input, option and output path is checked before any step runs (bad ones raise
-    :class:`~petiq.errors.PetiqInputError`); outputs appear together or not at all. Returns
+    :class:`~petiq.core.errors.PetiqInputError`); outputs appear together or not at all. Returns
     ``{"sidecar", "outputs", "intermediate" (kept files, else empty), "timings_s" (per step)}``."""
     started = time.perf_counter()
     scatter_options = dict(scatter_options or {})
@@ -429,7 +429,7 @@ def reconstruct_acquisition(
         scanner, span, n_iterations, n_subsets, post_filter_fwhm_mm, backend, scatter_options, threads
     )
     try:
-        from petiq.fileio import _json_default
+        from petiq.core.fileio import _json_default
 
         json.dumps(metadata or {}, default=_json_default)  # as reconstruct_file checks it, but before any step
     except TypeError as error:
@@ -444,7 +444,7 @@ def reconstruct_acquisition(
         work_dir = Path(work_dir)
         if work_dir.exists() and not work_dir.is_dir():
             raise PetiqInputError(work_dir, "the work folder is a file", "give a folder (made if missing)")
-        from petiq.fileio import same_file
+        from petiq.core.fileio import same_file
 
         for name in STEP_FILES.values():
             for given in inputs:

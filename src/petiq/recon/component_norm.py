@@ -33,7 +33,7 @@ quantification factor``), the binary either inline in (7FE1,1010) (the ``.IMA`` 
 ``.bf`` with the ``.dcm``'s stem.
 
 Numbering. NiftyPET's crystal ``c`` is petiq's ``det - 1`` (mod ``crystals_per_ring``, see
-:mod:`petiq.scanner`), so ``ceff[r, c]`` is the efficiency of petiq's crystal ``(r, (c + 1) % N)``;
+:mod:`petiq.scanner.geometry`), so ``ceff[r, c]`` is the efficiency of petiq's crystal ``(r, (c + 1) % N)``;
 the radial index ``iw`` and view ``ia`` of NiftyPET's sinogram are petiq's ``t`` and ``view``. The
 gap rule ``(c + 1) % 9 == 0`` is petiq's ``det % 9 == 0``.
 
@@ -68,9 +68,9 @@ from pathlib import Path
 
 import numpy as np
 
-from petiq.errors import PetiqInputError
-from petiq.fileio import atomic_path, write_npz
-from petiq.scanner import Scanner
+from petiq.core.errors import PetiqInputError
+from petiq.core.fileio import atomic_path, write_npz
+from petiq.scanner.geometry import Scanner
 
 __all__ = [
     "NORM_SUFFIXES",
@@ -649,7 +649,7 @@ def quantification_factor(calibration: float) -> float:
 def component_norm_from_truth(
     scanner: Scanner | str, crystal_efficiency, radial_factor, calibration: float
 ) -> ComponentNorm:
-    """petiq's simulated truth (:class:`petiq.simulate.ScannerTruth`) as mMR components.
+    """petiq's simulated truth (:class:`petiq.listmode.simulate.ScannerTruth`) as mMR components.
 
     Geometric effects: every one of the ``2 n_rings - 1`` rows is ``radial_factor`` (petiq's
     radial index ``t`` is NiftyPET's ``iw``), so NiftyPET's row 0 and STIR's row ``r1 + r2`` agree;

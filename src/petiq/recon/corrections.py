@@ -20,7 +20,7 @@ line integral into its span-11 sinogram but its attenuation factor as ``exp(−a
 one bin share the crystal pair's transaxial position and differ only in ring pair).
 
 Span-1 bookkeeping: the ring pair of a span-1 bin depends on its sinogram ``z`` only and the
-crystal pair on (view, radial) only (:meth:`petiq.scanner.Scanner.view_radial_to_dets`), so
+crystal pair on (view, radial) only (:meth:`petiq.scanner.geometry.Scanner.view_radial_to_dets`), so
 crystal-wise quantities (fan sums, efficiency products) are computed by two small numba kernels
 that loop over the span-1 planes without ever storing a span-1 sinogram (354 M bins on the mMR).
 
@@ -46,9 +46,9 @@ import numpy as np
 from numba import njit, prange
 from scipy import ndimage
 
-from petiq.errors import PetiqInputError
+from petiq.core.errors import PetiqInputError
 from petiq.recon.projectors import forward_member_mean
-from petiq.scanner import Scanner
+from petiq.scanner.geometry import Scanner
 
 __all__ = [
     "NormEstimate",
@@ -216,10 +216,10 @@ def norm_phantom_expected(
     cylinder with unit normalisation, the mean over the bin's members of ``κ · D · c · a_i · (P₁ 1_cyl)_i``
     (float32; ``a_i = exp(−μ (P₁ 1_cyl)_i)``, each member's own LOR).
 
-    The cylinder is the one :func:`petiq.simulate.simulate_norm_scan` acquires (radius
+    The cylinder is the one :func:`petiq.listmode.simulate.simulate_norm_scan` acquires (radius
     ``radius_mm``, the whole axial FOV, water μ), voxelised the same way, so the expectation is exact
     for simulated norm scans; for a real scanner this is the known norm phantom."""
-    from petiq.simulate import uniform_cylinder
+    from petiq.listmode.simulate import uniform_cylinder
 
     cylinder, voxel = uniform_cylinder(radius_mm, scanner.n_rings * scanner.ring_pitch_mm)
     scale = np.float32(calibration_factor * (activity_bq_per_ml / 1000.0) * duration_s)
@@ -423,10 +423,10 @@ metal implants ≈ 0.5-1); larger values mean the μ-map is not in cm⁻¹."""
 
 def check_mumap(mu: np.ndarray, affine: np.ndarray, scanner: Scanner, path=None) -> tuple[float, float, float]:
     """Check a μ-map (cm⁻¹) against the scanner: 3-D, finite, non-negative, plausible units, a sound
-    RAS+ affine (any axis order, flips, offset or rotation: :func:`petiq.frame.check_affine`) and all
+    RAS+ affine (any axis order, flips, offset or rotation: :func:`petiq.scanner.frame.check_affine`) and all
     tissue, placed by that affine in the scanner frame (head-first supine), inside the crystal ring
     and the axial field of view. Returns the voxel size (mm) along the array's axes."""
-    from petiq.frame import SCANNER_TO_RAS, check_affine
+    from petiq.scanner.frame import SCANNER_TO_RAS, check_affine
 
     mu = np.asarray(mu)
     if mu.ndim != 3 or min(mu.shape) < 1:

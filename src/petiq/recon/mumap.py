@@ -7,7 +7,7 @@ Conventions (taken from NiftyPET, ``niftypet/nipet/img/mmrimg.py``, and written 
   ``np.fromfile(f, np.float32)``), array order ``[z, y, x]`` = ``[slice, row v, column u]``
   (``im.shape = (SO_IMZ, SO_IMY, SO_IMX)``), mMR size 344 x 344 x 127 of 2.08626 x 2.08626 x 2.03125 mm
   (``getmu_off``'s ``Cim``), values in cm⁻¹. Column ``u`` runs along scanner +x, row ``v`` along -y,
-  slice ``z`` along +z (:mod:`petiq.frame`); the image is centred on the scanner.
+  slice ``z`` along +z (:mod:`petiq.scanner.frame`); the image is centred on the scanner.
 * DICOM μ-map: pixel values are 10⁴ x cm⁻¹ (``mudcm2nii``: ``mu *= 0.0001``; ``obj_mumap``:
   ``mu / 1e4``), placed by ImagePositionPatient / ImageOrientationPatient (DICOM LPS, turned to RAS).
 * Hardware μ-maps (``rd_hmu``, ``hmu_shape``, ``hmu_voxsize``, ``hmu_origin``, ``hmu_offset``,
@@ -19,7 +19,7 @@ Conventions (taken from NiftyPET, ``niftypet/nipet/img/mmrimg.py``, and written 
   at scanner ``x = vpos_x + i vs_x``, ``y = -(vpos_y + j vs_y)``, ``z = hbed - vpos_z + k vs_z``
   (cm; ``hbed`` the list-mode header's ``start horizontal bed position``). petiq uses these
   positions on its exactly centred grid (NiftyPET's reference grid is half a voxel off its own
-  projector's, :mod:`petiq.frame`), so petiq's placement differs from NiftyPET's by half a voxel.
+  projector's, :mod:`petiq.scanner.frame`), so petiq's placement differs from NiftyPET's by half a voxel.
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ from pathlib import Path
 
 import numpy as np
 
-from petiq.errors import PetiqInputError
-from petiq.frame import (
+from petiq.core.errors import PetiqInputError
+from petiq.scanner.frame import (
     SCANNER_TO_RAS,
     check_affine,
     scanner_grid_affine,
     to_scanner_grid,
 )
-from petiq.scanner import Scanner
+from petiq.scanner.geometry import Scanner
 
 __all__ = [
     "DICOM_MU_SCALE",
@@ -357,7 +357,7 @@ def _sniff(path: Path) -> str:
 def read_mumap(path) -> tuple[np.ndarray, np.ndarray, dict]:
     """Read a patient μ-map as a site exports it → ``(μ float32 cm⁻¹, RAS+ mm affine, info)``.
 
-    * NIfTI (``.nii``/``.nii.gz``), any orientation, values in cm⁻¹ (:func:`petiq.frame.load_nifti`).
+    * NIfTI (``.nii``/``.nii.gz``), any orientation, values in cm⁻¹ (:func:`petiq.scanner.frame.load_nifti`).
     * e7 Interfile ``.v`` + ``.v.hdr`` (either path; a ``.mhdr`` beside it supplies missing keys),
       float32 cm⁻¹ ``[z, y, x]``, centred on the scanner (NiftyPET ``getinterfile``).
     * DICOM μ-map series (folder, single-slice file or multi-frame file): 10⁴ x cm⁻¹ after
@@ -373,7 +373,7 @@ def read_mumap(path) -> tuple[np.ndarray, np.ndarray, dict]:
     kind = _sniff(path)
     info: dict = {"format": kind, "path": str(path)}
     if kind == "nifti":
-        from petiq.frame import load_nifti
+        from petiq.scanner.frame import load_nifti
 
         mu, affine = load_nifti(path, "μ-map", _FIX_FORMAT)
         if mu.ndim == 4 and mu.shape[3] == 1:
@@ -670,7 +670,7 @@ def hardware_mumap(
                 hdr, mu.shape, bed_position_mm, table_position_origin_mm, gantry_table_home_offset_mm, p
             )
         elif kind == "nifti":
-            from petiq.frame import load_nifti
+            from petiq.scanner.frame import load_nifti
 
             mu, affine = load_nifti(p, "hardware μ-map", _FIX_FORMAT)
             mu = _check_values(mu, p, "hardware", hardware=True)

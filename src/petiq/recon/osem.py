@@ -32,8 +32,8 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from petiq.errors import PetiqInputError
-from petiq.scanner import Scanner
+from petiq.core.errors import PetiqInputError
+from petiq.scanner.geometry import Scanner
 
 __all__ = ["BACKENDS", "fov_mask", "osem", "reconstruct", "resolve_backend", "subset_views", "system_model"]
 

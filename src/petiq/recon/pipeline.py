@@ -1,8 +1,8 @@
 """One function per workflow step of the reconstruction stage: read files, compute, write atomically.
 
 Every function checks all of its inputs (file kind, scanner, span, shapes, values) before it
-computes anything, raises :class:`petiq.errors.PetiqInputError` with the fix on a bad input, and
-writes its outputs through :func:`petiq.fileio.atomic_path`, so a failed step leaves no output.
+computes anything, raises :class:`petiq.core.errors.PetiqInputError` with the fix on a bad input, and
+writes its outputs through :func:`petiq.core.fileio.atomic_path`, so a failed step leaves no output.
 
 Files (NumPy ``.npz``, each with ``kind``, ``scanner`` (preset name) and ``span``):
 
@@ -18,8 +18,8 @@ Files (NumPy ``.npz``, each with ``kind``, ``scanner`` (preset name) and ``span`
 * scatter (``kind="scatter"``): ``scatter`` (float32 span-S sinogram, counts), ``scale``,
   ``scatter_fraction``, ``n_tail_bins``.
 
-The sinogram file is :mod:`petiq.sinograms`'s; the norm scan file is what ``petiq simulate --norm``
-writes (:func:`petiq.simulate.simulate_norm_scan` plus ``scanner``).
+The sinogram file is :mod:`petiq.listmode.sinograms`'s; the norm scan file is what ``petiq simulate --norm``
+writes (:func:`petiq.listmode.simulate.simulate_norm_scan` plus ``scanner``).
 
 The workflow's rules call these functions one job each; ``petiq recon``
 (:func:`petiq.recon.chain.reconstruct_acquisition`) calls the same ones in one process for one acquisition.
@@ -34,12 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
-from petiq.decay import frame_quantification
-from petiq.errors import PetiqInputError
-from petiq.fileio import atomic_path, write_npz
+from petiq.core.decay import frame_quantification
+from petiq.core.errors import PetiqInputError
+from petiq.core.fileio import atomic_path, write_npz
 from petiq.recon import corrections as corr
 from petiq.recon.osem import osem, resolve_backend, system_model
-from petiq.scanner import Scanner
+from petiq.scanner.geometry import Scanner
 
 __all__ = [
     "attenuation_file",
@@ -150,7 +150,7 @@ def read_randoms(path, scanner, span: int) -> np.ndarray:
 
 
 def _read_sinograms_checked(path, scanner: Scanner, span: int) -> dict:
-    from petiq.sinograms import read_sinograms
+    from petiq.listmode.sinograms import read_sinograms
 
     sino = read_sinograms(path)
     fix = f"histogram the list-mode for scanner {scanner.name!r} with span {span} (the config's scanner/span)"
@@ -253,7 +253,7 @@ def read_norm(
     components = cnm.components_from_npz(data, scanner)
     if components is None or not cnm.has_dead_time(components) or sino is None:
         return data["norm"], kappa, {"dead_time": False}
-    from petiq.sinograms import require_singles
+    from petiq.listmode.sinograms import require_singles
 
     singles, reports, _interval = require_singles(sino, sinograms_path, scanner.n_buckets)
     buckets = cnm.mean_bucket_singles(singles, reports)
@@ -317,14 +317,14 @@ def attenuation_file(
     :func:`petiq.recon.mumap.read_mumap`) [+ hardware μ-maps placed by the bed position] →
     attenuation factor file.
 
-    A NIfTI μ-map already on a centred scanner grid (:func:`petiq.frame.is_scanner_grid`, e.g. the
+    A NIfTI μ-map already on a centred scanner grid (:func:`petiq.scanner.frame.is_scanner_grid`, e.g. the
     simulated phantoms') is used as it is; any other is mapped by its affine onto the scanner's image
     grid (:func:`petiq.recon.mumap.to_scanner_frame`; linear, a truncated μ-map is an error). Hardware
     μ-maps (:func:`petiq.recon.mumap.hardware_mumap`) need ``bed_position_mm`` or a ``listmode`` whose
     header holds ``start horizontal bed position (mm)``, and the table offsets (x, y, z mm) go to it;
     they are added to the patient μ-map."""
-    from petiq import frame
     from petiq.recon import mumap as mm
+    from petiq.scanner import frame
 
     scanner = _scanner(scanner)
     span = scanner.check_span(int(span))
@@ -527,8 +527,8 @@ def reconstruct_file(
     All three outputs appear together or not at all. Returns the sidecar dict."""
     import nibabel as nib
 
-    from petiq.fileio import _json_default
-    from petiq.frame import nifti_image, scanner_grid_affine
+    from petiq.core.fileio import _json_default
+    from petiq.scanner.frame import nifti_image, scanner_grid_affine
 
     scanner = _scanner(scanner)
     span = scanner.check_span(int(span))

@@ -1,5 +1,5 @@
 """Joseph ray-driven projector (numba, parallel CPU) for the cylindrical scanners of
-:mod:`petiq.scanner`.
+:mod:`petiq.scanner.geometry`.
 
 Image convention
 ----------------
@@ -8,7 +8,7 @@ C order (so z is the contiguous axis). Voxel ``(i, j, k)`` has its centre at::
 
     x = (i - (nx - 1)/2) * vx,   y = (j - (ny - 1)/2) * vy,   z = (k - (nz - 1)/2) * vz   (mm)
 
-in the scanner frame of :mod:`petiq.scanner`: the grid is centred on the scanner axis and on the
+in the scanner frame of :mod:`petiq.scanner.geometry`: the grid is centred on the scanner axis and on the
 axial centre of the crystal rings. Values are activity per voxel (any unit); projections are line
 integrals in mm x activity: a uniform ball of value 1 projects to its chord length in mm.
 
@@ -28,13 +28,13 @@ Two modes
   ``(n_sinograms, len(views), n_radial)`` with ``views=``, for OSEM subsets by view). The value of a
   span-``S`` bin is the SUM of the line integrals of its span-1 members (see "Axial compression"
   below); the LOR of a member (span-1 plane, view, radial) runs from ``(xy_a, z_mid - dz/2)`` to
-  ``(xy_b, z_mid + dz/2)`` (:class:`petiq.scanner.SinogramGeometry` of span 1). The transaxial path
+  ``(xy_b, z_mid + dz/2)`` (:class:`petiq.scanner.geometry.SinogramGeometry` of span 1). The transaxial path
   of a (view, radial) pair - major-axis steps, minor-axis taps and weights - is the same for every
   plane, so it is computed once and all member planes are projected in the inner loop. With z
   contiguous, consecutive planes read neighbouring memory of the same two z-columns of the image
   (L1-resident), which is what makes the full-mMR projection affordable on a CPU.
 * Arbitrary span-1 bins (``bins=`` int64 span-1 offsets, list-mode style): values 1-D, one per bin,
-  exact crystal-face endpoints from :meth:`petiq.scanner.Scanner.lor_endpoints`. For span 1 both modes
+  exact crystal-face endpoints from :meth:`petiq.scanner.geometry.Scanner.lor_endpoints`. For span 1 both modes
   give the same numbers for the same LOR (same code path per LOR).
 
 Axial compression (span > 1)
@@ -79,8 +79,8 @@ import numpy as np
 from numba import njit, prange
 from scipy import sparse
 
-from petiq.errors import PetiqInputError
-from petiq.scanner import Scanner
+from petiq.core.errors import PetiqInputError
+from petiq.scanner.geometry import Scanner
 
 __all__ = ["JosephProjector", "compress_span1", "forward_member_mean", "member_planes"]
 
@@ -671,7 +671,7 @@ class JosephProjector:
 
     Attributes: ``scanner``, ``span``, ``image_shape`` (nx, ny, nz), ``voxel_size_mm`` (vx, vy, vz),
     ``sinogram_shape`` (n_sinograms, n_views, n_radial), ``geometry``
-    (:class:`petiq.scanner.SinogramGeometry`).
+    (:class:`petiq.scanner.geometry.SinogramGeometry`).
 
     * ``forward(image, bins=None, views=None)`` -> float32 projection (see the method).
     * ``back(values, bins=None, views=None)`` -> float32 image, the exact adjoint.
@@ -681,7 +681,7 @@ class JosephProjector:
     subset's bins (cost proportional to ``len(subset)``). Threads: ``numba.set_num_threads``. Memory
     of ``back``: one padded image per thread.
 
-    >>> from petiq.scanner import Scanner
+    >>> from petiq.scanner.geometry import Scanner
     >>> proj = JosephProjector(Scanner.tiny(), span=3)
     >>> proj.sinogram_shape
     (47, 36, 28)

@@ -43,8 +43,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from petiq.errors import PetiqInputError
-from petiq.scanner import Scanner
+from petiq.core.errors import PetiqInputError
+from petiq.scanner.geometry import Scanner
 
 log = logging.getLogger(__name__)
 

@@ -32,9 +32,9 @@ import logging
 import numpy as np
 from numba import njit
 
-from petiq.errors import PetiqInputError
+from petiq.core.errors import PetiqInputError
 from petiq.recon.projectors import _transaxial_path, image_grid, member_planes
-from petiq.scanner import Scanner
+from petiq.scanner.geometry import Scanner
 
 __all__ = ["TorchJosephProjector", "cuda_available", "describe_device"]
 

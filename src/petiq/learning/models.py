@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import PetiqInputError
+from ..core.errors import PetiqInputError
 
 N_BLOCKS = 5
 HEADS = ("linear", "relu")

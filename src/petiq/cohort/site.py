@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import PetiqInputError
-from .scanner import Scanner
+from ..core.errors import PetiqInputError
+from ..scanner.geometry import Scanner
 
 __all__ = ["HARDWARE_SEPARATOR", "check_site_files", "hardware_paths"]
 
@@ -46,10 +46,10 @@ def check_site_files(listmode, norm, mumap, hardware_mumaps=(), scanner: Scanner
       (:func:`petiq.recon.mumap.read_mumap`, :func:`petiq.recon.mumap.to_scanner_frame`);
     * hardware μ-maps: present and readable, and the list-mode header states the bed position
       that places them."""
-    from .listmode import check_listmode
-    from .recon import mumap as mm
-    from .recon.component_norm import is_component_norm, read_component_norm
-    from .recon.corrections import check_mumap
+    from ..listmode import check_listmode
+    from ..recon import mumap as mm
+    from ..recon.component_norm import is_component_norm, read_component_norm
+    from ..recon.corrections import check_mumap
 
     scanner = Scanner.from_name(scanner) if isinstance(scanner, str) else scanner
     check_listmode(listmode, scanner)

@@ -27,18 +27,18 @@ from pathlib import Path
 import pandas as pd
 import pulp
 
+from ..core.doses import CATEGORIES, dose_category, dose_label
+from ..core.errors import PetiqInputError
+from ..core.fileio import read_tsv_frame, write_text, write_tsv
+from ..core.seeding import rng_for
 from .agreement import READINGS
-from .doses import CATEGORIES, dose_category, dose_label
-from .errors import PetiqInputError
-from .fileio import read_tsv_frame, write_text, write_tsv
-from .seeding import rng_for
 
 PLAN_COLUMNS = ("blinded_id", "participant_id", "dose", "category", "session", "reading")
 FORM_COLUMNS = ("blinded_id", "rater", "GQR", "PR", "DC", "comment")
 DESIGNS = ("paper", "all_doses")
 # no 0/O, 1/I/L, 2/Z, 5/S, 8/B: easy to read aloud and to type
 ALPHABET = "ACDEFGHJKMNPQRTUVWXY34679"
-log = logging.getLogger("petiq.sessions")
+log = logging.getLogger("petiq.scoring.sessions")
 ID_LENGTH = 6
 KEY_README = """\
 PRIVATE - DO NOT GIVE THIS FOLDER TO THE READERS.
@@ -422,13 +422,13 @@ def blank_form(plan: pd.DataFrame, session: int) -> pd.DataFrame:
 
 
 def norm01_path(recon_dir: str | Path, participant_id: str, dose: float) -> Path:
-    """The 0–1 scaled reconstruction that readers see (:func:`petiq.bids.norm01_path`: the
+    """The 0–1 scaled reconstruction that readers see (:func:`petiq.core.bids.norm01_path`: the
     derivatives of the BIDS dataset at ``recon_dir``).
 
     >>> norm01_path("results/bids", "sub-01", 5).as_posix()
     'results/bids/derivatives/petiq/sub-01/pet/sub-01_rec-dose005p0_desc-norm01_pet.nii.gz'
     """
-    from .bids import norm01_path as bids_norm01_path
+    from ..core.bids import norm01_path as bids_norm01_path
 
     return bids_norm01_path(recon_dir, participant_id, dose)
 
@@ -450,7 +450,7 @@ def write_session_materials(
     ``results/bids``). Every image is checked to exist before anything is written. The key is not
     written here (see :func:`write_plan`): the session folders hold nothing but blinded ids.
     """
-    from .plots.sheets import write_session_sheets
+    from ..plots.sheets import write_session_sheets
 
     plan = check_plan(plan)
     paths = {

@@ -20,9 +20,9 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from .errors import PetiqInputError
-from .fileio import write_tsv
-from .seeding import derive_seed
+from ..core.errors import PetiqInputError
+from ..core.fileio import write_tsv
+from ..core.seeding import derive_seed
 
 NIFTI_PATTERNS = ("*.nii", "*.nii.gz")
 DEFAULT_TARGETS = {3: ("GQR", "PR", "DC"), 1: ("dose_per_kg",)}
@@ -47,7 +47,7 @@ def resolve_device(device: str) -> str:
 
 def model_dir(run_dir: str | Path) -> Path:
     """The folder holding ``model.pt``: ``run_dir`` itself, or its ``rep-<r>`` with the lowest best validation loss."""
-    from .evaluate import read_card
+    from ..evaluation.metrics import read_card
 
     run_dir = Path(run_dir)
     if (run_dir / "model.pt").is_file():
@@ -177,7 +177,7 @@ def predict_images(
         raise PetiqInputError(None, "no images to score", "name one or more NIfTI reconstructions")
     images = [check_image(p) for p in paths]  # every image checked before any work
     where = model_dir(run_dir)
-    from .evaluate import read_card
+    from ..evaluation.metrics import read_card
 
     card = read_card(where)
     if card.get("kind", "patch_regressor") != "patch_regressor":

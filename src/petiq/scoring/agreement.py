@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import PetiqInputError
+from ..core.errors import PetiqInputError
 
 METRICS = ("GQR", "PR", "DC")
 RATINGS_COLUMNS = ("participant_id", "dose", "rater", "session", "reading", "GQR", "PR", "DC")

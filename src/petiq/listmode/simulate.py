@@ -18,7 +18,7 @@ over an acquisition of ``D`` seconds::
 * Count level: ``c_T = κ · BR · D / DCF`` with ``κ`` the scanner's calibration factor (counts per
   second per positron-emitting Bq/mm² of line integral, :func:`scanner_calibration`), ``BR`` the
   ¹⁸F branching ratio and ``DCF`` the decay correction of the ``D``-second scan to its start
-  (:func:`petiq.decay.decay_correction_factor`: the phantom's activity is the one at the scan start,
+  (:func:`petiq.core.decay.decay_correction_factor`: the phantom's activity is the one at the scan start,
   and the scan records the mean over it, 4.6 % less for 15 min of ¹⁸F). ``κ`` is fixed so that an
   unattenuated reference ¹⁸F source — a uniform cylinder of radius 100 mm and length 160 mm —
   gives ``η`` trues per second per MBq (mMR ≈ 15 kcps/MBq, its NEMA sensitivity). For the reduced presets ``η`` is scaled by their
@@ -54,13 +54,13 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from .decay import ISOTOPES, mean_decay_fraction
-from .phantom import F18_HALF_LIFE_MIN
-from .recon.projectors import JosephProjector, compress_span1
-from .scanner import Scanner
+from ..cohort.phantom import F18_HALF_LIFE_MIN
+from ..core.decay import ISOTOPES, mean_decay_fraction
+from ..recon.projectors import JosephProjector, compress_span1
+from ..scanner.geometry import Scanner
 
 MMR_TRUES_CPS_PER_MBQ = 15_000.0
-#: The simulated tracer (constants as the header states them: :data:`petiq.decay.ISOTOPES`).
+#: The simulated tracer (constants as the header states them: :data:`petiq.core.decay.ISOTOPES`).
 ISOTOPE = ISOTOPES["F-18"]
 COINCIDENCE_WINDOW_NS = 5.86
 #: Singles per crystal per MBq in the field of view (cps/MBq), for a ~20 % randoms fraction at 18 MBq.
@@ -354,11 +354,11 @@ def write_events_with_times(
 
 def read_inputs(truth_path, mumap_path) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
     """The activity (kBq/mL) and μ-map (cm⁻¹) NIfTIs mapped by their affines onto one centred
-    scanner grid (head-first supine, :mod:`petiq.frame`): the activity's own shape and voxel size
-    with its axes matched to the scanner's (:func:`petiq.frame.grid_like`), unchanged when it is
+    scanner grid (head-first supine, :mod:`petiq.scanner.frame`): the activity's own shape and voxel size
+    with its axes matched to the scanner's (:func:`petiq.scanner.frame.grid_like`), unchanged when it is
     already on such a grid. Returns ``(activity, mu, voxel_size_mm)``."""
-    from . import frame
-    from .errors import PetiqInputError
+    from ..core.errors import PetiqInputError
+    from ..scanner import frame
 
     images = [
         (*frame.load_nifti(path, what, f"give the {what} as a NIfTI"), path, what)
@@ -393,7 +393,7 @@ def simulate_patient(
     """Simulate one patient's 100 % list-mode acquisition to ``out_path`` (+ ``.hdr``; a ``.dcm``
     ``out_path`` writes the scanner's DICOM form, ``.dcm`` + ``.bf``); return a summary.
     The activity and μ-map are mapped onto the scanner frame by their affines (:func:`read_inputs`)."""
-    from .listmode import ListmodeWriter
+    from . import ListmodeWriter
 
     activity, mu, voxel = read_inputs(truth_path, mumap_path)
     rng = np.random.default_rng(seed)
@@ -449,7 +449,7 @@ def scanner_component_norm(scanner: Scanner, scanner_seed: int, span: int = 11):
     simulated scanners: crystal efficiencies and radial (geometric) factors of
     :func:`scanner_truth`, no dead time (the simulation has none) and the quantification factor of
     the calibration ``κ`` of span ``span`` (:func:`scanner_calibration`)."""
-    from .recon.component_norm import component_norm_from_truth
+    from ..recon.component_norm import component_norm_from_truth
 
     truth = scanner_truth(scanner, np.random.default_rng(scanner_seed))
     return component_norm_from_truth(

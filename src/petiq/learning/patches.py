@@ -39,9 +39,9 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from .errors import PetiqInputError
-from .fileio import write_npy, write_tsv
-from .seeding import rng_for
+from ..core.errors import PetiqInputError
+from ..core.fileio import write_npy, write_tsv
+from ..core.seeding import rng_for
 
 PLANES = ("transverse", "sagittal", "coronal")
 #: Columns of the patch table; ``size`` is the patch edge in voxels (square patches).
@@ -160,7 +160,7 @@ def patch_paths(patches_dir: str | Path, participant_id: str, dose: float | str)
     >>> [p.as_posix() for p in patch_paths("results/patches", "sub-01", 5)]
     ['results/patches/sub-01/sub-01_dose-005.0_patches.npy', 'results/patches/sub-01/sub-01_dose-005.0_patches.tsv']
     """
-    from .doses import dose_label
+    from ..core.doses import dose_label
 
     stem = f"{participant_id}_dose-{dose_label(float(dose))}_patches"
     folder = Path(patches_dir) / participant_id

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from .errors import PetiqInputError
+from ..core.errors import PetiqInputError
 
 SCORES = ("GQR", "PR", "DC")
 METRIC_COLUMNS = ("mae", "mae_rounded", "pct_exact", "pct_close", "spearman", "patch_sd")
@@ -203,7 +203,9 @@ def read_predictions(rep_dir: str | Path, set: str | None = None) -> pd.DataFram
     df = pd.read_csv(path, sep="\t")
     missing = [c for c in ("set", "participant_id", "dose") if c not in df.columns]
     if missing:
-        raise PetiqInputError(path, f"missing column(s) {missing}", "rewrite it with the training engine (petiq.train)")
+        raise PetiqInputError(
+            path, f"missing column(s) {missing}", "rewrite it with the training engine (petiq.learning.train)"
+        )
     if set is not None:
         df = df[df["set"] == set]
         if df.empty:
@@ -258,7 +260,7 @@ def arm_metrics(
     pretext: bool = False,
     levels: Mapping[str, Sequence[float]] | None = None,
 ) -> pd.DataFrame:
-    """Metrics of a figure's arms (objects with ``label``, ``run`` and ``repeats``, as ``petiq.experiments.Arm``).
+    """Metrics of a figure's arms (objects with ``label``, ``run`` and ``repeats``, as ``petiq.learning.experiments.Arm``).
 
     Each arm's run lives in ``models_dir/<run>``; its first ``repeats`` repeats are evaluated and labelled with the
     arm's label in ``column`` (the x of :func:`petiq.plots.experiments.plot_boxplots`).

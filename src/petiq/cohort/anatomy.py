@@ -32,8 +32,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from .errors import PetiqInputError
-from .fileio import atomic_path
+from ..core.errors import PetiqInputError
+from ..core.fileio import atomic_path
 
 T1PREP_WHEEL = "t1prep==0.8.1"
 _WHEEL_DIR = "t1prep/data/templates_MNI152NLin2009cAsym/"

@@ -52,10 +52,11 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from . import __version__
+from .. import __version__
+from ..core.errors import PetiqInputError
+from ..core.fileio import atomic_path, write_json, write_tsv
+from ..core.seeding import derive_seed, rng_for
 from .card import METADATA_KEYS, card_metadata, validate_card
-from .errors import PetiqInputError
-from .fileio import atomic_path, write_json, write_tsv
 from .models import (
     HEAD_NOTE,
     HEADS,
@@ -68,9 +69,8 @@ from .models import (
     load_blocks_state,
     set_freeze_level,
 )
-from .seeding import derive_seed, rng_for
 
-log = logging.getLogger("petiq.train")
+log = logging.getLogger("petiq.learning.train")
 
 CLINICAL_TARGETS = ("GQR", "PR", "DC")
 PRETEXT_TARGETS = ("dose_per_kg",)
@@ -127,7 +127,7 @@ ADAM_BETAS = (0.9, 0.999)
 class TrainSpec:
     """Everything that defines a training run except the data, seeds and output folders.
 
-    ``init``: ``"imagenet"`` (weights found by :func:`petiq.weights.find_imagenet_weights` from
+    ``init``: ``"imagenet"`` (weights found by :func:`petiq.learning.weights.find_imagenet_weights` from
     ``imagenet_weights`` — the config path — and ``weights_dir``), ``"random"``, or the path of a pretext
     run's ``model.pt`` (or its folder): its five blocks, a new head, its preprocessing.
     ``preprocessing`` overrides the input preprocessing by name (``caffe_bgr``, ``torchvision_rgb``,
@@ -275,7 +275,7 @@ class PatchSet:
     ) -> PatchSet:
         """Load the images listed in a table with columns ``participant_id, dose, patches_npy, patches_tsv``
         and one column per target (a path to a TSV, or a DataFrame); relative paths are taken from
-        ``base_dir``. Patches are read with :func:`petiq.patches.read_patches`."""
+        ``base_dir``. Patches are read with :func:`petiq.learning.patches.read_patches`."""
         from .patches import read_patches
 
         where: str | None = None
@@ -368,7 +368,7 @@ def resolve_precision(precision: str, device: torch.device, freeze_level: int) -
 def apply_preprocessing(prep, x: torch.Tensor) -> torch.Tensor:
     """0–1 grey patches (N, H, W) → (N, 3, H, W) network input on ``x``'s device.
 
-    The formula of :meth:`petiq.weights.Preprocessing.apply` for grey input (channel order does not
+    The formula of :meth:`petiq.learning.weights.Preprocessing.apply` for grey input (channel order does not
     matter for three equal channels), with the constants on the tensor's device.
     """
     x = x.float().unsqueeze(1).expand(-1, 3, -1, -1)
@@ -940,7 +940,7 @@ def _merge_card(card: dict, extra: Mapping | None, out_dir: Path) -> dict:
 
 
 def _write_curve(out_dir: Path, curve: list[dict], best_epoch: int, title: str) -> pd.DataFrame:
-    from .plots.training import plot_training_curve
+    from ..plots.training import plot_training_curve
 
     frame = pd.DataFrame(curve, columns=["epoch", "train_loss", "val_loss", "seconds"])
     write_tsv(out_dir / "curve.tsv", frame)

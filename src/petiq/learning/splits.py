@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 import pulp
 
-from .errors import PetiqInputError
-from .fileio import read_tsv_frame
-from .seeding import rng_for
+from ..core.errors import PetiqInputError
+from ..core.fileio import read_tsv_frame
+from ..core.seeding import rng_for
 
 ROLES = ("pretext_train", "pretext_val", "transfer_train", "transfer_val", "test")
 

@@ -1,6 +1,6 @@
 """Digital brain FDG phantoms: one distinct person per call.
 
-A patient is made from the 1 mm MNI template (:mod:`petiq.anatomy`) in four steps:
+A patient is made from the 1 mm MNI template (:mod:`petiq.cohort.anatomy`) in four steps:
 
 1. **Anatomy.** A similarity transform (head size, position, tilt) and a smooth random displacement
    field map each voxel of the patient's grid into template space. Age-related atrophy enlarges the
@@ -28,9 +28,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from ..core.decay import ISOTOPES
+from ..scanner.frame import scanner_grid_affine
 from .anatomy import VENTRICLE_LABELS, AnatomyTemplate
-from .decay import ISOTOPES
-from .frame import scanner_grid_affine
 
 F18_HALF_LIFE_MIN = ISOTOPES["F-18"].half_life_s / 60.0  # 109.7712 (NiftyPET riLUT)
 MU_WATER_511 = 0.096  # cm^-1
@@ -184,7 +184,7 @@ def draw_anatomy(rng: np.random.Generator, age: float, diagnosis: str, severity:
 
 def grid_affine(shape, voxel_size_mm) -> np.ndarray:
     """RAS+ affine of a grid centred on the scanner's axis and axial centre, arrays indexed along the
-    scanner's x, y, z (:func:`petiq.frame.scanner_grid_affine`: head-first supine, +x the patient's
+    scanner's x, y, z (:func:`petiq.scanner.frame.scanner_grid_affine`: head-first supine, +x the patient's
     left, +y anterior, +z towards the feet)."""
     return scanner_grid_affine(shape, voxel_size_mm)
 

@@ -9,7 +9,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from . import __version__
+from .. import __version__
 from .errors import PetiqInputError
 
 

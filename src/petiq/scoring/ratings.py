@@ -1,6 +1,6 @@
 """Clinicians' filled ratings forms -> ``ratings.tsv`` (unblinded).
 
-:func:`import_ratings` reads every filled form (see :func:`petiq.sessions.blank_form`), checks them
+:func:`import_ratings` reads every filled form (see :func:`petiq.scoring.sessions.blank_form`), checks them
 all — columns, blinded ids known to the key and scored once per rater, every image of a session
 scored, the rater named, GQR/PR/DC each 0–3 in steps of 0.5 — and only when no problem is left does
 it unblind the scores with the private key and write the ratings table (:data:`RATINGS_COLUMNS`).
@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..core.doses import dose_label
+from ..core.errors import PetiqInputError
+from ..core.fileio import read_text_table, write_tsv
 from .agreement import METRICS, RATINGS_COLUMNS, READINGS
-from .doses import dose_label
-from .errors import PetiqInputError
-from .fileio import read_text_table, write_tsv
 from .sessions import FORM_COLUMNS, read_plan
 
 SCORE_FIX = "give a score from 0 to 3 in steps of 0.5 (0, 0.5, 1, ..., 3)"

@@ -89,7 +89,7 @@ def isotope_from_header(header: Mapping[str, str], path=None) -> Isotope | None:
     """The isotope of a list-mode header: its half-life and branching factor, each from the header
     when present, else from :data:`ISOTOPES` by ``isotope name``. ``None`` when the header names
     no isotope and gives no half-life (nothing to decay-correct with)."""
-    from .listmode.header import header_value
+    from ..listmode.header import header_value
 
     name = (header_value(header, "isotope name") or "").strip()
     known = ISOTOPES.get(name) or _BY_PLAIN_NAME.get(name.replace("-", "").upper())
@@ -153,7 +153,7 @@ class FrameQuantification:
 
 def frame_quantification(sinograms: Mapping, duration_s: float | None = None) -> FrameQuantification:
     """The decay correction to the scan start and the branching ratio of a sinogram file's frame
-    (keys of :data:`petiq.sinograms.DECAY_KEYS`; without them: not decay corrected, BR 1);
+    (keys of :data:`petiq.listmode.sinograms.DECAY_KEYS`; without them: not decay corrected, BR 1);
     ``duration_s`` defaults to the file's ``duration_s``."""
     duration_s = sinograms["duration_s"] if duration_s is None else duration_s
     if "isotope" not in sinograms:

@@ -12,7 +12,7 @@ and the tag counts ``n_time_tags``, ``n_singles_tags``, ``n_singles_skipped``, `
 still read (reconstruction does not need them), and :func:`require_singles` says to histogram
 again where singles are needed (dead time, singles-based randoms).
 
-Decay (:data:`DECAY_KEYS`, from the list-mode header through :func:`petiq.decay.isotope_from_header`):
+Decay (:data:`DECAY_KEYS`, from the list-mode header through :func:`petiq.core.decay.isotope_from_header`):
 ``isotope`` (name), ``half_life_s``, ``branching_ratio`` and ``frame_start_s`` (the header's
 ``image relative start time (sec)``: the frame's start after the scan start). The reconstruction
 decay-corrects to the scan start and divides by the branching ratio with them; a file without them
@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import PetiqInputError
-from .fileio import write_npz
+from ..core.errors import PetiqInputError
+from ..core.fileio import write_npz
 
 KEYS = (
     "prompts",
@@ -90,8 +90,8 @@ def decay_values(histogram) -> dict:
         return {key: histogram[key] for key in DECAY_KEYS}
     if not _has(histogram, "header"):
         return {}
-    from .decay import isotope_from_header
-    from .listmode.header import header_value
+    from ..core.decay import isotope_from_header
+    from .header import header_value
 
     header = histogram["header"]
     isotope = isotope_from_header(header)
@@ -116,7 +116,7 @@ def injection_start(histogram) -> float | None:
         return float(histogram[INJECTION_KEY])
     if not _has(histogram, "header"):
         return None
-    from .listmode.header import header_value
+    from .header import header_value
 
     try:
         value = float(header_value(histogram["header"], "relative time of tracer injection (sec)"))

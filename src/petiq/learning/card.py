@@ -7,7 +7,7 @@ typed in by hand: real versus synthetic data, for example, comes from the card's
 (written by the workflow from the patient sheet and the ``scoring.ratings`` setting). :func:`validate_card`
 checks a card against ``petiq/data/card.schema.json`` (JSON Schema 2020-12); the engine calls it before
 ``card.json`` is written. Cards written before :data:`CARD_SCHEMA` existed lack these keys and are still read
-by :func:`petiq.train.load_run` and ``petiq predict``, which need only the provenance.
+by :func:`petiq.learning.train.load_run` and ``petiq predict``, which need only the provenance.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-from .errors import PetiqInputError
+from ..core.errors import PetiqInputError
 
 #: The card's schema version (``schema`` key); a card without it predates the schema.
 CARD_SCHEMA = "petiq-card/1"
@@ -386,7 +386,7 @@ def card_problems(card: Mapping) -> list[str]:
     """Every way ``card`` breaks the schema, each naming the key (empty: valid)."""
     from jsonschema import Draft202012Validator
 
-    from .fileio import _json_default
+    from ..core.fileio import _json_default
 
     plain = json.loads(json.dumps(card, default=_json_default))
     validator = Draft202012Validator(card_schema())
@@ -404,5 +404,5 @@ def validate_card(card: Mapping, path: str | Path | None = None) -> None:
         raise PetiqInputError(
             path,
             f"the model card breaks {CARD_SCHEMA} ({len(problems)} problem(s)): " + "; ".join(problems),
-            "the card is built by petiq.train; an extra_card key must not break the schema",
+            "the card is built by petiq.learning.train; an extra_card key must not break the schema",
         )

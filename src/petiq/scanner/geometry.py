@@ -21,7 +21,7 @@ Frame and conventions
   projector puts image column ``u = SZ_IMX/2 + floor(x/vx)`` (grows with +x) and row
   ``v = SZ_IMY/2 - ceil(y/vy)`` (grows with -y; ``niftypet/nipet/prj/src/tprj.cu``, ``sddn_tx``). For a
   head-first supine patient +x is the patient's left, +y anterior and +z (growing ring number)
-  towards the feet; :mod:`petiq.frame` maps it to the NIfTI RAS+ affine (``docs/frame.md``).
+  towards the feet; :mod:`petiq.scanner.frame` maps it to the NIfTI RAS+ affine (``docs/frame.md``).
 * Crystal positions: ``det`` (0 .. ``crystals_per_ring - 1``) is NiftyPET's crystal ``c = det - 1``
   (mod ``crystals_per_ring``; see the gaps below), numbered **clockwise** seen from the patient
   table, starting just left of +y. With flat blocks (``block_width_mm > 0``, the mMR) the positions
@@ -102,7 +102,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from petiq.errors import PetiqInputError
+from petiq.core.errors import PetiqInputError
 
 __all__ = ["Scanner", "Segment", "SinogramGeometry", "PRESETS"]
 

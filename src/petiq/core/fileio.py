@@ -104,7 +104,7 @@ def check_output(
     >>> check_output("ratings.tsv", ["./ratings.tsv"])
     Traceback (most recent call last):
     ...
-    petiq.errors.PetiqInputError: ratings.tsv: the output would overwrite the input ./ratings.tsv. Fix: write the output to another path.
+    petiq.core.errors.PetiqInputError: ratings.tsv: the output would overwrite the input ./ratings.tsv. Fix: write the output to another path.
     """
     from .errors import PetiqInputError
 
@@ -122,7 +122,7 @@ def check_output(
 def read_text_table(path: str | Path, what: str = "table") -> str:
     """The text of a tab-separated file a person may have edited: UTF-8 with or without a BOM, or
     UTF-16 with its BOM (Excel's "Unicode text"); Windows line ends are fine. An empty file, or text
-    in another encoding, is a :class:`~petiq.errors.PetiqInputError` naming the file and the fix."""
+    in another encoding, is a :class:`~petiq.core.errors.PetiqInputError` naming the file and the fix."""
     from .errors import PetiqInputError
 
     path = Path(path)

@@ -142,9 +142,9 @@ def config_problems(config: Mapping, subjects: list[str], *, root: str | Path = 
     """
     import pandas as pd
 
-    from .scanner import Scanner
-    from .sessions import check_session_settings
-    from .splits import ROLES, check_splits
+    from ..learning.splits import ROLES, check_splits
+    from ..scanner.geometry import Scanner
+    from ..scoring.sessions import check_session_settings
 
     root = Path(root)
     problems: list[PetiqInputError] = []

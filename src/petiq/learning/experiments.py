@@ -139,7 +139,7 @@ def plan_experiments(config: dict, n_transfer_patients: int | None = None) -> Ex
 
     for k in exp["freeze_levels"]:
         transfer("fig08", str(k), "imagenet", int(k))
-    for n in exp["patient_counts"]:  # petiq.config refuses counts above n_all before the workflow plans
+    for n in exp["patient_counts"]:  # petiq.core.config refuses counts above n_all before the workflow plans
         if int(n) <= n_all:
             transfer("fig09", str(n), "imagenet", 2, n=int(n))
 
@@ -178,7 +178,7 @@ def transfer_patients(transfer_train: list[str], n: int, seed: int) -> list[str]
     >>> set(transfer_patients(["a", "b", "c"], 2, 5)) <= set(transfer_patients(["a", "b", "c"], 3, 5))
     True
     """
-    from .seeding import rng_for
+    from ..core.seeding import rng_for
 
     if not 1 <= n <= len(transfer_train):
         raise ValueError(f"{n} transfer patients asked for; the split has {len(transfer_train)}")
@@ -194,7 +194,7 @@ def dose_per_kg(participants, participant_id: str, dose_percent: float) -> float
 
 def labels_from_ratings(ratings, rater: str):
     """One label per image: ``rater``'s first reading (the paper used clinician one's scores)."""
-    from .errors import PetiqInputError
+    from ..core.errors import PetiqInputError
 
     rows = ratings[(ratings["rater"].astype(str) == str(rater)) & (ratings["reading"] == "first")]
     if rows.empty:
@@ -250,7 +250,7 @@ def run_tables(run: Run, *, splits, participants, ratings, doses, label_rater: s
     tables = {"train": rated(train_patients), "val": rated(members("transfer_val")), "test": rated(members("test"))}
     for role, df in tables.items():
         if df.empty:
-            from .errors import PetiqInputError
+            from ..core.errors import PetiqInputError
 
             raise PetiqInputError(
                 "ratings",

@@ -2,7 +2,7 @@
 
 ``config/patients.tsv`` lists every participant. A row is either
 
-* ``synthetic``: a digital memory-clinic patient made by :mod:`petiq.phantom`; metadata columns left
+* ``synthetic``: a digital memory-clinic patient made by :mod:`petiq.cohort.phantom`; metadata columns left
   empty are drawn (seeded per patient) from the clinic's distributions in the config, or
 * ``real``: the user's own data — paths to the Siemens mMR list-mode file (``.l``, with ``.l.hdr``
   beside it, or the ``.dcm`` of the DICOM export, with its ``.bf`` beside it), the μ-map (NIfTI)
@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import PetiqInputError
-from .fileio import read_tsv_frame
-from .listmode.header import data_path, header_path
+from ..core.errors import PetiqInputError
+from ..core.fileio import read_tsv_frame
+from ..core.seeding import rng_for
+from ..listmode.header import data_path, header_path
 from .phantom import PATTERNS
-from .seeding import rng_for
 
 #: Columns of the patient sheet, with what each means (the README and the schema repeat this).
 SHEET_COLUMNS = {
@@ -72,7 +72,7 @@ def read_patients(
 
     Relative file paths of real rows are taken relative to ``root`` (default: the working directory,
     i.e. the workflow's folder) and must exist; each real row's files are checked against
-    ``scanner`` (preset name or :class:`petiq.scanner.Scanner`) by :func:`petiq.site.check_site_files`,
+    ``scanner`` (preset name or :class:`petiq.scanner.geometry.Scanner`) by :func:`petiq.cohort.site.check_site_files`,
     unless ``check_files`` is False (the workflow's participants job: the workflow checked them when
     it was parsed).
     """
@@ -299,8 +299,8 @@ def synthesize_patient(
     """
     import nibabel as nib
 
+    from ..core.fileio import atomic_path, write_json
     from .anatomy import load_template
-    from .fileio import atomic_path, write_json
     from .phantom import draw_anatomy, make_phantom
 
     pid = participant["participant_id"]

@@ -9,7 +9,7 @@ beside it (``results/bids/derivatives/petiq``)::
     results/bids/derivatives/petiq/dataset_description.json
     results/bids/derivatives/petiq/sub-01/pet/sub-01_rec-dose005p0_desc-norm01_pet.nii.gz (+ .json)
 
-BIDS labels are letters and digits only, so the dose label ``005.0`` (:func:`petiq.doses.dose_label`)
+BIDS labels are letters and digits only, so the dose label ``005.0`` (:func:`petiq.core.doses.dose_label`)
 becomes the reconstruction label ``dose005p0`` (:func:`rec_label`).
 
 >>> rec_label(5), rec_label(0.5), rec_label(100)
@@ -42,7 +42,7 @@ _REC = re.compile(r"^dose(\d{3})p(\d)$")
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__
 
@@ -283,7 +283,9 @@ def write_dataset_files(root: str | Path, participants: pd.DataFrame) -> list[Pa
     unknown = [c for c in participants.columns if c not in PARTICIPANTS_JSON]
     if unknown:
         raise PetiqInputError(
-            None, f"participants columns {unknown} have no description", "describe them in petiq.bids.PARTICIPANTS_JSON"
+            None,
+            f"participants columns {unknown} have no description",
+            "describe them in petiq.core.bids.PARTICIPANTS_JSON",
         )
     paths = {
         "description": root / "dataset_description.json",

@@ -1,6 +1,6 @@
 """The scanner's frame and the NIfTI RAS+ affine of every image; inputs mapped by their affine.
 
-Frame (``docs/frame.md``; the crystals in :mod:`petiq.scanner`)
+Frame (``docs/frame.md``; the crystals in :mod:`petiq.scanner.geometry`)
 --------------------------------------------------------------
 petiq's image arrays are indexed ``[ix, iy, iz]`` along the scanner's x, y and z, voxel centres
 ``((ix - (nx - 1)/2) vx, (iy - (ny - 1)/2) vy, (iz - (nz - 1)/2) vz)`` mm from the scanner centre. The
@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .errors import PetiqInputError
-from .fileio import atomic_path
+from ..core.errors import PetiqInputError
+from ..core.fileio import atomic_path
 
 __all__ = [
     "PATIENT_ORIENTATION",
@@ -246,7 +246,7 @@ def _check_inside(data, affine, target, shape, path, what) -> None:
 def check_patient_orientation(header: Mapping[str, str], where=None) -> None:
     """Refuse list-mode whose ``%patient orientation`` is not head-first supine: petiq's image frame
     (and so every affine it writes) holds for HFS only. A missing or empty key is taken as HFS."""
-    from .listmode.header import header_value
+    from ..listmode.header import header_value
 
     value = (header_value(header, "patient orientation") or "").strip().upper()
     if value and value != PATIENT_ORIENTATION:

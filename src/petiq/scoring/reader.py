@@ -31,7 +31,7 @@ experience in with the phantom's ground truth, resampled onto the reconstruction
    reader forms one impression of an image), rounded to 0.5 steps and clipped to 0–3.
 
 :func:`calibrate_reader` fits the free parameters against the paper's Table I, rater agreement and
-the dose behaviour of the scores (:func:`petiq.agreement.load_targets`).
+the dose behaviour of the scores (:func:`petiq.scoring.agreement.load_targets`).
 
 Limits: at the lowest doses (≲ 1 % of the demo's counts) the measured grey/white contrast is itself
 noisy, so GQR rises with dose in expectation, not for every patient between 0.5 % and 1 %.
@@ -50,9 +50,9 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from .errors import PetiqInputError
-from .fileio import write_npz
-from .seeding import derive_seed
+from ..core.errors import PetiqInputError
+from ..core.fileio import write_npz
+from ..core.seeding import derive_seed
 
 FWHM_TO_SIGMA = 1.0 / math.sqrt(8.0 * math.log(2.0))
 #: Hammers name prefixes of cerebral cortex (lobes, cingulate, insula).
@@ -74,8 +74,8 @@ def cortical_labels(names: Mapping[int, str]) -> list[int]:
 
 
 def reference_labels(names: Mapping[int, str]) -> list[int]:
-    """Cortex and cerebellum that no dementia pattern of :data:`petiq.phantom.PATTERNS` touches."""
-    from .phantom import PATTERNS
+    """Cortex and cerebellum that no dementia pattern of :data:`petiq.cohort.phantom.PATTERNS` touches."""
+    from ..cohort.phantom import PATTERNS
 
     keep = set(cortical_labels(names)) | {k for k, n in names.items() if "cerebellum" in n}
     return sorted(k for k in keep if all(p.weight(names[k]) == 0 for p in PATTERNS.values()))
@@ -83,7 +83,7 @@ def reference_labels(names: Mapping[int, str]) -> list[int]:
 
 def sentinel_labels(names: Mapping[int, str], min_weight: float = 0.5) -> list[int]:
     """Cortex where the common dementia patterns appear (weight ≥ ``min_weight`` in any pattern)."""
-    from .phantom import PATTERNS
+    from ..cohort.phantom import PATTERNS
 
     return sorted(k for k in cortical_labels(names) if max(p.weight(names[k]) for p in PATTERNS.values()) >= min_weight)
 
@@ -149,7 +149,7 @@ def reader_truth(
 ) -> dict[str, np.ndarray]:
     """The reader's "experience" of one patient on the reconstruction grid (arrays for an ``.npz``).
 
-    ``patient`` and ``normal`` are :class:`petiq.phantom.Phantom`-like objects (``activity``, ``gm``,
+    ``patient`` and ``normal`` are :class:`petiq.cohort.phantom.Phantom`-like objects (``activity``, ``gm``,
     ``wm``, ``labels``, ``brain_mask``, ``affine``, ``regional_gm_suv``): the patient as simulated and
     the same person without the disease. Arrays are cropped to the brain's bounding box (``bbox``).
     """
@@ -214,7 +214,7 @@ def reader_truth(
 
 
 def _anatomy_from_sidecar(sidecar: dict, path: Path):
-    from .phantom import PatientAnatomy
+    from ..cohort.phantom import PatientAnatomy
 
     try:
         raw = dict(sidecar["Phantom"]["anatomy"])
@@ -245,8 +245,8 @@ def write_reader_truth(
     ``truth_image`` (the cohort's ``pet-truth`` NIfTI), when given, is checked against the rebuilt
     activity, so a changed phantom model is caught instead of silently misleading the reader.
     """
-    from .anatomy import load_template
-    from .phantom import make_phantom
+    from ..cohort.anatomy import load_template
+    from ..cohort.phantom import make_phantom
 
     sidecar_json, reference_image = Path(sidecar_json), Path(reference_image)
     for path in (sidecar_json, reference_image):
@@ -396,8 +396,8 @@ def measure_array(
 
 def _pet_sidecar(pet_path: Path) -> dict:
     """The reconstruction's sidecar of an image: beside it, or for a 0–1 image of petiq's BIDS
-    derivatives, its reconstruction's in the raw dataset (:func:`petiq.bids.recon_sidecar_of`)."""
-    from .bids import recon_sidecar_of
+    derivatives, its reconstruction's in the raw dataset (:func:`petiq.core.bids.recon_sidecar_of`)."""
+    from ..core.bids import recon_sidecar_of
 
     side = recon_sidecar_of(pet_path)
     return json.loads(side.read_text()) if side is not None and side.is_file() else {}
@@ -538,7 +538,7 @@ class ReaderModel:
         return cls(**dict(data))
 
     def write(self, path: str | Path) -> None:
-        from .fileio import write_json
+        from ..core.fileio import write_json
 
         write_json(path, self.to_dict())
 
@@ -553,7 +553,9 @@ class ReaderModel:
 def _check_measures(measures: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in MEASURE_COLUMNS if c not in measures.columns]
     if missing:
-        raise PetiqInputError(None, f"the image measures lack {missing}", "make them with petiq.reader.measure_images")
+        raise PetiqInputError(
+            None, f"the image measures lack {missing}", "make them with petiq.scoring.reader.measure_images"
+        )
     out = measures.copy()
     out["participant_id"] = out["participant_id"].astype(str)
     out["dose"] = out["dose"].astype(float).round(4)
@@ -669,7 +671,7 @@ def virtual_ratings(
     raters: int | Sequence[str] = 2,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Readings of the plan's images (columns :data:`petiq.agreement.RATINGS_COLUMNS`).
+    """Readings of the plan's images (columns :data:`petiq.scoring.agreement.RATINGS_COLUMNS`).
 
     The first rater reads every row of the plan (first readings and re-reads), the others the first
     readings. Each number is seeded from (seed, "reader", rater, participant, dose[, reading]), so an
@@ -792,7 +794,7 @@ def _theta_of(model: ReaderModel) -> np.ndarray:
 
 
 def expected_statistics(design: _Design, model: ReaderModel) -> dict[str, float]:
-    """The calibration quantities of :func:`petiq.agreement.load_targets`, averaged over the design's
+    """The calibration quantities of :func:`petiq.scoring.agreement.load_targets`, averaged over the design's
     replicate reader panels (agreement, Table I) or in expectation (dose range, slopes)."""
     from .agreement import METRIC_PAIRS, METRICS
 
@@ -939,7 +941,7 @@ def calibrate_reader(
     restarts: int = 2,
 ) -> ReaderModel:
     """Fit the reader's free parameters (:data:`FITTED`) so that it meets ``targets`` (default
-    :func:`petiq.agreement.load_targets`) on the plan's images, in expectation over ``replicates``
+    :func:`petiq.scoring.agreement.load_targets`) on the plan's images, in expectation over ``replicates``
     seeded reader panels. Nelder–Mead on a weighted squared distance; writes nothing.
 
     Range targets (full dose mostly 2.5–3, 0.5 % mostly 0–1) use every measured image; the

@@ -1,0 +1,1 @@
+"""Stage 7, evaluation: metrics of trained runs against the readers' scores."""

@@ -1,0 +1,1 @@
+"""The scanner: crystal geometry, sinogram layout and presets, and the image frame."""
