@@ -4,6 +4,7 @@
 #   snakemake --cores 2 --configfile config/demo.yaml      # the demo on a laptop
 #   snakemake --profile profiles/slurm                      # the paper's scale on a cluster
 #   snakemake --cores 2 results/figures/cohort.png          # one figure and only what it needs
+import os
 import sys
 from pathlib import Path
 
@@ -11,7 +12,12 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # the petiq library, installed or not
+# This checkout's petiq library, installed or not: first on sys.path here and, through PYTHONPATH,
+# in every job (script and shell rules, and the jobs a cluster executor runs, which parse this file)
+SRC = str(Path(workflow.basedir) / "src")
+sys.path.insert(0, SRC)
+if SRC not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
 
 
 from petiq.core.config import read_config_file

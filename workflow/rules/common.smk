@@ -55,16 +55,15 @@ ENV = "../../envs/petiq.yaml"
 
 
 def petiq_command():
-    """How shell rules call petiq: this workflow's own library (src/ first on PYTHONPATH) under the
-    job's Python — the interpreter running Snakemake, or the conda environment's `python` in conda
-    mode — so the code is the same in every mode and an unactivated venv works too."""
+    """How shell rules call petiq: this workflow's own library (src/ first on PYTHONPATH, set in the
+    Snakefile) under the job's Python — the interpreter running Snakemake, or the conda environment's
+    `python` in conda mode — so the code is the same in every mode and an unactivated venv works too."""
     import shlex
     from snakemake.settings.types import DeploymentMethod
 
     in_env = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
     python = "python" if in_env else shlex.quote(sys.executable)
-    src = shlex.quote(str(Path(workflow.basedir) / "src"))
-    return f"PYTHONPATH={src}${{PYTHONPATH:+:$PYTHONPATH}} {python} -m petiq.cli"
+    return f"{python} -m petiq.cli"
 
 
 PETIQ = petiq_command()

@@ -1,12 +1,10 @@
 """Rule bids_dataset: the BIDS dataset's own files from participants.tsv (petiq.core.bids.write_dataset_files)."""
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-from petiq.cohort.patients import read_participants  # noqa: E402
-from petiq.core.bids import write_dataset_files  # noqa: E402
-from petiq.core.logs import log_to  # noqa: E402
+from petiq.cohort.patients import read_participants
+from petiq.core.bids import write_dataset_files
+from petiq.core.logs import log_to
 
 log = log_to(snakemake.log[0])
 root = Path(snakemake.output.description).parent

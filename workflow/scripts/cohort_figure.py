@@ -1,12 +1,8 @@
 """Rule cohort_figure: mid-brain slices of every synthetic patient (petiq.plots.plot_cohort)."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-from petiq.cohort.patients import read_participants  # noqa: E402
-from petiq.core.logs import log_to  # noqa: E402
-from petiq.plots import plot_cohort  # noqa: E402
+from petiq.cohort.patients import read_participants
+from petiq.core.logs import log_to
+from petiq.plots import plot_cohort
 
 log = log_to(snakemake.log[0])
 inputs = snakemake.input

@@ -1,14 +1,10 @@
 """Rule diagrams: Fig. 5 from the model code (petiq.learning.models) and Fig. 7 from the experiment plan
 (petiq.learning.experiments) — petiq.plots.diagrams."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-from petiq.core.logs import log_to  # noqa: E402
-from petiq.learning.experiments import Run  # noqa: E402
-from petiq.learning.models import build_model  # noqa: E402
-from petiq.plots.diagrams import plot_fig05_vgg16, plot_fig07_pipelines  # noqa: E402
+from petiq.core.logs import log_to
+from petiq.learning.experiments import Run
+from petiq.learning.models import build_model
+from petiq.plots.diagrams import plot_fig05_vgg16, plot_fig07_pipelines
 
 log = log_to(snakemake.log[0])
 p = snakemake.params

@@ -1,14 +1,10 @@
 """Rules fig08_freeze_levels, fig09_patients, fig10_pipelines: test metrics of every arm's repeats
 (petiq.evaluation.metrics.run_metrics) as a long table and as boxplots (petiq.plots.experiments)."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-from petiq.core.fileio import write_tsv  # noqa: E402
-from petiq.core.logs import log_to  # noqa: E402
-from petiq.evaluation.metrics import labelled_metrics  # noqa: E402
-from petiq.plots.experiments import plot_boxplots  # noqa: E402
+from petiq.core.fileio import write_tsv
+from petiq.core.logs import log_to
+from petiq.evaluation.metrics import labelled_metrics
+from petiq.plots.experiments import plot_boxplots
 
 log = log_to(snakemake.log[0])
 arms = snakemake.params.arms

@@ -1,13 +1,9 @@
 """Rule fig04_backbones: test MAE of each backbone ranked by validation loss (petiq.plots.experiments)."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-from petiq.core.fileio import write_tsv  # noqa: E402
-from petiq.core.logs import log_to  # noqa: E402
-from petiq.evaluation.metrics import labelled_metrics  # noqa: E402
-from petiq.plots.experiments import plot_backbones  # noqa: E402
+from petiq.core.fileio import write_tsv
+from petiq.core.logs import log_to
+from petiq.evaluation.metrics import labelled_metrics
+from petiq.plots.experiments import plot_backbones
 
 log = log_to(snakemake.log[0])
 metrics = labelled_metrics(snakemake.params.arms, "test")  # the cards name each backbone

@@ -3,15 +3,11 @@
 Tables I and the readers' agreement come from reader_calibration.tsv (its ``source`` column names the
 paper row), Table II–IV from their tables, Fig. 10 from the pipelines' test MAE over all scores."""
 
-import sys
-from pathlib import Path
+import pandas as pd
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-import pandas as pd  # noqa: E402
-
-from petiq.core.fileio import write_tsv  # noqa: E402
-from petiq.core.logs import log_to  # noqa: E402
-from petiq.evaluation.metrics import comparison_table, summarise  # noqa: E402
+from petiq.core.fileio import write_tsv
+from petiq.core.logs import log_to
+from petiq.evaluation.metrics import comparison_table, summarise
 
 log = log_to(snakemake.log[0])
 i = snakemake.input

@@ -1,11 +1,7 @@
 """Rule phantom: one synthetic patient's images and sidecar (petiq.cohort.patients.synthesize_patient)."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-from petiq.cohort.patients import read_participants, synthesize_patient  # noqa: E402
-from petiq.core.logs import log_to  # noqa: E402
+from petiq.cohort.patients import read_participants, synthesize_patient
+from petiq.core.logs import log_to
 
 log = log_to(snakemake.log[0])
 participants = read_participants(snakemake.input.participants).set_index("participant_id", drop=False)

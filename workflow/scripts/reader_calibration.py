@@ -1,16 +1,12 @@
 """Rule reader_calibration: the readers' agreement and score ranges next to the paper's targets
 (petiq.scoring.agreement.calibration_table), whether the ratings are real or virtual."""
 
-import sys
-from pathlib import Path
+import pandas as pd
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-import pandas as pd  # noqa: E402
-
-from petiq.cohort.patients import read_participants  # noqa: E402
-from petiq.core.fileio import write_tsv  # noqa: E402
-from petiq.core.logs import log_to  # noqa: E402
-from petiq.scoring.agreement import calibration_table, check_ratings  # noqa: E402
+from petiq.cohort.patients import read_participants
+from petiq.core.fileio import write_tsv
+from petiq.core.logs import log_to
+from petiq.scoring.agreement import calibration_table, check_ratings
 
 log = log_to(snakemake.log[0])
 ratings = check_ratings(pd.read_csv(snakemake.input.ratings, sep="\t", dtype={"rater": str}), snakemake.input.ratings)

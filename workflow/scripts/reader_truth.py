@@ -1,11 +1,9 @@
 """Rule reader_truth: the phantom's tissue and pattern masks on the recon grid (petiq.scoring.reader)."""
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-from petiq.core.logs import log_to  # noqa: E402
-from petiq.scoring.reader import write_reader_truth  # noqa: E402
+from petiq.core.logs import log_to
+from petiq.scoring.reader import write_reader_truth
 
 log = log_to(snakemake.log[0])
 i = snakemake.input

@@ -1,11 +1,9 @@
 """Rule reading_sheets: blinded sheets, one PDF and a blank form per session (petiq.scoring.sessions)."""
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-from petiq.core.logs import log_to  # noqa: E402
-from petiq.scoring.sessions import norm01_path, read_plan, write_session_materials  # noqa: E402
+from petiq.core.logs import log_to
+from petiq.scoring.sessions import norm01_path, read_plan, write_session_materials
 
 log = log_to(snakemake.log[0])
 plan = read_plan(snakemake.input.key)

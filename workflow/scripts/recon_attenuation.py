@@ -1,12 +1,8 @@
 """Rule attenuation: exp(−P μ) from the μ-map [+ hardware μ-maps] (petiq.recon.pipeline.attenuation_file)."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-from petiq.core.logs import log_to  # noqa: E402
-from petiq.recon.pipeline import attenuation_file  # noqa: E402
-from petiq.scanner.geometry import Scanner  # noqa: E402
+from petiq.core.logs import log_to
+from petiq.recon.pipeline import attenuation_file
+from petiq.scanner.geometry import Scanner
 
 log = log_to(snakemake.log[0])
 summary = attenuation_file(

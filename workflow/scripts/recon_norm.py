@@ -1,13 +1,9 @@
 """Rules norm and site_norm: normalisation sinograms from the scanner's component norm (.n) or a
 norm scan (petiq.recon.pipeline.norm_file)."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-from petiq.core.logs import log_to  # noqa: E402
-from petiq.recon.pipeline import norm_file  # noqa: E402
-from petiq.scanner.geometry import Scanner  # noqa: E402
+from petiq.core.logs import log_to
+from petiq.recon.pipeline import norm_file
+from petiq.scanner.geometry import Scanner
 
 log = log_to(snakemake.log[0])
 summary = norm_file(

@@ -1,15 +1,11 @@
 """Rule osem: OP-OSEM of one patient and dose (petiq.recon.pipeline.reconstruct_file), with the
 BIDS PET sidecar keys of the patient and the study design (petiq.core.bids.pet_metadata)."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-from petiq.cohort.patients import read_participants  # noqa: E402
-from petiq.core.bids import dose_from_rec_label, pet_metadata  # noqa: E402
-from petiq.core.logs import log_to  # noqa: E402
-from petiq.recon.pipeline import reconstruct_file  # noqa: E402
-from petiq.scanner.geometry import Scanner  # noqa: E402
+from petiq.cohort.patients import read_participants
+from petiq.core.bids import dose_from_rec_label, pet_metadata
+from petiq.core.logs import log_to
+from petiq.recon.pipeline import reconstruct_file
+from petiq.scanner.geometry import Scanner
 
 log = log_to(snakemake.log[0])
 i, p, o, w = snakemake.input, snakemake.params, snakemake.output, snakemake.wildcards

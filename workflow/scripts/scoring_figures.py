@@ -1,17 +1,15 @@
 """Rule scoring_figures: Figs. 2, 3, 6 and Table I from the ratings (petiq.plots.scoring, petiq.scoring.agreement)."""
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-import pandas as pd  # noqa: E402
+import pandas as pd
 
-from petiq.cohort.patients import read_participants  # noqa: E402
-from petiq.core.fileio import write_tsv  # noqa: E402
-from petiq.core.logs import log_to  # noqa: E402
-from petiq.plots.scoring import plot_fig02_intersession, plot_fig03_colour_scale, plot_fig06_scores_vs_dose  # noqa: E402
-from petiq.scoring.agreement import check_ratings, reference_rater, table_I  # noqa: E402
-from petiq.scoring.sessions import norm01_path  # noqa: E402
+from petiq.cohort.patients import read_participants
+from petiq.core.fileio import write_tsv
+from petiq.core.logs import log_to
+from petiq.plots.scoring import plot_fig02_intersession, plot_fig03_colour_scale, plot_fig06_scores_vs_dose
+from petiq.scoring.agreement import check_ratings, reference_rater, table_I
+from petiq.scoring.sessions import norm01_path
 
 log = log_to(snakemake.log[0])
 i, o = snakemake.input, snakemake.output

@@ -1,13 +1,9 @@
 """Rule sessions_plan: the blinded reading sessions (petiq.scoring.sessions.plan_sessions) of the rated patients."""
 
-import sys
-from pathlib import Path
+import pandas as pd
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-import pandas as pd  # noqa: E402
-
-from petiq.core.logs import log_to  # noqa: E402
-from petiq.scoring.sessions import plan_sessions, session_summary, write_plan  # noqa: E402
+from petiq.core.logs import log_to
+from petiq.scoring.sessions import plan_sessions, session_summary, write_plan
 
 log = log_to(snakemake.log[0])
 p = snakemake.params  # only the scoring keys the plan depends on (not the raters or the label rater)

@@ -1,13 +1,9 @@
 """Rule splits: roles by integer programme (petiq.learning.splits.assign_roles) or the user's checked file."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-from petiq.cohort.patients import read_participants  # noqa: E402
-from petiq.core.fileio import write_tsv  # noqa: E402
-from petiq.core.logs import log_to  # noqa: E402
-from petiq.learning.splits import assign_roles, check_splits  # noqa: E402
+from petiq.cohort.patients import read_participants
+from petiq.core.fileio import write_tsv
+from petiq.core.logs import log_to
+from petiq.learning.splits import assign_roles, check_splits
 
 log = log_to(snakemake.log[0])
 participants = read_participants(snakemake.input.participants)

@@ -1,13 +1,9 @@
 """Rules table3_dose_baseline, table4_pipelines: per arm and score, MAE, % exact, % close and
 Spearman on the test images, mean ± SD over repeats (petiq.evaluation.metrics.paper_table)."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-from petiq.core.fileio import write_tsv  # noqa: E402
-from petiq.core.logs import log_to  # noqa: E402
-from petiq.evaluation.metrics import labelled_metrics, paper_table, summarise  # noqa: E402
+from petiq.core.fileio import write_tsv
+from petiq.core.logs import log_to
+from petiq.evaluation.metrics import labelled_metrics, paper_table, summarise
 
 log = log_to(snakemake.log[0])
 arms = snakemake.params.arms

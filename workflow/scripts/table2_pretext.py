@@ -1,13 +1,9 @@
 """Rule table2_pretext: the pretext models' dose-per-weight MAE and % exact agreement on the pretext
 validation patient's doses (petiq.evaluation.metrics.run_dose_metrics), next to the paper's Table II."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-from petiq.core.fileio import write_tsv  # noqa: E402
-from petiq.core.logs import log_to  # noqa: E402
-from petiq.evaluation.metrics import labelled_metrics, read_reference, summarise  # noqa: E402
+from petiq.core.fileio import write_tsv
+from petiq.core.logs import log_to
+from petiq.evaluation.metrics import labelled_metrics, read_reference, summarise
 
 log = log_to(snakemake.log[0])
 summary = summarise(labelled_metrics(snakemake.params.arms, "val", pretext=True), by=["arm", "score"])

@@ -1,21 +1,19 @@
 """Rules train_pretext, train_transfer, train_survey, train_baseline: every repeat of one run
 (petiq.learning.experiments.run_tables → petiq.learning.train.train_repeats / train_dose_baseline)."""
 
-import sys
 from functools import partial
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-import nibabel as nib  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
+import nibabel as nib
+import pandas as pd
+import torch
 
-from petiq.cohort.patients import read_participants  # noqa: E402
-from petiq.core.logs import log_to  # noqa: E402
-from petiq.core.seeding import derive_seed  # noqa: E402
-from petiq.learning.experiments import Run, run_tables  # noqa: E402
-from petiq.learning.patches import patch_paths  # noqa: E402
-from petiq.learning.train import (  # noqa: E402
+from petiq.cohort.patients import read_participants
+from petiq.core.logs import log_to
+from petiq.core.seeding import derive_seed
+from petiq.learning.experiments import Run, run_tables
+from petiq.learning.patches import patch_paths
+from petiq.learning.train import (
     CLINICAL_TARGETS,
     PRETEXT_TARGETS,
     PatchSet,
@@ -23,7 +21,7 @@ from petiq.learning.train import (  # noqa: E402
     train_dose_baseline,
     train_repeats,
 )
-from petiq.scoring.sessions import norm01_path  # noqa: E402
+from petiq.scoring.sessions import norm01_path
 
 log = log_to(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)

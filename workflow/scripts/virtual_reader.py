@@ -1,15 +1,13 @@
 """Rule virtual_reader: measure the images, calibrate the reader to the paper, read the sessions
 (petiq.scoring.reader.measure_images, calibrate_reader, virtual_ratings)."""
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parents[1] / "src"))
-from petiq.cohort.patients import read_participants  # noqa: E402
-from petiq.core.fileio import write_tsv  # noqa: E402
-from petiq.core.logs import log_to  # noqa: E402
-from petiq.scoring.reader import calibrate_reader, measure_images, virtual_ratings  # noqa: E402
-from petiq.scoring.sessions import read_plan  # noqa: E402
+from petiq.cohort.patients import read_participants
+from petiq.core.fileio import write_tsv
+from petiq.core.logs import log_to
+from petiq.scoring.reader import calibrate_reader, measure_images, virtual_ratings
+from petiq.scoring.sessions import read_plan
 
 log = log_to(snakemake.log[0])
 i, p, o = snakemake.input, snakemake.params, snakemake.output
