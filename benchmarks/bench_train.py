@@ -28,18 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from petiq.learning.data import apply_preprocessing
 from petiq.learning.models import N_BLOCKS, build_model, set_freeze_level
-from petiq.learning.train import (
-    _Compute,
-    _compute_features,
-    _Front,
-    _Inputs,
-    _Stack,
-    _Tail,
-    apply_preprocessing,
-    cpu_has_native_bf16,
-    resolve_precision,
-)
+from petiq.learning.precision import _Compute, cpu_has_native_bf16, resolve_precision
+from petiq.learning.stack import _compute_features, _Front, _Inputs, _Stack, _Tail
 from petiq.learning.weights import TORCHVISION_RGB
 
 TARGETS = {0: 20.0, 2: 3.0, 5: 1.8}

@@ -186,7 +186,7 @@ def card_metadata_license(card):
 
 
 def test_extra_card_cannot_replace_the_metadata():
-    from petiq.learning.train import _check_extra_card
+    from petiq.learning.outputs import _check_extra_card
 
     for key in METADATA_KEYS:
         with pytest.raises(ValueError, match=key):

@@ -116,8 +116,10 @@ def trained_run(tmp_path_factory):
 def train_small_run(root, extra_card=None):
     """A VGG16 run on 32 px patches (head only, one epoch) trained by the real engine, with the card's patch settings
     (and ``extra_card``'s keys)."""
+    from petiq.learning.data import PatchSet
     from petiq.learning.patches import extract_patches
-    from petiq.learning.train import PatchSet, TrainSpec, train_repeats
+    from petiq.learning.spec import TrainSpec
+    from petiq.learning.train import train_repeats
 
     def patch_set(seed: int, scores: tuple[float, float, float]) -> PatchSet:
         vol = brain_volume(seed=seed)
@@ -150,8 +152,9 @@ def train_small_run(root, extra_card=None):
 def manual_prediction(run_dir, path, seed=0):
     """The pipeline spelled out: resample (identity here), divide by the maximum, the paper's patches, the model."""
     from petiq.core.seeding import derive_seed
+    from petiq.learning.checkpoints import load_run
+    from petiq.learning.outputs import predict_patches
     from petiq.learning.patches import extract_patches
-    from petiq.learning.train import load_run, predict_patches
 
     model, card, prep = load_run(run_dir)
     vol = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)

@@ -18,17 +18,13 @@ from torchvision.models.vgg import VGG, make_layers
 from petiq.core.errors import PetiqInputError
 from petiq.core.seeding import derive_seed, rng_for
 from petiq.learning import models
+from petiq.learning.baseline import train_dose_baseline
+from petiq.learning.checkpoints import load_run
+from petiq.learning.data import PatchSet, apply_preprocessing
 from petiq.learning.models import BackboneSpec, build_model, set_freeze_level, split_vgg
-from petiq.learning.train import (
-    ADAM_BETAS,
-    PatchSet,
-    TrainSpec,
-    apply_preprocessing,
-    load_run,
-    predict_patches,
-    train_dose_baseline,
-    train_repeats,
-)
+from petiq.learning.outputs import predict_patches
+from petiq.learning.spec import ADAM_BETAS, TrainSpec
+from petiq.learning.train import train_repeats
 from petiq.learning.weights import CAFFE_BGR, NO_PREPROCESSING, TORCHVISION_RGB
 
 TINY = [4, "M", 8, "M", 8, "M", 16, "M", 16, "M"]

@@ -11,16 +11,12 @@ import torch
 from petiq.cohort.patients import read_participants
 from petiq.core.logs import log_to
 from petiq.core.seeding import derive_seed
+from petiq.learning.baseline import train_dose_baseline
+from petiq.learning.data import PatchSet
 from petiq.learning.experiments import Run, run_tables
 from petiq.learning.patches import patch_paths
-from petiq.learning.train import (
-    CLINICAL_TARGETS,
-    PRETEXT_TARGETS,
-    PatchSet,
-    TrainSpec,
-    train_dose_baseline,
-    train_repeats,
-)
+from petiq.learning.spec import CLINICAL_TARGETS, PRETEXT_TARGETS, TrainSpec
+from petiq.learning.train import train_repeats
 from petiq.scoring.sessions import norm01_path
 
 log = log_to(snakemake.log[0])

@@ -7,7 +7,7 @@ typed in by hand: real versus synthetic data, for example, comes from the card's
 (written by the workflow from the patient sheet and the ``scoring.ratings`` setting). :func:`validate_card`
 checks a card against ``petiq/data/card.schema.json`` (JSON Schema 2020-12); the engine calls it before
 ``card.json`` is written. Cards written before :data:`CARD_SCHEMA` existed lack these keys and are still read
-by :func:`petiq.learning.train.load_run` and ``petiq predict``, which need only the provenance.
+by :func:`petiq.learning.checkpoints.load_run` and ``petiq predict``, which need only the provenance.
 """
 
 from __future__ import annotations

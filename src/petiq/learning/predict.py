@@ -125,8 +125,8 @@ def check_image(path: str | Path) -> nib.Nifti1Image:
 def _predict_one(
     path: Path, img: nib.Nifti1Image, model, preprocessing, settings: dict, device: str, seed: int, batch_size: int
 ) -> tuple[np.ndarray, np.ndarray, dict]:
+    from .outputs import predict_patches
     from .patches import extract_patches, resample_to_voxel_size
-    from .train import predict_patches
 
     volume = resample_to_voxel_size(img, settings["voxel_size_mm"])
     peak = float(volume.max())
@@ -188,7 +188,7 @@ def predict_images(
         )
     settings = patch_settings(card, where / "card.json")
     device = resolve_device(device)
-    from .train import load_run
+    from .checkpoints import load_run
 
     model, card, preprocessing = load_run(where)
     rows = []
