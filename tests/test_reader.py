@@ -17,14 +17,10 @@ from petiq.core.doses import PAPER_DOSES, dose_category
 from petiq.core.errors import PetiqInputError
 from petiq.scoring import reader
 from petiq.scoring.agreement import RATINGS_COLUMNS, SCORES, calibration_table, check_ratings, load_targets
-from petiq.scoring.reader import (
-    ReaderModel,
-    calibrate_reader,
-    internal_scores,
-    measure_array,
-    reader_truth,
-    virtual_ratings,
-)
+from petiq.scoring.calibrate import calibrate_reader
+from petiq.scoring.measures import measure_array
+from petiq.scoring.reader import ReaderModel, internal_scores, virtual_ratings
+from petiq.scoring.truth import reader_truth
 
 #: A toy atlas: frontal (FTD's pattern), cuneus (DLB's), two regions no pattern touches, white matter.
 NAMES = {

@@ -1,4 +1,4 @@
-# Stage 4 — clinical scores (petiq.scoring.sessions, petiq.scoring.ratings, petiq.scoring.reader, petiq.scoring.agreement):
+# Stage 4 — clinical scores (petiq.scoring.sessions, petiq.scoring.ratings, petiq.scoring.reader with truth, measures and calibrate, petiq.scoring.agreement):
 # blinded reading sessions for real clinicians, and the calibrated virtual reader that scores the
 # synthetic cohort in their place. With config scoring.ratings set, real ratings replace it.
 

@@ -1,9 +1,9 @@
-"""Rule reader_truth: the phantom's tissue and pattern masks on the recon grid (petiq.scoring.reader)."""
+"""Rule reader_truth: the phantom's tissue and pattern masks on the recon grid (petiq.scoring.truth)."""
 
 from pathlib import Path
 
 from petiq.core.logs import log_to
-from petiq.scoring.reader import write_reader_truth
+from petiq.scoring.truth import write_reader_truth
 
 log = log_to(snakemake.log[0])
 i = snakemake.input

@@ -1,12 +1,14 @@
 """Rule virtual_reader: measure the images, calibrate the reader to the paper, read the sessions
-(petiq.scoring.reader.measure_images, calibrate_reader, virtual_ratings)."""
+(petiq.scoring.measures.measure_images, calibrate_reader, virtual_ratings)."""
 
 from pathlib import Path
 
 from petiq.cohort.patients import read_participants
 from petiq.core.fileio import write_tsv
 from petiq.core.logs import log_to
-from petiq.scoring.reader import calibrate_reader, measure_images, virtual_ratings
+from petiq.scoring.calibrate import calibrate_reader
+from petiq.scoring.measures import measure_images
+from petiq.scoring.reader import virtual_ratings
 from petiq.scoring.sessions import read_plan
 
 log = log_to(snakemake.log[0])
