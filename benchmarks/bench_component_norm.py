@@ -2,8 +2,8 @@
 
 Writes an mMR component norm with random components (and dead-time parameters) to a temporary
 folder, then times :func:`petiq.recon.component_norm.read_component_norm`, the span-11
-:func:`~petiq.recon.component_norm.norm_sinogram` without and with bucket singles (dead time),
-the ``norm`` rule's :func:`~petiq.recon.component_norm.component_norm_file` (read + span 11 + write
+:func:`~petiq.recon.norm_assembly.norm_sinogram` without and with bucket singles (dead time),
+the ``norm`` rule's :func:`~petiq.recon.norm_assembly.component_norm_file` (read + span 11 + write
 the ``.npz``) and, unless ``--no-span1``, the span-1 sinogram (4084 x 252 x 344 float32, 1.4 GB).
 
     /tmp/venv/bin/python benchmarks/bench_component_norm.py

@@ -26,7 +26,7 @@ import numpy as np
 
 from petiq.listmode.simulate import scanner_component_norm, simulate_patient
 from petiq.recon.chain import reconstruct_acquisition
-from petiq.recon.component_norm import write_component_norm
+from petiq.recon.norm_writer import write_component_norm
 from petiq.scanner.frame import scanner_grid_affine
 from petiq.scanner.geometry import Scanner
 

@@ -47,7 +47,7 @@ def write_site_files(folder: Path, scanner_name: str = "tiny", *, listmode: str 
 
     from petiq.listmode import write_listmode
     from petiq.listmode.simulate import scanner_component_norm
-    from petiq.recon.component_norm import write_component_norm
+    from petiq.recon.norm_writer import write_component_norm
     from petiq.scanner.frame import nifti_image, scanner_grid_affine
     from petiq.scanner.geometry import Scanner
 

@@ -26,7 +26,7 @@ from helpers import e7_layout, write_e7_interfile, write_mumap_dicom_series
 from petiq.cli import main
 from petiq.listmode.simulate import scanner_component_norm, simulate_patient
 from petiq.recon import mumap as mm
-from petiq.recon.component_norm import write_component_norm
+from petiq.recon.norm_writer import write_component_norm
 from petiq.scanner.frame import scanner_grid_affine
 from petiq.scanner.geometry import Scanner
 

@@ -189,7 +189,7 @@ def _demo_site_export(folder: Path) -> dict[str, str]:
     from helpers import e7_layout, write_e7_interfile
 
     from petiq.listmode.simulate import scanner_component_norm, simulate_patient
-    from petiq.recon.component_norm import write_component_norm
+    from petiq.recon.norm_writer import write_component_norm
     from petiq.scanner.frame import scanner_grid_affine
     from petiq.scanner.geometry import Scanner
 

@@ -80,23 +80,8 @@ Modules: :mod:`~petiq.listmode.words` (word layout, numba kernels), :mod:`~petiq
 public is importable from ``petiq.listmode``.
 """
 
-from petiq.listmode.files import (
-    Listmode,
-    ListmodeChunk,
-    ListmodeWriter,
-    check_listmode,
-    iter_listmode_chunks,
-    read_listmode,
-    write_listmode,
-    write_listmode_words,
-)
-from petiq.listmode.header import (
-    MMR_HEADER_DEFAULTS,
-    data_path,
-    header_path,
-    header_value,
-    read_listmode_header,
-)
+from petiq.listmode.files import Listmode, ListmodeChunk, check_listmode, iter_listmode_chunks, read_listmode
+from petiq.listmode.header import MMR_HEADER_DEFAULTS, data_path, header_path, header_value, read_listmode_header
 from petiq.listmode.histogram import ListmodeHistogram, histogram_listmode
 from petiq.listmode.thin import ThinSummary, thin_listmode
 from petiq.listmode.words import (
@@ -115,6 +100,7 @@ from petiq.listmode.words import (
     TIME_TAG,
     encode_events,
 )
+from petiq.listmode.writer import ListmodeWriter, write_listmode, write_listmode_words
 
 __all__ = [
     "check_listmode",

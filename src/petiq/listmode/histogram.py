@@ -14,18 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from petiq.core.errors import PetiqInputError
-from petiq.listmode.files import (
-    _bad_bin_error,
-    _check_chunk_words,
-    _iter_word_chunks,
-    _open_checked,
-)
-from petiq.listmode.header import (
-    _DURATION_KEY,
-    _scanner_span1_shape,
-    _singles_settings,
-    header_value,
-)
+from petiq.listmode.files import _bad_bin_error, _check_chunk_words, _iter_word_chunks, _open_checked
+from petiq.listmode.header import _DURATION_KEY, _scanner_span1_shape, _singles_settings, header_value
 from petiq.listmode.words import (
     _HIST_BLOCK,
     DEFAULT_CHUNK_WORDS,

@@ -449,7 +449,7 @@ def scanner_component_norm(scanner: Scanner, scanner_seed: int, span: int = 11):
     simulated scanners: crystal efficiencies and radial (geometric) factors of
     :func:`scanner_truth`, no dead time (the simulation has none) and the quantification factor of
     the calibration ``κ`` of span ``span`` (:func:`scanner_calibration`)."""
-    from ..recon.component_norm import component_norm_from_truth
+    from ..recon.norm_assembly import component_norm_from_truth
 
     truth = scanner_truth(scanner, np.random.default_rng(scanner_seed))
     return component_norm_from_truth(

@@ -13,21 +13,10 @@ import numpy as np
 from petiq.core.errors import PetiqInputError
 from petiq.core.fileio import same_file
 from petiq.listmode.dicom import is_dicom_form
-from petiq.listmode.files import (
-    _AtomicPair,
-    _bad_bin_error,
-    _check_chunk_words,
-    _iter_word_chunks,
-    _open_checked,
-)
-from petiq.listmode.header import (
-    _WORD_COUNT_KEY,
-    _rewrite_header_lines,
-    data_path,
-    header_path,
-    header_value,
-)
+from petiq.listmode.files import _bad_bin_error, _check_chunk_words, _iter_word_chunks, _open_checked
+from petiq.listmode.header import _WORD_COUNT_KEY, _rewrite_header_lines, data_path, header_path, header_value
 from petiq.listmode.words import DEFAULT_CHUNK_WORDS, _thin_pcg_kernel, pcg64_state
+from petiq.listmode.writer import _AtomicPair
 
 
 @dataclass(frozen=True)

@@ -170,7 +170,7 @@ def _norm_npz(path, scanner, span: int) -> Step:
       :func:`~petiq.recon.pipeline.estimate_norm_file` into the work folder;
     * the scanner's component norm (``.n`` or its ``.n.hdr``, or the norm DICOM ``.dcm``/``.IMA``):
       read and checked in full now (:func:`~petiq.recon.component_norm.read_component_norm`); the
-      step runs :func:`~petiq.recon.component_norm.component_norm_file` into the work folder."""
+      step runs :func:`~petiq.recon.norm_assembly.component_norm_file` into the work folder."""
     path = Path(path)
     fix = (
         f"give the norm .npz of scanner {scanner.name!r}, span {span} (rule norm's output), its norm scan "
@@ -227,10 +227,10 @@ def _attenuation(
     centred NIfTI of fewer slices is checked too, though attenuation_file would take it as it is).
     Hardware μ-maps need a bed position: ``bed_position_mm``, else the ``listmode`` header's
     ``start horizontal bed position (mm)``; none (sinograms, or a header without it) is an error now.
-    The hardware files are read and placed now too (:func:`petiq.recon.mumap.hardware_mumap`), with
+    The hardware files are read and placed now too (:func:`petiq.recon.hardware_mumap.hardware_mumap`), with
     the table offsets (x, y, z mm) NiftyPET ``get_hmupos`` uses: ``gantry_table_home_offset_mm``,
     else the DICOM μ-map's CSA ``GantryTableHomeOffset``; ``table_position_origin_mm``, else a list-mode
-    ``.dcm``'s CSA ``TablePositionOrigin`` (:func:`petiq.recon.mumap.read_table_offsets_mm`). Neither
+    ``.dcm``'s CSA ``TablePositionOrigin`` (:func:`petiq.recon.hardware_mumap.read_table_offsets_mm`). Neither
     known: both 0; only one known: an error (the hardware would be misplaced by the other)."""
     from petiq.recon import mumap as mm
     from petiq.recon.corrections import check_mumap
@@ -297,7 +297,7 @@ def _triple(value, what: str) -> tuple[float, float, float]:
 
 
 def _table_offsets(mumap: Path, mumap_format: str, listmode, tpo, gto) -> dict:
-    """The table offsets for :func:`petiq.recon.mumap.hardware_mumap`: given, else read from the
+    """The table offsets for :func:`petiq.recon.hardware_mumap.hardware_mumap`: given, else read from the
     μ-map DICOM (``GantryTableHomeOffset``) and a list-mode ``.dcm`` (``TablePositionOrigin``)."""
     from petiq.listmode.dicom import dicom_path, is_dicom_form
     from petiq.recon import mumap as mm

@@ -9,7 +9,7 @@ Files (NumPy ``.npz``, each with ``kind``, ``scanner`` (preset name) and ``span`
 * norm (``kind="norm"``): ``norm`` (float32 span-S sinogram, mean of the members' ``ε_a ε_b g_t``),
   ``crystal_efficiency``, ``radial_factor``, ``radial_measured``, ``calibration_factor`` κ,
   ``summary`` (JSON text); one made from the scanner's component norm (``.n``) also keeps the
-  components (``component_*``, :func:`petiq.recon.component_norm.component_norm_file`), from which
+  components (``component_*``, :func:`petiq.recon.norm_assembly.component_norm_file`), from which
   :func:`read_norm` adds the dead time of each acquisition's bucket singles.
 * randoms (``kind="randoms"``): ``singles`` (relative singles per crystal) and ``scale``; the
   randoms sinogram is ``scale · Σ_members s_a s_b`` (:func:`read_randoms` expands it; storing the
@@ -225,10 +225,11 @@ def estimate_norm_file(norm_scan_npz, out_npz, scanner, span: int) -> dict:
 
 def norm_file(src, out_npz, scanner, span: int) -> dict:
     """The ``norm`` step for any source: the scanner's component norm (``.n`` + ``.n.hdr`` or its
-    DICOM form: :func:`petiq.recon.component_norm.component_norm_file`, what real scanners and
+    DICOM form: :func:`petiq.recon.norm_assembly.component_norm_file`, what real scanners and
     petiq's simulated scanner both give) or a norm scan ``.npz`` (:func:`estimate_norm_file`, for
     scanners without a component norm)."""
-    from petiq.recon.component_norm import component_norm_file, is_component_norm
+    from petiq.recon.component_norm import is_component_norm
+    from petiq.recon.norm_assembly import component_norm_file
 
     if is_component_norm(src):
         return component_norm_file(src, out_npz, _scanner(scanner), span)
@@ -320,7 +321,7 @@ def attenuation_file(
     A NIfTI μ-map already on a centred scanner grid (:func:`petiq.scanner.frame.is_scanner_grid`, e.g. the
     simulated phantoms') is used as it is; any other is mapped by its affine onto the scanner's image
     grid (:func:`petiq.recon.mumap.to_scanner_frame`; linear, a truncated μ-map is an error). Hardware
-    μ-maps (:func:`petiq.recon.mumap.hardware_mumap`) need ``bed_position_mm`` or a ``listmode`` whose
+    μ-maps (:func:`petiq.recon.hardware_mumap.hardware_mumap`) need ``bed_position_mm`` or a ``listmode`` whose
     header holds ``start horizontal bed position (mm)``, and the table offsets (x, y, z mm) go to it;
     they are added to the patient μ-map."""
     from petiq.recon import mumap as mm

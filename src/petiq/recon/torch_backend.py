@@ -33,7 +33,8 @@ import numpy as np
 from numba import njit
 
 from petiq.core.errors import PetiqInputError
-from petiq.recon.projectors import _transaxial_path, image_grid, member_planes
+from petiq.recon.joseph_kernels import _transaxial_path
+from petiq.recon.projectors import image_grid, member_planes
 from petiq.scanner.geometry import Scanner
 
 __all__ = ["TorchJosephProjector", "cuda_available", "describe_device"]
