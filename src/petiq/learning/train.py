@@ -28,7 +28,8 @@ How it is fast without changing the numbers:
 
 Same seed, same device, same thread count → the same numbers (deterministic algorithms are switched on
 while training). An interrupted run resumes from ``last.pt`` (written every ``checkpoint_every_s`` and
-after the last epoch) and gives the numbers of an uninterrupted one."""
+after the last epoch) and gives the numbers of an uninterrupted one.
+"""
 
 from __future__ import annotations
 

@@ -55,7 +55,8 @@ Neither uses the TX crystal dead time or the additional axial effects; they are 
 
 Sizes follow the scanner (``Scanner.mmr()`` gives the numbers above; ``demo`` and ``tiny`` get the
 same layout with their own numbers, so tests stay small); a file is checked against the scanner
-it is read for."""
+it is read for.
+"""
 
 from __future__ import annotations
 

@@ -19,7 +19,8 @@ Conventions (taken from NiftyPET, ``niftypet/nipet/img/mmrimg.py``, and written 
   at scanner ``x = vpos_x + i vs_x``, ``y = -(vpos_y + j vs_y)``, ``z = hbed - vpos_z + k vs_z``
   (cm; ``hbed`` the list-mode header's ``start horizontal bed position``). petiq uses these
   positions on its exactly centred grid (NiftyPET's reference grid is half a voxel off its own
-  projector's, :mod:`petiq.scanner.frame`), so petiq's placement differs from NiftyPET's by half a voxel."""
+  projector's, :mod:`petiq.scanner.frame`), so petiq's placement differs from NiftyPET's by half a voxel.
+"""
 
 from __future__ import annotations
 

@@ -66,7 +66,8 @@ per-plane loop with clamping.
 Parallelism: ``numba.prange`` over (view, block of radial bins) tasks (forward) or over per-thread
 chunks of them, each thread back-projecting into its own image buffer, summed at the end (no write
 races; memory ``n_threads x`` one padded image, 62 MB each at mMR size). Thread count:
-``numba.set_num_threads``."""
+``numba.set_num_threads``.
+"""
 
 from __future__ import annotations
 

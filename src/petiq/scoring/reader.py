@@ -30,11 +30,13 @@ experience in with the phantom's ground truth, resampled onto the reconstruction
    rater × image opinion and fresh reading noise (both partly shared across the three metrics, as a
    reader forms one impression of an image), rounded to 0.5 steps and clipped to 0–3.
 
-:func:`petiq.scoring.calibrate.calibrate_reader` fits the free parameters against the paper's Table I, rater agreement and
-the dose behaviour of the scores (:func:`petiq.scoring.agreement.load_targets`).
+:func:`petiq.scoring.calibrate.calibrate_reader` fits the free parameters against the paper's Table I,
+rater agreement and the dose behaviour of the scores
+(:func:`petiq.scoring.agreement.load_targets`).
 
 Limits: at the lowest doses (≲ 1 % of the demo's counts) the measured grey/white contrast is itself
-noisy, so GQR rises with dose in expectation, not for every patient between 0.5 % and 1 %."""
+noisy, so GQR rises with dose in expectation, not for every patient between 0.5 % and 1 %.
+"""
 
 from __future__ import annotations
 
