@@ -28,7 +28,7 @@ Two modes
   ``(n_sinograms, len(views), n_radial)`` with ``views=``, for OSEM subsets by view). The value of a
   span-``S`` bin is the SUM of the line integrals of its span-1 members (see "Axial compression"
   below); the LOR of a member (span-1 plane, view, radial) runs from ``(xy_a, z_mid - dz/2)`` to
-  ``(xy_b, z_mid + dz/2)`` (:class:`petiq.scanner.geometry.SinogramGeometry` of span 1). The transaxial path
+  ``(xy_b, z_mid + dz/2)`` (:class:`petiq.scanner.tables.SinogramGeometry` of span 1). The transaxial path
   of a (view, radial) pair - major-axis steps, minor-axis taps and weights - is the same for every
   plane, so it is computed once and all member planes are projected in the inner loop. With z
   contiguous, consecutive planes read neighbouring memory of the same two z-columns of the image
@@ -235,7 +235,7 @@ class JosephProjector:
 
     Attributes: ``scanner``, ``span``, ``image_shape`` (nx, ny, nz), ``voxel_size_mm`` (vx, vy, vz),
     ``sinogram_shape`` (n_sinograms, n_views, n_radial), ``geometry``
-    (:class:`petiq.scanner.geometry.SinogramGeometry`).
+    (:class:`petiq.scanner.tables.SinogramGeometry`).
 
     * ``forward(image, bins=None, views=None)`` -> float32 projection (see the method).
     * ``back(values, bins=None, views=None)`` -> float32 image, the exact adjoint.
