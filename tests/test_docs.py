@@ -195,3 +195,20 @@ def test_configuration_page_documents_exactly_the_schemas_keys():
     )
     assert not undocumented, f"schema keys missing from docs/configuration.md: {undocumented}"
     assert not documented - leaves - parents, f"not schema keys: {sorted(documented - leaves - parents)}"
+
+
+def test_the_results_layout_is_spelled_only_in_petiq_core_paths():
+    """Rule files and scripts name no results folder themselves: they take it from petiq.core.paths (via
+    common.smk), so moving an output folder is a one-line change."""
+    from petiq.core import paths
+
+    offenders = []
+    for path in sorted((ROOT / "workflow").rglob("*")):
+        if path.suffix not in {".smk", ".py"}:
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if f'"{paths.RESULTS}/' in code or f"'{paths.RESULTS}/" in code or f'f"{paths.RESULTS}/' in code:
+                offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert not offenders, offenders
+    assert paths.norm01_image("sub-01", "100.0").startswith(paths.RECON + "/derivatives/")

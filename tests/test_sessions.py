@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 import petiq.scoring.sessions as sessions
+from petiq.core.bids import norm01_path
 from petiq.core.doses import PAPER_DOSES, dose_category
 from petiq.core.errors import PetiqInputError
 from petiq.scoring.sessions import (
@@ -17,7 +18,6 @@ from petiq.scoring.sessions import (
     FORM_COLUMNS,
     PLAN_COLUMNS,
     blank_form,
-    norm01_path,
     plan_sessions,
     read_plan,
     session_summary,

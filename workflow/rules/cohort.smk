@@ -117,7 +117,7 @@ rule cohort_figure:
         brainmask=expand(rules.phantom.output.brainmask, subject=SYNTHETIC),
     output:
         png=report(
-            "results/figures/cohort.png",
+            f"{FIGURES}/cohort.png",
             caption="../report/cohort.rst",
             category="Cohort",
         ),
@@ -144,7 +144,7 @@ rule cohort_table:
         splits=rules.splits.output.tsv,
     output:
         tsv=report(
-            "results/tables/cohort.tsv",
+            f"{TABLES}/cohort.tsv",
             caption="../report/cohort_table.rst",
             category="Cohort",
         ),

@@ -2,7 +2,7 @@
 # checked while the workflow is parsed: bad input stops the run before any job starts.
 from snakemake.utils import validate
 
-from petiq.core import bids
+from petiq.core import bids, paths
 from petiq.cohort.patients import read_patients
 from petiq.core.doses import dose_label
 from petiq.core.seeding import derive_seed
@@ -67,7 +67,7 @@ def petiq_command():
 
 
 PETIQ = petiq_command()
-COHORT = "results/cohort"
+COHORT = paths.COHORT
 ANATOMY_FILES = [
     f"{config['cohort']['anatomy_dir']}/{name}" for name in ("Hammers.nii.gz", "Hammers.csv", "csf_TPM.nii.gz")
 ]
@@ -76,18 +76,12 @@ DOSES = [dose_label(d) for d in config["doses"]]
 FULL_DOSE = dose_label(100)
 # The reconstructions form a BIDS dataset, the 0-1 images its derivatives (petiq.core.bids spells every
 # path in them); the osem rule's {rec} wildcard is a dose's reconstruction label (rec-dose005p0).
-RECON = "results/bids"
+RECON = paths.RECON
 RECON_PATHS = bids.patterns(RECON)
 
 
-def recon_image(subject, dose):
-    """The reconstruction (kBq/mL) of a patient at a dose (label or percent)."""
-    return bids.recon_image_path(RECON, subject, float(dose)).as_posix()
-
-
-def norm01_image(subject, dose):
-    """The 0-1 image of a patient at a dose (label or percent), in the BIDS derivatives."""
-    return bids.norm01_path(RECON, subject, float(dose)).as_posix()
+recon_image = paths.recon_image
+norm01_image = paths.norm01_image
 
 
 def at_rec_dose(pattern):
@@ -97,11 +91,11 @@ def at_rec_dose(pattern):
     )
 
 
-LISTMODE = "results/listmode"
+LISTMODE = paths.LISTMODE
 # The form list-mode is written in (config listmode.form): the file the tools are given, and the
 # other file of the pair (Interfile: .l + .l.hdr; DICOM export: .dcm + .bf).
 LM_EXT, LM_PAIR = {"interfile": (".l", ".l.hdr"), "dicom": (".dcm", ".bf")}[config["listmode"]["form"]]
-SINOGRAMS = "results/sinograms"
+SINOGRAMS = paths.SINOGRAMS
 SCANNER_SEED = derive_seed(config["seed"], "scanner", config["scanner"])
 
 
@@ -223,12 +217,8 @@ wildcard_constraints:
     rec=r"dose\d{3}p\d",
 
 
-def log_path(stage, name):
-    return f"results/logs/{stage}/{name}.log"
-
-
-def benchmark_path(stage, name):
-    return f"results/benchmarks/{stage}/{name}.tsv"
+log_path = paths.log_path
+benchmark_path = paths.benchmark_path
 
 
 def mem_mb(base):
@@ -239,11 +229,11 @@ def mem_mb(base):
 # --- Scores, patches, training, figures ------------------------------------------------------
 from petiq.learning.experiments import plan_experiments
 
-SCORES = "results/scores"
-PATCHES = "results/patches"
-MODELS = "results/models"
-TABLES = "results/tables"
-FIGURES = "results/figures"
+SCORES = paths.SCORES
+PATCHES = paths.PATCHES
+MODELS = paths.MODELS
+TABLES = paths.TABLES
+FIGURES = paths.FIGURES
 VIRTUAL_READER = config["scoring"]["ratings"] is None
 RATINGS = f"{SCORES}/ratings.tsv" if VIRTUAL_READER else config["scoring"]["ratings"]
 if not VIRTUAL_READER:  # real clinicians' ratings: every problem reported before any job starts

@@ -169,7 +169,7 @@ rule fig01_dose_examples:
         unpack(fig01_inputs),
     output:
         png=report(
-            "results/figures/fig01_dose_examples.png",
+            f"{FIGURES}/fig01_dose_examples.png",
             caption="../report/fig01.rst",
             category="Reconstruction",
         ),

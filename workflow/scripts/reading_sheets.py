@@ -2,8 +2,9 @@
 
 from pathlib import Path
 
+from petiq.core.bids import norm01_path
 from petiq.core.logs import log_to
-from petiq.scoring.sessions import norm01_path, read_plan, write_session_materials
+from petiq.scoring.sessions import read_plan, write_session_materials
 
 log = log_to(snakemake.log[0])
 plan = read_plan(snakemake.input.key)

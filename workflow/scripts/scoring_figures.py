@@ -5,11 +5,11 @@ from pathlib import Path
 import pandas as pd
 
 from petiq.cohort.patients import read_participants
+from petiq.core.bids import norm01_path
 from petiq.core.fileio import write_tsv
 from petiq.core.logs import log_to
 from petiq.plots.scoring import plot_fig02_intersession, plot_fig03_colour_scale, plot_fig06_scores_vs_dose
 from petiq.scoring.agreement import check_ratings, reference_rater, table_I
-from petiq.scoring.sessions import norm01_path
 
 log = log_to(snakemake.log[0])
 i, o = snakemake.input, snakemake.output

@@ -9,6 +9,7 @@ import pandas as pd
 import torch
 
 from petiq.cohort.patients import read_participants
+from petiq.core.bids import norm01_path
 from petiq.core.logs import log_to
 from petiq.core.seeding import derive_seed
 from petiq.learning.baseline import train_dose_baseline
@@ -17,7 +18,6 @@ from petiq.learning.experiments import Run, run_tables
 from petiq.learning.patches import patch_paths
 from petiq.learning.spec import CLINICAL_TARGETS, PRETEXT_TARGETS, TrainSpec
 from petiq.learning.train import train_repeats
-from petiq.scoring.sessions import norm01_path
 
 log = log_to(snakemake.log[0])
 torch.set_num_threads(snakemake.threads)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..core import paths
+
 
 def _rated_patients(args) -> list[str]:
     """Patients from --patients, or from --splits filtered by --roles."""
@@ -54,8 +56,9 @@ def _sheets(args) -> None:
     from functools import partial
     from pathlib import Path
 
+    from ..core.bids import norm01_path
     from ..core.errors import PetiqInputError
-    from ..scoring.sessions import norm01_path, read_plan, write_session_materials
+    from ..scoring.sessions import read_plan, write_session_materials
 
     filled = sorted(Path(args.out_dir).glob("session-*/*_ratings-form.tsv")) if Path(args.out_dir).is_dir() else []
     if filled and not args.force:
@@ -121,7 +124,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     sheets.add_argument("--key", required=True, help="the unblinding key from `petiq sessions plan`")
     sheets.add_argument(
         "--recon-dir",
-        default="results/bids",
+        default=paths.RECON,
         help="the BIDS dataset of the reconstructions (0-1 images in its derivatives/petiq)",
     )
     sheets.add_argument("--out-dir", required=True, help="sessions folder, e.g. results/scores/sessions")

@@ -421,18 +421,6 @@ def blank_form(plan: pd.DataFrame, session: int) -> pd.DataFrame:
     return form
 
 
-def norm01_path(recon_dir: str | Path, participant_id: str, dose: float) -> Path:
-    """The 0–1 scaled reconstruction that readers see (:func:`petiq.core.bids.norm01_path`: the
-    derivatives of the BIDS dataset at ``recon_dir``).
-
-    >>> norm01_path("results/bids", "sub-01", 5).as_posix()
-    'results/bids/derivatives/petiq/sub-01/pet/sub-01_rec-dose005p0_desc-norm01_pet.nii.gz'
-    """
-    from ..core.bids import norm01_path as bids_norm01_path
-
-    return bids_norm01_path(recon_dir, participant_id, dose)
-
-
 def session_dir(out_dir: str | Path, session: int) -> Path:
     return Path(out_dir) / f"session-{int(session)}"
 
@@ -446,7 +434,7 @@ def write_session_materials(
 ) -> list[Path]:
     """Write, per session, the reading sheets (PNG per image, one PDF) and the blank form; return the session folders.
 
-    ``image_path(participant_id, dose)`` gives the image to show (e.g. :func:`norm01_path` bound to
+    ``image_path(participant_id, dose)`` gives the image to show (e.g. :func:`petiq.core.bids.norm01_path` bound to
     ``results/bids``). Every image is checked to exist before anything is written. The key is not
     written here (see :func:`write_plan`): the session folders hold nothing but blinded ids.
     """
