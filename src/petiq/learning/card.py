@@ -140,6 +140,34 @@ def _label_summary(sources: Mapping, card: Mapping) -> tuple[str, bool | None]:
     return "labels of unrecorded origin", None
 
 
+def card_sources(
+    participants, tables: Mapping, stage: str, ratings: str | None, label_rater: str | None
+) -> dict | None:
+    """The card's ``sources``: which participants' images a run used, by source (``synthetic`` or
+    ``real``, the ``source`` column of ``participants.tsv``), and where its labels came from (dose per
+    kg for the pretext stage; the virtual reader when ``ratings`` — the ``scoring.ratings`` setting —
+    is None; clinicians otherwise). None when ``participants`` has no ``source`` column.
+
+    >>> import pandas as pd
+    >>> people = pd.DataFrame({"participant_id": ["sub-01", "sub-R1"], "source": ["synthetic", "real"]})
+    >>> card_sources(people, {"train": pd.DataFrame({"participant_id": ["sub-R1", "sub-01"]})}, "transfer", None, "1")
+    {'images': {'synthetic': ['sub-01'], 'real': ['sub-R1']}, 'labels': 'virtual_reader', 'ratings_file': None, 'label_rater': '1'}
+    """
+    if "source" not in participants.columns:
+        return None
+    source_of = dict(zip(participants["participant_id"].astype(str), participants["source"].astype(str)))
+    used = sorted({str(pid) for table in tables.values() for pid in table["participant_id"]})
+    images: dict[str, list[str]] = {}
+    for pid in used:
+        images.setdefault(source_of[pid], []).append(pid)
+    return {
+        "images": images,
+        "labels": "dose_per_kg" if stage == "pretext" else "virtual_reader" if ratings is None else "clinicians",
+        "ratings_file": None if stage == "pretext" else ratings,
+        "label_rater": label_rater,
+    }
+
+
 def data_source(card: Mapping) -> dict:
     """Where the training images and labels came from, as the card's ``sources`` records them.
 
