@@ -38,6 +38,7 @@ import numpy as np
 from petiq.listmode.simulate import scanner_calibration, scanner_truth
 from petiq.recon import corrections as corr
 from petiq.recon import osem as osem_mod
+from petiq.recon import scatter as sct
 from petiq.recon.projectors import JosephProjector
 from petiq.scanner.geometry import PRESETS, Scanner
 
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         est = corr.estimate_randoms(data["randoms"], fans, scanner, args.span)
         t_r = time.perf_counter() - t0
         t0 = time.perf_counter()
-        corr.estimate_scatter(prompts, est.randoms, data["norm"], data["att"], scanner, args.span)
+        sct.estimate_scatter(prompts, est.randoms, data["norm"], data["att"], scanner, args.span)
         t_s = time.perf_counter() - t0
         print(
             f"randoms estimate (fan-sum singles, 12 iterations): {t_r:.1f} s; scatter estimate: {t_s:.1f} s; "

@@ -26,6 +26,7 @@ from petiq.listmode.simulate import (
 from petiq.recon import corrections as corr
 from petiq.recon import osem as osem_mod
 from petiq.recon import pipeline as pl
+from petiq.recon import scatter as sct
 from petiq.recon.osem import fov_mask, reconstruct, subset_views, system_model
 from petiq.recon.projectors import JosephProjector
 from petiq.scanner.geometry import Scanner
@@ -393,7 +394,7 @@ def _shift(mm):
 # ----------------------------------------------------------------------------- scatter
 def test_scatter_estimate_recovers_the_simulated_scatter(case):
     y = np.random.default_rng(3).poisson(case.prompts_mean).astype(np.float32)
-    est = corr.estimate_scatter(y, case.randoms, case.norm, case.attenuation, case.scanner, SPAN)
+    est = sct.estimate_scatter(y, case.randoms, case.norm, case.attenuation, case.scanner, SPAN)
     assert est.n_tail_bins > 1000
     assert est.scatter.sum() == pytest.approx(case.scatter.sum(), rel=0.15)
     sf_true = case.scatter.sum() / (case.trues.sum() + case.scatter.sum())

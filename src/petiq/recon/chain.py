@@ -333,8 +333,8 @@ def _table_offsets(mumap: Path, mumap_format: str, listmode, tpo, gto) -> dict:
 
 # ----------------------------------------------------------------------------- options
 def _check_options(scanner, span, n_iterations, n_subsets, post_filter_fwhm_mm, backend, scatter_options, threads):
-    from petiq.recon.corrections import estimate_scatter
     from petiq.recon.osem import BACKENDS, subset_views
+    from petiq.recon.scatter import estimate_scatter
 
     scanner = pl._scanner(scanner)
     span = scanner.check_span(span)
@@ -412,7 +412,7 @@ def reconstruct_acquisition(
     the DICOM μ-map / list-mode ``.dcm``, see :func:`_attenuation`).
     ``out_json`` defaults to the image's name with ``.json``, ``out_norm01_nii`` to
     :func:`norm01_path`. Options as the config keys (``scanner``, ``span``, ``recon.*``, ``device``
-    = ``backend``); ``scatter_options`` go to :func:`petiq.recon.corrections.estimate_scatter` (the
+    = ``backend``); ``scatter_options`` go to :func:`petiq.recon.scatter.estimate_scatter` (the
     workflow passes none); ``metadata`` adds keys to the sidecar; ``threads``: histogram threads.
 
     Intermediate files (``sinograms``, ``norm`` when estimated, ``randoms``, ``attenuation``,

@@ -38,6 +38,7 @@ from petiq.core.decay import frame_quantification
 from petiq.core.errors import PetiqInputError
 from petiq.core.fileio import atomic_path, write_npz
 from petiq.recon import corrections as corr
+from petiq.recon import scatter as sct
 from petiq.recon.osem import osem, resolve_backend, system_model
 from petiq.scanner.geometry import Scanner
 
@@ -398,7 +399,7 @@ def attenuation_file(
 def scatter_file(
     sinograms_npz, norm_npz, randoms_npz, attenuation_npz, out_npz, *, scanner, span: int, **scatter_options
 ) -> dict:
-    """Prompts + norm + randoms + attenuation → scatter file (:func:`petiq.recon.corrections.estimate_scatter`;
+    """Prompts + norm + randoms + attenuation → scatter file (:func:`petiq.recon.scatter.estimate_scatter`;
     ``scatter_options`` go to it)."""
     scanner = _scanner(scanner)
     span = scanner.check_span(int(span))
@@ -406,7 +407,7 @@ def scatter_file(
     norm, _kappa, _dead_time = read_norm(norm_npz, scanner, span, sino, sinograms_npz)
     att = read_correction(attenuation_npz, "attenuation", scanner, span, ("attenuation",))["attenuation"]
     randoms = read_randoms(randoms_npz, scanner, span)
-    est = corr.estimate_scatter(sino["prompts"], randoms, norm, att, scanner, span, **scatter_options)
+    est = sct.estimate_scatter(sino["prompts"], randoms, norm, att, scanner, span, **scatter_options)
     _save_npz(
         out_npz,
         {
