@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from petiq.recon import component_norm as cnm
+from petiq.recon import norm_assembly, norm_writer
 from petiq.scanner.geometry import Scanner
 
 
@@ -58,19 +59,19 @@ def main(argv=None) -> int:
     singles = rng.integers(50_000, 300_000, sc.n_buckets)
     work = Path(tempfile.mkdtemp(prefix="petiq-bench-cn-", dir=args.dir))
     try:
-        path = cnm.write_component_norm(work / "norm.n", cn0, sc)
+        path = norm_writer.write_component_norm(work / "norm.n", cn0, sc)
         print(f"mMR component norm: {path.stat().st_size} bytes; peak RSS {peak_rss_mb():.0f} MB")
         cn, t = best(lambda: cnm.read_component_norm(path, sc), args.repeat)
         print(f"read .n + .n.hdr              {t:8.3f} s   peak RSS {peak_rss_mb():7.0f} MB")
-        s11, t = best(lambda: cnm.norm_sinogram(cn, sc, 11), args.repeat)
+        s11, t = best(lambda: norm_assembly.norm_sinogram(cn, sc, 11), args.repeat)
         print(f"norm_sinogram span 11         {t:8.3f} s   peak RSS {peak_rss_mb():7.0f} MB   {s11.shape}")
         del s11
-        _, t = best(lambda: cnm.norm_sinogram(cn, sc, 11, singles), args.repeat)
+        _, t = best(lambda: norm_assembly.norm_sinogram(cn, sc, 11, singles), args.repeat)
         print(f"norm_sinogram span 11 + DT    {t:8.3f} s   peak RSS {peak_rss_mb():7.0f} MB")
-        _, t = best(lambda: cnm.component_norm_file(path, work / "norm.npz", sc, 11), args.repeat)
+        _, t = best(lambda: norm_assembly.component_norm_file(path, work / "norm.npz", sc, 11), args.repeat)
         print(f"component_norm_file span 11   {t:8.3f} s   peak RSS {peak_rss_mb():7.0f} MB")
         if not args.no_span1:
-            s1, t = best(lambda: cnm.norm_sinogram(cn, sc, 1), args.repeat)
+            s1, t = best(lambda: norm_assembly.norm_sinogram(cn, sc, 1), args.repeat)
             print(f"norm_sinogram span 1          {t:8.3f} s   peak RSS {peak_rss_mb():7.0f} MB   {s1.shape}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from petiq.recon import hardware_mumap
 from petiq.recon import mumap as mm
 from petiq.scanner.geometry import Scanner
 
@@ -128,7 +129,7 @@ def main(argv=None) -> int:
         rss_frame = peak_rss_mb()
 
         def add_hw():
-            hw, _ = mm.hardware_mumap([coil], sc, args.bed_position_mm)
+            hw, _ = hardware_mumap.hardware_mumap([coil], sc, args.bed_position_mm)
             return on_grid + hw
 
         t_hw, total = best(add_hw, args.repeat)

@@ -17,6 +17,7 @@ import pytest
 
 from petiq.core.errors import PetiqInputError
 from petiq.recon import component_norm as cnm
+from petiq.recon import norm_assembly, norm_writer
 from petiq.scanner.geometry import Scanner
 
 # ----------------------------------------------------------------------------- NiftyPET, re-derived
@@ -198,7 +199,7 @@ def _same(a: cnm.ComponentNorm, b: cnm.ComponentNorm):
 
 def test_round_trip_interfile_tiny(tmp_path, tiny):
     cn = random_components(tiny, 1, dead_time=True)
-    data = cnm.write_component_norm(tmp_path / "norm.n", cn, tiny)
+    data = norm_writer.write_component_norm(tmp_path / "norm.n", cn, tiny)
     assert data.name == "norm.n" and (tmp_path / "norm.n.hdr").is_file()
     n_floats = sum(n for _, n in niftypet_sizes(8, 72, 28, tiny.n_sinograms(11)))
     assert data.stat().st_size == 4 * n_floats
@@ -211,7 +212,7 @@ def test_round_trip_interfile_tiny(tmp_path, tiny):
 
 def test_round_trip_dicom_tiny(tmp_path, tiny):
     cn = random_components(tiny, 2, dead_time=True)
-    p = cnm.write_component_norm(tmp_path / "norm.dcm", cn, tiny)
+    p = norm_writer.write_component_norm(tmp_path / "norm.dcm", cn, tiny)
     back = cnm.read_component_norm(p, tiny)
     _same(back, cn)
     assert back.quantification_factor == pytest.approx(12345.678, rel=1e-9)
@@ -325,7 +326,7 @@ def test_reads_a_hand_written_mmr_norm(tmp_path, mmr):
 
 def _check_bins(cn, sc, span, picks, bckts=None, by_plane=False):
     rno, sn11, sn11no, _ = niftypet_axial_lut(sc.n_rings, sc.max_ring_difference)
-    out = cnm.norm_sinogram(cn, sc, span, bckts, geometric_by_plane=by_plane)
+    out = norm_assembly.norm_sinogram(cn, sc, span, bckts, geometric_by_plane=by_plane)
     assert out.shape == (len(rno) if span == 1 else int(sn11.max()) + 1, sc.n_views, sc.n_radial)
     for s, ia, iw in picks:
         if span == 1:
@@ -388,7 +389,7 @@ def test_norm_sinogram_demo_span11_bins():
 def test_dead_time_factor_by_hand(mmr):
     cn = random_components(mmr, 14, dead_time=True)
     singles = np.arange(224, dtype=np.int64) * 1000 + 50_000
-    f = cnm.dead_time_factor(cn, mmr, singles)
+    f = norm_assembly.dead_time_factor(cn, mmr, singles)
     assert f.shape == (64, 504)
     for r, c in ((13, 100), (0, 0), (63, 503), (40, 17), (8, 18)):
         b = c // 18 + 28 * (r // 8)
@@ -400,7 +401,7 @@ def test_dead_time_factor_by_hand(mmr):
         assert f[r, det] == pytest.approx(want, rel=1e-12), (r, c)
     assert 13 // 8 == 1 and 100 // 18 + 28 == 33  # the worked example: bucket 33
     with pytest.raises(PetiqInputError, match="bucket"):
-        cnm.dead_time_factor(cn, mmr, singles[:10])
+        norm_assembly.dead_time_factor(cn, mmr, singles[:10])
 
 
 @pytest.mark.parametrize("span", [1, 11])
@@ -410,9 +411,9 @@ def test_from_truth_gives_petiqs_norm(tiny, span):
     eff = rng.uniform(0.7, 1.3, (tiny.n_rings, n))
     eff[:, np.arange(n) % 9 == 0] = 0.0  # petiq's gaps: det % 9 == 0
     g = rng.uniform(0.8, 1.2, tiny.n_radial)
-    cn = cnm.component_norm_from_truth(tiny, eff, g, 7.5)
+    cn = norm_assembly.component_norm_from_truth(tiny, eff, g, 7.5)
     assert cn.quantification_factor == pytest.approx(1 / 7.5)  # e7's Bq·s per count: 1/κ
-    out = cnm.norm_sinogram(cn, tiny, span)
+    out = norm_assembly.norm_sinogram(cn, tiny, span)
     # petiq's truth: n = eps(ring_a, det_a) eps(ring_b, det_b) g_t, span-S bin = mean over members.
     # Independent pairing: NiftyPET's c1 = det_b - 1 with r0 = ring_b, c2 = det_a - 1 with r1 = ring_a.
     c1, c2, _ = niftypet_transaxial(n, tiny.n_radial, tiny.n_views)
@@ -440,7 +441,7 @@ def _raises(exc_info, path, *words):
 
 
 def test_tiny_norm_read_as_mmr(tmp_path, tiny, mmr):
-    cnm.write_component_norm(tmp_path / "t.n", random_components(tiny), tiny)
+    norm_writer.write_component_norm(tmp_path / "t.n", random_components(tiny), tiny)
     with pytest.raises(PetiqInputError) as e:
         cnm.read_component_norm(tmp_path / "t.n", mmr)
     _raises(e, tmp_path / "t.n.hdr", "originating system")
@@ -453,7 +454,7 @@ def test_tiny_norm_read_as_mmr(tmp_path, tiny, mmr):
 
 
 def test_missing_header(tmp_path, tiny):
-    cnm.write_component_norm(tmp_path / "t.n", random_components(tiny), tiny)
+    norm_writer.write_component_norm(tmp_path / "t.n", random_components(tiny), tiny)
     (tmp_path / "t.n.hdr").unlink()
     with pytest.raises(PetiqInputError) as e:
         cnm.read_component_norm(tmp_path / "t.n", tiny)
@@ -471,7 +472,7 @@ def test_truncated_data(tmp_path, mmr):
 
 def test_nan_efficiency(tmp_path, tiny):
     cn = random_components(tiny)
-    cnm.write_component_norm(tmp_path / "t.n", cn, tiny)
+    norm_writer.write_component_norm(tmp_path / "t.n", cn, tiny)
     vals = np.fromfile(tmp_path / "t.n", dtype="<f4")
     lay = cnm.component_layout(tiny)
     start = int(np.prod(lay["geometric"])) + int(np.prod(lay["interference"]))
@@ -542,7 +543,7 @@ def test_mean_bucket_singles_by_hand():
     singles = np.array([[0, 0, 0], [200_001, 7, 0], [100_000, 0, 0], [0, 0, 0]], dtype=np.int64)
     reports = np.array([[0, 0, 0], [2, 1, 0], [1, 0, 0], [0, 0, 0]], dtype=np.int32)
     # kept intervals 1 and 2; bucket 0: (100000 [200001 // 2] + 100000) / 2; bucket 1: (7 + 0) / 2 -> 3
-    got = cnm.mean_bucket_singles(singles, reports)
+    got = norm_assembly.mean_bucket_singles(singles, reports)
     assert got.dtype == np.int32 and got.tolist() == [100_000, 3, 0]
 
 
@@ -553,27 +554,27 @@ def test_mean_bucket_singles_is_mmrhists():
     singles = np.where(
         reports > 0, reports * rng.integers(10_000, 400_000, (50, 224)) + rng.integers(0, 5, (50, 224)), 0
     )
-    got = cnm.mean_bucket_singles(singles.astype(np.int64), reports)
+    got = norm_assembly.mean_bucket_singles(singles.astype(np.int64), reports)
     np.testing.assert_array_equal(got, niftypet_buckets(singles, reports))
     with pytest.raises(PetiqInputError, match="no report"):
-        cnm.mean_bucket_singles(np.zeros((3, 224), np.int64), np.zeros((3, 224), np.int32))
+        norm_assembly.mean_bucket_singles(np.zeros((3, 224), np.int64), np.zeros((3, 224), np.int32))
     with pytest.raises(PetiqInputError, match="shape"):
-        cnm.mean_bucket_singles(np.zeros((3, 224), np.int64), np.zeros((3, 223), np.int32))
+        norm_assembly.mean_bucket_singles(np.zeros((3, 224), np.int64), np.zeros((3, 223), np.int32))
 
 
 def test_has_dead_time(tiny):
-    assert not cnm.has_dead_time(random_components(tiny))
-    assert cnm.has_dead_time(random_components(tiny, dead_time=True))
+    assert not norm_assembly.has_dead_time(random_components(tiny))
+    assert norm_assembly.has_dead_time(random_components(tiny, dead_time=True))
     cn = random_components(tiny)
     dtnp = cn.ring_dead_time_nonparalysing.copy()
     dtnp[3] = 1e-7
-    assert cnm.has_dead_time(cn.replace(ring_dead_time_nonparalysing=dtnp))
+    assert norm_assembly.has_dead_time(cn.replace(ring_dead_time_nonparalysing=dtnp))
 
 
 def test_component_norm_file_keeps_the_components(tmp_path, tiny):
     cn = random_components(tiny, 21, dead_time=True)
-    cnm.write_component_norm(tmp_path / "t.n", cn, tiny)
-    summary = cnm.component_norm_file(tmp_path / "t.n", tmp_path / "norm.npz", tiny, 11)
+    norm_writer.write_component_norm(tmp_path / "t.n", cn, tiny)
+    summary = norm_assembly.component_norm_file(tmp_path / "t.n", tmp_path / "norm.npz", tiny, 11)
     assert summary["calibration_factor"] == pytest.approx(1 / 12345.678)  # κ = 1/qf
     with np.load(tmp_path / "norm.npz") as z:
         data = {k: z[k] for k in z.files}
@@ -583,25 +584,27 @@ def test_component_norm_file_keeps_the_components(tmp_path, tiny):
     for f, _ in cnm.COMPONENTS:
         assert data[f"component_{f}"].tobytes() == getattr(cn, f).tobytes()
     assert float(data["quantification_factor"]) == pytest.approx(12345.678, rel=1e-9)
-    back = cnm.components_from_npz(data, tiny)
+    back = norm_assembly.components_from_npz(data, tiny)
     _same(back, cn)
     nb = -(-tiny.crystals_per_ring // 18) * -(-tiny.n_rings // 8)
     bckts = np.full(nb, 150_000)
-    np.testing.assert_array_equal(cnm.norm_sinogram(back, tiny, 11, bckts), cnm.norm_sinogram(cn, tiny, 11, bckts))
-    np.testing.assert_array_equal(data["norm"], cnm.norm_sinogram(cn, tiny, 11))
+    np.testing.assert_array_equal(
+        norm_assembly.norm_sinogram(back, tiny, 11, bckts), norm_assembly.norm_sinogram(cn, tiny, 11, bckts)
+    )
+    np.testing.assert_array_equal(data["norm"], norm_assembly.norm_sinogram(cn, tiny, 11))
     # a norm estimated from a norm scan has no components
     no_comp = {k: v for k, v in data.items() if not k.startswith("component_") and k != "quantification_factor"}
-    assert cnm.components_from_npz(no_comp, tiny) is None
+    assert norm_assembly.components_from_npz(no_comp, tiny) is None
     partial = dict(no_comp, component_geometric=data["component_geometric"])
     with pytest.raises(PetiqInputError, match="lacks"):
-        cnm.components_from_npz(partial, tiny)
+        norm_assembly.components_from_npz(partial, tiny)
 
 
 def test_dicom_forms_ima_inline_and_dcm_with_bf(tmp_path, tiny):
     import pydicom
 
     cn = random_components(tiny, 30, dead_time=True)
-    ima = cnm.write_component_norm(tmp_path / "norm.IMA", cn, tiny)
+    ima = norm_writer.write_component_norm(tmp_path / "norm.IMA", cn, tiny)
     _same(cnm.read_component_norm(ima, tiny), cn)
     # the .dcm + .bf export: the binary beside the DICOM (NiftyPET: dfile[:-4] + '.bf')
     ds = pydicom.dcmread(ima)
@@ -620,16 +623,16 @@ def test_chain_norm_step_from_a_component_norm(tmp_path, tiny):
     from petiq.recon import chain
 
     cn = random_components(tiny, 31)
-    cnm.write_component_norm(tmp_path / "norm.dcm", cn, tiny)
+    norm_writer.write_component_norm(tmp_path / "norm.dcm", cn, tiny)
     step = chain._norm_npz(tmp_path / "norm.dcm", tiny, 11)
     work = tmp_path / "work"
     work.mkdir()
     out = step(work)
     assert out == work / "norm.npz"
     with np.load(out) as z:
-        np.testing.assert_array_equal(z["norm"], cnm.norm_sinogram(cn, tiny, 11))
+        np.testing.assert_array_equal(z["norm"], norm_assembly.norm_sinogram(cn, tiny, 11))
     # checked at once, before any step: a missing header
-    cnm.write_component_norm(tmp_path / "x.n", cn, tiny)
+    norm_writer.write_component_norm(tmp_path / "x.n", cn, tiny)
     (tmp_path / "x.n.hdr").unlink()
     with pytest.raises(PetiqInputError) as e:
         chain._norm_npz(tmp_path / "x.n", tiny, 11)
@@ -657,7 +660,7 @@ def test_reconstruction_norm_carries_the_acquisitions_dead_time(tmp_path, tiny):
         ring_dead_time_paralysing=np.full(tiny.n_rings, p, np.float32),
         ring_dead_time_nonparalysing=np.full(tiny.n_rings, n, np.float32),
     )
-    cnm.write_component_norm(tmp_path / "dt.n", cn, tiny)
+    norm_writer.write_component_norm(tmp_path / "dt.n", cn, tiny)
     pl.norm_file(tmp_path / "dt.n", tmp_path / "norm.npz", tiny, 11)
     s = 200_000
     sino = {

@@ -273,6 +273,7 @@ def test_mumap_with_a_flipped_affine_gives_the_same_attenuation(tmp_path):
     import nibabel as nib
 
     from petiq.cohort.phantom import grid_affine
+    from petiq.recon import correction_io as cio
     from petiq.recon import pipeline as pl
 
     sc = Scanner.tiny()
@@ -293,7 +294,7 @@ def test_mumap_with_a_flipped_affine_gives_the_same_attenuation(tmp_path):
     att = {}
     for name in ("grid", "flipped"):
         pl.attenuation_file(tmp_path / f"{name}.nii.gz", tmp_path / f"{name}.npz", sc, 3)
-        att[name] = pl.read_correction(tmp_path / f"{name}.npz", "attenuation", sc, 3, ("attenuation",))["attenuation"]
+        att[name] = cio.read_correction(tmp_path / f"{name}.npz", "attenuation", sc, 3, ("attenuation",))["attenuation"]
     np.testing.assert_allclose(att["flipped"], att["grid"], rtol=1e-6)
     assert att["grid"].min() < 0.5  # the block attenuates
 

@@ -9,6 +9,7 @@ import pytest
 from helpers import write_mumap_dicom_slice
 
 from petiq.core.errors import PetiqInputError
+from petiq.recon import hardware_mumap
 from petiq.recon import mumap as mm
 from petiq.scanner.frame import scanner_grid_affine, write_nifti
 from petiq.scanner.geometry import Scanner
@@ -131,12 +132,12 @@ def test_hardware_mumap_lands_where_niftypet_formula_says(tiny, tmp_path):
     y = -10 * (vpos[1] + j * vs[1])
     z = bed - 10 * vpos[0] + 10 * k * vs[0]
     ix, iy, iz = (np.array([x, y, z]) / 4.0 + np.array([15.5, 15.5, 7.0])).round().astype(int)
-    hw, infos = mm.hardware_mumap([hdr], tiny, bed_position_mm=bed)
+    hw, infos = hardware_mumap.hardware_mumap([hdr], tiny, bed_position_mm=bed)
     assert infos[0]["format"] == "interfile"
     assert hw[ix, iy, iz] == pytest.approx(0.1, abs=1e-6)
     assert hw.sum() == pytest.approx(0.1, abs=1e-6)
     with pytest.raises(PetiqInputError, match="bed position"):
-        mm.hardware_mumap([hdr], tiny)
+        hardware_mumap.hardware_mumap([hdr], tiny)
 
 
 def test_bad_inputs_name_the_file(tiny, tmp_path):
@@ -234,7 +235,7 @@ def test_attenuation_file_adds_the_hardware_placed_by_the_listmode_bed_position(
     nii = _nii(tmp_path / "mu.nii.gz", patient, scanner_grid_affine(patient.shape, tiny.voxel_size_mm))
     hdr, o, f = _hw_block(tmp_path)
     lm = _listmode_with_bed(tmp_path, 12.0)
-    assert mm.read_bed_position_mm(lm) == 12.0
+    assert hardware_mumap.read_bed_position_mm(lm) == 12.0
     expected_mu = patient.copy()
     cells = _niftypet_indices(o, f, 12.0, (4, 2, 3), tiny)
     for ijk in cells:
@@ -248,7 +249,7 @@ def test_attenuation_file_adds_the_hardware_placed_by_the_listmode_bed_position(
         att, attenuation_factors(expected_mu, tiny.voxel_size_mm, tiny, SPAN), rtol=1e-5, atol=1e-6
     )
     # the μ sum: the hardware adds 24 voxels x 0.1 cm⁻¹ (the line integrals grow by exactly that block's)
-    hw, _ = mm.hardware_mumap([hdr], tiny, 12.0)
+    hw, _ = hardware_mumap.hardware_mumap([hdr], tiny, 12.0)
     assert float(hw.sum()) == pytest.approx(24 * 0.1, rel=1e-5)
     assert all(hw[ijk] == pytest.approx(0.1, abs=1e-6) for ijk in cells)
     # a given bed position wins over the header's; another bed position moves the block along z
@@ -269,7 +270,7 @@ def test_bed_position_missing_from_the_listmode_header_is_an_error_naming_it(tin
     nii = _nii(tmp_path / "mu.nii.gz", patient, scanner_grid_affine(patient.shape, tiny.voxel_size_mm))
     hdr, _, _ = _hw_block(tmp_path)
     lm = _listmode_with_bed(tmp_path, None)
-    assert mm.read_bed_position_mm(lm) is None
+    assert hardware_mumap.read_bed_position_mm(lm) is None
     with pytest.raises(PetiqInputError, match="start horizontal bed position") as err:
         attenuation_file(nii, tmp_path / "att.npz", tiny, SPAN, hardware_mumaps=[hdr], listmode=lm)
     assert "scan.l" in str(err.value) and not (tmp_path / "att.npz").exists()
@@ -316,11 +317,11 @@ def test_table_offsets_read_from_the_mumap_dicom_csa_header_move_the_hardware(ti
         ),
     )
     ds.save_as(str(f))
-    got = mm.read_table_offsets_mm(folder)
+    got = hardware_mumap.read_table_offsets_mm(folder)
     assert got == {"table_position_origin_mm": tpo, "gantry_table_home_offset_mm": gto}
     hdr, _, _ = _hw_block(tmp_path)
-    base, _ = mm.hardware_mumap([hdr], tiny, 12.0)
-    moved, _ = mm.hardware_mumap(
+    base, _ = hardware_mumap.hardware_mumap([hdr], tiny, 12.0)
+    moved, _ = hardware_mumap.hardware_mumap(
         [hdr],
         tiny,
         12.0,
@@ -332,4 +333,7 @@ def test_table_offsets_read_from_the_mumap_dicom_csa_header_move_the_hardware(ti
     np.testing.assert_allclose(moved, np.roll(base, (-1, -2, 2), axis=(0, 1, 2)), atol=1e-6)
     # a DICOM without the CSA header: None for both
     plain = write_mumap_dicom_slice(tmp_path / "plain.dcm", np.zeros((32, 32), np.uint16), (0, 0, 0))
-    assert mm.read_table_offsets_mm(plain) == {"table_position_origin_mm": None, "gantry_table_home_offset_mm": None}
+    assert hardware_mumap.read_table_offsets_mm(plain) == {
+        "table_position_origin_mm": None,
+        "gantry_table_home_offset_mm": None,
+    }

@@ -15,7 +15,7 @@ from scipy import ndimage
 from petiq.cohort.phantom import PatientAnatomy, grid_affine
 from petiq.core.doses import PAPER_DOSES, dose_category
 from petiq.core.errors import PetiqInputError
-from petiq.scoring import reader
+from petiq.scoring import measures, reader, truth
 from petiq.scoring.agreement import RATINGS_COLUMNS, SCORES, calibration_table, check_ratings, load_targets
 from petiq.scoring.calibrate import calibrate_reader
 from petiq.scoring.measures import measure_array
@@ -87,7 +87,7 @@ def toy_recon(
     ph = toy_phantom(diagnosis, severity)
     sigma = RECON_FWHM_MM / 2.3548 / np.asarray(PH_VOXEL)
     blurred = ndimage.gaussian_filter(ph.activity, sigma)
-    mean_image = reader.resample_to_grid(blurred, ph.affine, REF_SHAPE, grid_affine(REF_SHAPE, REF_VOXEL))
+    mean_image = truth.resample_to_grid(blurred, ph.affine, REF_SHAPE, grid_affine(REF_SHAPE, REF_VOXEL))
     field = ndimage.gaussian_filter(np.random.default_rng(noise_seed).normal(size=REF_SHAPE), 0.7)
     field /= field.std()
     level = 0.25 / np.sqrt(dose / 100.0 * counts_scale)
@@ -152,14 +152,14 @@ def test_measure_image_reads_the_sidecar(tmp_path, truths):
     norm01.parent.mkdir(parents=True)
     nib.save(nib.Nifti1Image(image / image.max(), affine), norm01)
     np.savez(tmp_path / "truth.npz", **truths["FTD"])
-    frame = reader.measure_images([pet, norm01], [tmp_path / "truth.npz"] * 2, progress=False)
+    frame = measures.measure_images([pet, norm01], [tmp_path / "truth.npz"] * 2, progress=False)
     for _, row in frame.iterrows():
         assert (row["participant_id"], row["dose"], row["diagnosis"]) == ("sub-01", 25.0, "FTD")
         assert row["dose_per_kg"] == pytest.approx(50.0 / 80.0)
     wrong = tmp_path / "wrong_pet.nii.gz"
     nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.float32), affine), wrong)
     with pytest.raises(PetiqInputError, match="wrong_pet.nii.gz: the image has shape"):
-        reader.measure_image(wrong, truths["FTD"])
+        measures.measure_image(wrong, truths["FTD"])
 
 
 def test_write_reader_truth_rebuilds_and_checks_the_phantom(tmp_path, monkeypatch):
@@ -197,22 +197,22 @@ def test_write_reader_truth_rebuilds_and_checks_the_phantom(tmp_path, monkeypatc
         nib.Nifti1Image(toy_phantom("FTD", 1.0).activity, grid_affine(PH_SHAPE, PH_VOXEL)), tmp_path / "truth.nii.gz"
     )
     out = tmp_path / "sub-07_reader-truth.npz"
-    reader.write_reader_truth(
+    truth.write_reader_truth(
         tmp_path / "sub-07.json", "anatomy", tmp_path / "ref.nii.gz", out, truth_image=tmp_path / "truth.nii.gz"
     )
-    saved = reader.load_truth(out)
+    saved = truth.load_truth(out)
     assert str(saved["participant_id"]) == "sub-07" and saved["affected"].any()
     nib.save(
         nib.Nifti1Image(toy_phantom("FTD", 0.5).activity, grid_affine(PH_SHAPE, PH_VOXEL)), tmp_path / "other.nii.gz"
     )
     with pytest.raises(PetiqInputError, match="does not reproduce"):
-        reader.write_reader_truth(
+        truth.write_reader_truth(
             tmp_path / "sub-07.json", "anatomy", tmp_path / "ref.nii.gz", out, truth_image=tmp_path / "other.nii.gz"
         )
     del sidecar["Phantom"]
     (tmp_path / "bad.json").write_text(json.dumps(sidecar))
     with pytest.raises(PetiqInputError, match="bad.json: the sidecar has no Phantom.anatomy"):
-        reader.write_reader_truth(tmp_path / "bad.json", "anatomy", tmp_path / "ref.nii.gz", out)
+        truth.write_reader_truth(tmp_path / "bad.json", "anatomy", tmp_path / "ref.nii.gz", out)
 
 
 # --------------------------------------------------------------------------- the reader on toy images

@@ -23,6 +23,7 @@ from petiq.listmode.simulate import (
     simulate_norm_scan,
     singles_scale,
 )
+from petiq.recon import correction_io as cio
 from petiq.recon import corrections as corr
 from petiq.recon import osem as osem_mod
 from petiq.recon import pipeline as pl
@@ -351,7 +352,7 @@ def test_attenuation_of_a_water_ball_and_mumap_checks(tmp_path):
     mu = (0.096 * (np.sqrt((xyz**2).sum(0)) <= 30.0)).astype(np.float32)
     nib.save(nib.Nifti1Image(mu, affine), tmp_path / "mu.nii.gz")
     pl.attenuation_file(tmp_path / "mu.nii.gz", tmp_path / "att.npz", sc, SPAN)
-    att = pl.read_correction(tmp_path / "att.npz", "attenuation", sc, SPAN, ("attenuation",))["attenuation"]
+    att = cio.read_correction(tmp_path / "att.npz", "attenuation", sc, SPAN, ("attenuation",))["attenuation"]
     centre = att[sc.segments(SPAN)[0].n_sinograms // 2, :, sc.n_radial // 2]  # segment 0, z = 0, s = 0
     # 60 mm of water through the centre (each view samples the voxelised ball a little differently)
     assert centre.mean() == pytest.approx(np.exp(-0.096 * 6.0), rel=0.01)
@@ -374,7 +375,7 @@ def test_attenuation_of_a_water_ball_and_mumap_checks(tmp_path):
     pl.attenuation_file(tmp_path / "mu.nii.gz", tmp_path / "att.npz", sc, SPAN)
     nib.save(nib.Nifti1Image(mu, affine + _shift(20.0)), tmp_path / "mu_right.nii.gz")
     pl.attenuation_file(tmp_path / "mu_right.nii.gz", tmp_path / "att_right.npz", sc, SPAN)
-    moved = pl.read_correction(tmp_path / "att_right.npz", "attenuation", sc, SPAN, ("attenuation",))["attenuation"]
+    moved = cio.read_correction(tmp_path / "att_right.npz", "attenuation", sc, SPAN, ("attenuation",))["attenuation"]
     on_grid = np.zeros(sc.image_shape, np.float32)  # the ball at scanner (-20, 0, 0) on the 4 mm grid
     g = np.indices(sc.image_shape).reshape(3, -1).T - (np.asarray(sc.image_shape) - 1) / 2.0
     on_grid.reshape(-1)[np.sqrt(((g * 4.0 + [20.0, 0, 0]) ** 2).sum(1)) <= 30.0] = 0.096
@@ -679,7 +680,7 @@ def test_bad_inputs_stop_before_any_output(files, case, tmp_path):
 
 
 def test_randoms_file_roundtrip(files, case):
-    randoms = pl.read_randoms(files["randoms"], case.scanner, SPAN)
+    randoms = cio.read_randoms(files["randoms"], case.scanner, SPAN)
     with np.load(files["randoms"]) as data:
         n_delayeds = float(data["n_delayeds"])
     assert randoms.sum() == pytest.approx(n_delayeds, rel=1e-5)

@@ -16,6 +16,7 @@ from petiq.cohort.phantom import grid_affine
 from petiq.core.errors import PetiqInputError
 from petiq.listmode.simulate import simulate_norm_scan, simulate_patient
 from petiq.recon import chain
+from petiq.recon import correction_io as cio
 from petiq.recon import pipeline as pl
 from petiq.scanner.geometry import Scanner
 
@@ -333,12 +334,14 @@ def test_recon_with_the_scanners_component_norm(acq, tmp_path, capsys):
     components (petiq.recon.component_norm) reconstructs the ball's activity; a component norm of another
     scanner is refused before any step, naming the file."""
     from petiq.listmode.simulate import scanner_calibration, scanner_truth
-    from petiq.recon import component_norm as cnm
+    from petiq.recon import norm_assembly, norm_writer
 
     sc = Scanner.tiny()
     truth = scanner_truth(sc, np.random.default_rng(5))  # the acquisition's scanner_seed
-    cn = cnm.component_norm_from_truth(sc, truth.crystal_efficiency, truth.radial_factor, scanner_calibration(sc, SPAN))
-    cnm.write_component_norm(tmp_path / "truth.n", cn, sc)
+    cn = norm_assembly.component_norm_from_truth(
+        sc, truth.crystal_efficiency, truth.radial_factor, scanner_calibration(sc, SPAN)
+    )
+    norm_writer.write_component_norm(tmp_path / "truth.n", cn, sc)
     out = tmp_path / "img.nii.gz"
     assert (
         main(
@@ -361,12 +364,12 @@ def test_recon_with_the_scanners_component_norm(acq, tmp_path, capsys):
     assert float(data[_inner(sc)].mean()) == pytest.approx(ACTIVITY, rel=0.06)
     with np.load(tmp_path / "img_work" / "norm.npz") as z:
         assert str(z["kind"]) == "norm" and "component_crystal_efficiency" in z.files
-        np.testing.assert_array_equal(z["norm"], cnm.norm_sinogram(cn, sc, SPAN))
+        np.testing.assert_array_equal(z["norm"], norm_assembly.norm_sinogram(cn, sc, SPAN))
     demo = Scanner.demo()
-    other = cnm.component_norm_from_truth(
+    other = norm_assembly.component_norm_from_truth(
         demo, np.ones((demo.n_rings, demo.crystals_per_ring)), np.ones(demo.n_radial), 1.0
     )
-    cnm.write_component_norm(tmp_path / "demo.n", other, demo)
+    norm_writer.write_component_norm(tmp_path / "demo.n", other, demo)
     capsys.readouterr()
     assert (
         main(
@@ -605,7 +608,7 @@ def test_a_span_stored_as_a_one_element_array_is_read_and_two_spans_are_refused(
         path = tmp_path / f"norm-{len(stored)}-{stored[0]}.npz"
         np.savez(path, **{**members, "span": np.asarray(stored)})
         if ok:
-            assert pl.read_correction(path, "norm", sc, SPAN, ("norm",))["norm"].shape == members["norm"].shape
+            assert cio.read_correction(path, "norm", sc, SPAN, ("norm",))["norm"].shape == members["norm"].shape
         else:
             with pytest.raises(PetiqInputError, match=r"stores span .* not one whole number"):
-                pl.read_correction(path, "norm", sc, SPAN, ("norm",))
+                cio.read_correction(path, "norm", sc, SPAN, ("norm",))

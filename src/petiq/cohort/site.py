@@ -47,6 +47,7 @@ def check_site_files(listmode, norm, mumap, hardware_mumaps=(), scanner: Scanner
     * hardware μ-maps: present and readable, and the list-mode header states the bed position
       that places them."""
     from ..listmode import check_listmode
+    from ..recon import hardware_mumap
     from ..recon import mumap as mm
     from ..recon.component_norm import is_component_norm, read_component_norm
     from ..recon.corrections import check_mumap
@@ -73,7 +74,7 @@ def check_site_files(listmode, norm, mumap, hardware_mumaps=(), scanner: Scanner
                     "hardware μ-map not found",
                     "correct the path in hardware_mumaps (relative to the workflow folder)",
                 )
-        bed_position_mm = mm.read_bed_position_mm(listmode)
+        bed_position_mm = hardware_mumap.read_bed_position_mm(listmode)
         if bed_position_mm is None:
             raise PetiqInputError(
                 listmode,
@@ -81,4 +82,4 @@ def check_site_files(listmode, norm, mumap, hardware_mumaps=(), scanner: Scanner
                 "'start horizontal bed position (mm)' to place them",
                 "give the list-mode header as the scanner wrote it, or leave hardware_mumaps empty",
             )
-        mm.hardware_mumap(hardware, scanner, bed_position_mm)
+        hardware_mumap.hardware_mumap(hardware, scanner, bed_position_mm)

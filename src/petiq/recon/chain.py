@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from petiq.core.errors import PetiqInputError
+from petiq.recon import correction_io as cio
 from petiq.recon import pipeline as pl
 
 __all__ = ["DEFAULTS", "histogram_file", "norm01_path", "reconstruct_acquisition"]
@@ -82,7 +83,7 @@ def histogram_file(src, out_npz, scanner, span: int, *, threads: int | None = No
     from petiq.listmode import histogram_listmode
     from petiq.listmode.sinograms import write_sinograms
 
-    scanner = pl._scanner(scanner)
+    scanner = cio.as_scanner(scanner)
     hist = histogram_listmode(src, scanner, span=span, threads=threads)
     write_sinograms(out_npz, hist, scanner.name)
     return hist
@@ -114,7 +115,7 @@ def _acquisition(path, scanner, span: int, threads: int | None = None) -> tuple[
     path = Path(path)
     name = path.name.lower()
     if name.endswith(".npz"):
-        sino = pl._read_sinograms_checked(path, scanner, span)
+        sino = cio.read_sinograms_checked(path, scanner, span)
         if int(sino["n_prompts"]) <= 0 or not float(sino["duration_s"]) > 0:
             raise PetiqInputError(
                 path,
@@ -178,22 +179,23 @@ def _norm_npz(path, scanner, span: int) -> Step:
         "(.n with its .n.hdr, or the norm .dcm/.IMA)"
     )
     from petiq.recon import component_norm as cnm
+    from petiq.recon import norm_assembly
 
     if cnm.is_component_norm(path):
         cnm.read_component_norm(path, scanner)
 
         def assemble(work: Path) -> Path:
-            cnm.component_norm_file(path, work / STEP_FILES["norm"], scanner, span)
+            norm_assembly.component_norm_file(path, work / STEP_FILES["norm"], scanner, span)
             return work / STEP_FILES["norm"]
 
         return assemble
     if path.name.lower().endswith(".npz"):
         members = _npz_members(path, "norm", fix)
         if str(members.get("kind", "")) == "norm":
-            pl.read_correction(path, "norm", scanner, span, ("norm", "calibration_factor"))
+            cio.read_correction(path, "norm", scanner, span, ("norm", "calibration_factor"))
             return lambda work: path
-        if all(key in members["files"] for key in pl.NORM_SCAN_KEYS):
-            pl._check_scanner_span(path, {"scanner": members.get("scanner", "")}, scanner, span, "the norm scan", fix)
+        if all(key in members["files"] for key in cio.NORM_SCAN_KEYS):
+            cio.check_scanner_span(path, {"scanner": members.get("scanner", "")}, scanner, span, "the norm scan", fix)
 
             def estimate(work: Path) -> Path:
                 pl.estimate_norm_file(path, work / STEP_FILES["norm"], scanner, span)
@@ -232,6 +234,7 @@ def _attenuation(
     else the DICOM μ-map's CSA ``GantryTableHomeOffset``; ``table_position_origin_mm``, else a list-mode
     ``.dcm``'s CSA ``TablePositionOrigin`` (:func:`petiq.recon.hardware_mumap.read_table_offsets_mm`). Neither
     known: both 0; only one known: an error (the hardware would be misplaced by the other)."""
+    from petiq.recon import hardware_mumap
     from petiq.recon import mumap as mm
     from petiq.recon.corrections import check_mumap
     from petiq.scanner import frame
@@ -249,7 +252,7 @@ def _attenuation(
     hardware_mumaps = [Path(p) for p in (hardware_mumaps or ())]
     if hardware_mumaps:
         if bed_position_mm is None:
-            bed_position_mm = mm.read_bed_position_mm(listmode) if listmode is not None else None
+            bed_position_mm = hardware_mumap.read_bed_position_mm(listmode) if listmode is not None else None
         if bed_position_mm is None:
             where = listmode if listmode is not None else hardware_mumaps[0]
             raise PetiqInputError(
@@ -267,7 +270,7 @@ def _attenuation(
             raise PetiqInputError(None, f"bed position {bed_position_mm!r} mm", "give the bed position in mm")
         bed_position_mm = float(bed_position_mm)
         offsets = _table_offsets(mumap, info["format"], listmode, table_position_origin_mm, gantry_table_home_offset_mm)
-        mm.hardware_mumap(hardware_mumaps, scanner, bed_position_mm, **offsets)
+        hardware_mumap.hardware_mumap(hardware_mumaps, scanner, bed_position_mm, **offsets)
     else:
         offsets = {}
 
@@ -300,14 +303,14 @@ def _table_offsets(mumap: Path, mumap_format: str, listmode, tpo, gto) -> dict:
     """The table offsets for :func:`petiq.recon.hardware_mumap.hardware_mumap`: given, else read from the
     μ-map DICOM (``GantryTableHomeOffset``) and a list-mode ``.dcm`` (``TablePositionOrigin``)."""
     from petiq.listmode.dicom import dicom_path, is_dicom_form
-    from petiq.recon import mumap as mm
+    from petiq.recon import hardware_mumap
 
     where = {"gto": "given", "tpo": "given"}
     if gto is None and mumap_format == "dicom":
-        gto = mm.read_table_offsets_mm(mumap)["gantry_table_home_offset_mm"]
+        gto = hardware_mumap.read_table_offsets_mm(mumap)["gantry_table_home_offset_mm"]
         where["gto"] = str(mumap)
     if tpo is None and listmode is not None and is_dicom_form(listmode):
-        tpo = mm.read_table_offsets_mm(dicom_path(listmode))["table_position_origin_mm"]
+        tpo = hardware_mumap.read_table_offsets_mm(dicom_path(listmode))["table_position_origin_mm"]
         where["tpo"] = str(dicom_path(listmode))
     if tpo is None and gto is None:
         return {}
@@ -336,7 +339,7 @@ def _check_options(scanner, span, n_iterations, n_subsets, post_filter_fwhm_mm, 
     from petiq.recon.osem import BACKENDS, subset_views
     from petiq.recon.scatter import estimate_scatter
 
-    scanner = pl._scanner(scanner)
+    scanner = cio.as_scanner(scanner)
     span = scanner.check_span(span)
     if isinstance(n_iterations, bool) or not isinstance(n_iterations, (int, np.integer)) or n_iterations < 1:
         raise PetiqInputError(None, f"iterations = {n_iterations!r}", "give a whole number ≥ 1 (e7, the paper: 2)")

@@ -30,161 +30,51 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
 
 from petiq.core.decay import frame_quantification
 from petiq.core.errors import PetiqInputError
-from petiq.core.fileio import atomic_path, write_npz
+from petiq.core.fileio import atomic_path
 from petiq.recon import corrections as corr
 from petiq.recon import scatter as sct
 from petiq.recon.osem import osem, resolve_backend, system_model
-from petiq.scanner.geometry import Scanner
+
+from .correction_io import (
+    NORM_SCAN_KEYS,
+    as_scanner,
+    check_scanner_span,
+    load_npz,
+    read_correction,
+    read_randoms,
+    read_sinograms_checked,
+    save_npz,
+)
 
 __all__ = [
     "attenuation_file",
     "estimate_norm_file",
     "norm_file",
     "randoms_file",
-    "read_correction",
     "read_norm",
-    "read_randoms",
     "reconstruct_file",
     "scatter_file",
 ]
 
 log = logging.getLogger("petiq.recon")
 
-NORM_SCAN_KEYS = (
-    "fansums",
-    "sinogram",
-    "span",
-    "phantom_radius_mm",
-    "phantom_mu_cm",
-    "phantom_activity_bq_per_ml",
-    "duration_s",
-    "calibration_factor",
-)
-
-
-# ----------------------------------------------------------------------------- helpers
-def _scanner(scanner) -> Scanner:
-    return scanner if isinstance(scanner, Scanner) else Scanner.from_name(scanner)
-
-
-def _load_npz(path, what: str, fix: str) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise PetiqInputError(path, f"{what} file not found", fix)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
-    except (OSError, ValueError, EOFError) as error:
-        raise PetiqInputError(path, f"not a readable {what} file ({error})", fix) from None
-
-
-def _check_scanner_span(path, data: dict, scanner: Scanner, span: int, what: str, fix: str) -> None:
-    got_scanner = str(data.get("scanner", ""))
-    if got_scanner != scanner.name:
-        raise PetiqInputError(
-            path,
-            f"{what} is for scanner {got_scanner or '(unknown)'!r}, this reconstruction uses {scanner.name!r}",
-            fix,
-        )
-    if "span" in data and _stored_span(path, data["span"], what, fix) != span:
-        raise PetiqInputError(
-            path,
-            f"{what} has span {_stored_span(path, data['span'], what, fix)}, this reconstruction uses span {span}",
-            fix,
-        )
-
-
-def _stored_span(path, value, what: str, fix: str) -> int:
-    """The span a file stores: one whole number (0-d, or an array of one element as other writers save it)."""
-    stored = np.asarray(value)
-    if stored.size != 1 or stored.dtype.kind not in "iuf" or not float(stored.ravel()[0]).is_integer():
-        raise PetiqInputError(path, f"{what} stores span {stored.tolist()!r}, not one whole number", fix)
-    return int(stored.ravel()[0])
-
-
-def read_correction(path, kind: str, scanner, span: int, keys: tuple[str, ...] = ()) -> dict:
-    """Load a correction ``.npz`` of this ``kind`` and check its scanner, span and sinogram shapes."""
-    scanner = _scanner(scanner)
-    span = scanner.check_span(int(span))
-    fix = f"recompute the {kind} file for scanner {scanner.name!r} and span {span} (the config's scanner/span)"
-    data = _load_npz(path, f"{kind} correction", fix)
-    if str(data.get("kind", "")) != kind:
-        raise PetiqInputError(
-            path, f"expected a {kind} file, got kind {str(data.get('kind', '(none)'))!r}", f"pass the {kind} file here"
-        )
-    _check_scanner_span(path, data, scanner, span, f"the {kind} file", fix)
-    missing = [k for k in keys if k not in data]
-    if missing:
-        raise PetiqInputError(path, f"{kind} file lacks {missing}", fix)
-    shape = scanner.sinogram_shape(span)
-    for key in keys:
-        arr = data[key]
-        if key in ("norm", "attenuation", "scatter"):
-            if arr.shape != shape:
-                raise PetiqInputError(path, f"{key} sinogram has shape {arr.shape}, expected {shape}", fix)
-            if not np.isfinite(arr).all() or arr.min() < 0:
-                raise PetiqInputError(path, f"{key} sinogram has NaN, infinite or negative values", fix)
-    return data
-
-
-def read_randoms(path, scanner, span: int) -> np.ndarray:
-    """The expected randoms sinogram (float32, span ``span``) of a randoms file."""
-    scanner = _scanner(scanner)
-    data = read_correction(path, "randoms", scanner, span, ("singles", "scale"))
-    singles = data["singles"]
-    if (
-        singles.shape != (scanner.n_rings, scanner.crystals_per_ring)
-        or not np.isfinite(singles).all()
-        or singles.min() < 0
-    ):
-        raise PetiqInputError(
-            path, f"singles have shape {singles.shape} or bad values", "recompute the randoms file for this scanner"
-        )
-    randoms = corr.crystal_pair_sums(scanner, singles, span) * np.float32(float(data["scale"]))
-    return randoms.astype(np.float32)
-
-
-def _read_sinograms_checked(path, scanner: Scanner, span: int) -> dict:
-    from petiq.listmode.sinograms import read_sinograms
-
-    sino = read_sinograms(path)
-    fix = f"histogram the list-mode for scanner {scanner.name!r} with span {span} (the config's scanner/span)"
-    _check_scanner_span(path, sino, scanner, span, "the sinogram file", fix)
-    shape = scanner.sinogram_shape(span)
-    for key in ("prompts", "delayeds"):
-        if sino[key].shape != shape:
-            raise PetiqInputError(path, f"{key} have shape {sino[key].shape}, expected {shape}", fix)
-    if sino["delayed_fansums"].size != scanner.n_crystals:
-        raise PetiqInputError(
-            path,
-            f"delayed_fansums has {sino['delayed_fansums'].size} crystals, scanner "
-            f"{scanner.name!r} has {scanner.n_crystals}",
-            fix,
-        )
-    return sino
-
-
-def _save_npz(out, arrays: dict) -> None:
-    write_npz(out, **arrays)
-
 
 # ----------------------------------------------------------------------------- steps
 def estimate_norm_file(norm_scan_npz, out_npz, scanner, span: int) -> dict:
     """Norm scan (``petiq simulate --norm``) → component-based normalisation file (span ``span``)."""
-    scanner = _scanner(scanner)
+    scanner = as_scanner(scanner)
     span = scanner.check_span(int(span))
     fix = f"simulate the norm scan for scanner {scanner.name!r} (`petiq simulate --norm --scanner {scanner.name}`)"
-    scan = _load_npz(norm_scan_npz, "norm scan", fix)
+    scan = load_npz(norm_scan_npz, "norm scan", fix)
     missing = [k for k in NORM_SCAN_KEYS if k not in scan]
     if missing:
         raise PetiqInputError(norm_scan_npz, f"norm scan lacks {missing}", fix)
-    _check_scanner_span(norm_scan_npz, {"scanner": scan.get("scanner", "")}, scanner, span, "the norm scan", fix)
+    check_scanner_span(norm_scan_npz, {"scanner": scan.get("scanner", "")}, scanner, span, "the norm scan", fix)
     scan_span = scanner.check_span(int(scan["span"]))
     if scan["fansums"].size != scanner.n_crystals or scan["sinogram"].shape != scanner.sinogram_shape(scan_span):
         raise PetiqInputError(norm_scan_npz, "norm scan arrays do not match the scanner's crystals/sinogram", fix)
@@ -207,7 +97,7 @@ def estimate_norm_file(norm_scan_npz, out_npz, scanner, span: int) -> dict:
         span=span,
     )
     summary = {**est.summary, "scanner": scanner.name, "span": span, "calibration_factor": est.calibration_factor}
-    _save_npz(
+    save_npz(
         out_npz,
         {
             "kind": np.asarray("norm"),
@@ -233,7 +123,7 @@ def norm_file(src, out_npz, scanner, span: int) -> dict:
     from petiq.recon.norm_assembly import component_norm_file
 
     if is_component_norm(src):
-        return component_norm_file(src, out_npz, _scanner(scanner), span)
+        return component_norm_file(src, out_npz, as_scanner(scanner), span)
     return estimate_norm_file(src, out_npz, scanner, span)
 
 
@@ -247,20 +137,20 @@ def read_norm(
     singles (``sino``'s ``singles``/``singles_reports``, NiftyPET ``mmrhist`` ``buckets``), as NiftyPET's
     ``norm.cu`` does for every frame; otherwise it is the file's ``norm``. ``info`` says which
     (``dead_time``: False, or the mean and range of the crystals' dead-time factors)."""
-    from petiq.recon import component_norm as cnm
+    from petiq.recon import norm_assembly
 
-    scanner = _scanner(scanner)
+    scanner = as_scanner(scanner)
     data = read_correction(path, "norm", scanner, span, ("norm", "calibration_factor"))
     kappa = float(data["calibration_factor"])
-    components = cnm.components_from_npz(data, scanner)
-    if components is None or not cnm.has_dead_time(components) or sino is None:
+    components = norm_assembly.components_from_npz(data, scanner)
+    if components is None or not norm_assembly.has_dead_time(components) or sino is None:
         return data["norm"], kappa, {"dead_time": False}
     from petiq.listmode.sinograms import require_singles
 
     singles, reports, _interval = require_singles(sino, sinograms_path, scanner.n_buckets)
-    buckets = cnm.mean_bucket_singles(singles, reports)
-    norm = cnm.norm_sinogram(components, scanner, span, buckets)
-    factor = cnm.dead_time_factor(components, scanner, buckets)
+    buckets = norm_assembly.mean_bucket_singles(singles, reports)
+    norm = norm_assembly.norm_sinogram(components, scanner, span, buckets)
+    factor = norm_assembly.dead_time_factor(components, scanner, buckets)
     live = ~scanner.is_gap(np.arange(scanner.crystals_per_ring))
     info = {
         "dead_time": True,
@@ -279,12 +169,12 @@ def read_norm(
 
 def randoms_file(sinograms_npz, out_npz, scanner, span: int) -> dict:
     """Delayeds of a sinogram file → variance-reduced randoms file (singles from delayed fan sums)."""
-    scanner = _scanner(scanner)
+    scanner = as_scanner(scanner)
     span = scanner.check_span(int(span))
-    sino = _read_sinograms_checked(sinograms_npz, scanner, span)
+    sino = read_sinograms_checked(sinograms_npz, scanner, span)
     est = corr.estimate_randoms(sino["delayeds"], sino["delayed_fansums"], scanner, span)
     n_delayeds = float(sino["delayeds"].sum(dtype=np.float64))
-    _save_npz(
+    save_npz(
         out_npz,
         {
             "kind": np.asarray("randoms"),
@@ -325,14 +215,15 @@ def attenuation_file(
     μ-maps (:func:`petiq.recon.hardware_mumap.hardware_mumap`) need ``bed_position_mm`` or a ``listmode`` whose
     header holds ``start horizontal bed position (mm)``, and the table offsets (x, y, z mm) go to it;
     they are added to the patient μ-map."""
+    from petiq.recon import hardware_mumap
     from petiq.recon import mumap as mm
     from petiq.scanner import frame
 
-    scanner = _scanner(scanner)
+    scanner = as_scanner(scanner)
     span = scanner.check_span(int(span))
     hardware_mumaps = [str(p) for p in (hardware_mumaps or ())]
     if hardware_mumaps and bed_position_mm is None:
-        bed_position_mm = mm.read_bed_position_mm(listmode) if listmode is not None else None
+        bed_position_mm = hardware_mumap.read_bed_position_mm(listmode) if listmode is not None else None
         if bed_position_mm is None:
             raise PetiqInputError(
                 listmode if listmode is not None else hardware_mumaps[0],
@@ -358,7 +249,7 @@ def attenuation_file(
         )
     hardware_info = []
     if hardware_mumaps:
-        hw, hardware_info = mm.hardware_mumap(
+        hw, hardware_info = hardware_mumap.hardware_mumap(
             hardware_mumaps,
             scanner,
             bed_position_mm,
@@ -373,7 +264,7 @@ def attenuation_file(
         "bed_position_mm": bed_position_mm,
         "hardware": hardware_info,
     }
-    _save_npz(
+    save_npz(
         out_npz,
         {
             "kind": np.asarray("attenuation"),
@@ -401,14 +292,14 @@ def scatter_file(
 ) -> dict:
     """Prompts + norm + randoms + attenuation → scatter file (:func:`petiq.recon.scatter.estimate_scatter`;
     ``scatter_options`` go to it)."""
-    scanner = _scanner(scanner)
+    scanner = as_scanner(scanner)
     span = scanner.check_span(int(span))
-    sino = _read_sinograms_checked(sinograms_npz, scanner, span)
+    sino = read_sinograms_checked(sinograms_npz, scanner, span)
     norm, _kappa, _dead_time = read_norm(norm_npz, scanner, span, sino, sinograms_npz)
     att = read_correction(attenuation_npz, "attenuation", scanner, span, ("attenuation",))["attenuation"]
     randoms = read_randoms(randoms_npz, scanner, span)
     est = sct.estimate_scatter(sino["prompts"], randoms, norm, att, scanner, span, **scatter_options)
-    _save_npz(
+    save_npz(
         out_npz,
         {
             "kind": np.asarray("scatter"),
@@ -435,7 +326,11 @@ SCATTER_METHOD = (
     "emission inside the object, scaled by least squares to the scatter tails); not e7's "
     "single scatter simulation"
 )
+
+
 RANDOMS_METHOD = "DLYD (delayed window, variance-reduced: singles from delayed fan sums)"
+
+
 ATTENUATION_METHOD = "measured μ-map (cm⁻¹), attenuation factors exp(-∫μ) forward-projected in the system model"
 
 
@@ -532,13 +427,13 @@ def reconstruct_file(
     from petiq.core.fileio import _json_default
     from petiq.scanner.frame import nifti_image, scanner_grid_affine
 
-    scanner = _scanner(scanner)
+    scanner = as_scanner(scanner)
     span = scanner.check_span(int(span))
     if post_filter_fwhm_mm is None or post_filter_fwhm_mm < 0:
         raise PetiqInputError(None, f"post_filter_fwhm_mm = {post_filter_fwhm_mm!r}", "use 0 (off) or a FWHM in mm")
     backend_used = resolve_backend(backend)
     # --- all inputs, checked before any work
-    sino = _read_sinograms_checked(sinograms_npz, scanner, span)
+    sino = read_sinograms_checked(sinograms_npz, scanner, span)
     prompts = sino["prompts"]
     if int(sino["n_prompts"]) <= 0 or not prompts.any():
         raise PetiqInputError(
