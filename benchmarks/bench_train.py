@@ -30,8 +30,8 @@ import torch
 
 from petiq.learning.data import apply_preprocessing
 from petiq.learning.models import N_BLOCKS, build_model, set_freeze_level
-from petiq.learning.precision import _Compute, cpu_has_native_bf16, resolve_precision
-from petiq.learning.stack import _compute_features, _Front, _Inputs, _Stack, _Tail
+from petiq.learning.precision import Compute, cpu_has_native_bf16, resolve_precision
+from petiq.learning.stack import Front, Inputs, Stack, Tail, compute_features
 from petiq.learning.weights import TORCHVISION_RGB
 
 TARGETS = {0: 20.0, 2: 3.0, 5: 1.8}
@@ -87,7 +87,7 @@ class Engine:
         self, k: int, patches: torch.Tensor, targets: torch.Tensor, device: torch.device, batch: int, stack: int
     ):
         self.precision = resolve_precision("auto", device, k)
-        compute = _Compute.make(device, self.precision, k)
+        compute = Compute.make(device, self.precision, k)
         models = [
             set_freeze_level(build_model("vgg16", 3, patch_size=patches.shape[-1], seed=1 + r), k).to(device)
             for r in range(stack)
@@ -95,16 +95,16 @@ class Engine:
         cut = N_BLOCKS - k
         self.cache_s_per_patch = 0.0
         if cut:
-            front = _Front(models[0], cut)  # frozen blocks shared by the repeats, as with ImageNet weights
+            front = Front(models[0], cut)  # frozen blocks shared by the repeats, as with ImageNet weights
             sync(device)
             t = time.perf_counter()
-            cache = _compute_features(front, patches, TORCHVISION_RGB, torch.float32, 64, False, "cache")
+            cache = compute_features(front, patches, TORCHVISION_RGB, torch.float32, 64, False, "cache")
             sync(device)
             self.cache_s_per_patch = (time.perf_counter() - t) / len(patches)
-            self.inputs = _Inputs(cache=cache)
+            self.inputs = Inputs(cache=cache)
         else:
-            self.inputs = _Inputs(raw=patches, prep=TORCHVISION_RGB, compute=compute)
-        self.stack = _Stack([_Tail(m, cut) for m in models], compute, 1e-4, 1e-7)
+            self.inputs = Inputs(raw=patches, prep=TORCHVISION_RGB, compute=compute)
+        self.stack = Stack([Tail(m, cut) for m in models], compute, 1e-4, 1e-7)
         self.targets, self.batch, self.R, self.device = targets, batch, stack, device
         self.rng = np.random.default_rng(0)
         self.config = (

@@ -186,9 +186,9 @@ def card_metadata_license(card):
 
 
 def test_extra_card_cannot_replace_the_metadata():
-    from petiq.learning.outputs import _check_extra_card
+    from petiq.learning.outputs import check_extra_card
 
     for key in METADATA_KEYS:
         with pytest.raises(ValueError, match=key):
-            _check_extra_card({key: "anything", "experiment": "fig08"})
-    _check_extra_card({"sources": SYNTHETIC, "patch": {}})  # the workflow's provenance keys are the caller's
+            check_extra_card({key: "anything", "experiment": "fig08"})
+    check_extra_card({"sources": SYNTHETIC, "patch": {}})  # the workflow's provenance keys are the caller's

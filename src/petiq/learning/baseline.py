@@ -16,19 +16,19 @@ from torch import nn
 
 from ..core.errors import PetiqInputError
 from ..core.seeding import derive_seed
-from .checkpoints import _drop_resume_states, _read_resume, _Repeat, _repeat_fingerprint
+from .checkpoints import Repeat, drop_resume_states, read_resume, repeat_fingerprint
 from .data import PatchSet
 from .models import (
     HEAD_NOTE,
 )
-from .outputs import _check_extra_card, _finish_run, _training_info
-from .precision import _Compute, _deterministic, _device_name, resolve_device
+from .outputs import check_extra_card, finish_run, training_info
+from .precision import Compute, deterministic, device_name, resolve_device
 from .spec import MODEL_FORMAT, TrainSpec
-from .stack import _Inputs, _Stack
-from .train import _check_sets, _fit
+from .stack import Inputs, Stack
+from .train import check_sets, fit
 
 
-def _baseline_module(n_outputs: int, head: str, seed: int) -> nn.Sequential:
+def baseline_module(n_outputs: int, head: str, seed: int) -> nn.Sequential:
     """One fully connected layer from dose/kg to the scores (Keras init: Glorot-uniform, zero bias)."""
     layers: list[nn.Module] = [nn.Linear(1, n_outputs)]
     if head == "relu":
@@ -90,12 +90,12 @@ def train_dose_baseline(
         raise PetiqInputError(
             None, "an evaluation set is called 'val'", "the validation set is always written; rename it"
         )
-    _check_sets(spec, sets, seeds, out_dirs)
-    _check_extra_card(extra_card)
+    check_sets(spec, sets, seeds, out_dirs)
+    check_extra_card(extra_card)
     out_dirs = [Path(d) for d in out_dirs]
     progress = progress and sys.stderr.isatty()
     device = resolve_device(spec.device)
-    compute = _Compute.make(device, "fp32")
+    compute = Compute.make(device, "fp32")
     keys = ("targets", "head", "learning_rate", "batch_size", "adam_eps")
     fingerprint = hashlib.sha256(
         json.dumps(
@@ -110,19 +110,19 @@ def train_dose_baseline(
     x = {k: torch.from_numpy(v.patches.reshape(-1, 1)).to(device) for k, v in sets.items()}
     y = {k: torch.from_numpy(v.targets).to(device) for k, v in sets.items()}
     cards = []
-    with _deterministic(device, derive_seed(seeds[0], "torch")):
+    with deterministic(device, derive_seed(seeds[0], "torch")):
         for i, (seed, out_dir) in enumerate(zip(seeds, out_dirs)):  # a tiny model: stacking gains nothing
             out_dir.mkdir(parents=True, exist_ok=True)
-            rep = _Repeat(seed, out_dir, _repeat_fingerprint(fingerprint, seed))
-            state = _read_resume(out_dir / "last.pt", rep.fingerprint)
-            module = _baseline_module(len(spec.targets), spec.head, derive_seed(seed, "init")).to(device)
-            stack = _Stack([module], compute, spec.learning_rate, spec.adam_eps)
-            _fit(
+            rep = Repeat(seed, out_dir, repeat_fingerprint(fingerprint, seed))
+            state = read_resume(out_dir / "last.pt", rep.fingerprint)
+            module = baseline_module(len(spec.targets), spec.head, derive_seed(seed, "init")).to(device)
+            stack = Stack([module], compute, spec.learning_rate, spec.adam_eps)
+            fit(
                 stack,
                 [rep],
-                _Inputs(cache=x["train"]),
+                Inputs(cache=x["train"]),
                 y["train"],
-                _Inputs(cache=x["val"]),
+                Inputs(cache=x["val"]),
                 y["val"],
                 epochs=spec.epochs,
                 batch_size=spec.batch_size,
@@ -161,20 +161,20 @@ def train_dose_baseline(
                 "targets": list(spec.targets),
                 "head": spec.head,
                 "head_note": HEAD_NOTE[spec.head],
-                "training": _training_info(spec),
+                "training": training_info(spec),
                 "seed": int(seed),
                 "repeat": i,
                 "data": {k: v.describe() for k, v in sets.items()},
                 "engine": {
                     "device": str(device),
-                    "device_name": _device_name(device),
+                    "device_name": device_name(device),
                     "precision": "fp32",
                     "deterministic": True,
                 },
             }
             eval_sets = {k: v for k, v in sets.items() if k != "train"}
             cards.append(
-                _finish_run(
+                finish_run(
                     out_dir,
                     rep,
                     f"dose/kg baseline, lr {spec.learning_rate:g}, seed {seed}",
@@ -185,5 +185,5 @@ def train_dose_baseline(
                     extra_card,
                 )
             )
-    _drop_resume_states(spec, out_dirs)
+    drop_resume_states(spec, out_dirs)
     return cards

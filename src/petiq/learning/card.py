@@ -414,9 +414,9 @@ def card_problems(card: Mapping) -> list[str]:
     """Every way ``card`` breaks the schema, each naming the key (empty: valid)."""
     from jsonschema import Draft202012Validator
 
-    from ..core.fileio import _json_default
+    from ..core.fileio import json_default
 
-    plain = json.loads(json.dumps(card, default=_json_default))
+    plain = json.loads(json.dumps(card, default=json_default))
     validator = Draft202012Validator(card_schema())
     problems = []
     for error in sorted(validator.iter_errors(plain), key=lambda e: list(map(str, e.absolute_path))):

@@ -22,7 +22,7 @@ from .spec import MODEL_FORMAT, RESUME_FORMAT, TrainSpec
 
 
 @dataclass
-class _Repeat:
+class Repeat:
     """One repeat's progress: best state (lowest validation loss), curve, resume bookkeeping."""
 
     seed: int
@@ -33,23 +33,23 @@ class _Repeat:
     resumed_from: int | None = None
 
 
-def _to_cpu(state: dict) -> dict:
+def to_cpu(state: dict) -> dict:
     return {
-        k: (_to_cpu(v) if isinstance(v, dict) else v.cpu() if isinstance(v, torch.Tensor) else v)
+        k: (to_cpu(v) if isinstance(v, dict) else v.cpu() if isinstance(v, torch.Tensor) else v)
         for k, v in state.items()
     }
 
 
-def _save_resume(path: Path, payload: dict) -> None:
+def save_resume(path: Path, payload: dict) -> None:
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
 
-def _repeat_fingerprint(fingerprint: str, seed: int) -> str:
+def repeat_fingerprint(fingerprint: str, seed: int) -> str:
     return hashlib.sha256(f"{fingerprint}\x1f{int(seed)}".encode()).hexdigest()
 
 
-def _read_resume(path: Path, fingerprint: str) -> dict | None:
+def read_resume(path: Path, fingerprint: str) -> dict | None:
     if not path.is_file():
         return None
     try:
@@ -67,12 +67,12 @@ def _read_resume(path: Path, fingerprint: str) -> dict | None:
     return state
 
 
-def _save_checkpoint(path: Path, payload: dict) -> None:
+def save_checkpoint(path: Path, payload: dict) -> None:
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
 
-def _load_checkpoint(path: Path) -> dict:
+def load_checkpoint(path: Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
@@ -86,7 +86,7 @@ def _load_checkpoint(path: Path) -> dict:
     return ckpt
 
 
-def _drop_resume_states(spec: TrainSpec, out_dirs: Sequence[Path]) -> None:
+def drop_resume_states(spec: TrainSpec, out_dirs: Sequence[Path]) -> None:
     """Once every repeat's outputs are written (a crash before leaves each repeat resumable)."""
     if not spec.keep_resume_state:
         for d in out_dirs:
@@ -101,13 +101,13 @@ def load_run(run_dir: str | Path) -> tuple[nn.Module, dict, object]:
     path = run_dir / "model.pt"
     if not path.is_file():
         raise PetiqInputError(path, "the run has no model.pt", "give the folder of a finished training run")
-    ckpt = _load_checkpoint(path)
+    ckpt = load_checkpoint(path)
     card_path = run_dir / "card.json"
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
     if ckpt["kind"] == "dose_baseline":
-        from .baseline import _baseline_module  # the baseline's module (baseline imports this module)
+        from .baseline import baseline_module  # the baseline's module (baseline imports this module)
 
-        model = _baseline_module(len(ckpt["targets"]), ckpt["head"], seed=0)
+        model = baseline_module(len(ckpt["targets"]), ckpt["head"], seed=0)
         model.load_state_dict(ckpt["state_dict"])
         return model.eval(), card, None
     model = build_model(ckpt["backbone"], ckpt["n_outputs"], ckpt["head"], ckpt["patch_size"], device="meta")

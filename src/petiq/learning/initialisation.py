@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..core.errors import PetiqInputError
 from ..core.seeding import derive_seed
-from .checkpoints import _load_checkpoint
+from .checkpoints import load_checkpoint
 from .models import (
     PatchRegressor,
     build_model,
@@ -21,14 +21,14 @@ from .spec import TrainSpec
 
 
 @dataclass
-class _Init:
+class Init:
     kind: str
     preprocessing: object
     state: dict | None = None
     info: dict = field(default_factory=dict)
 
 
-def _resolve_init(spec: TrainSpec, patch_size: int) -> _Init:
+def resolve_init(spec: TrainSpec, patch_size: int) -> Init:
     """Find the starting weights and the preprocessing before any work (missing weights stop here)."""
     from .weights import Preprocessing, find_imagenet_weights, load_imagenet_state_dict, sha256_of
 
@@ -37,7 +37,7 @@ def _resolve_init(spec: TrainSpec, patch_size: int) -> _Init:
         source = find_imagenet_weights(spec.backbone, spec.imagenet_weights, spec.weights_dir)
         state = load_imagenet_state_dict(source)
         prep = override or source.preprocessing
-        return _Init(
+        return Init(
             "imagenet", prep, state, {"kind": "imagenet", "weights_origin": source.origin, "weights": source.as_dict()}
         )
     if spec.init == "random":
@@ -48,7 +48,7 @@ def _resolve_init(spec: TrainSpec, patch_size: int) -> _Init:
             if backbone.init == "keras"
             else "torchvision's default initialisation"
         )
-        return _Init(
+        return Init(
             "random", prep, None, {"kind": "random", "weights_origin": "random", "weights": None, "random_init": how}
         )
     path = Path(spec.init)
@@ -60,7 +60,7 @@ def _resolve_init(spec: TrainSpec, patch_size: int) -> _Init:
             "init names neither 'imagenet', 'random' nor an existing pretext checkpoint",
             "give 'imagenet', 'random' or the model.pt of a finished pretext run",
         )
-    ckpt = _load_checkpoint(path)
+    ckpt = load_checkpoint(path)
     if ckpt.get("kind") != "patch" or ckpt["backbone"] != spec.backbone or ckpt["patch_size"] != patch_size:
         raise PetiqInputError(
             path,
@@ -68,7 +68,7 @@ def _resolve_init(spec: TrainSpec, patch_size: int) -> _Init:
             "start from a pretext run with the same backbone and patches",
         )
     prep = override or Preprocessing.from_dict(ckpt["preprocessing"])
-    return _Init(
+    return Init(
         "pretext",
         prep,
         ckpt["state_dict"],
@@ -89,7 +89,7 @@ def _resolve_init(spec: TrainSpec, patch_size: int) -> _Init:
     )
 
 
-def _init_identity(init: _Init) -> dict:
+def init_identity(init: Init) -> dict:
     """What the starting weights are, by checksum (not by path: moving a file does not change a run)."""
     if init.kind == "imagenet":
         return {"kind": "imagenet", "sha256": init.info["weights"]["sha256"], "prep": init.preprocessing.as_dict()}
@@ -98,7 +98,7 @@ def _init_identity(init: _Init) -> dict:
     return {"kind": "random", "prep": init.preprocessing.as_dict()}
 
 
-def _initial_model(spec: TrainSpec, init: _Init, seed: int, patch_size: int) -> PatchRegressor:
+def initial_model(spec: TrainSpec, init: Init, seed: int, patch_size: int) -> PatchRegressor:
     model = build_model(
         spec.backbone, len(spec.targets), head=spec.head, patch_size=patch_size, seed=derive_seed(seed, "init")
     )

@@ -15,9 +15,9 @@ from .. import __version__
 from ..core.errors import PetiqInputError
 from ..core.fileio import write_json, write_tsv
 from .card import card_metadata, validate_card
-from .checkpoints import _Repeat, _save_checkpoint
+from .checkpoints import Repeat, save_checkpoint
 from .data import PatchSet, apply_preprocessing
-from .initialisation import _Init
+from .initialisation import Init
 from .models import (
     HEAD_NOTE,
     N_BLOCKS,
@@ -74,7 +74,7 @@ def _metrics(patches: pd.DataFrame, images: pd.DataFrame, targets: Sequence[str]
     }
 
 
-def _check_extra_card(extra: Mapping | None) -> None:
+def check_extra_card(extra: Mapping | None) -> None:
     clash = sorted(set(extra or {}) & CARD_KEYS)
     if clash:
         raise ValueError(f"extra_card may not replace the engine's keys {clash}")
@@ -98,7 +98,7 @@ def _write_curve(out_dir: Path, curve: list[dict], best_epoch: int, title: str) 
     return frame
 
 
-def _training_info(spec: TrainSpec) -> dict:
+def training_info(spec: TrainSpec) -> dict:
     return {
         "optimizer": "Adam",
         "learning_rate": spec.learning_rate,
@@ -112,9 +112,9 @@ def _training_info(spec: TrainSpec) -> dict:
     }
 
 
-def _finish_run(
+def finish_run(
     out_dir: Path,
-    rep: _Repeat,
+    rep: Repeat,
     title: str,
     sets: Mapping[str, PatchSet],
     predict: Callable,
@@ -147,17 +147,17 @@ def _finish_run(
         extra_card,
         out_dir,
     )
-    _save_checkpoint(out_dir / "model.pt", checkpoint)  # after the card passed its schema
+    save_checkpoint(out_dir / "model.pt", checkpoint)  # after the card passed its schema
     write_json(out_dir / "card.json", card)
     return card
 
 
-def _finish_patch_run(
+def finish_patch_run(
     spec: TrainSpec,
-    init: _Init,
+    init: Init,
     model: PatchRegressor,
     cut: int,
-    rep: _Repeat,
+    rep: Repeat,
     index: int,
     val: PatchSet,
     evaluate_sets: Mapping[str, PatchSet],
@@ -205,14 +205,14 @@ def _finish_patch_run(
             "total": sum(b["n_params"] for b in blocks),
             "trained": sum(b["n_params"] for b in blocks if b["trained"]),
         },
-        "training": _training_info(spec),
+        "training": training_info(spec),
         "seed": int(rep.seed),
         "repeat": index,
         "data": {"train": train.describe(), **{k: v.describe() for k, v in sets.items()}},
         "engine": engine,
     }
     title = f"{spec.backbone}, freeze level {spec.freeze_level}, {init.kind} init, seed {rep.seed}"
-    return _finish_run(
+    return finish_run(
         rep.out_dir,
         rep,
         title,

@@ -50,7 +50,7 @@ def resolve_precision(precision: str, device: torch.device, freeze_level: int) -
 
 
 @contextlib.contextmanager
-def _deterministic(device: torch.device, seed: int) -> Iterator[None]:
+def deterministic(device: torch.device, seed: int) -> Iterator[None]:
     """Deterministic algorithms and a seeded torch RNG inside the block; the caller's settings come back after."""
     if device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -72,13 +72,13 @@ def _deterministic(device: torch.device, seed: int) -> Iterator[None]:
 
 
 @dataclass(frozen=True)
-class _Compute:
+class Compute:
     device: torch.device
     dtype: torch.dtype
     channels_last: bool
 
     @classmethod
-    def make(cls, device: torch.device, precision: str, freeze_level: int = N_BLOCKS) -> _Compute:
+    def make(cls, device: torch.device, precision: str, freeze_level: int = N_BLOCKS) -> Compute:
         """bf16 with channels-last activations on CUDA, and on the CPU when block 1 or 2 is retrained (there the
         large activations gain; for the deep blocks alone the weight-gradient layout copies cost more)."""
         bf16 = precision == "bf16"
@@ -94,7 +94,7 @@ class _Compute:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"

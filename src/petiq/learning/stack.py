@@ -16,13 +16,13 @@ from .models import (
     N_BLOCKS,
     PatchRegressor,
 )
-from .precision import _Compute
+from .precision import Compute
 from .spec import ADAM_BETAS, TrainSpec
 
 log = logging.getLogger("petiq.learning.stack")
 
 
-class _Front(nn.Module):
+class Front(nn.Module):
     """The frozen blocks of a model (no parameters of their own)."""
 
     def __init__(self, model: PatchRegressor, cut: int):
@@ -35,7 +35,7 @@ class _Front(nn.Module):
         return x
 
 
-class _Tail(nn.Module):
+class Tail(nn.Module):
     """The retrained blocks and the head, with the model's own parameter names."""
 
     def __init__(self, model: PatchRegressor, cut: int):
@@ -49,7 +49,7 @@ class _Tail(nn.Module):
         return self.head(x)
 
 
-class _Inputs:
+class Inputs:
     """What the trainable part takes for given patches.
 
     ``cache``: precomputed (N, ...) shared by all repeats, or (R, N, ...) per repeat. Otherwise raw
@@ -64,7 +64,7 @@ class _Inputs:
         raw: torch.Tensor | None = None,
         prep=None,
         fronts: Sequence[nn.Module] = (),
-        compute: _Compute | None = None,
+        compute: Compute | None = None,
     ):
         self.cache, self.per_repeat, self.raw, self.prep = cache, per_repeat, raw, prep
         self.fronts, self.compute = list(fronts), compute
@@ -97,7 +97,7 @@ class _Inputs:
         return self._through(self.fronts[0] if self.fronts else None, self.raw[start:stop]), False
 
 
-def _compute_features(
+def compute_features(
     front: nn.Module, raw: torch.Tensor, prep, dtype: torch.dtype, chunk: int, progress: bool, label: str
 ) -> torch.Tensor:
     """Run the frozen blocks once over all patches (fp32, no autograd) into a (N, ...) tensor of ``dtype``."""
@@ -123,10 +123,10 @@ def _float_norms_hooks(module: nn.Module, dtype: torch.dtype) -> None:
             m.register_forward_hook(lambda _m, _args, out: out.to(dtype))
 
 
-class _Stack:
+class Stack:
     """R copies of one trainable module, stacked: parameters (R, ...), one Adam for all."""
 
-    def __init__(self, tails: Sequence[nn.Module], compute: _Compute, learning_rate: float, eps: float):
+    def __init__(self, tails: Sequence[nn.Module], compute: Compute, learning_rate: float, eps: float):
         self.R = len(tails)
         self.compute = compute
         params, buffers = stack_module_state(list(tails))
@@ -178,7 +178,7 @@ class _Stack:
         self.opt.zero_grad(set_to_none=True)
         return losses.detach()
 
-    def sq_error(self, inputs: _Inputs, y: torch.Tensor, chunk: int) -> torch.Tensor:
+    def sq_error(self, inputs: Inputs, y: torch.Tensor, chunk: int) -> torch.Tensor:
         """Summed squared error (R,) over a whole set, in eval mode."""
         self.base.eval()
         total = torch.zeros(self.R, dtype=torch.float64, device=self.compute.device)
@@ -228,7 +228,7 @@ class _Stack:
             self.opt.load_state_dict(sd)
 
 
-def _plan_cache(spec: TrainSpec, feature_numel: int, n_patches: int, copies: int) -> str:
+def plan_cache(spec: TrainSpec, feature_numel: int, n_patches: int, copies: int) -> str:
     """``fp32``, ``bf16`` or ``off`` for the frozen-block cache, within ``spec.cache_max_gb``."""
     if spec.freeze_level == N_BLOCKS or not spec.cache_frozen:
         return "off"

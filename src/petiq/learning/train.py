@@ -46,27 +46,27 @@ import torch
 
 from ..core.errors import PetiqInputError
 from ..core.seeding import derive_seed, rng_for
-from .checkpoints import _drop_resume_states, _read_resume, _Repeat, _repeat_fingerprint, _save_resume, _to_cpu
+from .checkpoints import Repeat, drop_resume_states, read_resume, repeat_fingerprint, save_resume, to_cpu
 from .data import PatchSet
-from .initialisation import _init_identity, _initial_model, _resolve_init
+from .initialisation import init_identity, initial_model, resolve_init
 from .models import (
     N_BLOCKS,
     build_model,
 )
-from .outputs import _check_extra_card, _finish_patch_run
-from .precision import _Compute, _deterministic, _device_name, resolve_device, resolve_precision
+from .outputs import check_extra_card, finish_patch_run
+from .precision import Compute, deterministic, device_name, resolve_device, resolve_precision
 from .spec import RESUME_FORMAT, RESUME_FREE, TrainSpec
-from .stack import _compute_features, _Front, _Inputs, _plan_cache, _Stack, _Tail
+from .stack import Front, Inputs, Stack, Tail, compute_features, plan_cache
 
 log = logging.getLogger("petiq.learning.train")
 
 
-def _fit(
-    stack: _Stack,
-    repeats: list[_Repeat],
-    train_in: _Inputs,
+def fit(
+    stack: Stack,
+    repeats: list[Repeat],
+    train_in: Inputs,
     y_train: torch.Tensor,
-    val_in: _Inputs,
+    val_in: Inputs,
     y_val: torch.Tensor,
     *,
     epochs: int,
@@ -133,7 +133,7 @@ def _fit(
             rng = torch.get_rng_state()
             cuda_rng = {"cuda_rng": torch.cuda.get_rng_state()} if device.type == "cuda" else {}
             for r, rep in enumerate(repeats):
-                _save_resume(
+                save_resume(
                     rep.out_dir / "last.pt",
                     {
                         "format": RESUME_FORMAT,
@@ -141,9 +141,9 @@ def _fit(
                         "seed": rep.seed,
                         "epoch": epoch + 1,
                         "elapsed_s": seconds,
-                        **_to_cpu(stack.slice(r)),
+                        **to_cpu(stack.slice(r)),
                         "adam": stack.adam_slice(r),
-                        "best": _to_cpu(rep.best),
+                        "best": to_cpu(rep.best),
                         "curve": rep.curve,
                         "rng": rng,
                         **cuda_rng,
@@ -155,7 +155,7 @@ def _fit(
     bar.close()
 
 
-def _check_sets(spec: TrainSpec, sets: Mapping[str, PatchSet], seeds: Sequence[int], out_dirs: Sequence) -> int:
+def check_sets(spec: TrainSpec, sets: Mapping[str, PatchSet], seeds: Sequence[int], out_dirs: Sequence) -> int:
     if len(seeds) == 0 or len(seeds) != len(out_dirs):
         raise PetiqInputError(
             None, f"{len(seeds)} seeds for {len(out_dirs)} output folders", "give one seed per repeat folder"
@@ -199,19 +199,19 @@ def train_repeats(
         raise PetiqInputError(
             None, "an evaluation set is called 'val'", "the validation set is always written; rename it"
         )
-    patch_size = _check_sets(spec, {"train": train, "val": val, **evaluate_sets}, seeds, out_dirs)
-    _check_extra_card(extra_card)
+    patch_size = check_sets(spec, {"train": train, "val": val, **evaluate_sets}, seeds, out_dirs)
+    check_extra_card(extra_card)
     out_dirs = [Path(d) for d in out_dirs]
     progress = progress and sys.stderr.isatty()
-    init = _resolve_init(spec, patch_size)  # missing weights: the error comes before any work
+    init = resolve_init(spec, patch_size)  # missing weights: the error comes before any work
     device = resolve_device(spec.device)
     precision = resolve_precision(spec.precision, device, spec.freeze_level)
-    compute = _Compute.make(device, precision, spec.freeze_level)
+    compute = Compute.make(device, precision, spec.freeze_level)
     fingerprint = hashlib.sha256(
         json.dumps(
             {
                 "spec": {k: v for k, v in spec.as_dict().items() if k not in RESUME_FREE},
-                "init": _init_identity(init),
+                "init": init_identity(init),
                 "train": train.fingerprint(),
                 "val": val.fingerprint(),
             },
@@ -222,7 +222,7 @@ def train_repeats(
     resume = []
     for seed, out_dir in zip(seeds, out_dirs):
         out_dir.mkdir(parents=True, exist_ok=True)
-        state = _read_resume(out_dir / "last.pt", _repeat_fingerprint(fingerprint, seed))
+        state = read_resume(out_dir / "last.pt", repeat_fingerprint(fingerprint, seed))
         resume.append(state)
     stack_size = spec.stack or (len(seeds) if device.type == "cuda" else 1)
     # repeats at different resume epochs (a crash between two last.pt writes) train in separate stacks
@@ -241,7 +241,7 @@ def train_repeats(
             x = block(x)
         feat_numel = int(x[0].numel())
     copies = 1 if shared_front else min(stack_size, len(seeds))
-    cache_mode = _plan_cache(spec, feat_numel, len(train) + len(val), copies)
+    cache_mode = plan_cache(spec, feat_numel, len(train) + len(val), copies)
     log.info(
         "%d repeat(s) of %s, init %s, freeze level %d (%d frozen blocks), %s head, targets %s on %s, %s, "
         "frozen-block cache %s, stacks of %d; %d train / %d val patches of %d px, %d epochs",
@@ -252,7 +252,7 @@ def train_repeats(
         cut,
         spec.head,
         ",".join(spec.targets),
-        _device_name(device),
+        device_name(device),
         precision,
         cache_mode,
         stack_size,
@@ -269,33 +269,31 @@ def train_repeats(
     cache_dtype = torch.bfloat16 if cache_mode == "bf16" else torch.float32
     shared_cache: dict[str, torch.Tensor] = {}
     cards: list[dict | None] = [None] * len(seeds)
-    with _deterministic(device, derive_seed(seeds[0], "torch")):
+    with deterministic(device, derive_seed(seeds[0], "torch")):
         for chunk in chunks:
             t_start = time.perf_counter()
             torch.manual_seed(derive_seed(seeds[chunk[0]], "torch"))  # dropout-like randomness, per stack
-            models = [_initial_model(spec, init, seeds[i], patch_size).to(device) for i in chunk]
-            fronts = [_Front(m, cut).eval() for m in models]
+            models = [initial_model(spec, init, seeds[i], patch_size).to(device) for i in chunk]
+            fronts = [Front(m, cut).eval() for m in models]
             if cache_mode == "off":
                 use = [] if cut == 0 else fronts[:1] if shared_front else fronts
                 train_in, val_in = (
-                    _Inputs(raw=raw, prep=init.preprocessing, fronts=use, compute=compute)
+                    Inputs(raw=raw, prep=init.preprocessing, fronts=use, compute=compute)
                     for raw in (raw_train, raw_val)
                 )
             elif shared_front:  # one cache for all repeats, kept for the next stacks
                 for name, raw in (("train", raw_train), ("val", raw_val)):
                     if name not in shared_cache:
-                        shared_cache[name] = _compute_features(
+                        shared_cache[name] = compute_features(
                             fronts[0], raw, init.preprocessing, cache_dtype, 64, progress, f"frozen blocks ({name})"
                         )
-                train_in, val_in = _Inputs(cache=shared_cache["train"]), _Inputs(cache=shared_cache["val"])
+                train_in, val_in = Inputs(cache=shared_cache["train"]), Inputs(cache=shared_cache["val"])
             else:  # random frozen blocks differ between repeats: one cache each
                 train_in, val_in = (
-                    _Inputs(
+                    Inputs(
                         cache=torch.stack(
                             [
-                                _compute_features(
-                                    f, raw, init.preprocessing, cache_dtype, 64, progress, "frozen blocks"
-                                )
+                                compute_features(f, raw, init.preprocessing, cache_dtype, 64, progress, "frozen blocks")
                                 for f in fronts
                             ]
                         ),
@@ -303,11 +301,11 @@ def train_repeats(
                     )
                     for raw in (raw_train, raw_val)
                 )
-            stack = _Stack([_Tail(m, cut) for m in models], compute, spec.learning_rate, spec.adam_eps)
-            repeats = [_Repeat(seeds[i], out_dirs[i], _repeat_fingerprint(fingerprint, seeds[i])) for i in chunk]
+            stack = Stack([Tail(m, cut) for m in models], compute, spec.learning_rate, spec.adam_eps)
+            repeats = [Repeat(seeds[i], out_dirs[i], repeat_fingerprint(fingerprint, seeds[i])) for i in chunk]
             label = f"{spec.backbone} k={spec.freeze_level} seed(s) {','.join(str(seeds[i]) for i in chunk)}"
             states = [resume[i] for i in chunk]
-            _fit(
+            fit(
                 stack,
                 repeats,
                 train_in,
@@ -326,7 +324,7 @@ def train_repeats(
             train_seconds = time.perf_counter() - t_start
             engine = {
                 "device": str(device),
-                "device_name": _device_name(device),
+                "device_name": device_name(device),
                 "precision": precision,
                 "memory_format": "channels_last" if compute.channels_last and len(chunk) == 1 else "contiguous",
                 "frozen_cache": cache_mode,
@@ -336,9 +334,9 @@ def train_repeats(
                 "session_seconds": round(train_seconds, 2),
             }
             for r, i in enumerate(chunk):
-                cards[i] = _finish_patch_run(
+                cards[i] = finish_patch_run(
                     spec, init, models[r], cut, repeats[r], i, val, evaluate_sets, train, engine, extra_card, device
                 )
             del stack, train_in, val_in, models, fronts
-    _drop_resume_states(spec, out_dirs)
+    drop_resume_states(spec, out_dirs)
     return cards

@@ -432,9 +432,9 @@ def reconstruct_acquisition(
         scanner, span, n_iterations, n_subsets, post_filter_fwhm_mm, backend, scatter_options, threads
     )
     try:
-        from petiq.core.fileio import _json_default
+        from petiq.core.fileio import json_default
 
-        json.dumps(metadata or {}, default=_json_default)  # as reconstruct_file checks it, but before any step
+        json.dumps(metadata or {}, default=json_default)  # as reconstruct_file checks it, but before any step
     except TypeError as error:
         raise PetiqInputError(
             None, f"metadata is not JSON serialisable ({error})", "pass plain numbers and strings"

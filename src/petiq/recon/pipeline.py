@@ -424,7 +424,7 @@ def reconstruct_file(
     All three outputs appear together or not at all. Returns the sidecar dict."""
     import nibabel as nib
 
-    from petiq.core.fileio import _json_default
+    from petiq.core.fileio import json_default
     from petiq.scanner.frame import nifti_image, scanner_grid_affine
 
     scanner = as_scanner(scanner)
@@ -452,7 +452,7 @@ def reconstruct_file(
     randoms = read_randoms(randoms_npz, scanner, span)
     scat_data = read_correction(scatter_npz, "scatter", scanner, span, ("scatter",))
     try:
-        json.dumps(metadata or {}, default=_json_default)
+        json.dumps(metadata or {}, default=json_default)
     except TypeError as error:
         raise PetiqInputError(
             None, f"metadata is not JSON serialisable ({error})", "pass plain numbers and strings"
@@ -518,7 +518,7 @@ def reconstruct_file(
         tmp_json = stack.enter_context(atomic_path(out_json))
         tmp_01 = stack.enter_context(atomic_path(out_norm01_nii))
         nib.save(nifti(image), str(tmp_img))
-        tmp_json.write_text(json.dumps(sidecar, indent=2, default=_json_default) + "\n")
+        tmp_json.write_text(json.dumps(sidecar, indent=2, default=json_default) + "\n")
         nib.save(nifti(norm01), str(tmp_01))
     log.info("reconstruction: max %.3g kBq/mL -> %s", peak, out_nii)
     return sidecar

@@ -102,7 +102,7 @@ import numpy as np
 
 from petiq.core.errors import PetiqInputError
 
-from .tables import Segment, SinogramGeometry, _crystal_xy, _geometry, _inverse_tables, _layout
+from .tables import Segment, SinogramGeometry, crystal_positions, inverse_tables, lor_geometry, span_layout
 
 __all__ = [
     "Scanner",
@@ -316,7 +316,7 @@ class Scanner:
     def crystal_xy(self) -> np.ndarray:
         """float64 ``(crystals_per_ring, 2)``: (x, y) in mm of every position at the mean interaction
         depth, where LORs end, in NiftyPET's frame and numbering (module doc, "Frame and conventions")."""
-        return _crystal_xy(self).copy()
+        return crystal_positions(self).copy()
 
     @property
     def lor_radius_mm(self) -> float:
@@ -341,7 +341,7 @@ class Scanner:
 
     def segments(self, span: int) -> tuple[Segment, ...]:
         """Segments of a span in storage order 0, -1, +1, -2, +2, ..."""
-        return _layout(self, self.check_span(span))[0]
+        return span_layout(self, self.check_span(span))[0]
 
     def span1_segments(self) -> tuple[Segment, ...]:
         """Span-1 segments in PETLINK order 0, -1, +1, ..., -D, +D.
@@ -355,7 +355,7 @@ class Scanner:
 
     def span1_rings(self) -> tuple[np.ndarray, np.ndarray]:
         """``(ring_a, ring_b)`` int64 arrays, one entry per span-1 sinogram ``z``."""
-        lay = _layout(self, 1)
+        lay = span_layout(self, 1)
         return lay[1], lay[2]
 
     def n_sinograms(self, span: int) -> int:
@@ -377,12 +377,12 @@ class Scanner:
         ``z1, rest = divmod(o, n_views*n_radial)`` -> bin ``map[z1]*n_views*n_radial + rest``.
         """
         span = self.check_span(span)
-        return _layout(self, span)[3]
+        return span_layout(self, span)[3]
 
     def sinogram_members(self, span: int) -> np.ndarray:
         """int64 ``(n_sinograms,)``: number of span-1 sinograms added into each sinogram."""
         span = self.check_span(span)
-        return np.bincount(_layout(self, span)[3], minlength=self.n_sinograms(span))
+        return np.bincount(span_layout(self, span)[3], minlength=self.n_sinograms(span))
 
     # ------------------------------------------------------------------ bins <-> crystals <-> mm
     def _check_bins(self, bins) -> np.ndarray:
@@ -436,7 +436,7 @@ class Scanner:
         ring_b = np.asarray(ring_b, dtype=np.int64)
         det_a = np.asarray(det_a, dtype=np.int64)
         det_b = np.asarray(det_b, dtype=np.int64)
-        view_of, t_of, swap_of, z_of = _inverse_tables(self)
+        view_of, t_of, swap_of, z_of = inverse_tables(self)
         view = view_of[det_a, det_b]
         t = t_of[det_a, det_b]
         swap = swap_of[det_a, det_b]
@@ -461,4 +461,4 @@ class Scanner:
         """Geometry of all bins of a span, factorised into a transaxial part per (view, radial) and
         an axial part per sinogram plane (see :class:`SinogramGeometry`; for span > 1 the mean LOR
         of each bin's members)."""
-        return _geometry(self, self.check_span(span))
+        return lor_geometry(self, self.check_span(span))

@@ -81,7 +81,7 @@ def _readonly(*arrays: np.ndarray) -> None:
 
 # ---------------------------------------------------------------------- cached tables
 @functools.cache
-def _crystal_xy(sc: Scanner) -> np.ndarray:
+def crystal_positions(sc: Scanner) -> np.ndarray:
     """Crystal positions (module doc). Flat blocks re-trace NiftyPET ``mmraux.transaxial_lut``:
     block centre ``R (cos phi_b, sin phi_b)``, crystal ``n`` of the block at ``bw/2 - (n + 1/2) bw/8``
     along ``(-sin phi_b, cos phi_b)``, NiftyPET crystal ``c = det - 1``."""
@@ -105,7 +105,7 @@ def _crystal_xy(sc: Scanner) -> np.ndarray:
 
 
 @functools.cache
-def _layout(sc: Scanner, span: int):
+def span_layout(sc: Scanner, span: int):
     """(segments, ring_a per span-1 z, ring_b per span-1 z, span-1 z -> span sinogram)."""
     n, dmax = sc.n_rings, sc.max_ring_difference
     # span-1 order: d = 0, -1, +1, ...
@@ -144,7 +144,7 @@ def _layout(sc: Scanner, span: int):
 
 
 @functools.cache
-def _inverse_tables(sc: Scanner):
+def inverse_tables(sc: Scanner):
     n = sc.crystals_per_ring
     view_of = np.full((n, n), -1, dtype=np.int64)
     t_of = np.full((n, n), -1, dtype=np.int64)
@@ -162,7 +162,7 @@ def _inverse_tables(sc: Scanner):
     view_of[db, da] = vv
     t_of[db, da] = t_idx
     swap_of[db, da] = True
-    ring_a, ring_b = _layout(sc, 1)[1:3]
+    ring_a, ring_b = span_layout(sc, 1)[1:3]
     z_of = np.full((sc.n_rings, sc.n_rings), -1, dtype=np.int64)
     z_of[ring_a, ring_b] = np.arange(len(ring_a))
     _readonly(view_of, t_of, swap_of, z_of)
@@ -170,13 +170,13 @@ def _inverse_tables(sc: Scanner):
 
 
 @functools.cache
-def _geometry(sc: Scanner, span: int) -> SinogramGeometry:
+def lor_geometry(sc: Scanner, span: int) -> SinogramGeometry:
     view = np.arange(sc.n_views)[:, None]
     t = np.arange(sc.n_radial)[None, :]
     det_a, det_b = sc.view_radial_to_dets(
         np.broadcast_to(view, (sc.n_views, sc.n_radial)), np.broadcast_to(t, (sc.n_views, sc.n_radial))
     )
-    xy = _crystal_xy(sc)
+    xy = crystal_positions(sc)
     xy_a = np.ascontiguousarray(xy[det_a])
     xy_b = np.ascontiguousarray(xy[det_b])
     # signed distance of each chord from the axis, positive for tp > 0
@@ -187,7 +187,7 @@ def _geometry(sc: Scanner, span: int) -> SinogramGeometry:
     centre = d[:, sc.n_radial // 2]  # tp = 0: the chord through the axis
     view_angle = np.arctan2(centre[:, 1], centre[:, 0]) % np.pi
 
-    _, ring_a, ring_b, to_sino = _layout(sc, span)
+    _, ring_a, ring_b, to_sino = span_layout(sc, span)
     n_sino = int(to_sino.max()) + 1
     counts = np.bincount(to_sino, minlength=n_sino).astype(np.int64)
     z = sc.ring_z()

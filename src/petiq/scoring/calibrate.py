@@ -14,12 +14,12 @@ from ..core.errors import PetiqInputError
 from ..core.seeding import derive_seed
 from .reader import (
     ReaderModel,
-    _check_measures,
-    _combine,
-    _image_index,
-    _logistic_scores,
+    check_measures,
     check_plan,
+    combine,
     evidence,
+    image_index,
+    logistic_scores,
     quantise,
 )
 
@@ -103,15 +103,15 @@ def expected_statistics(design: _Design, model: ReaderModel) -> dict[str, float]
 
     q = design.q.copy()
     q[:, 2] = q[:, 2] + model.extent_weight * design.extent_term
-    s = _logistic_scores(q, model)
+    s = logistic_scores(q, model)
     first = s[design.plan_first]  # (n, 3)
     bias = model.bias_sd * design.z_bias[:, :, None, :]
-    opinion = model.opinion_sd * _combine(design.z_opinion, model.shared_all, model.shared_pattern)
+    opinion = model.opinion_sd * combine(design.z_opinion, model.shared_all, model.shared_pattern)
     x1 = (
         first[None, None]
         + bias
         + opinion
-        + model.reading_sd * _combine(design.z_first, model.shared_all, model.shared_pattern)
+        + model.reading_sd * combine(design.z_first, model.shared_all, model.shared_pattern)
     )
     y1 = quantise(x1)  # (R, raters, n, 3)
     out: dict[str, float] = {}
@@ -130,7 +130,7 @@ def expected_statistics(design: _Design, model: ReaderModel) -> dict[str, float]
             first[rr][None]
             + bias[:, 0]
             + opinion[:, 0, rr]
-            + model.reading_sd * _combine(design.z_repeat, model.shared_all, model.shared_pattern)
+            + model.reading_sd * combine(design.z_repeat, model.shared_all, model.shared_pattern)
         )
         diff = np.abs(quantise(x_rep) - y1[:, 0, rr])
         out["intra_rater.pct_reread_differing_ge_0.5"] = 100.0 * float(np.mean(diff >= 0.5 - 1e-9))
@@ -205,7 +205,7 @@ def make_design(
         disease, np.log(np.clip(measures["pattern_extent"].to_numpy(float), 1e-3, None) / model.extent_ref), 0.0
     )
     first = plan[plan["reading"] == "first"].reset_index(drop=True)
-    first_idx = _image_index(measures, first)
+    first_idx = image_index(measures, first)
     rep = plan[plan["reading"] == "repeat"]
     rep_keys = set(zip(rep["participant_id"], rep["dose"]))
     reread = np.array(
@@ -257,7 +257,7 @@ def calibrate_reader(
 
     from .agreement import load_targets
 
-    measures, plan = _check_measures(measures), check_plan(plan)
+    measures, plan = check_measures(measures), check_plan(plan)
     if raters < 2:
         raise PetiqInputError(None, f"{raters} rater(s)", "calibrate with at least two raters (inter-rater targets)")
     if measures["dose_per_kg"].isna().any():

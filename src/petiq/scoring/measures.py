@@ -14,7 +14,7 @@ import pandas as pd
 from scipy import ndimage
 
 from ..core.errors import PetiqInputError
-from .truth import _voxel_sizes, load_truth
+from .truth import load_truth, voxel_sizes
 
 FWHM_TO_SIGMA = 1.0 / math.sqrt(8.0 * math.log(2.0))
 
@@ -63,7 +63,7 @@ def measure_array(
         )
     crop = tuple(slice(int(a), int(b)) for a, b in truth["bbox"])
     img = np.asarray(image, dtype=np.float32)[crop]
-    voxel = _voxel_sizes(truth["ref_affine"])
+    voxel = voxel_sizes(truth["ref_affine"])
     brain, wm_deep, cortex = truth["brain"].astype(bool), truth["wm_deep"].astype(bool), truth["cortex"].astype(bool)
     affected, reference = truth["affected"].astype(bool), truth["reference"].astype(bool)
 

@@ -124,7 +124,7 @@ class ReaderModel:
         return cls.from_dict(json.loads(path.read_text()))
 
 
-def _check_measures(measures: pd.DataFrame) -> pd.DataFrame:
+def check_measures(measures: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in MEASURE_COLUMNS if c not in measures.columns]
     if missing:
         raise PetiqInputError(
@@ -154,7 +154,7 @@ def evidence(measures: pd.DataFrame, model: ReaderModel) -> np.ndarray:
     return np.stack([q_gqr, q_pr, q_dc], axis=1)
 
 
-def _logistic_scores(q: np.ndarray, model: ReaderModel) -> np.ndarray:
+def logistic_scores(q: np.ndarray, model: ReaderModel) -> np.ndarray:
     slope = np.array([model.gqr_slope, model.pr_slope, model.dc_slope])
     mid = np.array([model.gqr_mid, model.pr_mid, model.dc_mid])
     return 3.0 / (1.0 + np.exp(-slope * (q - mid)))
@@ -162,7 +162,7 @@ def _logistic_scores(q: np.ndarray, model: ReaderModel) -> np.ndarray:
 
 def internal_scores(measures: pd.DataFrame, model: ReaderModel) -> np.ndarray:
     """Continuous internal scores (n, 3) in (0, 3) for GQR, PR, DC; rise monotonically with each CNR."""
-    return _logistic_scores(evidence(measures, model), model)
+    return logistic_scores(evidence(measures, model), model)
 
 
 def quantise(x: np.ndarray) -> np.ndarray:
@@ -174,7 +174,7 @@ def quantise(x: np.ndarray) -> np.ndarray:
     return np.clip(np.floor(2.0 * np.asarray(x, float) + 0.5) / 2.0, 0.0, 3.0)
 
 
-def _combine(z: np.ndarray, shared_all: float, shared_pattern: float) -> np.ndarray:
+def combine(z: np.ndarray, shared_all: float, shared_pattern: float) -> np.ndarray:
     """Five independent N(0, 1) draws (…, 5) → three unit-variance errors (…, 3) for GQR, PR, DC:
     a part common to all metrics, a part common to PR and DC, and a part of each metric's own."""
     a = float(np.clip(shared_all, 0.0, 1.0))
@@ -225,7 +225,7 @@ def check_plan(plan: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def _image_index(measures: pd.DataFrame, plan: pd.DataFrame) -> np.ndarray:
+def image_index(measures: pd.DataFrame, plan: pd.DataFrame) -> np.ndarray:
     lookup = {(p, d): i for i, (p, d) in enumerate(zip(measures["participant_id"], measures["dose"]))}
     missing = [(p, d) for p, d in zip(plan["participant_id"], plan["dose"]) if (p, d) not in lookup]
     if missing:
@@ -253,7 +253,7 @@ def virtual_ratings(
     """
     from .agreement import RATINGS_COLUMNS
 
-    measures, plan = _check_measures(measures), check_plan(plan)
+    measures, plan = check_measures(measures), check_plan(plan)
     if participants is not None:
         unknown = sorted(set(plan["participant_id"]) - set(participants["participant_id"].astype(str)))
         if unknown:
@@ -263,7 +263,7 @@ def virtual_ratings(
                 "plan readings for the cohort's patients only",
             )
     names = _rater_names(raters)
-    index = _image_index(measures, plan)
+    index = image_index(measures, plan)
     scores = internal_scores(measures, params)
     rows = []
     for k, rater in enumerate(names):
@@ -272,12 +272,12 @@ def virtual_ratings(
             if k > 0 and row.reading != "first":
                 continue
             keys = (seed, "reader", rater, row.participant_id, float(row.dose))
-            opinion = _combine(
+            opinion = combine(
                 np.random.default_rng(derive_seed(*keys, "opinion")).normal(size=5),
                 params.shared_all,
                 params.shared_pattern,
             )
-            noise = _combine(
+            noise = combine(
                 np.random.default_rng(derive_seed(*keys, row.reading)).normal(size=5),
                 params.shared_all,
                 params.shared_pattern,

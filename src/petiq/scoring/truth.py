@@ -40,7 +40,7 @@ def sentinel_labels(names: Mapping[int, str], min_weight: float = 0.5) -> list[i
     return sorted(k for k in cortical_labels(names) if max(p.weight(names[k]) for p in PATTERNS.values()) >= min_weight)
 
 
-def _voxel_sizes(affine: np.ndarray) -> np.ndarray:
+def voxel_sizes(affine: np.ndarray) -> np.ndarray:
     return np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
 
 
@@ -67,7 +67,7 @@ def resample_to_grid(
     """
     volume = np.asarray(volume, dtype=np.float32)
     if antialias and order > 0:
-        src, dst = _voxel_sizes(src_affine), _voxel_sizes(dst_affine)
+        src, dst = voxel_sizes(src_affine), voxel_sizes(dst_affine)
         sigma = np.sqrt(np.clip(dst**2 - src**2, 0, None) / 12.0) / src
         if np.any(sigma > 0.05):
             volume = ndimage.gaussian_filter(volume, sigma, mode="constant")
