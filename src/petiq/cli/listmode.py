@@ -42,7 +42,7 @@ def _simulate(args) -> None:
     scanner = Scanner.from_name(args.scanner)
     if args.norm and args.out.lower().endswith((".n", ".dcm", ".ima")):
         from ..listmode.simulate import scanner_component_norm
-        from .recon.norm_writer import write_component_norm
+        from ..recon.norm_writer import write_component_norm
 
         written = write_component_norm(args.out, scanner_component_norm(scanner, args.scanner_seed, args.span), scanner)
         print(f"component norm of the simulated {scanner.name}: -> {written}")

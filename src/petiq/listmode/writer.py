@@ -93,6 +93,7 @@ class ListmodeWriter:
     """Write a PETLINK list-mode file (and its header) incrementally, in bounded memory.
 
     >>> import tempfile, os
+    >>> from petiq.listmode.files import read_listmode
     >>> d = tempfile.mkdtemp()
     >>> with ListmodeWriter(os.path.join(d, "x.l")) as w:
     ...     w.write_events([1, 2], [True, False], [0, 1500])
