@@ -197,6 +197,31 @@ def test_configuration_page_documents_exactly_the_schemas_keys():
     assert not documented - leaves - parents, f"not schema keys: {sorted(documented - leaves - parents)}"
 
 
+def test_configuration_page_is_the_table_the_schema_generates(tmp_path):
+    """The key table of docs/configuration.md is what `petiq config-reference` makes from the schema (a
+    schema change without `petiq config-reference --write docs/configuration.md` fails here), and the
+    command rewrites a stale page in place, keeping the prose around the generated section."""
+    import yaml
+
+    from petiq.core.config_reference import write_reference
+
+    schema = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+    page = ROOT / "docs/configuration.md"
+    assert write_reference(page, schema, check=True), "run `petiq config-reference --write docs/configuration.md`"
+    stale = tmp_path / "configuration.md"
+    stale.write_text(page.read_text().replace("| `seed` |", "| `seed_old` |"))
+    done = subprocess.run(
+        [sys.executable, "-m", "petiq.cli", "config-reference", "--write", str(stale), "--check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode != 0 and "differs" in done.stderr
+    subprocess.run([sys.executable, "-m", "petiq.cli", "config-reference", "--write", str(stale)], cwd=ROOT, check=True)
+    assert stale.read_text() == page.read_text()
+
+
 def test_the_results_layout_is_spelled_only_in_petiq_core_paths():
     """Rule files and scripts name no results folder themselves: they take it from petiq.core.paths (via
     common.smk), so moving an output folder is a one-line change."""

@@ -1,5 +1,6 @@
-"""``petiq resources``, ``petiq check-patients``, ``petiq check-config``: the cohort's offline resources
-and the checks of a patient sheet and a config file before any work."""
+"""``petiq resources``, ``petiq check-patients``, ``petiq check-config``, ``petiq config-reference``: the
+cohort's offline resources, the checks of a patient sheet and a config file before any work, and the
+configuration reference generated from the schema."""
 
 from __future__ import annotations
 
@@ -28,6 +29,25 @@ def _check_config(args) -> None:
     )
 
 
+def _config_reference(args) -> None:
+    import sys
+
+    import yaml
+
+    from ..core.config_reference import reference_table, write_reference
+
+    schema = yaml.safe_load(open(args.schema, encoding="utf-8"))
+    if args.write is None:
+        print(reference_table(schema))
+        return
+    current = write_reference(args.write, schema, check=args.check)
+    if args.check and not current:
+        sys.exit(
+            f"{args.write}: the key table differs from {args.schema}; run `petiq config-reference --write {args.write}`"
+        )
+    print(f"{args.write}: {'up to date' if current else 'rewritten'} from {args.schema}")
+
+
 def register(commands) -> None:
     resources = commands.add_parser("resources", help="offline resources (anatomy atlas)")
     resources_sub = resources.add_subparsers(dest="action", required=True)
@@ -50,3 +70,10 @@ def register(commands) -> None:
     )
     check_config.add_argument("config", help="a YAML config file, e.g. config/demo.yaml")
     check_config.set_defaults(func=_check_config)
+    reference = commands.add_parser(
+        "config-reference", help="the table of every config key (default, reruns, description) from the schema"
+    )
+    reference.add_argument("--schema", default="workflow/schemas/config.schema.yaml", help="the config schema")
+    reference.add_argument("--write", metavar="PAGE", help="put the table in PAGE's generated section")
+    reference.add_argument("--check", action="store_true", help="with --write: only say whether PAGE is up to date")
+    reference.set_defaults(func=_config_reference)
