@@ -301,7 +301,7 @@ def test_mumap_with_a_flipped_affine_gives_the_same_attenuation(tmp_path):
 
 def test_bad_affines_and_orientations_are_refused(tmp_path):
     from petiq.core.errors import PetiqInputError
-    from petiq.listmode.header import MMR_HEADER_DEFAULTS, _check_listmode_header
+    from petiq.listmode.header import MMR_HEADER_DEFAULTS, check_listmode_header
     from petiq.scanner.frame import (
         check_affine,
         check_patient_orientation,
@@ -333,12 +333,12 @@ def test_bad_affines_and_orientations_are_refused(tmp_path):
     # list-mode headers: head-first supine (or no key) only
     header = {k: v for k, v in MMR_HEADER_DEFAULTS.items()}
     header["%total listmode word counts"] = "0"
-    _check_listmode_header(header, "x.l.hdr")
+    check_listmode_header(header, "x.l.hdr")
     check_patient_orientation({}, "x.l.hdr")
     for value in ("FFS", "HFP", "hfdl"):
         header["%patient orientation"] = value
         with pytest.raises(PetiqInputError, match="head-first supine") as info:
-            _check_listmode_header(header, "x.l.hdr")
+            check_listmode_header(header, "x.l.hdr")
         assert value.upper() in str(info.value) and "x.l.hdr" in str(info.value)
 
 

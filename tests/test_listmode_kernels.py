@@ -13,7 +13,7 @@ from petiq.listmode import (
     thin_listmode,
     write_listmode_words,
 )
-from petiq.listmode.words import _pcg64_fill, pcg64_state
+from petiq.listmode.words import pcg64_fill, pcg64_state
 from petiq.scanner.geometry import Scanner
 
 
@@ -25,7 +25,7 @@ def test_pcg64_draws_are_numpys_uniforms(seed):
     parts = []
     for n in (1, 999, 0, 40_000, 3):
         out = np.empty(n)
-        _pcg64_fill(state, out)
+        pcg64_fill(state, out)
         parts.append(out)
     np.testing.assert_array_equal(np.concatenate(parts), np.random.default_rng(seed).random(41_003))
 
@@ -92,10 +92,10 @@ def test_histogram_threads_give_identical_results(tmp_path):
 
 
 def test_zeroed_sinogram_buffer():
-    a = histogram_mod._zeroed_uint32(3 * 1024 + 5)
+    a = histogram_mod.zeroed_uint32(3 * 1024 + 5)
     assert a.dtype == np.uint32 and a.size == 3 * 1024 + 5 and not a.any()
     a[-1] += 1  # writable
-    assert histogram_mod._zeroed_uint32(0).size == 0
+    assert histogram_mod.zeroed_uint32(0).size == 0
 
 
 def test_default_threads_follow_free_cores(monkeypatch):

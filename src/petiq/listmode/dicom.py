@@ -97,7 +97,7 @@ def bf_path(path: str | Path) -> Path:
     return _partner(path, _DATA_SUFFIX)
 
 
-def _decode(raw) -> str:
+def decode(raw) -> str:
     if isinstance(raw, str):
         return raw
     raw = bytes(raw).rstrip(b"\x00 ")
@@ -107,7 +107,7 @@ def _decode(raw) -> str:
         return raw.decode("latin-1")
 
 
-def _creator_blocks(ds, creator: str) -> list[int]:
+def creator_blocks(ds, creator: str) -> list[int]:
     """Private block numbers (0x10-0xFF) of group 0029 reserved by ``creator``."""
     out = []
     for block in range(0x10, 0x100):
@@ -143,7 +143,7 @@ def read_interfile_text(path: str | Path) -> str:
     (``path``: the ``.dcm`` or its ``.bf``), from ``!INTERFILE`` on, trailing padding removed."""
     dcm = dicom_path(path)
     ds = _read_dataset(dcm)
-    blocks = _creator_blocks(ds, CSA_NON_IMAGE)
+    blocks = creator_blocks(ds, CSA_NON_IMAGE)
     for block in blocks:
         kind = ds.get((0x0029, (block << 8) | 0x08))
         kind = str(kind.value).strip().upper() if kind is not None else ""
@@ -159,7 +159,7 @@ def read_interfile_text(path: str | Path) -> str:
         elem = ds.get(tag)
         if elem is None or elem.value is None:
             continue
-        text = _decode(elem.value)
+        text = decode(elem.value)
         at = text.find("!INTERFILE")
         if at >= 0:
             return text[at:]
@@ -172,7 +172,7 @@ def read_interfile_text(path: str | Path) -> str:
     )
 
 
-def _uid(*parts: str) -> str:
+def uid(*parts: str) -> str:
     """A deterministic DICOM UID from ``parts`` (pydicom's ``generate_uid`` with entropy sources)."""
     from pydicom.uid import generate_uid
 
@@ -206,8 +206,8 @@ def _new_dataset(text: str):
         ds.StudyTime = ds.SeriesTime = ds.AcquisitionTime = time
     ds.PatientID = _header_field(text, "patient ID")
     ds.PatientName = ""
-    ds.StudyInstanceUID = _uid("study", ds.PatientID, date, time)
-    ds.SeriesInstanceUID = _uid("series", ds.PatientID, date, time)
+    ds.StudyInstanceUID = uid("study", ds.PatientID, date, time)
+    ds.SeriesInstanceUID = uid("series", ds.PatientID, date, time)
     ds.SeriesNumber = 1
     ds.InstanceNumber = 1
     block = ds.private_block(0x0029, CSA_NON_IMAGE, create=True)
@@ -228,20 +228,20 @@ def write_dicom_header(out: str | Path, header_text: str, *, template: str | Pat
     from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
     ds = _read_dataset(Path(template)) if template is not None else _new_dataset(header_text)
-    blocks = _creator_blocks(ds, CSA_NON_IMAGE)
+    blocks = creator_blocks(ds, CSA_NON_IMAGE)
     if not blocks:
         ds.private_block(0x0029, CSA_NON_IMAGE, create=True).add_new(0x08, "CS", LISTMODE_DATA_TYPE)
-        blocks = _creator_blocks(ds, CSA_NON_IMAGE)
+        blocks = creator_blocks(ds, CSA_NON_IMAGE)
     tag = (0x0029, (blocks[0] << 8) | 0x10)
     for old in HEADER_TAGS:  # a template's header under another creator would be read stale
-        if old != tag and old in ds and "!INTERFILE" in _decode(ds[old].value or b""):
+        if old != tag and old in ds and "!INTERFILE" in decode(ds[old].value or b""):
             del ds[old]
     if (0x7FE1, 0x1010) in ds:  # the IMA form's inline copy of the data: the .bf holds the words
         del ds[0x7FE1, 0x1010]
     raw = header_text.encode("latin-1", errors="replace")
     ds.add_new(tag, "OB", raw + b"\x00" * (len(raw) % 2))  # even length, NUL padded (PS3.5 7.1.1)
     ds.SOPClassUID = SIEMENS_CSA_NON_IMAGE_STORAGE
-    ds.SOPInstanceUID = _uid("instance", header_text)
+    ds.SOPInstanceUID = uid("instance", header_text)
     meta = getattr(ds, "file_meta", None) or FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID

@@ -17,18 +17,18 @@ from petiq.core.decay import isotope_from_header
 from petiq.core.errors import PetiqInputError
 from petiq.listmode.dicom import is_dicom_form
 from petiq.listmode.header import (
-    _WORD_COUNT_KEY,
-    _check_listmode_header,
-    _check_scanner_matches,
-    _header_bin_count,
-    _header_int,
-    _read_header_text,
+    WORD_COUNT_KEY,
+    check_listmode_header,
+    check_scanner_matches,
     data_path,
+    header_bin_count,
+    header_int,
+    read_header_text,
 )
 from petiq.listmode.words import (
     BIN_MASK,
     DEFAULT_CHUNK_WORDS,
-    _decode_kernel,
+    decode_kernel,
 )
 
 
@@ -45,10 +45,10 @@ class _LmFile:
     n_bins: int  # span-1 bins (2**30 when neither header nor scanner tells)
 
 
-def _open_checked(path: str | Path, scanner=None) -> _LmFile:
+def open_checked(path: str | Path, scanner=None) -> _LmFile:
     path = Path(path)
     if is_dicom_form(path):  # foo.dcm (header in its private tags) + foo.bf (the words)
-        hdr, lines, header = _read_header_text(path)
+        hdr, lines, header = read_header_text(path)
         path = data_path(path)
         if not path.is_file():
             raise PetiqInputError(
@@ -59,8 +59,8 @@ def _open_checked(path: str | Path, scanner=None) -> _LmFile:
     elif not path.is_file():
         raise PetiqInputError(path, "list-mode data file not found", "check the path (the header is <data>.hdr)")
     else:
-        hdr, lines, header = _read_header_text(path)
-    _check_listmode_header(header, hdr)
+        hdr, lines, header = read_header_text(path)
+    check_listmode_header(header, hdr)
     isotope_from_header(header, hdr)  # half-life and branching factor, if given, are numbers
     size = path.stat().st_size
     if size % 4:
@@ -71,20 +71,20 @@ def _open_checked(path: str | Path, scanner=None) -> _LmFile:
             "copy the list-mode file again from the scanner export",
         )
     n_words = size // 4
-    declared = _header_int(header, _WORD_COUNT_KEY, hdr)
+    declared = header_int(header, WORD_COUNT_KEY, hdr)
     if declared is None:
-        raise PetiqInputError(hdr, f"'{_WORD_COUNT_KEY}' is empty", "write the number of 32-bit words of the .l file")
+        raise PetiqInputError(hdr, f"'{WORD_COUNT_KEY}' is empty", "write the number of 32-bit words of the .l file")
     if declared != n_words:
         what = "truncated" if n_words < declared else "longer than its header says"
         raise PetiqInputError(
             path,
-            f"holds {n_words} words but its header {hdr.name} says {_WORD_COUNT_KEY} = {declared}: the file is {what}",
+            f"holds {n_words} words but its header {hdr.name} says {WORD_COUNT_KEY} = {declared}: the file is {what}",
             "copy the list-mode file and its header again, as one pair from the same export",
         )
     if scanner is not None:
-        n_bins = _check_scanner_matches(header, scanner, hdr)
+        n_bins = check_scanner_matches(header, scanner, hdr)
     else:
-        n_bins = _header_bin_count(header, hdr) or (BIN_MASK + 1)
+        n_bins = header_bin_count(header, hdr) or (BIN_MASK + 1)
     return _LmFile(path, hdr, lines, header, n_words, n_bins)
 
 
@@ -92,10 +92,10 @@ def check_listmode(path: str | Path, scanner=None) -> int:
     """Check a list-mode pair without reading its events: header as the scanner writes it (and
     matching ``scanner`` when given), data file present, its size a whole number of words and equal
     to the header's word count. Returns the number of words; raises :class:`PetiqInputError`."""
-    return _open_checked(path, scanner).n_words
+    return open_checked(path, scanner).n_words
 
 
-def _bad_bin_error(path: Path, word_index: int, word: int, n_bins: int) -> PetiqInputError:
+def bad_bin_error(path: Path, word_index: int, word: int, n_bins: int) -> PetiqInputError:
     return PetiqInputError(
         path,
         f"word {word_index} is an event with bin offset {int(word) & BIN_MASK}, beyond the scanner's "
@@ -104,7 +104,7 @@ def _bad_bin_error(path: Path, word_index: int, word: int, n_bins: int) -> Petiq
     )
 
 
-_BIG_ENDIAN = sys.byteorder == "big"
+BIG_ENDIAN = sys.byteorder == "big"
 
 
 def _read_words_into(fh, buf: np.ndarray, sha=None) -> int:
@@ -118,12 +118,12 @@ def _read_words_into(fh, buf: np.ndarray, sha=None) -> int:
     if sha is not None and total:
         sha.update(mv[:total])
     n = total // 4
-    if _BIG_ENDIAN:
+    if BIG_ENDIAN:
         buf[:n].byteswap(inplace=True)
     return n
 
 
-def _iter_word_chunks(path: Path, chunk_words: int, sha=None) -> Iterator[np.ndarray]:
+def iter_word_chunks(path: Path, chunk_words: int, sha=None) -> Iterator[np.ndarray]:
     """Yield successive chunks of words (a reused buffer: use each before asking for the next).
 
     The next chunk is read (and hashed) on a helper thread while the caller works on the current
@@ -147,7 +147,7 @@ def _iter_word_chunks(path: Path, chunk_words: int, sha=None) -> Iterator[np.nda
                 fut.result()
 
 
-def _check_chunk_words(chunk_words) -> int:
+def check_chunk_words(chunk_words) -> int:
     if isinstance(chunk_words, bool) or not isinstance(chunk_words, numbers.Integral) or chunk_words < 1:
         raise PetiqInputError(
             None, f"chunk_words={chunk_words!r} is not a positive integer", "pass e.g. chunk_words=1<<22"
@@ -196,16 +196,16 @@ def read_listmode(path: str | Path, *, scanner=None) -> Listmode:
 
     Bin offsets are checked against ``scanner``'s span-1 bin count, or the header's geometry
     when no scanner is given."""
-    lm = _open_checked(path, scanner)
+    lm = open_checked(path, scanner)
     words = np.fromfile(lm.path, dtype="<u4").astype(np.uint32, copy=False)
     if words.size != lm.n_words:  # changed under our feet
         raise PetiqInputError(lm.path, "file changed while being read", "do not write it while reading")
     bins = np.empty(words.size, dtype=np.int64)
     prompt = np.empty(words.size, dtype=np.bool_)
     time_ms = np.empty(words.size, dtype=np.int64)
-    n, cur, first, n_time, bad = _decode_kernel(words, 0, -1, lm.n_bins, bins, prompt, time_ms)
+    n, cur, first, n_time, bad = decode_kernel(words, 0, -1, lm.n_bins, bins, prompt, time_ms)
     if bad >= 0:
-        raise _bad_bin_error(lm.path, bad, words[bad], lm.n_bins)
+        raise bad_bin_error(lm.path, bad, words[bad], lm.n_bins)
     return Listmode(
         bins=bins[:n],
         prompt=prompt[:n],
@@ -227,8 +227,8 @@ def iter_listmode_chunks(
     The file and header are checked when this is called (before any chunk is produced); each
     chunk's bin offsets are checked before it is yielded. The elapsed time carries across chunk
     boundaries, so the concatenated chunks equal :func:`read_listmode`."""
-    chunk_words = _check_chunk_words(chunk_words)
-    lm = _open_checked(path, scanner)
+    chunk_words = check_chunk_words(chunk_words)
+    lm = open_checked(path, scanner)
     return _iter_events(lm, chunk_words)
 
 
@@ -236,12 +236,12 @@ def _iter_events(lm: _LmFile, chunk_words: int) -> Iterator[ListmodeChunk]:
     cur = 0
     first = -1
     offset = 0
-    for words in _iter_word_chunks(lm.path, chunk_words):
+    for words in iter_word_chunks(lm.path, chunk_words):
         bins = np.empty(words.size, dtype=np.int64)  # fresh arrays: the caller may keep them
         prompt = np.empty(words.size, dtype=np.bool_)
         time_ms = np.empty(words.size, dtype=np.int64)
-        n, cur, first, _, bad = _decode_kernel(words, cur, first, lm.n_bins, bins, prompt, time_ms)
+        n, cur, first, _, bad = decode_kernel(words, cur, first, lm.n_bins, bins, prompt, time_ms)
         if bad >= 0:
-            raise _bad_bin_error(lm.path, offset + bad, words[bad], lm.n_bins)
+            raise bad_bin_error(lm.path, offset + bad, words[bad], lm.n_bins)
         offset += words.size
         yield ListmodeChunk(bins[:n], prompt[:n], time_ms[:n])

@@ -2,7 +2,7 @@
 
 Values stay strings exactly as in the file. Keys are matched case-insensitively, ignoring blanks
 and a leading ``!`` or ``%`` (:func:`header_value`). A rewritten header keeps every line it does not
-change, in order (:func:`_rewrite_header_lines`).
+change, in order (:func:`rewrite_header_lines`).
 """
 
 from __future__ import annotations
@@ -120,15 +120,15 @@ _MMR_ONLY_KEYS = {
 }
 _SECTION_KEYS = {"general data", "general image data", "image data description", "end of interfile"}
 
-_WORD_COUNT_KEY = "%total listmode word counts"
-_DURATION_KEY = "image duration (sec)"
-_TIME_SYNC_KEY = "%time_sync"
+WORD_COUNT_KEY = "%total listmode word counts"
+DURATION_KEY = "image duration (sec)"
+TIME_SYNC_KEY = "%time_sync"
 
 
 # --------------------------------------------------------------------------------------------
 # Interfile header
 # --------------------------------------------------------------------------------------------
-def _norm_key(key: str) -> str:
+def norm_key(key: str) -> str:
     k = key.strip().lstrip("!%").strip().lower()
     k = re.sub(r"\s+", " ", k)
     k = re.sub(r"\s*\[\s*", "[", k)
@@ -165,10 +165,10 @@ def header_value(header: Mapping[str, str], key: str, default: str | None = None
     >>> header_value({"%Total listmode word counts": "12"}, "total listmode word counts")
     '12'
     """
-    want = _norm_key(key)
+    want = norm_key(key)
     found = default
     for k, v in header.items():
-        if _norm_key(k) == want:
+        if norm_key(k) == want:
             found = v  # the last occurrence wins, as in the dict itself
     return found
 
@@ -187,7 +187,7 @@ def _parse_header_lines(lines: list[str]) -> dict[str, str]:
     return out
 
 
-def _read_header_text(path: Path) -> tuple[Path, list[str], dict[str, str]]:
+def read_header_text(path: Path) -> tuple[Path, list[str], dict[str, str]]:
     """Read and minimally check ``path.hdr`` (or the header inside the ``.dcm`` of the DICOM
     form); return (header path, raw lines, dict)."""
     hdr = header_path(path)
@@ -207,7 +207,7 @@ def _read_header_text(path: Path) -> tuple[Path, list[str], dict[str, str]]:
             text = raw.decode("latin-1")
     lines = text.splitlines(keepends=True)
     first = next((ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith(";")), "")
-    if _norm_key(first.split(":=", 1)[0]) != "interfile":
+    if norm_key(first.split(":=", 1)[0]) != "interfile":
         raise PetiqInputError(
             hdr,
             "is not an Interfile header (the first line is not '!INTERFILE:=')",
@@ -220,12 +220,12 @@ def read_listmode_header(path: str | Path) -> dict[str, str]:
     """The Interfile header of list-mode file ``path`` (reads ``path + '.hdr'``, or the header
     in the private tags of a ``.dcm``), checked to describe PETLINK list-mode data. Values are
     the strings in the file."""
-    hdr, _, header = _read_header_text(Path(path))
-    _check_listmode_header(header, hdr)
+    hdr, _, header = read_header_text(Path(path))
+    check_listmode_header(header, hdr)
     return header
 
 
-def _check_listmode_header(header: Mapping[str, str], hdr: Path | str | None) -> None:
+def check_listmode_header(header: Mapping[str, str], hdr: Path | str | None) -> None:
     """Raise if the header describes something other than 32-bit PETLINK list-mode data."""
     fix = "give the list-mode (.l.hdr) header, not a sinogram (.s.hdr) or image header"
     fmt = header_value(header, "data format")
@@ -247,15 +247,15 @@ def _check_listmode_header(header: Mapping[str, str], hdr: Path | str | None) ->
     order = header_value(header, "image data byte order")
     if order is not None and order.strip() and order.strip().upper() != "LITTLEENDIAN":
         raise PetiqInputError(hdr, f"'image data byte order' is {order!r}", "PETLINK list-mode is LITTLEENDIAN")
-    count = header_value(header, _WORD_COUNT_KEY)
+    count = header_value(header, WORD_COUNT_KEY)
     if count is None:
-        raise PetiqInputError(hdr, f"has no '{_WORD_COUNT_KEY}' key, so it is not a list-mode header", fix)
+        raise PetiqInputError(hdr, f"has no '{WORD_COUNT_KEY}' key, so it is not a list-mode header", fix)
     from petiq.scanner.frame import check_patient_orientation
 
     check_patient_orientation(header, hdr)  # the image frame holds for head-first supine only
 
 
-def _header_int(header: Mapping[str, str], key: str, hdr) -> int | None:
+def header_int(header: Mapping[str, str], key: str, hdr) -> int | None:
     v = header_value(header, key)
     if v is None or not v.strip():
         return None
@@ -276,7 +276,7 @@ _SINGLES_SCALE_KEY = "%singles scale factor"
 _SINGLES_BLOCKS_KEY = "%total number of singles blocks"
 
 
-def _singles_settings(header: Mapping[str, str], hdr, n_buckets: int | None = None) -> tuple[int, int]:
+def singles_settings(header: Mapping[str, str], hdr, n_buckets: int | None = None) -> tuple[int, int]:
     """``(polling interval in ms, scale factor)`` of the singles tags, from the header (a genuine
     mMR header: ``%singles polling interval (sec):=2``, ``%singles scale factor:=8``; those are
     the defaults when a key is missing or empty). With ``n_buckets`` (the scanner's), a header
@@ -293,12 +293,12 @@ def _singles_settings(header: Mapping[str, str], hdr, n_buckets: int | None = No
             f"'{_SINGLES_INTERVAL_KEY}' is {raw!r}",
             "give the singles polling interval in seconds, a whole number of ms (the mMR writes 2)",
         )
-    scale = _header_int(header, _SINGLES_SCALE_KEY, hdr)
+    scale = header_int(header, _SINGLES_SCALE_KEY, hdr)
     if scale is None:
         scale = int(MMR_HEADER_DEFAULTS[_SINGLES_SCALE_KEY])
     if scale < 1:
         raise PetiqInputError(hdr, f"'{_SINGLES_SCALE_KEY}' is {scale}", "give a positive factor (the mMR writes 8)")
-    blocks = _header_int(header, _SINGLES_BLOCKS_KEY, hdr)
+    blocks = header_int(header, _SINGLES_BLOCKS_KEY, hdr)
     if n_buckets is not None and blocks is not None and blocks != n_buckets:
         raise PetiqInputError(
             hdr,
@@ -330,11 +330,11 @@ def _header_geometry(header: Mapping[str, str], hdr) -> tuple[int | None, int | 
     ``%maximum ring difference``. The ``%segment table`` may describe another span: a genuine
     mMR header says ``%axial compression:=1`` and yet gives the span-11 table (11 segments,
     837 sinograms); it gives the span-1 count only when it is the span-1 pattern."""
-    n_radial = _header_int(header, "number of projections", hdr)
-    n_views = _header_int(header, "number of views", hdr)
+    n_radial = header_int(header, "number of projections", hdr)
+    n_views = header_int(header, "number of views", hdr)
     n_sino = None
-    rings = _header_int(header, "number of rings", hdr)
-    mrd = _header_int(header, "maximum ring difference", hdr)
+    rings = header_int(header, "number of rings", hdr)
+    mrd = header_int(header, "maximum ring difference", hdr)
     table = _segment_table(header, hdr)
     if rings is not None and mrd is not None:
         n_sino = rings + 2 * sum(rings - d for d in range(1, mrd + 1))
@@ -343,14 +343,14 @@ def _header_geometry(header: Mapping[str, str], hdr) -> tuple[int | None, int | 
     return n_sino, n_views, n_radial
 
 
-def _header_bin_count(header: Mapping[str, str], hdr) -> int | None:
+def header_bin_count(header: Mapping[str, str], hdr) -> int | None:
     n_sino, n_views, n_radial = _header_geometry(header, hdr)
     if n_sino is None or n_views is None or n_radial is None:
         return None
     return n_sino * n_views * n_radial
 
 
-def _scanner_span1_shape(scanner) -> tuple[int, int, int]:
+def scanner_span1_shape(scanner) -> tuple[int, int, int]:
     n_sino, n_views, n_radial = (int(v) for v in scanner.sinogram_shape(1))
     return n_sino, n_views, n_radial
 
@@ -370,7 +370,7 @@ def _table_span(scanner, table: list[int]) -> int | None:
     return None
 
 
-def _check_scanner_matches(header: Mapping[str, str], scanner, where) -> int:
+def check_scanner_matches(header: Mapping[str, str], scanner, where) -> int:
     """Span-1 bin count of ``scanner``, after checking the header describes that scanner: its
     originating system (the mMR preset takes mMR exports only), rings, maximum ring difference,
     views, radial bins, and a segment table that is the layout of some span on this scanner."""
@@ -382,7 +382,7 @@ def _check_scanner_matches(header: Mapping[str, str], scanner, where) -> int:
             f"Biograph mMR export says {MMR_ORIGINATING_SYSTEM})",
             "petiq models the Biograph mMR only: give an mMR acquisition",
         )
-    shape = _scanner_span1_shape(scanner)
+    shape = scanner_span1_shape(scanner)
     got = _header_geometry(header, where)
     names = ("span-1 sinograms", "views (%number of views)", "radial bins (%number of projections)")
     for name, h, s in zip(names, got, shape):
@@ -393,7 +393,7 @@ def _check_scanner_matches(header: Mapping[str, str], scanner, where) -> int:
                 "use the scanner the data were acquired (or simulated) with",
             )
     for key, want in (("number of rings", scanner.n_rings), ("maximum ring difference", scanner.max_ring_difference)):
-        h = _header_int(header, key, where)
+        h = header_int(header, key, where)
         if h is not None and h != int(want):
             raise PetiqInputError(
                 where,
@@ -409,7 +409,7 @@ def _check_scanner_matches(header: Mapping[str, str], scanner, where) -> int:
                 f"scanner {scanner.name!r} (span 1: {_segment_table_text(_scanner_table(scanner, 1))})",
                 "use the scanner the data were acquired with; otherwise the header was edited",
             )
-        n_seg = _header_int(header, "number of segments", where)
+        n_seg = header_int(header, "number of segments", where)
         if n_seg is not None and n_seg != len(table):
             raise PetiqInputError(
                 where,
@@ -419,13 +419,13 @@ def _check_scanner_matches(header: Mapping[str, str], scanner, where) -> int:
     return shape[0] * shape[1] * shape[2]
 
 
-def _scanner_defaults(scanner) -> dict[str, str]:
+def scanner_defaults(scanner) -> dict[str, str]:
     """Default header keys for ``scanner`` (mMR values where no scanner is given), in the order
     of :data:`MMR_HEADER_DEFAULTS`. The segment table is the span-11 one (as the mMR writes it)
     where span 11 is valid for the scanner, else span 1."""
     if scanner is None:
         return dict(MMR_HEADER_DEFAULTS)
-    _, n_views, n_radial = _scanner_span1_shape(scanner)
+    _, n_views, n_radial = scanner_span1_shape(scanner)
     rings = int(scanner.n_rings)
     is_mmr = getattr(scanner, "name", None) == "mmr"
     drop = set() if is_mmr else set(_MMR_ONLY_KEYS)
@@ -453,7 +453,7 @@ def _scanner_defaults(scanner) -> dict[str, str]:
     set_["maximum ring difference"] = str(mrd)
     set_["number of segments"] = str(len(table))
     set_["segment table"] = _segment_table_text(table)
-    return {k: set_.get(_norm_key(k), v) for k, v in MMR_HEADER_DEFAULTS.items() if _norm_key(k) not in drop}
+    return {k: set_.get(norm_key(k), v) for k, v in MMR_HEADER_DEFAULTS.items() if norm_key(k) not in drop}
 
 
 def _fmt_value(v) -> str:
@@ -467,26 +467,26 @@ def _fmt_value(v) -> str:
     return str(v).strip()
 
 
-def _fmt_seconds(ms: int) -> str:
+def fmt_seconds(ms: int) -> str:
     return str(ms // 1000) if ms % 1000 == 0 else f"{ms / 1000:.3f}".rstrip("0")
 
 
-def _merge_header(given: Mapping[str, object] | None, defaults: Mapping[str, str]) -> list[list[str]]:
+def merge_header(given: Mapping[str, object] | None, defaults: Mapping[str, str]) -> list[list[str]]:
     """The header to write: every default key in the order of ``defaults`` (the scanner's), with
     the given spelling and value where ``given`` has the key; ``!INTERFILE`` first and ``!END OF
     INTERFILE`` last. Given keys that are not default keys keep their place after the given key
     before them (at the top when none precedes); those after the last given default key go last,
     before ``!END OF INTERFILE``."""
     items: list[list[str]] = [[str(k).strip(), _fmt_value(v)] for k, v in (given or {}).items()]
-    items = [it for it in items if _norm_key(it[0]) not in ("interfile", "end of interfile")]
-    known = {_norm_key(k) for k in defaults}
-    given_known = {_norm_key(k): it for k, it in ((it[0], it) for it in items) if _norm_key(k) in known}
-    last_known = max((i for i, it in enumerate(items) if _norm_key(it[0]) in known), default=-1)
+    items = [it for it in items if norm_key(it[0]) not in ("interfile", "end of interfile")]
+    known = {norm_key(k) for k in defaults}
+    given_known = {norm_key(k): it for k, it in ((it[0], it) for it in items) if norm_key(k) in known}
+    last_known = max((i for i, it in enumerate(items) if norm_key(it[0]) in known), default=-1)
     after: dict[str | None, list[list[str]]] = {None: []}
     tail: list[list[str]] = []
     anchor = None
     for i, it in enumerate(items):
-        nk = _norm_key(it[0])
+        nk = norm_key(it[0])
         if nk in known:
             anchor = nk
         elif i > last_known:
@@ -495,7 +495,7 @@ def _merge_header(given: Mapping[str, object] | None, defaults: Mapping[str, str
             after.setdefault(anchor, []).append(it)
     out = [["!INTERFILE", ""]] + after[None]
     for dk, dv in defaults.items():
-        nk = _norm_key(dk)
+        nk = norm_key(dk)
         if nk in ("interfile", "end of interfile"):
             continue
         out.append(given_known.get(nk, [dk, dv]))
@@ -503,27 +503,27 @@ def _merge_header(given: Mapping[str, object] | None, defaults: Mapping[str, str
     return out + tail + [["!END OF INTERFILE", ""]]
 
 
-def _render_header(items: list[list[str]]) -> str:
+def render_header(items: list[list[str]]) -> str:
     lines = []
     for i, (k, v) in enumerate(items):
-        if i > 0 and _norm_key(k) in _SECTION_KEYS:
+        if i > 0 and norm_key(k) in _SECTION_KEYS:
             lines.append("")
         lines.append(f"{k}:={v}")
     return "\n".join(lines) + "\n"
 
 
-def _set_items(items: list[list[str]], key: str, value: str) -> None:
-    nk = _norm_key(key)
+def set_items(items: list[list[str]], key: str, value: str) -> None:
+    nk = norm_key(key)
     hit = False
     for it in items:
-        if _norm_key(it[0]) == nk:
+        if norm_key(it[0]) == nk:
             it[1] = value
             hit = True
     if not hit:
         items.insert(len(items) - 1, [key, value])
 
 
-def _rewrite_header_lines(lines: list[str], updates: Mapping[str, str]) -> str:
+def rewrite_header_lines(lines: list[str], updates: Mapping[str, str]) -> str:
     """Set ``updates`` in a header kept as its original lines: a key present is changed in place
     (its spelling, spacing, line ending and position kept); a new key goes before ``!END OF
     INTERFILE`` (or at the end). Every other line is copied unchanged."""
@@ -532,14 +532,14 @@ def _rewrite_header_lines(lines: list[str], updates: Mapping[str, str]) -> str:
     eol = next((e for e in ends if e), "\n")
     if ends and not ends[-1]:
         ends[-1] = eol
-    pending = {_norm_key(k): (k, v) for k, v in updates.items()}
+    pending = {norm_key(k): (k, v) for k, v in updates.items()}
     done: set[str] = set()
     out: list[str] = []
     end_at = None
     for body, end in zip(bodies, ends):
         s = body.strip()
         if s and not s.startswith(";"):
-            nk = _norm_key(s.split(":=", 1)[0])
+            nk = norm_key(s.split(":=", 1)[0])
             if nk == "end of interfile" and end_at is None:
                 end_at = len(out)
             if nk in pending:

@@ -14,16 +14,16 @@ from pathlib import Path
 import numpy as np
 
 from petiq.core.errors import PetiqInputError
-from petiq.listmode.files import _bad_bin_error, _check_chunk_words, _iter_word_chunks, _open_checked
-from petiq.listmode.header import _DURATION_KEY, _scanner_span1_shape, _singles_settings, header_value
+from petiq.listmode.files import bad_bin_error, check_chunk_words, iter_word_chunks, open_checked
+from petiq.listmode.header import DURATION_KEY, header_value, scanner_span1_shape, singles_settings
 from petiq.listmode.words import (
-    _HIST_BLOCK,
     DEFAULT_CHUNK_WORDS,
+    HIST_BLOCK,
     SINGLES_BUCKET_MASK,
     SINGLES_BUCKET_SHIFT,
     SINGLES_VALUE_MASK,
-    _histogram_chunk,
-    _singles_kernel,
+    histogram_chunk,
+    singles_kernel,
 )
 
 
@@ -94,7 +94,7 @@ def _crystal_tables(scanner) -> _CrystalTables:
         cached = None
     if cached is not None:
         return cached
-    n_sino, n_views, n_radial = _scanner_span1_shape(scanner)
+    n_sino, n_views, n_radial = scanner_span1_shape(scanner)
     plane = n_views * n_radial
     cpr = int(scanner.crystals_per_ring)
     if cpr > 0xFFFF:
@@ -173,13 +173,13 @@ def histogram_listmode(
     threads adding into the sinograms, each owning every ``threads``-th 4 KiB stretch of them
     (no shared cache lines, no atomics, its own fan sums, summed at the end), so the result does
     not depend on it; the next chunk is read on one more thread meanwhile."""
-    chunk_words = _check_chunk_words(chunk_words)
+    chunk_words = check_chunk_words(chunk_words)
     n_parts = histogram_threads() if threads is None else threads
     if isinstance(n_parts, bool) or n_parts not in (1, 2, 4):
         raise PetiqInputError(None, f"threads={threads!r} is not 1, 2 or 4", "pass threads=1, 2 or 4 (or None)")
-    lm = _open_checked(path, scanner)
+    lm = open_checked(path, scanner)
     shape = tuple(int(v) for v in scanner.sinogram_shape(span))
-    n_sino1, n_views, n_radial = _scanner_span1_shape(scanner)
+    n_sino1, n_views, n_radial = scanner_span1_shape(scanner)
     plane = n_views * n_radial
     if shape[1:] != (n_views, n_radial):
         raise ValueError(f"scanner.sinogram_shape({span}) = {shape} changes views/radial bins")
@@ -188,14 +188,14 @@ def histogram_listmode(
         raise ValueError(f"scanner.span1_to_sinogram({span}) does not map {n_sino1} sinograms into {shape[0]}")
     t = _crystal_tables(scanner)
     n_buckets = int(scanner.n_buckets)
-    interval_ms, scale = _singles_settings(lm.header, lm.hdr, n_buckets)
+    interval_ms, scale = singles_settings(lm.header, lm.hdr, n_buckets)
     n_sino_bins = shape[0] * plane
     # one allocation: [delayeds | prompts | a dummy slot that tags and out-of-span events hit]
-    hist = _zeroed_uint32(2 * n_sino_bins + 1)
+    hist = zeroed_uint32(2 * n_sino_bins + 1)
     delayeds = hist[:n_sino_bins].reshape(shape)
     prompts = hist[n_sino_bins : 2 * n_sino_bins].reshape(shape)
     fans = [np.zeros(int(scanner.n_crystals), dtype=np.int64) for _ in range(n_parts)]
-    slots = [np.empty(_HIST_BLOCK, dtype=np.int64) for _ in range(n_parts)]
+    slots = [np.empty(HIST_BLOCK, dtype=np.int64) for _ in range(n_parts)]
     no_words, no_ms = np.empty(0, dtype=np.uint32), np.empty(0, dtype=np.int64)
     scratch_counts = [np.zeros(5, dtype=np.int64) for _ in range(n_parts)]  # other parts' (= part 0's)
     totals = np.zeros(3, dtype=np.int64)
@@ -207,12 +207,12 @@ def histogram_listmode(
     offset = 0
     pool = concurrent.futures.ThreadPoolExecutor(n_parts - 1) if n_parts > 1 else None
     try:
-        for words in _iter_word_chunks(lm.path, chunk_words):
+        for words in iter_word_chunks(lm.path, chunk_words):
             start_ms = cur_ms
             common = (words, lm.n_bins, plane, 1.0 / plane, sino_map, hist, n_sino_bins, t.ring_a, t.ring_b, t.dets)
             others = [
                 pool.submit(
-                    _histogram_chunk,
+                    histogram_chunk,
                     *common,
                     fans[p],
                     slots[p],
@@ -226,14 +226,14 @@ def histogram_listmode(
                 for p in range(1, n_parts)
             ]
             try:
-                n_p, n_d, n_out, fm_ms, cur_ms, bad, n_sng = _histogram_chunk(
+                n_p, n_d, n_out, fm_ms, cur_ms, bad, n_sng = histogram_chunk(
                     *common, fans[0], slots[0], cur_ms, tag_counts, sng_words, sng_ms, 0, n_parts - 1
                 )
             finally:
                 for fut in others:
                     fut.result()
             if bad >= 0:
-                raise _bad_bin_error(lm.path, offset + bad, words[bad], lm.n_bins)
+                raise bad_bin_error(lm.path, offset + bad, words[bad], lm.n_bins)
             offset += words.size
             totals += (n_p, n_d, n_out)
             if first_ms < 0 and fm_ms >= 0:
@@ -241,7 +241,7 @@ def histogram_listmode(
             if n_sng > sng_words.size:  # more singles in this chunk than room: extract them again
                 sng_words = np.empty(n_sng, dtype=np.uint32)
                 sng_ms = np.empty(n_sng, dtype=np.int64)
-                _singles_kernel(words, start_ms, sng_words, sng_ms)
+                singles_kernel(words, start_ms, sng_words, sng_ms)
             sng.add(sng_words[:n_sng], sng_ms[:n_sng], first_ms)
     finally:
         if pool is not None:
@@ -252,7 +252,7 @@ def histogram_listmode(
         duration = (cur_ms - first_ms) / 1000.0
     else:
         try:
-            duration = float(header_value(lm.header, _DURATION_KEY) or 0.0)
+            duration = float(header_value(lm.header, DURATION_KEY) or 0.0)
         except ValueError:
             duration = 0.0
     singles, reports = sng.result(duration)
@@ -278,7 +278,7 @@ def histogram_listmode(
     )
 
 
-def _zeroed_uint32(n: int) -> np.ndarray:
+def zeroed_uint32(n: int) -> np.ndarray:
     """``np.zeros(n, uint32)`` with its pages mapped up front where the OS can (Linux
     ``MAP_POPULATE``): the events hit the sinograms at random, and faulting 140 k pages in one at
     a time there cost more than a second per mMR histogram (measured: 1.34 s vs 0.16 s)."""

@@ -13,10 +13,10 @@ import numpy as np
 from petiq.core.errors import PetiqInputError
 from petiq.core.fileio import same_file
 from petiq.listmode.dicom import is_dicom_form
-from petiq.listmode.files import _bad_bin_error, _check_chunk_words, _iter_word_chunks, _open_checked
-from petiq.listmode.header import _WORD_COUNT_KEY, _rewrite_header_lines, data_path, header_path, header_value
-from petiq.listmode.words import DEFAULT_CHUNK_WORDS, _thin_pcg_kernel, pcg64_state
-from petiq.listmode.writer import _AtomicPair
+from petiq.listmode.files import bad_bin_error, check_chunk_words, iter_word_chunks, open_checked
+from petiq.listmode.header import WORD_COUNT_KEY, data_path, header_path, header_value, rewrite_header_lines
+from petiq.listmode.words import DEFAULT_CHUNK_WORDS, pcg64_state, thin_pcg_kernel
+from petiq.listmode.writer import AtomicPair
 
 
 @dataclass(frozen=True)
@@ -87,8 +87,8 @@ def thin_listmode(
     dst = Path(dst)
     f = _check_fraction(fraction, src)
     seed = _check_seed(seed, src)
-    chunk_words = _check_chunk_words(chunk_words)
-    lm = _open_checked(src, scanner)
+    chunk_words = check_chunk_words(chunk_words)
+    lm = open_checked(src, scanner)
     for a, b in (
         (data_path(dst), lm.path),
         (header_path(dst), lm.hdr),
@@ -111,12 +111,12 @@ def thin_listmode(
     out = np.empty(chunk_words, dtype=np.uint32)
     totals = np.zeros(5, dtype=np.int64)  # p_in, p_out, d_in, d_out, tags
     offset = 0
-    pair = _AtomicPair(dst, template=lm.hdr if is_dicom_form(src) else None)
+    pair = AtomicPair(dst, template=lm.hdr if is_dicom_form(src) else None)
     try:
-        for words in _iter_word_chunks(lm.path, chunk_words, sha):
-            n, p_in, p_out, d_in, d_out, tags, _, bad = _thin_pcg_kernel(words, state, f, lm.n_bins, out)
+        for words in iter_word_chunks(lm.path, chunk_words, sha):
+            n, p_in, p_out, d_in, d_out, tags, _, bad = thin_pcg_kernel(words, state, f, lm.n_bins, out)
             if bad >= 0:
-                raise _bad_bin_error(lm.path, offset + bad, words[bad], lm.n_bins)
+                raise bad_bin_error(lm.path, offset + bad, words[bad], lm.n_bins)
             offset += words.size
             totals += (p_in, p_out, d_in, d_out, tags)
             pair.write(out[:n])
@@ -127,7 +127,7 @@ def thin_listmode(
         p_in, p_out, d_in, d_out, tags = (int(v) for v in totals)
         digest = sha.hexdigest()
         updates = {
-            _WORD_COUNT_KEY: str(pair.n_words),
+            WORD_COUNT_KEY: str(pair.n_words),
             "!name of data file": pair.path.name,
             "%petiq source file": src.name,
             "%petiq source file sha256": digest,
@@ -139,7 +139,7 @@ def thin_listmode(
             "%petiq prompts": str(p_out),
             "%petiq delayeds": str(d_out),
         }
-        pair.commit(_rewrite_header_lines(lm.lines, updates))
+        pair.commit(rewrite_header_lines(lm.lines, updates))
     except BaseException as exc:
         pair.abort((type(exc), exc, exc.__traceback__))
         raise

@@ -35,7 +35,7 @@ DEFAULT_CHUNK_WORDS = 1 << 22
 
 
 @numba.njit(cache=True, nogil=True)
-def _decode_kernel(words, cur_ms, first_ms, n_bins, bins_out, prompt_out, time_out):
+def decode_kernel(words, cur_ms, first_ms, n_bins, bins_out, prompt_out, time_out):
     """Decode events of ``words``; returns (n_events, cur_ms, first_ms, n_time_tags, first bad word
     index). ``first_ms`` is the first time tag's value (pass -1 until one has been seen)."""
     n = 0
@@ -60,7 +60,7 @@ def _decode_kernel(words, cur_ms, first_ms, n_bins, bins_out, prompt_out, time_o
 
 
 @numba.njit(cache=True, nogil=True)
-def _count_kernel(words, n_bins):
+def count_kernel(words, n_bins):
     """(prompts, delayeds, time tags, other tags, last time ms, first bad word index)."""
     n_p = 0
     n_d = 0
@@ -86,7 +86,7 @@ def _count_kernel(words, n_bins):
 
 
 @numba.njit(cache=True, nogil=True)
-def _encode_kernel(bins, prompt, time_ms, cur_ms, out):
+def encode_kernel(bins, prompt, time_ms, cur_ms, out):
     """Events -> words with one time tag per ms boundary crossed; returns (n_words, cur_ms)."""
     n = 0
     for i in range(bins.size):
@@ -104,7 +104,7 @@ def _encode_kernel(bins, prompt, time_ms, cur_ms, out):
 
 
 @numba.njit(cache=True, nogil=True)
-def _time_tags_kernel(start_ms, stop_ms, out):
+def time_tags_kernel(start_ms, stop_ms, out):
     n = 0
     for m in range(start_ms + 1, stop_ms + 1):
         out[n] = np.uint32(0x80000000 | m)
@@ -162,7 +162,7 @@ def pcg64_state(rng: np.random.Generator) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
-def _pcg64_fill(state, out):
+def pcg64_fill(state, out):
     """``out[:] = `` the next ``out.size`` uniforms of the PCG64 ``state`` (advanced in place)."""
     sh, sl, ih, il = state[0], state[1], state[2], state[3]
     for i in range(out.size):
@@ -172,7 +172,7 @@ def _pcg64_fill(state, out):
 
 
 @numba.njit(cache=True, nogil=True)
-def _thin_pcg_kernel(words, state, fraction, n_bins, out):
+def thin_pcg_kernel(words, state, fraction, n_bins, out):
     """Keep tags; keep each event iff its uniform ``u[i] < fraction`` (branch-free keep), ``u[i]``
     drawn here from the PCG64 ``state`` (advanced in place, one draw per word, tags included):
     the uniforms ``rng.random(words.size)`` would give, without a buffer of them.
@@ -269,7 +269,7 @@ def _make_histogram_kernel(prefetch: bool, parted: bool = True):
         tags are stored as they come, ``sng_words[k]`` = the word and ``sng_ms[k]`` = the time
         tag before it (``cur_ms`` carries it in from the previous chunk; -1: none yet), while
         ``k < sng_words.size``; the count returned may exceed the room (the caller extracts that
-        chunk's singles again with :func:`_singles_kernel`).
+        chunk's singles again with :func:`singles_kernel`).
 
         Returns (prompts, delayeds, events outside the span, first ms, last ms, bad word index,
         singles tags); first ms is the chunk's first time tag (-1: none), last ms the time at the
@@ -349,7 +349,7 @@ _PART_SHIFT = 10  # 2**10 uint32 bins = 4 KiB of hist per part in turn
 
 
 @numba.njit(cache=True, nogil=True)
-def _singles_kernel(words, cur_ms, sng_words, sng_ms):
+def singles_kernel(words, cur_ms, sng_words, sng_ms):
     """Singles tags of ``words`` with the time tag before each (``cur_ms`` before the first;
     -1: none); returns how many (only the first ``sng_words.size`` are stored)."""
     n = 0
@@ -367,14 +367,14 @@ def _singles_kernel(words, cur_ms, sng_words, sng_ms):
 
 
 _histogram_kernel_prefetch = _make_histogram_kernel(True)
-_histogram_kernel_plain = _make_histogram_kernel(False)
+histogram_kernel_plain = _make_histogram_kernel(False)
 # one thread (part 0 of 1): the same kernel without the part test
 _histogram_kernel_prefetch_whole = _make_histogram_kernel(True, parted=False)
 _histogram_kernel_plain_whole = _make_histogram_kernel(False, parted=False)
-_HIST_BLOCK = 256  # words per prefetch block
+HIST_BLOCK = 256  # words per prefetch block
 
 
-def _histogram_chunk(*args):
+def histogram_chunk(*args):
     """Run the prefetching kernel (the part-free one when ``part_mask``, the last argument, is 0);
     fall back to the plain one if this LLVM lacks the intrinsic."""
     global _histogram_chunk_impl
@@ -382,15 +382,15 @@ def _histogram_chunk(*args):
     try:
         return _WHOLE[_histogram_chunk_impl](*args) if whole else _histogram_chunk_impl(*args)
     except numba.core.errors.NumbaError:
-        if _histogram_chunk_impl is _histogram_kernel_plain:
+        if _histogram_chunk_impl is histogram_kernel_plain:
             raise
-        _histogram_chunk_impl = _histogram_kernel_plain
+        _histogram_chunk_impl = histogram_kernel_plain
         return _WHOLE[_histogram_chunk_impl](*args) if whole else _histogram_chunk_impl(*args)
 
 
 _WHOLE = {
     _histogram_kernel_prefetch: _histogram_kernel_prefetch_whole,
-    _histogram_kernel_plain: _histogram_kernel_plain_whole,
+    histogram_kernel_plain: _histogram_kernel_plain_whole,
 }
 _histogram_chunk_impl = _histogram_kernel_prefetch
 
@@ -408,5 +408,5 @@ def encode_events(bins, prompt, time_ms) -> np.ndarray:
     time_ms = np.ascontiguousarray(time_ms, dtype=np.int64)
     n_tags = int(time_ms[-1]) if time_ms.size else 0
     out = np.empty(bins.size + n_tags, dtype=np.uint32)
-    n, _ = _encode_kernel(bins, prompt, time_ms, 0, out)
+    n, _ = encode_kernel(bins, prompt, time_ms, 0, out)
     return out[:n]

@@ -13,23 +13,23 @@ from petiq.core.errors import PetiqInputError
 from petiq.core.fileio import atomic_path
 from petiq.listmode.dicom import is_dicom_form, write_dicom_header
 from petiq.listmode.header import (
-    _DURATION_KEY,
-    _TIME_SYNC_KEY,
-    _WORD_COUNT_KEY,
-    _check_listmode_header,
-    _check_scanner_matches,
-    _fmt_seconds,
-    _header_bin_count,
-    _header_int,
-    _merge_header,
-    _norm_key,
-    _render_header,
-    _scanner_defaults,
-    _set_items,
-    _singles_settings,
+    DURATION_KEY,
+    TIME_SYNC_KEY,
+    WORD_COUNT_KEY,
+    check_listmode_header,
+    check_scanner_matches,
     data_path,
+    fmt_seconds,
+    header_bin_count,
+    header_int,
     header_path,
     header_value,
+    merge_header,
+    norm_key,
+    render_header,
+    scanner_defaults,
+    set_items,
+    singles_settings,
 )
 from petiq.listmode.words import (
     BIN_MASK,
@@ -39,18 +39,18 @@ from petiq.listmode.words import (
     SINGLES_VALUE_MASK,
     TIME_MASK,
     TIME_TAG,
-    _count_kernel,
-    _encode_kernel,
-    _time_tags_kernel,
+    count_kernel,
+    encode_kernel,
+    time_tags_kernel,
 )
 
-from .files import _BIG_ENDIAN, _bad_bin_error
+from .files import BIG_ENDIAN, bad_bin_error
 
 
 # --------------------------------------------------------------------------------------------
 # Writing
 # --------------------------------------------------------------------------------------------
-class _AtomicPair:
+class AtomicPair:
     """A data file and its header written atomically: data renamed into place first, header
     last; on error neither is renamed and both temporaries are removed. A ``.dcm`` (or ``.bf``)
     ``path`` writes the DICOM form: the words to the ``.bf``, the header into a ``.dcm`` (a copy
@@ -70,7 +70,7 @@ class _AtomicPair:
 
     def write(self, words: np.ndarray) -> None:
         if words.size:
-            if _BIG_ENDIAN:
+            if BIG_ENDIAN:
                 words = words.byteswap()
             self._fh.write(memoryview(np.ascontiguousarray(words, dtype=np.uint32)).cast("B"))
             self.n_words += int(words.size)
@@ -126,33 +126,33 @@ class ListmodeWriter:
                 f"header is a {type(header).__name__}, not a mapping",
                 "pass a dict of Interfile keys",
             )
-        self._items = _merge_header(header, _scanner_defaults(scanner))
+        self._items = merge_header(header, scanner_defaults(scanner))
         merged = {k: v for k, v in self._items}
-        _check_listmode_header(merged, self.hdr)
+        check_listmode_header(merged, self.hdr)
         if scanner is not None:
-            self.n_bins = _check_scanner_matches(merged, scanner, self.hdr)
+            self.n_bins = check_scanner_matches(merged, scanner, self.hdr)
         else:
-            self.n_bins = _header_bin_count(merged, self.hdr) or (BIN_MASK + 1)
-        dur = header_value(header or {}, _DURATION_KEY)
+            self.n_bins = header_bin_count(merged, self.hdr) or (BIN_MASK + 1)
+        dur = header_value(header or {}, DURATION_KEY)
         self._duration_ms = None
         if dur is not None and str(dur).strip():
             try:
                 self._duration_ms = int(round(float(str(dur)) * 1000))
             except ValueError:
                 raise PetiqInputError(
-                    self.hdr, f"'{_DURATION_KEY}' is {dur!r}", "give the duration in seconds"
+                    self.hdr, f"'{DURATION_KEY}' is {dur!r}", "give the duration in seconds"
                 ) from None
             if not 0 <= self._duration_ms <= MAX_TIME_MS:
-                raise PetiqInputError(self.hdr, f"'{_DURATION_KEY}' is {dur!r}", f"give 0 to {MAX_TIME_MS // 1000} s")
+                raise PetiqInputError(self.hdr, f"'{DURATION_KEY}' is {dur!r}", f"give 0 to {MAX_TIME_MS // 1000} s")
         self._preset_given = bool(str(header_value(header or {}, "preset value") or "").strip())
-        self._sync_given = bool(str(header_value(header or {}, _TIME_SYNC_KEY) or "").strip())
+        self._sync_given = bool(str(header_value(header or {}, TIME_SYNC_KEY) or "").strip())
         #: Singles buckets (the scanner's, else the header's ``%total number of singles blocks``).
         self.n_buckets = int(
             scanner.n_buckets
             if scanner is not None
-            else (_header_int(merged, "total number of singles blocks", self.hdr) or 0)
+            else (header_int(merged, "total number of singles blocks", self.hdr) or 0)
         )
-        self.singles_interval_ms, self.singles_scale = _singles_settings(
+        self.singles_interval_ms, self.singles_scale = singles_settings(
             merged, self.hdr, self.n_buckets if scanner is not None else None
         )
         self.n_singles_tags = 0
@@ -162,7 +162,7 @@ class ListmodeWriter:
         self.cur_ms = 0
         self.n_prompts = 0
         self.n_delayeds = 0
-        self._pair: _AtomicPair | None = _AtomicPair(path)
+        self._pair: AtomicPair | None = AtomicPair(path)
 
     # -- context manager
     def __enter__(self) -> ListmodeWriter:
@@ -180,12 +180,12 @@ class ListmodeWriter:
             self._pair.abort(exc_info)
             self._pair = None
 
-    def _live(self) -> _AtomicPair:
+    def _live(self) -> AtomicPair:
         if self._pair is None:
             raise RuntimeError(f"{self.path}: writer already closed")
         return self._pair
 
-    def _open_stream(self, pair: _AtomicPair) -> None:
+    def _open_stream(self, pair: AtomicPair) -> None:
         """Start the stream with a time tag of value 0 (when this writer adds time tags), so that
         the acquisition length is last minus first time tag, as readers compute it."""
         if self._pad and not self._opened:
@@ -238,25 +238,25 @@ class ListmodeWriter:
             raise PetiqInputError(
                 self.path,
                 f"an event at {int(time_a[-1])} ms is not inside the header's "
-                f"{_DURATION_KEY} = {self._duration_ms / 1000} s",
-                f"give events with time_ms < duration, or a longer '{_DURATION_KEY}'",
+                f"{DURATION_KEY} = {self._duration_ms / 1000} s",
+                f"give events with time_ms < duration, or a longer '{DURATION_KEY}'",
             )
         prompt_b = prompt_a.astype(np.bool_, copy=False)
         self._open_stream(pair)
         out = np.empty(bins_a.size + int(time_a[-1]) - self.cur_ms, dtype=np.uint32)
-        n, self.cur_ms = _encode_kernel(bins_a, prompt_b, time_a, self.cur_ms, out)
+        n, self.cur_ms = encode_kernel(bins_a, prompt_b, time_a, self.cur_ms, out)
         n_p = int(np.count_nonzero(prompt_b))
         self.n_prompts += n_p
         self.n_delayeds += bins_a.size - n_p
         pair.write(out[:n])
 
-    def _advance_to(self, pair: _AtomicPair, end_ms: int) -> None:
+    def _advance_to(self, pair: AtomicPair, end_ms: int) -> None:
         """Time tags ``cur_ms + 1 .. end_ms`` (none if ``end_ms <= cur_ms``)."""
         step = 1 << 20
         tags = np.empty(min(step, max(end_ms - self.cur_ms, 0)), dtype=np.uint32)
         while self.cur_ms < end_ms:
             stop = min(end_ms, self.cur_ms + step)
-            n = _time_tags_kernel(self.cur_ms, stop, tags)
+            n = time_tags_kernel(self.cur_ms, stop, tags)
             pair.write(tags[:n])
             self.cur_ms = stop
 
@@ -319,9 +319,9 @@ class ListmodeWriter:
         if w.size and (int(w.min()) < 0 or int(w.max()) > 0xFFFFFFFF):
             raise PetiqInputError(self.path, "words do not fit in 32 bits", "give uint32 words")
         w = np.ascontiguousarray(w, dtype=np.uint32)
-        n_p, n_d, n_time, _, last_ms, bad = _count_kernel(w, self.n_bins)
+        n_p, n_d, n_time, _, last_ms, bad = count_kernel(w, self.n_bins)
         if bad >= 0:
-            raise _bad_bin_error(self.path, pair.n_words + bad, w[bad], self.n_bins)
+            raise bad_bin_error(self.path, pair.n_words + bad, w[bad], self.n_bins)
         self._opened = True  # raw words bring their own time tags
         if n_time:
             self.cur_ms = int(last_ms)
@@ -341,8 +341,8 @@ class ListmodeWriter:
                     raise PetiqInputError(
                         self.path,
                         f"time tags reach {self.cur_ms - max(self._first_ms, 0)} ms after the first one, "
-                        f"beyond the header's {_DURATION_KEY}",
-                        f"give a longer '{_DURATION_KEY}'",
+                        f"beyond the header's {DURATION_KEY}",
+                        f"give a longer '{DURATION_KEY}'",
                     )
             elif self._pad:
                 last = self.cur_ms if (pair.n_words or self.cur_ms) else -1
@@ -354,16 +354,16 @@ class ListmodeWriter:
             if self._pad:
                 self._advance_to(pair, end_ms)
             items = [list(it) for it in self._items]
-            _set_items(items, _WORD_COUNT_KEY, str(pair.n_words))
-            _set_items(items, "!name of data file", self.path.name)
+            set_items(items, WORD_COUNT_KEY, str(pair.n_words))
+            set_items(items, "!name of data file", self.path.name)
             length_ms = end_ms - max(self._first_ms, 0)
             if self._duration_ms is None:
-                _set_items(items, _DURATION_KEY, _fmt_seconds(length_ms))
+                set_items(items, DURATION_KEY, fmt_seconds(length_ms))
             if not self._preset_given:
-                _set_items(items, "%preset value", _fmt_seconds(length_ms))
-            if not self._sync_given and any(_norm_key(k) == _norm_key(_TIME_SYNC_KEY) for k, _ in items):
-                _set_items(items, _TIME_SYNC_KEY, str(max(self._first_ms, 0)))
-            pair.commit(_render_header(items))
+                set_items(items, "%preset value", fmt_seconds(length_ms))
+            if not self._sync_given and any(norm_key(k) == norm_key(TIME_SYNC_KEY) for k, _ in items):
+                set_items(items, TIME_SYNC_KEY, str(max(self._first_ms, 0)))
+            pair.commit(render_header(items))
         except BaseException as exc:
             pair.abort((type(exc), exc, exc.__traceback__))
             raise

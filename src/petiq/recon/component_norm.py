@@ -400,11 +400,11 @@ def _read_dicom(path: Path):
         CSA_NON_IMAGE,
         LISTMODE_DATA_TYPE,
         OTHER_DATA_TYPES,
-        _creator_blocks,
-        _decode,
+        creator_blocks,
+        decode,
     )
 
-    blocks = _creator_blocks(ds, CSA_NON_IMAGE)
+    blocks = creator_blocks(ds, CSA_NON_IMAGE)
     for block in blocks:
         elem = ds.get((0x0029, (block << 8) | 0x08))
         kind = str(elem.value).strip().upper() if elem is not None else ""
@@ -421,7 +421,7 @@ def _read_dicom(path: Path):
         elem = ds.get(tag)
         if elem is None or elem.value is None:
             continue
-        t = _decode(elem.value)
+        t = decode(elem.value)
         if "!INTERFILE" in t and "scanner quantification factor" in t:  # NiftyPET get_components
             text = t[t.find("!INTERFILE") :]
             break

@@ -73,7 +73,7 @@ def _write_dicom(path: Path, cn: ComponentNorm, scanner: Scanner, raw: bytes) ->
         CSA_NON_IMAGE,
         PUBLIC_ATTRIBUTES,
         SIEMENS_CSA_NON_IMAGE_STORAGE,
-        _uid,
+        uid,
     )
 
     text = _header_text(cn, scanner, path.with_suffix(".bf").name)
@@ -86,8 +86,8 @@ def _write_dicom(path: Path, cn: ComponentNorm, scanner: Scanner, raw: bytes) ->
     if scanner.name != "mmr":
         ds.Manufacturer, ds.ManufacturerModelName = "petiq", f"simulated {scanner.name}"
     ds.PatientID, ds.PatientName = "", ""
-    ds.StudyInstanceUID = _uid("norm-study", text)
-    ds.SeriesInstanceUID = _uid("norm-series", text)
+    ds.StudyInstanceUID = uid("norm-study", text)
+    ds.SeriesInstanceUID = uid("norm-series", text)
     ds.SeriesNumber = ds.InstanceNumber = 1
     block = ds.private_block(0x0029, CSA_NON_IMAGE, create=True)
     block.add_new(0x08, "CS", NORM_DATA_TYPE)
@@ -96,7 +96,7 @@ def _write_dicom(path: Path, cn: ComponentNorm, scanner: Scanner, raw: bytes) ->
     block.add_new(0x10, "OB", hdr + b"\x00" * (len(hdr) % 2))
     ds.private_block(0x7FE1, CSA_NON_IMAGE, create=True).add_new(0x10, "OB", raw)  # the .IMA form (NiftyPET)
     ds.SOPClassUID = SIEMENS_CSA_NON_IMAGE_STORAGE
-    ds.SOPInstanceUID = _uid("norm-instance", text, str(len(raw)), str(hash(raw)))
+    ds.SOPInstanceUID = uid("norm-instance", text, str(len(raw)), str(hash(raw)))
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
