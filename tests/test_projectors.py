@@ -136,10 +136,10 @@ def test_plane_runs_grouping():
     # 6 planes one voxel apart with equal obliquity, then 2 with changing obliquity
     c0 = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
     c1 = np.array([0.5] * 6 + [0.7, 0.9])
-    runs = projectors._plane_runs(c0, c1, nz=10)
+    runs = projectors.plane_runs(c0, c1, nz=10)
     assert runs.tolist() == [[0, 6, 1], [6, 2, 0]]
     # a run that would leave the image is projected plane by plane (with clamping)
-    assert projectors._plane_runs(c0, c1, nz=5).tolist() == [[0, 8, 0]]
+    assert projectors.plane_runs(c0, c1, nz=5).tolist() == [[0, 8, 0]]
 
 
 # ----------------------------------------------------------------------------- axial compression

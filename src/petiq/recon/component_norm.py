@@ -93,11 +93,11 @@ COMPONENTS = (
 )
 
 
-_FIELDS = tuple(f for f, _ in COMPONENTS)
+FIELDS = tuple(f for f, _ in COMPONENTS)
 
 
 #: ``%matrix axis label[i]`` (fastest first), as an mMR norm header spells them.
-_AXIS_LABELS = {
+AXIS_LABELS = {
     "geometric": "{sinogram projections,sinogram planes}",
     "interference": "{crystal number,sinogram projections}",
     "crystal_efficiency": "{crystal number,ring number}",
@@ -126,11 +126,11 @@ _BINARY_TAG = (0x7FE1, 0x1010)
 _HEADER_TAGS = ((0x0029, 0x1010), (0x0029, 0x1110))
 
 
-_DICOM_SUFFIXES = (".dcm", ".ima")
+DICOM_SUFFIXES = (".dcm", ".ima")
 
 
 #: What a component norm's file name ends with (lower case): the Interfile pair or the norm DICOM.
-NORM_SUFFIXES = (".n", ".n.hdr", *_DICOM_SUFFIXES)
+NORM_SUFFIXES = (".n", ".n.hdr", *DICOM_SUFFIXES)
 
 
 _FIX_GENERIC = "give the scanner's component normalisation export (.n with its .n.hdr, or the norm .dcm/.IMA)"
@@ -155,7 +155,7 @@ def component_layout(scanner: Scanner) -> dict[str, tuple[int, ...]]:
     >>> sum(int(np.prod(s)) for s in lay.values())
     80851
     """
-    n_sn11 = scanner.n_sinograms(_axial_span(scanner))
+    n_sn11 = scanner.n_sinograms(axial_span(scanner))
     return {
         "geometric": (2 * scanner.n_rings - 1, scanner.n_radial),
         "interference": (scanner.n_radial, scanner.block_positions),
@@ -168,12 +168,12 @@ def component_layout(scanner: Scanner) -> dict[str, tuple[int, ...]]:
     }
 
 
-def _axial_span(scanner: Scanner) -> int:
+def axial_span(scanner: Scanner) -> int:
     """The span of the axial effects: 11 (the mMR's), or the largest valid span below it."""
     return min(11, 2 * scanner.max_ring_difference + 1)
 
 
-def _system_name(scanner: Scanner) -> str:
+def system_name(scanner: Scanner) -> str:
     return MMR_SYSTEM if scanner.name == "mmr" else scanner.name
 
 
@@ -212,7 +212,7 @@ class ComponentNorm:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The eight components by field name, in file order."""
-        return {f: getattr(self, f) for f in _FIELDS}
+        return {f: getattr(self, f) for f in FIELDS}
 
     def replace(self, **changes) -> ComponentNorm:
         """A copy with ``changes`` (``dataclasses.replace``)."""
@@ -221,10 +221,10 @@ class ComponentNorm:
 
 # ----------------------------------------------------------------------------- paths
 def _is_dicom(path: Path) -> bool:
-    return path.suffix.lower() in _DICOM_SUFFIXES or path.suffix.lower() == ".bf"
+    return path.suffix.lower() in DICOM_SUFFIXES or path.suffix.lower() == ".bf"
 
 
-def _pair(path: Path) -> tuple[Path, Path]:
+def interfile_pair(path: Path) -> tuple[Path, Path]:
     """(header, data) of an Interfile norm path given as either file."""
     if path.name.lower().endswith(".hdr"):
         return path, path.with_name(path.name[:-4])
@@ -286,10 +286,10 @@ def _check_header(text: str, scanner: Scanner, where) -> tuple[dict[str, str], l
             _FIX_GENERIC,
         )
     system = hdr.get("originating system", "").strip()
-    if system and system != _system_name(scanner):
+    if system and system != system_name(scanner):
         raise PetiqInputError(
             where,
-            f"the norm is for originating system {system!r}, not {_system_name(scanner)!r} "
+            f"the norm is for originating system {system!r}, not {system_name(scanner)!r} "
             f"(petiq scanner {scanner.name!r})",
             "give the norm of the scanner the data came from, or choose the matching scanner preset",
         )
@@ -462,7 +462,7 @@ def read_component_norm(path, scanner: Scanner | str = "mmr") -> ComponentNorm:
         where, text, raw = _read_dicom(p)
         hdr_where = where if where.suffix.lower() != ".bf" else where.with_suffix(".dcm")
     else:
-        hdr_path, data_path = _pair(p)
+        hdr_path, data_path = interfile_pair(p)
         for f, what in ((hdr_path, "header (.n.hdr)"), (data_path, "data (.n)")):
             if not f.is_file():
                 raise PetiqInputError(
@@ -496,14 +496,14 @@ def read_component_norm(path, scanner: Scanner | str = "mmr") -> ComponentNorm:
         **arrays,
         quantification_factor=float(qf),
         scanner=scanner.name,
-        originating_system=hdr.get("originating system", _system_name(scanner)).strip(),
+        originating_system=hdr.get("originating system", system_name(scanner)).strip(),
         n_buckets=buckets[0] if buckets else scanner.n_buckets,
         header=text,
         source=str(where),
     )
 
 
-def _validate(cn: ComponentNorm, scanner: Scanner, where) -> None:
+def validate(cn: ComponentNorm, scanner: Scanner, where) -> None:
     for field, shape in component_layout(scanner).items():
         a = np.asarray(getattr(cn, field))
         if a.shape != shape:
@@ -512,4 +512,4 @@ def _validate(cn: ComponentNorm, scanner: Scanner, where) -> None:
                 f"component {field} has shape {a.shape}, scanner {scanner.name!r} needs {shape}",
                 "build the components for this scanner (component_layout)",
             )
-    _check_values({f: np.asarray(getattr(cn, f), dtype=np.float32) for f in _FIELDS}, where)
+    _check_values({f: np.asarray(getattr(cn, f), dtype=np.float32) for f in FIELDS}, where)

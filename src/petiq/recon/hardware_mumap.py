@@ -13,7 +13,7 @@ from petiq.core.errors import PetiqInputError
 from petiq.scanner.frame import SCANNER_TO_RAS, scanner_grid_affine
 from petiq.scanner.geometry import Scanner
 
-from .mumap import _FIX_FORMAT, _check_values, _dicom_files, _ival, _read_interfile, _sniff, _voxel_xyz
+from .mumap import FIX_FORMAT, check_values, dicom_files, header_voxel_xyz, ival, read_interfile, sniff
 
 
 # ----------------------------------------------------------------------------- hardware
@@ -92,7 +92,7 @@ def read_table_offsets_mm(dicom) -> dict[str, tuple[float, float, float] | None]
     import pydicom
 
     path = Path(dicom)
-    f = _dicom_files(path)[0] if path.is_dir() else path
+    f = dicom_files(path)[0] if path.is_dir() else path
     try:
         ds = pydicom.dcmread(str(f), stop_before_pixels=True)
     except Exception as error:  # noqa: BLE001 - pydicom raises many types for a non-DICOM
@@ -139,11 +139,11 @@ def hardware_affine(
 ) -> np.ndarray:
     """RAS+ affine of a hardware μ-map array ``[x, y, z]`` (transposed e7 ``[z, y, x]``) placed as
     NiftyPET ``get_hmupos`` places it (see the module docstring); offsets are (x, y, z) in mm."""
-    vs = _voxel_xyz(hdr, path)  # mm, xyz
+    vs = header_voxel_xyz(hdr, path)  # mm, xyz
 
     def triple(key, default="0"):
         try:
-            return np.array([float(_ival(hdr, f"{key} [{i}]", path, default)) for i in (1, 2, 3)])
+            return np.array([float(ival(hdr, f"{key} [{i}]", path, default)) for i in (1, 2, 3)])
         except ValueError:
             raise PetiqInputError(path, f"'{key}' is not a number", "give the site's hardware μ-map header") from None
 
@@ -201,18 +201,18 @@ def hardware_mumap(
     total = np.zeros(scanner.image_shape, np.float32)
     infos = []
     for p in paths:
-        kind = _sniff(p)
+        kind = sniff(p)
         if kind == "interfile":
-            im, hdr, _ = _read_interfile(p)
-            mu = _check_values(np.ascontiguousarray(np.transpose(im, (2, 1, 0))), p, "hardware", hardware=True)
+            im, hdr, _ = read_interfile(p)
+            mu = check_values(np.ascontiguousarray(np.transpose(im, (2, 1, 0))), p, "hardware", hardware=True)
             affine = hardware_affine(
                 hdr, mu.shape, bed_position_mm, table_position_origin_mm, gantry_table_home_offset_mm, p
             )
         elif kind == "nifti":
             from petiq.scanner.frame import load_nifti
 
-            mu, affine = load_nifti(p, "hardware μ-map", _FIX_FORMAT)
-            mu = _check_values(mu, p, "hardware", hardware=True)
+            mu, affine = load_nifti(p, "hardware μ-map", FIX_FORMAT)
+            mu = check_values(mu, p, "hardware", hardware=True)
         else:
             raise PetiqInputError(p, "hardware μ-map is neither e7 Interfile nor NIfTI", "give the site's files")
         total += _resample_hardware(mu, affine, scanner)

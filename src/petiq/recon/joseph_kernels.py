@@ -11,7 +11,7 @@ from numba import njit, prange
 
 # ----------------------------------------------------------------------------- kernels
 @njit(cache=True, fastmath=True, inline="always")
-def _transaxial_path(ax, ay, bx, by, nx, ny, vx, vy, x0, y0, nyp, nzp, base, wminor, tt):
+def transaxial_path(ax, ay, bx, by, nx, ny, vx, vy, x0, y0, nyp, nzp, base, wminor, tt):
     """Joseph samples of the transaxial chord (ax, ay) -> (bx, by) (mm) through the padded grid.
 
     Fills ``base`` (flat padded index of the lower minor-axis tap at z-pad 0), ``wminor`` (weight of
@@ -189,7 +189,7 @@ def _back_path(img, base, wm, tt, ns, stride, c0, c1, runs, zmax, yv):
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def _forward_sino(img, views, xy_a, xy_b, c0, c1, dz, runs, to_sino, grid, out):
+def forward_sino(img, views, xy_a, xy_b, c0, c1, dz, runs, to_sino, grid, out):
     """All sinograms of the selected views. img: flat padded float32; out: (K, len(views), nr).
 
     The planes (``c0``, ``c1``, ``dz``) are the span-1 member planes; member plane ``p`` adds into
@@ -218,7 +218,7 @@ def _forward_sino(img, views, xy_a, xy_b, c0, c1, dz, runs, to_sino, grid, out):
         acc = np.zeros((rb, n_planes), np.float32)
         sums = np.zeros((rb, n_sino), np.float32)
         for r in range(r0, r1):
-            ns, stride, scale = _transaxial_path(
+            ns, stride, scale = transaxial_path(
                 xy_a[v, r, 0],
                 xy_a[v, r, 1],
                 xy_b[v, r, 0],
@@ -249,8 +249,8 @@ def _forward_sino(img, views, xy_a, xy_b, c0, c1, dz, runs, to_sino, grid, out):
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def _back_sino(values, views, xy_a, xy_b, c0, c1, dz, runs, to_sino, grid, buf):
-    """Adjoint of :func:`_forward_sino`; buf: (n_chunks, n_padded) zeroed, one per thread; chunk c
+def back_sino(values, views, xy_a, xy_b, c0, c1, dz, runs, to_sino, grid, buf):
+    """Adjoint of :func:`forward_sino`; buf: (n_chunks, n_padded) zeroed, one per thread; chunk c
     takes the tasks (view, radial block) c, c + n_chunks, ..."""
     nx, ny, nz = int(grid[0]), int(grid[1]), int(grid[2])
     vx, vy, x0, y0 = grid[3], grid[4], grid[5], grid[6]
@@ -288,7 +288,7 @@ def _back_sino(values, views, xy_a, xy_b, c0, c1, dz, runs, to_sino, grid, buf):
             for r in range(r0, r1):
                 if not nonzero[r - r0]:
                     continue
-                ns, stride, scale = _transaxial_path(
+                ns, stride, scale = transaxial_path(
                     xy_a[v, r, 0],
                     xy_a[v, r, 1],
                     xy_b[v, r, 0],
@@ -315,8 +315,8 @@ def _back_sino(values, views, xy_a, xy_b, c0, c1, dz, runs, to_sino, grid, buf):
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def _forward_lors(img, p1, p2, grid, n_chunks, out):
-    """One value per LOR (p1[n] -> p2[n], mm). Same per-LOR code as :func:`_forward_sino`."""
+def forward_lors(img, p1, p2, grid, n_chunks, out):
+    """One value per LOR (p1[n] -> p2[n], mm). Same per-LOR code as :func:`forward_sino`."""
     nx, ny, nz = int(grid[0]), int(grid[1]), int(grid[2])
     vx, vy, x0, y0, vz, z0 = grid[3], grid[4], grid[5], grid[6], grid[7], grid[8]
     nyp = ny + 2
@@ -331,7 +331,7 @@ def _forward_lors(img, p1, p2, grid, n_chunks, out):
         wm = np.empty(nmax, np.float32)
         tt = np.empty(nmax, np.float32)
         for m in range(c * n // n_chunks, (c + 1) * n // n_chunks):
-            ns, stride, scale = _transaxial_path(
+            ns, stride, scale = transaxial_path(
                 p1[m, 0], p1[m, 1], p2[m, 0], p2[m, 1], nx, ny, vx, vy, x0, y0, nyp, nzp, base, wm, tt
             )
             dzm = p2[m, 2] - p1[m, 2]
@@ -355,8 +355,8 @@ def _forward_lors(img, p1, p2, grid, n_chunks, out):
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def _back_lors(values, p1, p2, grid, buf):
-    """Adjoint of :func:`_forward_lors`; buf: (n_chunks, n_padded) zeroed, one per thread."""
+def back_lors(values, p1, p2, grid, buf):
+    """Adjoint of :func:`forward_lors`; buf: (n_chunks, n_padded) zeroed, one per thread."""
     nx, ny, nz = int(grid[0]), int(grid[1]), int(grid[2])
     vx, vy, x0, y0, vz, z0 = grid[3], grid[4], grid[5], grid[6], grid[7], grid[8]
     nyp = ny + 2
@@ -375,7 +375,7 @@ def _back_lors(values, p1, p2, grid, buf):
         for m in range(c * n // n_chunks, (c + 1) * n // n_chunks):
             if values[m] == zero:
                 continue
-            ns, stride, scale = _transaxial_path(
+            ns, stride, scale = transaxial_path(
                 p1[m, 0], p1[m, 1], p2[m, 0], p2[m, 1], nx, ny, vx, vy, x0, y0, nyp, nzp, base, wm, tt
             )
             dzm = p2[m, 2] - p1[m, 2]
@@ -401,7 +401,7 @@ def _back_lors(values, p1, p2, grid, buf):
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def _sum_unpad(buf, nx, ny, nz, out):
+def sum_unpad(buf, nx, ny, nz, out):
     """out[i, j, k] = sum_c buf[c] at the padded index of (i, j, k)."""
     nyp = ny + 2
     nzp = nz + 3
@@ -417,7 +417,7 @@ def _sum_unpad(buf, nx, ny, nz, out):
 
 
 @njit(parallel=True, cache=True)
-def _pad(image, out):
+def pad_volume(image, out):
     nx, ny, nz = image.shape
     nyp = ny + 2
     nzp = nz + 3
@@ -429,7 +429,7 @@ def _pad(image, out):
 
 
 @njit(parallel=True, cache=True)
-def _count_samples(views, xy_a, xy_b, grid, out):
+def count_samples(views, xy_a, xy_b, grid, out):
     nx, ny, nz = int(grid[0]), int(grid[1]), int(grid[2])
     vx, vy, x0, y0 = grid[3], grid[4], grid[5], grid[6]
     nr = xy_a.shape[1]
@@ -441,7 +441,7 @@ def _count_samples(views, xy_a, xy_b, grid, out):
         base = np.empty(nmax, np.int64)
         wm = np.empty(nmax, np.float32)
         tt = np.empty(nmax, np.float32)
-        ns, _, _ = _transaxial_path(
+        ns, _, _ = transaxial_path(
             xy_a[v, r, 0],
             xy_a[v, r, 1],
             xy_b[v, r, 0],

@@ -62,16 +62,16 @@ MU_MIN_MAX_CM = 0.03
 _TISSUE_CM = 0.0096
 
 
-_FIX_FORMAT = (
+FIX_FORMAT = (
     "give the μ-map as NIfTI (cm⁻¹), e7 Interfile (.v + .v.hdr, cm⁻¹) or the scanner's DICOM μ-map series (10⁴ x cm⁻¹)"
 )
 
 
 # ----------------------------------------------------------------------------- value checks
-def _check_values(mu: np.ndarray, path, source: str, *, hardware: bool = False) -> np.ndarray:
+def check_values(mu: np.ndarray, path, source: str, *, hardware: bool = False) -> np.ndarray:
     mu = np.asarray(mu, dtype=np.float32)
     if mu.ndim != 3 or min(mu.shape) < 1:
-        raise PetiqInputError(path, f"μ-map has shape {mu.shape}, expected a 3-D volume", _FIX_FORMAT)
+        raise PetiqInputError(path, f"μ-map has shape {mu.shape}, expected a 3-D volume", FIX_FORMAT)
     bad = int(np.count_nonzero(~np.isfinite(mu)))
     if bad:
         raise PetiqInputError(path, f"μ-map has {bad} NaN/infinite voxels", "regenerate the μ-map")
@@ -115,7 +115,7 @@ def _parse_interfile(text: str) -> dict[str, str]:
     return out
 
 
-def _ival(hdr: Mapping[str, str], key: str, path, default=None) -> str:
+def ival(hdr: Mapping[str, str], key: str, path, default=None) -> str:
     value = hdr.get(key)
     if value is None or value == "":
         if default is not None:
@@ -141,16 +141,16 @@ def _interfile_paths(path: Path) -> tuple[Path, Path]:
     return hdr, path
 
 
-def _read_interfile(path: Path) -> tuple[np.ndarray, dict[str, str], Path]:
+def read_interfile(path: Path) -> tuple[np.ndarray, dict[str, str], Path]:
     """``(array [z, y, x] float32, header dict, data path)`` of an e7 Interfile image
     (NiftyPET ``rd_hmu``, ``getinterfile``, ``hmu_shape``)."""
     hdr_path, _ = _interfile_paths(path)
     try:
         text = hdr_path.read_text(encoding="latin-1")
     except OSError as error:
-        raise PetiqInputError(hdr_path, f"cannot read the Interfile header ({error})", _FIX_FORMAT) from None
+        raise PetiqInputError(hdr_path, f"cannot read the Interfile header ({error})", FIX_FORMAT) from None
     if "interfile" not in text[:200].lower() and ":=" not in text:
-        raise PetiqInputError(hdr_path, "not an Interfile header (no '!INTERFILE' / 'key := value' lines)", _FIX_FORMAT)
+        raise PetiqInputError(hdr_path, "not an Interfile header (no '!INTERFILE' / 'key := value' lines)", FIX_FORMAT)
     hdr = _parse_interfile(text)
     mhdr = hdr_path.with_name(hdr_path.name.replace(".v.hdr", ".mhdr"))
     if mhdr != hdr_path and mhdr.is_file():  # e7 main header: keys the image header lacks
@@ -165,15 +165,15 @@ def _read_interfile(path: Path) -> tuple[np.ndarray, dict[str, str], Path]:
         raise PetiqInputError(
             hdr_path,
             f"an Interfile of raw data (type of data {hdr.get('type of data')!r}), not a μ-map image",
-            _FIX_FORMAT,
+            FIX_FORMAT,
         )
     try:
-        shape_xyz = [int(_ival(hdr, f"matrix size [{i}]", hdr_path)) for i in (1, 2, 3)]
+        shape_xyz = [int(ival(hdr, f"matrix size [{i}]", hdr_path)) for i in (1, 2, 3)]
     except ValueError:
-        raise PetiqInputError(hdr_path, "matrix size is not an integer", _FIX_FORMAT) from None
-    fmt = _ival(hdr, "number format", hdr_path, "float").lower()
-    nbytes = int(_ival(hdr, "number of bytes per pixel", hdr_path, "4"))
-    order = _ival(hdr, "imagedata byte order", hdr_path, "LITTLEENDIAN").upper().replace(" ", "")
+        raise PetiqInputError(hdr_path, "matrix size is not an integer", FIX_FORMAT) from None
+    fmt = ival(hdr, "number format", hdr_path, "float").lower()
+    nbytes = int(ival(hdr, "number of bytes per pixel", hdr_path, "4"))
+    order = ival(hdr, "imagedata byte order", hdr_path, "LITTLEENDIAN").upper().replace(" ", "")
     endian = ">" if order.startswith("BIG") else "<"
     if "float" in fmt and nbytes == 4:
         dtype = np.dtype(endian + "f4")
@@ -183,7 +183,7 @@ def _read_interfile(path: Path) -> tuple[np.ndarray, dict[str, str], Path]:
         dtype = np.dtype(endian + ("u2" if "unsigned" in fmt else "i2"))
     else:
         raise PetiqInputError(hdr_path, f"number format {fmt!r} with {nbytes} bytes per pixel", "give float μ-maps")
-    name = _ival(hdr, "name of data file", hdr_path, path.name.removesuffix(".hdr"))
+    name = ival(hdr, "name of data file", hdr_path, path.name.removesuffix(".hdr"))
     data_path = hdr_path.parent / Path(name.strip()).name
     if not data_path.is_file():
         raise PetiqInputError(
@@ -205,11 +205,11 @@ def _read_interfile(path: Path) -> tuple[np.ndarray, dict[str, str], Path]:
     return im, hdr, data_path
 
 
-def _voxel_xyz(hdr: Mapping[str, str], path) -> np.ndarray:
+def header_voxel_xyz(hdr: Mapping[str, str], path) -> np.ndarray:
     try:
-        return np.array([float(_ival(hdr, f"scale factor (mm/pixel) [{i}]", path)) for i in (1, 2, 3)])
+        return np.array([float(ival(hdr, f"scale factor (mm/pixel) [{i}]", path)) for i in (1, 2, 3)])
     except ValueError:
-        raise PetiqInputError(path, "scale factor (mm/pixel) is not a number", _FIX_FORMAT) from None
+        raise PetiqInputError(path, "scale factor (mm/pixel) is not a number", FIX_FORMAT) from None
 
 
 def _e7_image_affine(shape_xyz, voxel_xyz) -> np.ndarray:
@@ -222,11 +222,11 @@ def _e7_image_affine(shape_xyz, voxel_xyz) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- DICOM
-def _dicom_files(path: Path) -> list[Path]:
+def dicom_files(path: Path) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
         if not files:
-            raise PetiqInputError(path, "the DICOM μ-map folder is empty", _FIX_FORMAT)
+            raise PetiqInputError(path, "the DICOM μ-map folder is empty", FIX_FORMAT)
         return files
     return [path]
 
@@ -236,11 +236,11 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
     import pydicom
 
     slices = []
-    for f in _dicom_files(path):
+    for f in dicom_files(path):
         try:
             ds = pydicom.dcmread(str(f))
         except Exception as error:  # noqa: BLE001 - pydicom raises many types for a non-DICOM
-            raise PetiqInputError(f, f"cannot read as DICOM ({type(error).__name__}: {error})", _FIX_FORMAT) from None
+            raise PetiqInputError(f, f"cannot read as DICOM ({type(error).__name__}: {error})", FIX_FORMAT) from None
         modality = str(ds.get("Modality", ""))
         image_type = "\\".join(str(t) for t in (ds.get("ImageType") or [])).upper()
         units = str(ds.get("Units", "")).upper()
@@ -249,7 +249,7 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
             raise PetiqInputError(
                 f,
                 f"DICOM without pixel data (Modality {modality!r}; raw data such as list-mode or a sinogram?)",
-                _FIX_FORMAT,
+                FIX_FORMAT,
             )
         marks = (image_type + "\\" + description).replace("_", "").replace("-", "").replace(" ", "")
         is_mu = any(m in marks for m in ("UMAP", "MRAC", "ATTENUATION"))
@@ -259,7 +259,7 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
                 f"DICOM is not a μ-map (Modality {modality!r}, ImageType {image_type!r}, "
                 f"SeriesDescription {description!r}, Units {units or '(none)'!r}; a PET image in "
                 "Bq/mL or an MR image? μ-maps carry UMAP/MRAC in ImageType or SeriesDescription)",
-                _FIX_FORMAT,
+                FIX_FORMAT,
             )
         slices.append((f, ds))
     if len(slices) == 1 and int(slices[0][1].get("NumberOfFrames", 1) or 1) > 1:
@@ -324,7 +324,7 @@ def _dicom_multiframe(f, ds) -> tuple[np.ndarray, np.ndarray, dict]:
         positions = [np.asarray(fr.PlanePositionSequence[0].ImagePositionPatient, dtype=float) for fr in frames]
     except (AttributeError, IndexError) as error:
         raise PetiqInputError(
-            f, f"multi-frame DICOM μ-map lacks its functional-group geometry ({error})", _FIX_FORMAT
+            f, f"multi-frame DICOM μ-map lacks its functional-group geometry ({error})", FIX_FORMAT
         ) from None
     row_cos, col_cos = iop[:3], iop[3:]
     normal = np.cross(row_cos, col_cos)
@@ -341,7 +341,7 @@ def _dicom_multiframe(f, ds) -> tuple[np.ndarray, np.ndarray, dict]:
 
 
 # ----------------------------------------------------------------------------- public
-def _sniff(path: Path) -> str:
+def sniff(path: Path) -> str:
     name = path.name.lower()
     if path.is_dir():
         return "dicom"
@@ -374,25 +374,25 @@ def read_mumap(path) -> tuple[np.ndarray, np.ndarray, dict]:
     path = Path(path)
     if not path.exists():
         raise PetiqInputError(path, "μ-map not found", "give the path of the μ-map file or DICOM folder")
-    kind = _sniff(path)
+    kind = sniff(path)
     info: dict = {"format": kind, "path": str(path)}
     if kind == "nifti":
         from petiq.scanner.frame import load_nifti
 
-        mu, affine = load_nifti(path, "μ-map", _FIX_FORMAT)
+        mu, affine = load_nifti(path, "μ-map", FIX_FORMAT)
         if mu.ndim == 4 and mu.shape[3] == 1:
             mu = mu[..., 0]
     elif kind == "interfile":
-        im, hdr, data_path = _read_interfile(path)
+        im, hdr, data_path = read_interfile(path)
         mu = np.ascontiguousarray(np.transpose(im, (2, 1, 0)))  # [u, v, z]
-        affine = _e7_image_affine(mu.shape, _voxel_xyz(hdr, path))
+        affine = _e7_image_affine(mu.shape, header_voxel_xyz(hdr, path))
         info["data_file"] = str(data_path)
     elif kind == "dicom":
         mu, affine, extra = _read_dicom(path)
         info.update(extra)
     else:
-        raise PetiqInputError(path, "unrecognised μ-map format (neither NIfTI, Interfile nor DICOM)", _FIX_FORMAT)
-    mu = _check_values(mu, path, kind)
+        raise PetiqInputError(path, "unrecognised μ-map format (neither NIfTI, Interfile nor DICOM)", FIX_FORMAT)
+    mu = check_values(mu, path, kind)
     affine = check_affine(affine, path)
     info["shape"] = list(mu.shape)
     info["voxel_mm"] = [float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(axis=0))]

@@ -12,13 +12,13 @@ from petiq.core.fileio import write_npz
 from petiq.scanner.geometry import Scanner
 
 from .component_norm import (
-    _FIELDS,
+    FIELDS,
     ComponentNorm,
-    _axial_span,
-    _system_name,
-    _validate,
+    axial_span,
     component_layout,
     read_component_norm,
+    system_name,
+    validate,
 )
 
 
@@ -85,7 +85,7 @@ def component_norm_from_truth(
         axial_2=np.ones(lay["axial_2"], np.float32),
         quantification_factor=quantification_factor(calibration),
         scanner=scanner.name,
-        originating_system=_system_name(scanner),
+        originating_system=system_name(scanner),
         n_buckets=scanner.n_buckets,
     )
 
@@ -170,7 +170,7 @@ def components_from_npz(data, scanner: Scanner | str) -> ComponentNorm | None:
     ``component_<field>`` and ``quantification_factor``), checked against ``scanner``; ``None`` when
     ``data`` (a dict or an open ``.npz``) has no component keys (a norm estimated from a norm scan)."""
     scanner = Scanner.from_name(scanner) if isinstance(scanner, str) else scanner
-    keys = [f"component_{f}" for f in _FIELDS]
+    keys = [f"component_{f}" for f in FIELDS]
     present = [k for k in keys if k in data]
     if not present:
         return None
@@ -182,13 +182,13 @@ def components_from_npz(data, scanner: Scanner | str) -> ComponentNorm | None:
             "rebuild it from the component norm (.n) with component_norm_file",
         )
     cn = ComponentNorm(
-        **{f: np.asarray(data[f"component_{f}"], dtype=np.float32) for f in _FIELDS},
+        **{f: np.asarray(data[f"component_{f}"], dtype=np.float32) for f in FIELDS},
         quantification_factor=float(np.asarray(data["quantification_factor"])),
         scanner=scanner.name,
-        originating_system=_system_name(scanner),
+        originating_system=system_name(scanner),
         n_buckets=scanner.n_buckets,
     )
-    _validate(cn, scanner, None)
+    validate(cn, scanner, None)
     return cn
 
 
@@ -218,7 +218,7 @@ def norm_sinogram(
             f"the norm components are for scanner {components.scanner!r}, not {scanner.name!r}",
             "read the norm for the scanner the data came from",
         )
-    _validate(components, scanner, components.source or None)
+    validate(components, scanner, components.source or None)
     eff = from_niftypet_crystals(np.asarray(components.crystal_efficiency, np.float64))
     eff = np.where(scanner.is_gap(np.arange(scanner.crystals_per_ring))[None, :], 0.0, eff)
     if bucket_singles is not None:
@@ -235,7 +235,7 @@ def norm_sinogram(
         transaxial = transaxial * geo[0][None, :]
     ring_a, ring_b = scanner.span1_rings()
     to_s = scanner.span1_to_sinogram(span)
-    to_s11 = scanner.span1_to_sinogram(_axial_span(scanner))
+    to_s11 = scanner.span1_to_sinogram(axial_span(scanner))
     weight = 1.0 / np.asarray(components.axial, np.float64)[to_s11]
     weight = weight / scanner.sinogram_members(span)[to_s]
     if span == 1 and components.span1_axial is not None:
@@ -299,6 +299,6 @@ def component_norm_file(n_path, out_npz, scanner: Scanner | str, span: int) -> d
         calibration_factor=np.asarray(kappa),
         summary=np.asarray(json.dumps(summary)),
         quantification_factor=np.asarray(cn.quantification_factor),
-        **{f"component_{f}": np.asarray(getattr(cn, f), dtype=np.float32) for f in _FIELDS},
+        **{f"component_{f}": np.asarray(getattr(cn, f), dtype=np.float32) for f in FIELDS},
     )
     return summary

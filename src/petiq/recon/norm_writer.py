@@ -11,17 +11,17 @@ from petiq.core.fileio import atomic_path
 from petiq.scanner.geometry import Scanner
 
 from .component_norm import (
-    _AXIS_LABELS,
-    _DICOM_SUFFIXES,
-    _FIELDS,
+    AXIS_LABELS,
     COMPONENTS,
+    DICOM_SUFFIXES,
+    FIELDS,
     NORM_DATA_TYPE,
     QF_KEY,
     ComponentNorm,
-    _pair,
-    _system_name,
-    _validate,
     component_layout,
+    interfile_pair,
+    system_name,
+    validate,
 )
 
 
@@ -30,7 +30,7 @@ def _header_text(cn: ComponentNorm, scanner: Scanner, data_name: str) -> str:
     lines = [
         "!INTERFILE:=",
         "%comment:=SMS-MI normalization (written by petiq)",
-        f"!originating system:={_system_name(scanner)}",
+        f"!originating system:={system_name(scanner)}",
         "%SMS-MI header name space:=component based normalization",
         "!GENERAL DATA:=",
         f"!name of data file:={data_name}",
@@ -54,7 +54,7 @@ def _header_text(cn: ComponentNorm, scanner: Scanner, data_name: str) -> str:
             f"data offset in bytes[{i}]:={at}",
             f"number of dimensions[{i}]:={len(shape)}",
             f"%matrix size[{i}]:={{{size}}}",
-            f"%matrix axis label[{i}]:={_AXIS_LABELS[field]}",
+            f"%matrix axis label[{i}]:={AXIS_LABELS[field]}",
         ]
         at += 4 * int(np.prod(shape))
     lines += [
@@ -116,12 +116,12 @@ def write_component_norm(path, cn: ComponentNorm, scanner: Scanner | str | None 
     NiftyPET extracts. ``scanner`` defaults to the preset ``cn.scanner``."""
     scanner = Scanner.from_name(scanner or cn.scanner) if not isinstance(scanner, Scanner) else scanner
     p = Path(path)
-    _validate(cn, scanner, p)
-    raw = b"".join(np.ascontiguousarray(getattr(cn, f), dtype="<f4").tobytes() for f in _FIELDS)
-    if p.suffix.lower() in _DICOM_SUFFIXES:
+    validate(cn, scanner, p)
+    raw = b"".join(np.ascontiguousarray(getattr(cn, f), dtype="<f4").tobytes() for f in FIELDS)
+    if p.suffix.lower() in DICOM_SUFFIXES:
         _write_dicom(p, cn, scanner, raw)
         return p
-    hdr_path, data_path = _pair(p)
+    hdr_path, data_path = interfile_pair(p)
     with atomic_path(data_path) as tmp:
         tmp.write_bytes(raw)
     with atomic_path(hdr_path) as tmp:

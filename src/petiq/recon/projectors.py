@@ -56,7 +56,7 @@ planes for 837 sinograms, x4.9); the transaxial path is still computed once per 
 (Before, a compressed bin was one "mean LOR" at the members' mean ring difference, which counted
 each bin once: the axial sensitivity of an on-axis point on the mMR was off by up to 17 %.)
 
-Speed (all-bins mode): the planes are grouped into runs (:func:`_plane_runs`). Member planes are
+Speed (all-bins mode): the planes are grouped into runs (:func:`plane_runs`). Member planes are
 in span-1 order (segment = ring difference); in one segment consecutive planes share the obliquity
 and sit one ring pitch apart, which on the mMR default grid (axial voxel = half the ring pitch) is
 exactly two voxels, so along a run the z interpolation weight is the same and the taps are every
@@ -82,13 +82,13 @@ from petiq.scanner.geometry import Scanner
 
 from .joseph_kernels import (
     RADIAL_BLOCK,
-    _back_lors,
-    _back_sino,
-    _count_samples,
-    _forward_lors,
-    _forward_sino,
-    _pad,
-    _sum_unpad,
+    back_lors,
+    back_sino,
+    count_samples,
+    forward_lors,
+    forward_sino,
+    pad_volume,
+    sum_unpad,
 )
 
 __all__ = [
@@ -105,7 +105,7 @@ values. (One value per plane per (view, radial) was a strided access 837 x 72.6 
 size, a TLB/cache miss each, and cost ~2x the forward projection itself.)"""
 
 
-def _plane_runs(c0: np.ndarray, c1: np.ndarray, nz: int, min_stencil: int = 4, eps: float = 1e-3) -> np.ndarray:
+def plane_runs(c0: np.ndarray, c1: np.ndarray, nz: int, min_stencil: int = 4, eps: float = 1e-3) -> np.ndarray:
     """Group sinogram planes into runs for the kernels: int64 ``(n_runs, 3)`` = (first plane,
     number of planes, step), from the planes' padded z index ``c0 + t*c1`` (t in [0, 1]).
 
@@ -274,7 +274,7 @@ class JosephProjector:
         self._dz = dz
         self._to_sino = to_sino
         self._all_views = np.arange(scanner.n_views, dtype=np.int64)
-        self._runs = _plane_runs(c0, c1, nz)
+        self._runs = plane_runs(c0, c1, nz)
 
     # ------------------------------------------------------------------ helpers
     def _padded(self, image) -> np.ndarray:
@@ -286,7 +286,7 @@ class JosephProjector:
                 f"pass a {self.image_shape} array or build the projector with image_shape={image.shape}",
             )
         flat = np.zeros(self._n_padded, dtype=np.float32)
-        _pad(np.ascontiguousarray(image, dtype=np.float32), flat)
+        pad_volume(np.ascontiguousarray(image, dtype=np.float32), flat)
         return flat
 
     def _views(self, views) -> np.ndarray:
@@ -331,7 +331,7 @@ class JosephProjector:
         views = self._views(views)
         g = self.geometry
         out = np.empty(views.size * g.shape[2], dtype=np.int64)
-        _count_samples(views, g.xy_a, g.xy_b, self._grid, out)
+        count_samples(views, g.xy_a, g.xy_b, self._grid, out)
         return int(out.sum()) * self._c0.shape[0]
 
     # ------------------------------------------------------------------ projections
@@ -348,12 +348,12 @@ class JosephProjector:
             out = np.empty(p1.shape[0], dtype=np.float32)
             if p1.shape[0]:
                 n_chunks = min(p1.shape[0], 64 * numba.get_num_threads())
-                _forward_lors(img, p1, p2, self._grid, n_chunks, out)
+                forward_lors(img, p1, p2, self._grid, n_chunks, out)
             return out
         views = self._views(views)
         out = np.empty(self.values_shape(None, views), dtype=np.float32)
         if views.size:
-            _forward_sino(
+            forward_sino(
                 img, views, g.xy_a, g.xy_b, self._c0, self._c1, self._dz, self._runs, self._to_sino, self._grid, out
             )
         return out
@@ -377,14 +377,14 @@ class JosephProjector:
             n_chunks = max(1, min(n_threads, p1.shape[0]))
             buf = np.zeros((n_chunks, self._n_padded), dtype=np.float32)
             if p1.shape[0]:
-                _back_lors(values, p1, p2, self._grid, buf)
+                back_lors(values, p1, p2, self._grid, buf)
         else:
             views = self._views(views)
             n_tasks = views.size * -(-g.shape[2] // RADIAL_BLOCK)
             n_chunks = max(1, min(n_threads, n_tasks))
             buf = np.zeros((n_chunks, self._n_padded), dtype=np.float32)
             if views.size:
-                _back_sino(
+                back_sino(
                     values,
                     views,
                     g.xy_a,
@@ -398,5 +398,5 @@ class JosephProjector:
                     buf,
                 )
         out = np.empty(self.image_shape, dtype=np.float32)
-        _sum_unpad(buf, *self.image_shape, out)
+        sum_unpad(buf, *self.image_shape, out)
         return out

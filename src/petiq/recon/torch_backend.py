@@ -6,7 +6,7 @@ float32 rounding and the torch back projection is the exact adjoint of its forwa
 How it is vectorised
 --------------------
 The transaxial Joseph path of every (view, radial) pair — "ray" — is computed once on the host with
-the numba projector's own ``_transaxial_path`` and stored padded to the longest path:
+the numba projector's own ``transaxial_path`` and stored padded to the longest path:
 ``base`` (flat padded index of the lower minor-axis tap at z-pad 0), the two minor-axis weights
 ``w0``/``w1`` (0 for padding samples), the LOR parameter ``t`` of each sample, the minor-axis
 ``stride`` of the ray, and what the per (ray, plane) weight ``v_major/|dmajor| · |LOR|`` is made
@@ -33,7 +33,7 @@ import numpy as np
 from numba import njit
 
 from petiq.core.errors import PetiqInputError
-from petiq.recon.joseph_kernels import _transaxial_path
+from petiq.recon.joseph_kernels import transaxial_path
 from petiq.recon.projectors import image_grid, member_planes
 from petiq.scanner.geometry import Scanner
 
@@ -69,7 +69,7 @@ def _all_paths(xy_a, xy_b, grid, base, wm, tt, ns_out, stride_out, scale_out, lx
     for v in range(nv):
         for r in range(nr):
             q = v * nr + r
-            ns, stride, scale = _transaxial_path(
+            ns, stride, scale = transaxial_path(
                 xy_a[v, r, 0],
                 xy_a[v, r, 1],
                 xy_b[v, r, 0],
