@@ -94,3 +94,20 @@ def test_the_check_finds_a_lazy_import_of_a_module_that_is_not_there():
         "src/petiq/cli/_import_probe.py:2: cannot import petiq.cli.recon.norm_writer "
         "(No module named 'petiq.cli.recon.norm_writer'; 'petiq.cli.recon' is not a package)"
     ]
+
+
+def test_no_private_name_crosses_a_module_border_in_the_library():
+    """A name one module of petiq takes from another is public (CONTRIBUTING.md): `from .files import
+    _open_checked` in another module means the name should lose its underscore."""
+    crossing = []
+    for path in FILES:
+        if path.relative_to(ROOT).parts[0] != "src":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("petiq")):
+                crossing += [
+                    f"{path.relative_to(ROOT)}:{node.lineno}: {alias.name}"
+                    for alias in node.names
+                    if alias.name.startswith("_") and not alias.name.startswith("__")
+                ]
+    assert not crossing, "\n".join(crossing)
