@@ -9,7 +9,7 @@ from petiq.core.bids import norm01_path
 from petiq.core.fileio import write_tsv
 from petiq.core.logs import log_to
 from petiq.plots.scoring import plot_fig02_intersession, plot_fig03_colour_scale, plot_fig06_scores_vs_dose
-from petiq.scoring.agreement import check_ratings, reference_rater, table_I
+from petiq.scoring.agreement import check_ratings, colour_scale_example, table_I
 
 log = log_to(snakemake.log[0])
 i, o = snakemake.input, snakemake.output
@@ -19,10 +19,7 @@ write_tsv(o.table1, table_I(ratings))
 plot_fig02_intersession(ratings, o.fig02)
 fits = plot_fig06_scores_vs_dose(ratings, participants, o.fig06)
 log.info("score against dose per weight:\n%s", fits.to_string())
-# Fig. 3: the reference rater's highest-dose first reading of the first rated patient (noise spikes
-# dominate the 0-1 scaling of low-dose images, so a high dose shows the colour scale best)
-first = ratings[(ratings["rater"] == reference_rater(ratings)) & (ratings["reading"] == "first")]
-example = first.sort_values(["participant_id", "dose"], ascending=[True, False]).iloc[0]
+example = colour_scale_example(ratings)  # Fig. 3's reading
 images = {Path(f).name: f for f in i.images}
 plot_fig03_colour_scale(
     images[norm01_path("", example["participant_id"], example["dose"]).name],

@@ -3,12 +3,12 @@
 import pandas as pd
 
 from petiq.core.logs import log_to
-from petiq.scoring.sessions import plan_sessions, session_summary, write_plan
+from petiq.scoring.sessions import plan_sessions, rated_patients, session_summary, write_plan
 
 log = log_to(snakemake.log[0])
 p = snakemake.params  # only the scoring keys the plan depends on (not the raters or the label rater)
 splits = pd.read_csv(snakemake.input.splits, sep="\t", dtype=str)
-rated = sorted(splits.loc[splits["role"].isin(p.rated_roles), "participant_id"])
+rated = rated_patients(splits, p.rated_roles)
 log.info("rated patients (%s): %s", ", ".join(p.rated_roles), ", ".join(rated))
 plan = plan_sessions(
     rated,

@@ -105,6 +105,21 @@ def reference_rater(ratings: pd.DataFrame) -> str:
     return sorted(counts.index[counts == top])[0]
 
 
+def colour_scale_example(ratings: pd.DataFrame) -> pd.Series:
+    """The reading Fig. 3 shows: the reference rater's first reading of the first rated patient at its
+    highest dose (noise spikes dominate the 0–1 scaling of low-dose images, so a high dose shows the
+    colour scale best).
+
+    >>> r = pd.DataFrame({"rater": ["a", "a", "a"], "reading": ["first", "first", "repeat"],
+    ...                   "participant_id": ["sub-02", "sub-01", "sub-01"], "dose": [100.0, 5.0, 100.0]})
+    >>> example = colour_scale_example(r)
+    >>> example["participant_id"], float(example["dose"])
+    ('sub-01', 5.0)
+    """
+    first = ratings[(ratings["rater"] == reference_rater(ratings)) & (ratings["reading"] == "first")]
+    return first.sort_values(["participant_id", "dose"], ascending=[True, False]).iloc[0]
+
+
 def raters_in_order(ratings: pd.DataFrame, reference: str | None = None) -> list[str]:
     """Reference rater first, then the others in sorted order."""
     reference = reference or reference_rater(ratings)

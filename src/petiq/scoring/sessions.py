@@ -85,6 +85,16 @@ _FAMILIES = {
 }
 
 
+def rated_patients(splits: pd.DataFrame, rated_roles: Sequence[str]) -> list[str]:
+    """The patients of ``splits`` (participant_id, role) whose role is rated, sorted.
+
+    >>> rated_patients(pd.DataFrame({"participant_id": ["sub-02", "sub-01", "sub-03"],
+    ...                              "role": ["test", "train", "pretext_train"]}), ["train", "test"])
+    ['sub-01', 'sub-02']
+    """
+    return sorted(splits.loc[splits["role"].isin(list(rated_roles)), "participant_id"])
+
+
 def plan_sessions(
     participant_ids: Sequence[str],
     doses: Sequence[float],
